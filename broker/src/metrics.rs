@@ -1,0 +1,69 @@
+//! Metrics, exported for Prometheus when `broker.metrics` names an address.
+//! Names and labels are fixed here; values never carry payloads or keys.
+
+use signet_proto::ErrorCode;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Envelopes accepted (stored and acked).
+pub const PUBLISH_ACCEPTED: &str = "signet_publish_accepted_total";
+/// Envelopes or streams rejected, by `code`.
+pub const PUBLISH_REJECTED: &str = "signet_rejected_total";
+/// Record bytes committed.
+pub const COMMIT_BYTES: &str = "signet_commit_bytes_total";
+/// Envelopes per group commit.
+pub const COMMIT_BATCH: &str = "signet_commit_batch_envelopes";
+/// Seconds per synced group commit.
+pub const COMMIT_SECONDS: &str = "signet_commit_seconds";
+/// Failed group commits.
+pub const COMMIT_FAILED: &str = "signet_commit_failed_total";
+/// Live subscriptions.
+pub const SUBSCRIPTIONS_LIVE: &str = "signet_subscriptions_live";
+/// Open connections.
+pub const CONNECTIONS_LIVE: &str = "signet_connections_live";
+/// Connections refused, by `reason`.
+pub const CONNECTIONS_REFUSED: &str = "signet_connections_refused_total";
+/// Messages delivered to subscribers.
+pub const DELIVERED: &str = "signet_delivered_total";
+
+/// Counts a rejection by its code.
+pub fn rejected(code: ErrorCode) {
+    metrics::counter!(PUBLISH_REJECTED, "code" => code.to_string()).increment(1);
+}
+
+/// Records one group commit.
+pub fn commit(envelopes: usize, bytes: usize, elapsed: Duration, ok: bool) {
+    if ok {
+        metrics::counter!(PUBLISH_ACCEPTED).increment(envelopes as u64);
+        metrics::counter!(COMMIT_BYTES).increment(bytes as u64);
+        metrics::histogram!(COMMIT_BATCH).record(envelopes as f64);
+        metrics::histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
+    } else {
+        metrics::counter!(COMMIT_FAILED).increment(1);
+    }
+}
+
+/// Counts a refused connection.
+pub fn connection_refused(reason: &'static str) {
+    metrics::counter!(CONNECTIONS_REFUSED, "reason" => reason).increment(1);
+}
+
+/// Moves a gauge up or down by one.
+pub fn gauge_add(name: &'static str, delta: f64) {
+    metrics::gauge!(name).increment(delta);
+}
+
+/// Counts delivered messages.
+pub fn delivered(n: usize) {
+    metrics::counter!(DELIVERED).increment(n as u64);
+}
+
+/// Serves Prometheus metrics on `addr`. Must run inside a tokio runtime.
+/// Only one recorder can exist per process; a second broker in the same
+/// process (tests) keeps the first one's.
+pub fn serve(addr: SocketAddr) -> Result<(), String> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,173 @@
+//! Start-up, the accept loop and shutdown.
+//!
+//! The accept loop takes a connection permit before handshaking (a global
+//! connection cap by construction), asks unvalidated addresses for a QUIC
+//! Retry (address validation), bounds the handshake in time, and hands each
+//! connection to its session. Shutdown stops accepting, closes every
+//! connection, lets the group-commit writer finish what it holds, and closes
+//! RocksDB before returning.
+
+use crate::commit::{self, CommitRequest};
+use crate::config::{Config, Policy};
+use crate::error::BrokerError;
+use crate::fanout::Registry;
+use crate::replay::ReplayGuard;
+use crate::store::Store;
+use crate::{metrics, session, tls};
+use signet_proto::ErrorCode;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+/// Broker-wide state shared by every session.
+pub struct Shared {
+    /// Validated settings.
+    pub config: Config,
+    /// The policy in force.
+    pub policy: Policy,
+    /// RocksDB.
+    pub store: Arc<Store>,
+    /// Topic heads for live delivery.
+    pub registry: Arc<Registry>,
+    /// Per-key replay marks.
+    pub replay: ReplayGuard,
+    /// The group-commit queue.
+    pub commits: mpsc::Sender<CommitRequest>,
+}
+
+/// A running broker.
+pub struct Broker {
+    local_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Broker {
+    /// The UDP address the broker listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops the broker: no new connections, every connection closed, every
+    /// accepted write finished, RocksDB closed. Acked data is on disk.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+
+    /// Runs until the broker stops by itself (it only does on shutdown).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Starts a broker from a validated config.
+pub async fn start(config: Config) -> Result<Broker, BrokerError> {
+    let server_config = tls::server_config(&config.tls, &config.limits)?;
+    let store = Arc::new(Store::open(&config.data_dir)?);
+    let topics = store.load_topics()?;
+    let registry = Arc::new(Registry::new(&topics));
+    let committer = commit::spawn(store.clone(), registry.clone(), &topics)
+        .map_err(|e| BrokerError::Storage(format!("cannot start the commit writer: {e}")))?;
+    let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| BrokerError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let local_addr = endpoint.local_addr().map_err(|source| BrokerError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    if let Some(addr) = config.metrics
+        && let Err(e) = metrics::serve(addr)
+    {
+        tracing::warn!(%addr, error = %e, "metrics endpoint not started");
+    }
+    for (name, p) in &config.policy.principals {
+        if p.quota.is_some() {
+            tracing::warn!(principal = %name, "quota in policy is parsed but not yet enforced");
+        }
+    }
+    let policy = config.policy.clone();
+    let shared = Arc::new(Shared {
+        policy,
+        replay: ReplayGuard::new(store.clone()),
+        store: store.clone(),
+        registry,
+        commits: committer.sender,
+        config,
+    });
+    let store_weak = Arc::downgrade(&store);
+    drop(store);
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    tracing::info!(%local_addr, "broker listening");
+    let task = tokio::spawn(async move {
+        accept_loop(&endpoint, shared, shutdown_rx).await;
+        endpoint.close(quinn::VarInt::from(ErrorCode::Unavailable.0), b"broker shutting down");
+        let _ = tokio::task::spawn_blocking(move || committer.thread.join()).await;
+        wait_closed(store_weak).await;
+        tracing::info!("broker stopped");
+    });
+    Ok(Broker {
+        local_addr,
+        shutdown,
+        task,
+    })
+}
+
+async fn accept_loop(endpoint: &quinn::Endpoint, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    let permits = Arc::new(Semaphore::new(shared.config.limits.max_connections));
+    let handshake_timeout = shared.config.limits.handshake_timeout;
+    let mut connections = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            _ = shutdown.changed() => break,
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            metrics::connection_refused("connection_cap");
+            tracing::warn!(remote = %incoming.remote_address(), "connection cap reached; refusing");
+            incoming.refuse();
+            continue;
+        };
+        if !incoming.remote_address_validated() {
+            let _ = incoming.retry();
+            continue;
+        }
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let remote = incoming.remote_address();
+            match tokio::time::timeout(handshake_timeout, incoming).await {
+                Ok(Ok(conn)) => session::serve(conn, shared, shutdown).await,
+                Ok(Err(e)) => {
+                    metrics::connection_refused("handshake");
+                    tracing::info!(%remote, reason = %e, "connection refused at handshake");
+                }
+                Err(_) => {
+                    metrics::connection_refused("handshake_timeout");
+                    tracing::info!(%remote, "handshake timed out");
+                }
+            }
+            drop(permit);
+        });
+    }
+    connections.shutdown().await;
+}
+
+/// Waits (bounded) until the last reference to the store is gone, so
+/// RocksDB is closed and its lock released when shutdown returns.
+async fn wait_closed(store: Weak<Store>) {
+    for _ in 0..10_000 {
+        if store.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tracing::warn!("storage still referenced after shutdown");
+}

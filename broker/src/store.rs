@@ -1,0 +1,241 @@
+//! Durable storage in RocksDB.
+//!
+//! Column families:
+//! - `messages`: topic id (u32 BE) ‖ offset (u64 BE) → stored record bytes;
+//! - `topics`: topic name → topic id (u32 BE);
+//! - `replay`: key id → highest accepted seq (u64 BE);
+//! - `usage`: principal → stored bytes (reserved for quotas);
+//! - `subs`: durable subscription → acked offset (reserved).
+//!
+//! Only the group-commit writer ([`crate::commit`]) writes, always with
+//! `sync = true`; readers read ranges by offset.
+
+use crate::error::BrokerError;
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
+use signet_proto::KeyId;
+use signet_proto::frame::Delivery;
+use std::path::Path;
+
+/// Messages by topic id and offset.
+pub const CF_MESSAGES: &str = "messages";
+/// Topic name → topic id.
+pub const CF_TOPICS: &str = "topics";
+/// Signing key id → highest accepted seq.
+pub const CF_REPLAY: &str = "replay";
+/// Principal → stored bytes.
+pub const CF_USAGE: &str = "usage";
+/// Durable subscription → acked offset.
+pub const CF_SUBS: &str = "subs";
+
+const FAMILIES: [&str; 5] = [CF_MESSAGES, CF_TOPICS, CF_REPLAY, CF_USAGE, CF_SUBS];
+
+/// Length of a message key.
+pub const MESSAGE_KEY_BYTES: usize = 12;
+
+/// The `messages` key of `offset` in topic `topic_id`.
+pub fn message_key(topic_id: u32, offset: u64) -> [u8; MESSAGE_KEY_BYTES] {
+    let mut key = [0u8; MESSAGE_KEY_BYTES];
+    key[..4].copy_from_slice(&topic_id.to_be_bytes());
+    key[4..].copy_from_slice(&offset.to_be_bytes());
+    key
+}
+
+fn parse_message_key(key: &[u8]) -> Option<(u32, u64)> {
+    let key: &[u8; MESSAGE_KEY_BYTES] = key.try_into().ok()?;
+    let (tid, off) = key.split_at(4);
+    Some((u32::from_be_bytes(tid.try_into().ok()?), u64::from_be_bytes(off.try_into().ok()?)))
+}
+
+fn storage(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Storage(e.to_string())
+}
+
+/// A topic as found on disk at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTopic {
+    /// Topic name.
+    pub name: String,
+    /// Its numeric id in message keys.
+    pub id: u32,
+    /// The offset the next message will get.
+    pub next_offset: u64,
+}
+
+/// The RocksDB database.
+pub struct Store {
+    db: DB,
+}
+
+impl Store {
+    /// Opens (or creates) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Store, BrokerError> {
+        std::fs::create_dir_all(dir).map_err(|source| BrokerError::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        opts.set_keep_log_file_num(4);
+        let families = FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, families).map_err(storage)?;
+        Ok(Store { db })
+    }
+
+    fn cf(&self, name: &str) -> Result<&ColumnFamily, BrokerError> {
+        self.db
+            .cf_handle(name)
+            .ok_or_else(|| BrokerError::Storage(format!("column family {name} missing")))
+    }
+
+    /// Every topic with its id and next offset.
+    pub fn load_topics(&self) -> Result<Vec<StoredTopic>, BrokerError> {
+        let topics = self.cf(CF_TOPICS)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(topics, IteratorMode::Start) {
+            let (name, id) = item.map_err(storage)?;
+            let name = String::from_utf8(name.to_vec()).map_err(storage)?;
+            let id: [u8; 4] = id.as_ref().try_into().map_err(storage)?;
+            let id = u32::from_be_bytes(id);
+            let next_offset = self.last_offset(id)?.map_or(0, |o| o + 1);
+            out.push(StoredTopic { name, id, next_offset });
+        }
+        Ok(out)
+    }
+
+    fn last_offset(&self, topic_id: u32) -> Result<Option<u64>, BrokerError> {
+        let messages = self.cf(CF_MESSAGES)?;
+        let upper = message_key(topic_id, u64::MAX);
+        let mut iter = self
+            .db
+            .iterator_cf(messages, IteratorMode::From(&upper, Direction::Reverse));
+        match iter.next() {
+            Some(item) => {
+                let (key, _) = item.map_err(storage)?;
+                Ok(parse_message_key(&key).filter(|(tid, _)| *tid == topic_id).map(|(_, o)| o))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The highest accepted seq of a signing key, if any.
+    pub fn replay_mark(&self, key: &KeyId) -> Result<Option<u64>, BrokerError> {
+        let replay = self.cf(CF_REPLAY)?;
+        match self.db.get_pinned_cf(replay, key.0).map_err(storage)? {
+            Some(v) => {
+                let v: [u8; 8] = v.as_ref().try_into().map_err(storage)?;
+                Ok(Some(u64::from_be_bytes(v)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Stored messages of topic `topic_id` from offset `from` up to (not
+    /// including) `end`, at most `count_max` of them and about `bytes_max`
+    /// bytes (at least one message is returned if any is there).
+    pub fn read_range(
+        &self,
+        topic_id: u32,
+        from: u64,
+        end: u64,
+        count_max: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Delivery>, BrokerError> {
+        let messages = self.cf(CF_MESSAGES)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(message_key(topic_id, end).to_vec());
+        let start = message_key(topic_id, from);
+        let iter = self
+            .db
+            .iterator_cf_opt(messages, opts, IteratorMode::From(&start, Direction::Forward));
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        for item in iter {
+            let (key, value) = item.map_err(storage)?;
+            let Some((tid, offset)) = parse_message_key(&key) else {
+                break;
+            };
+            if tid != topic_id || offset >= end {
+                break;
+            }
+            bytes += value.len();
+            out.push(Delivery {
+                offset,
+                record: value.into_vec(),
+            });
+            if out.len() >= count_max || bytes >= bytes_max {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Adds a message to a write batch.
+    pub fn put_message(&self, batch: &mut WriteBatch, topic_id: u32, offset: u64, record: &[u8]) -> Result<(), BrokerError> {
+        batch.put_cf(self.cf(CF_MESSAGES)?, message_key(topic_id, offset), record);
+        Ok(())
+    }
+
+    /// Adds a new topic to a write batch.
+    pub fn put_topic(&self, batch: &mut WriteBatch, name: &str, topic_id: u32) -> Result<(), BrokerError> {
+        batch.put_cf(self.cf(CF_TOPICS)?, name.as_bytes(), topic_id.to_be_bytes());
+        Ok(())
+    }
+
+    /// Adds a replay mark to a write batch.
+    pub fn put_replay_mark(&self, batch: &mut WriteBatch, key: &KeyId, seq: u64) -> Result<(), BrokerError> {
+        batch.put_cf(self.cf(CF_REPLAY)?, key.0, seq.to_be_bytes());
+        Ok(())
+    }
+
+    /// Writes a batch and syncs it to disk before returning.
+    pub fn write_synced(&self, batch: WriteBatch) -> Result<(), BrokerError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts).map_err(storage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_keys_sort_by_topic_then_offset() {
+        assert!(message_key(1, u64::MAX) < message_key(2, 0));
+        assert!(message_key(1, 255) < message_key(1, 256));
+        assert_eq!(parse_message_key(&message_key(7, 9)), Some((7, 9)));
+    }
+
+    #[test]
+    fn topics_offsets_and_replay_marks_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = WriteBatch::default();
+            store.put_topic(&mut batch, "a.b", 1).unwrap();
+            for offset in 0..3 {
+                store.put_message(&mut batch, 1, offset, b"rec").unwrap();
+            }
+            store.put_replay_mark(&mut batch, &KeyId([1; 16]), 41).unwrap();
+            store.write_synced(batch).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.load_topics().unwrap(),
+            vec![StoredTopic {
+                name: "a.b".into(),
+                id: 1,
+                next_offset: 3
+            }]
+        );
+        assert_eq!(store.replay_mark(&KeyId([1; 16])).unwrap(), Some(41));
+        assert_eq!(store.replay_mark(&KeyId([2; 16])).unwrap(), None);
+        let range = store.read_range(1, 1, 3, 10, 1 << 20).unwrap();
+        assert_eq!(range.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(store.read_range(1, 0, 3, 1, 1 << 20).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,244 @@
+//! The connection to a broker, publishing and subscribing.
+
+use crate::config::ClientConfig;
+use crate::error::Error;
+use crate::publisher::{self, PublisherSettings, Request};
+use crate::seq::SeqAllocator;
+use crate::subscription::Subscription;
+use crate::tls;
+use crate::verify::Verifier;
+use signet_proto::envelope::CONTENT_TYPE_OCTET;
+use signet_proto::frame::{ClientFrame, ServerFrame, StartAt, Subscribe};
+use signet_proto::limits::FRAME_BYTES_MAX_DEFAULT;
+use signet_proto::stream::{read_frame, write_frame};
+use signet_proto::{ErrorCode, Header, KeyId, SigningKey};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tokio::sync::{mpsc, oneshot};
+
+/// A message to publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutgoingMessage {
+    /// Topic name.
+    pub topic: String,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+    /// MIME type (default `application/octet-stream`).
+    pub content_type: String,
+    /// Signed headers.
+    pub headers: Vec<Header>,
+}
+
+impl OutgoingMessage {
+    /// An `application/octet-stream` message with no headers.
+    pub fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> OutgoingMessage {
+        OutgoingMessage {
+            topic: topic.into(),
+            payload: payload.into(),
+            content_type: CONTENT_TYPE_OCTET.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    /// Sets the content type.
+    pub fn content_type(mut self, content_type: impl Into<String>) -> OutgoingMessage {
+        self.content_type = content_type.into();
+        self
+    }
+
+    /// Adds a signed header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> OutgoingMessage {
+        self.headers.push(Header {
+            name: name.into(),
+            value: value.into(),
+        });
+        self
+    }
+}
+
+/// A message that verified end to end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Offset in its topic.
+    pub offset: u64,
+    /// Topic name.
+    pub topic: String,
+    /// Id of the key that signed it (one this client trusts).
+    pub key_id: KeyId,
+    /// The publisher's sequence number.
+    pub seq: u64,
+    /// Publisher clock, ms since the Unix epoch (signed).
+    pub timestamp_ms: u64,
+    /// Broker clock at acceptance, ms since the Unix epoch (not signed).
+    pub received_ms: u64,
+    /// MIME type of the payload.
+    pub content_type: String,
+    /// Signed headers, in order.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Payload bytes.
+    pub payload: Vec<u8>,
+}
+
+/// An acknowledgement to come: resolves to the offset once the message is
+/// durable, or to the broker's typed rejection.
+pub struct PendingAck(oneshot::Receiver<Result<u64, Error>>);
+
+impl Future for PendingAck {
+    type Output = Result<u64, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|_| Err(Error::ConnectionLost("publisher stopped".into()))))
+    }
+}
+
+/// A connection to a broker.
+pub struct Client {
+    endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+    publisher: Option<mpsc::Sender<Request>>,
+    trust: Verifier,
+    frame_bytes_max: u32,
+}
+
+async fn resolve(broker: &str) -> Result<SocketAddr, Error> {
+    tokio::net::lookup_host(broker)
+        .await
+        .map_err(|e| Error::Connect(format!("{broker}: {e}")))?
+        .next()
+        .ok_or_else(|| Error::Connect(format!("{broker}: no address")))
+}
+
+impl Client {
+    /// Connects with mutual TLS and, if the config names a signing key,
+    /// gets ready to publish.
+    pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
+        let signer = match &config.signing_key {
+            Some(path) => {
+                let der = std::fs::read(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                let key = SigningKey::from_pkcs8(&der)
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                Some((Arc::new(key), SeqAllocator::open(path)?))
+            }
+            None => None,
+        };
+        let quic = tls::client_config(&config)?;
+        let addr = resolve(&config.broker).await?;
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().map_err(|_| Error::Connect("bind".into()))?
+        } else {
+            "0.0.0.0:0".parse().map_err(|_| Error::Connect("bind".into()))?
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::Connect(e.to_string()))?;
+        endpoint.set_default_client_config(quic);
+        let conn = endpoint
+            .connect(addr, &config.server_name)
+            .map_err(|e| Error::Connect(e.to_string()))?
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        let frame_bytes_max = FRAME_BYTES_MAX_DEFAULT;
+        let publisher = signer.map(|(key, seq)| {
+            publisher::start(
+                conn.clone(),
+                key,
+                seq,
+                PublisherSettings {
+                    linger: config.linger,
+                    max_inflight_batches: config.max_inflight_batches,
+                    frame_bytes_max,
+                },
+            )
+        });
+        Ok(Client {
+            endpoint,
+            conn,
+            publisher,
+            trust: Verifier::new(config.trust),
+            frame_bytes_max,
+        })
+    }
+
+    /// Publishes `payload` as `application/octet-stream` and returns its
+    /// offset once the broker has it on disk.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<u64, Error> {
+        self.enqueue(OutgoingMessage::new(topic, payload)).await?.await
+    }
+
+    /// Publishes a message and returns its offset once durable.
+    pub async fn publish_message(&self, message: OutgoingMessage) -> Result<u64, Error> {
+        self.enqueue(message).await?.await
+    }
+
+    /// Queues a message and returns at once (after waiting only if the
+    /// queue is full) with a future for its ack. Messages are sent in the
+    /// order they are queued; many can be in flight on one connection.
+    pub async fn enqueue(&self, message: OutgoingMessage) -> Result<PendingAck, Error> {
+        let queue = self.publisher.as_ref().ok_or(Error::NoSigningKey)?;
+        let (reply, ack) = oneshot::channel();
+        queue
+            .send(Request { message, reply })
+            .await
+            .map_err(|_| Error::ConnectionLost("publisher stopped".into()))?;
+        Ok(PendingAck(ack))
+    }
+
+    /// Subscribes to a topic from `start`. Every message is verified
+    /// against this client's trusted keys before it is yielded.
+    pub async fn subscribe(&self, topic: &str, start: StartAt) -> Result<Subscription, Error> {
+        if let Err(e) = signet_proto::topic::validate_name(topic) {
+            return Err(Error::Invalid {
+                code: ErrorCode::BadTopic,
+                detail: e.to_string(),
+            });
+        }
+        let (mut send, mut recv) = self
+            .conn
+            .open_bi()
+            .await
+            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
+        let request = ClientFrame::Subscribe(Subscribe {
+            topic: topic.to_owned(),
+            start,
+        });
+        write_frame(&mut send, &request)
+            .await
+            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
+        match read_frame::<ServerFrame, _>(&mut recv, self.frame_bytes_max).await {
+            Ok(Some(ServerFrame::Subscribed { next_offset })) => Ok(Subscription::start(
+                topic.to_owned(),
+                next_offset,
+                send,
+                recv,
+                self.trust.clone(),
+                self.frame_bytes_max,
+            )),
+            Ok(Some(ServerFrame::Error(r))) => Err(Error::rejected(r)),
+            Ok(Some(_)) => Err(Error::Protocol("unexpected answer to subscribe".into())),
+            Ok(None) => Err(Error::ConnectionLost("subscription refused".into())),
+            Err(e) => Err(Error::ConnectionLost(e.to_string())),
+        }
+    }
+
+    /// The underlying QUIC connection, for tools that speak frames
+    /// directly (tests, diagnostics). The TLS checks already happened.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Why the connection closed, if it has.
+    pub fn close_reason(&self) -> Option<String> {
+        self.conn.close_reason().map(|r| r.to_string())
+    }
+
+    /// Closes the connection. Await every pending ack first: what is still
+    /// in flight when the connection closes may or may not be stored.
+    pub async fn close(self) {
+        drop(self.publisher);
+        self.conn.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}

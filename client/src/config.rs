@@ -1,0 +1,95 @@
+//! The client file (TOML): where the broker is, the TLS material, the
+//! signing key, and the publisher keys this client trusts. Relative paths
+//! resolve against the file's folder.
+
+use crate::error::Error;
+use serde::Deserialize;
+use signet_proto::{KeyId, PublicKey};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClientFile {
+    broker: String,
+    server_name: String,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    signing_key: Option<PathBuf>,
+    #[serde(default)]
+    trust: HashMap<String, String>,
+    linger_us: Option<u64>,
+    max_inflight_batches: Option<usize>,
+    encryption: Option<toml::Table>,
+}
+
+/// What one client needs to connect, publish and verify.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Broker address, `host:port`.
+    pub broker: String,
+    /// Name the broker certificate must carry.
+    pub server_name: String,
+    /// CA certificate that signed the broker's certificate (PEM).
+    pub ca: PathBuf,
+    /// This client's certificate (PEM).
+    pub cert: PathBuf,
+    /// This client's TLS private key (PEM).
+    pub key: PathBuf,
+    /// Ed25519 signing key (PKCS#8 DER), needed to publish.
+    pub signing_key: Option<PathBuf>,
+    /// Publisher keys this client accepts, by key id.
+    pub trust: HashMap<KeyId, PublicKey>,
+    /// How long the publisher waits for more messages to fill a batch when
+    /// batches are already in flight. Default 500 µs.
+    pub linger: Duration,
+    /// Batches sent but not yet acknowledged. Default 64.
+    pub max_inflight_batches: usize,
+}
+
+impl ClientConfig {
+    /// Reads a client file.
+    pub fn load(path: &Path) -> Result<ClientConfig, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        ClientConfig::parse(&text, base).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// Parses client-file text; relative paths resolve against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<ClientConfig, String> {
+        let file: ClientFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let mut trust = HashMap::new();
+        for (id, key) in &file.trust {
+            let id: KeyId = id.parse().map_err(|e| format!("trust key id {id:?}: {e}"))?;
+            let key: PublicKey = key.parse().map_err(|e| format!("trust key {id}: {e}"))?;
+            if key.id() != id {
+                return Err(format!(
+                    "trust entry {id} holds a key whose id is {}: the id must be the key's",
+                    key.id()
+                ));
+            }
+            trust.insert(id, key);
+        }
+        if file.encryption.is_some() {
+            return Err("[encryption] is not supported by this version".into());
+        }
+        let max_inflight_batches = file.max_inflight_batches.unwrap_or(64);
+        if !(1..=4096).contains(&max_inflight_batches) {
+            return Err("max_inflight_batches must be between 1 and 4096".into());
+        }
+        Ok(ClientConfig {
+            broker: file.broker,
+            server_name: file.server_name,
+            ca: resolve(&file.ca),
+            cert: resolve(&file.cert),
+            key: resolve(&file.key),
+            signing_key: file.signing_key.as_deref().map(resolve),
+            trust,
+            linger: Duration::from_micros(file.linger_us.unwrap_or(500).min(100_000)),
+            max_inflight_batches,
+        })
+    }
+}

@@ -1,0 +1,71 @@
+//! The client's one error type. Every broker code arrives as an
+//! [`ErrorCode`], reachable through [`Error::code`].
+
+use signet_proto::ErrorCode;
+use std::time::Duration;
+
+/// What went wrong.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The client file or a file it names is missing or invalid.
+    #[error("client config: {0}")]
+    Config(String),
+    /// The connection could not be set up (address, TLS, handshake).
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// The connection or stream ended; what was in flight is unknown.
+    #[error("connection lost: {0}")]
+    ConnectionLost(String),
+    /// The broker refused the request with a typed code.
+    #[error("rejected by broker: {code}: {detail}")]
+    Rejected {
+        code: ErrorCode,
+        detail: String,
+        retry_after_ms: Option<u64>,
+    },
+    /// The client refused to send something invalid (same codes as the broker).
+    #[error("invalid: {code}: {detail}")]
+    Invalid { code: ErrorCode, detail: String },
+    /// A delivered message failed end-to-end verification; it is not yielded.
+    #[error("message at offset {offset} failed verification: {code}: {detail}")]
+    Verify {
+        offset: u64,
+        code: ErrorCode,
+        detail: String,
+    },
+    /// The client file names no signing key, so this client cannot publish.
+    #[error("no signing key configured")]
+    NoSigningKey,
+    /// The broker broke the protocol.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+}
+
+impl Error {
+    /// The stable error code, where there is one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Rejected { code, .. } | Error::Invalid { code, .. } | Error::Verify { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// For `QuotaExceeded`: when the broker said to try again.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::Rejected {
+                retry_after_ms: Some(ms),
+                ..
+            } => Some(Duration::from_millis(*ms)),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn rejected(r: signet_proto::frame::Rejection) -> Error {
+        Error::Rejected {
+            code: r.code,
+            detail: r.detail,
+            retry_after_ms: r.retry_after_ms,
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! A subscription: a stream of verified messages in offset order.
+//!
+//! A background task reads `Deliver` frames and verifies every record
+//! before handing it on through a bounded channel; when the application
+//! stops reading, the channel fills, the task stops reading the QUIC
+//! stream, and flow control makes the broker wait. Dropping the
+//! subscription ends it.
+
+use crate::client::Message;
+use crate::error::Error;
+use crate::verify::Verifier;
+use futures_core::Stream;
+use signet_proto::frame::ServerFrame;
+use signet_proto::stream::read_frame;
+use signet_proto::{ErrorCode, StoredRecord};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc;
+
+/// Messages buffered between the reading task and the application.
+pub const BUFFER_MESSAGES_MAX: usize = 256;
+
+/// A live subscription. Yields `Ok(message)` for every message that
+/// verified, `Err(Error::Verify { .. })` for one that did not (its content
+/// is never yielded), and ends after a connection or broker error.
+pub struct Subscription {
+    messages: mpsc::Receiver<Result<Message, Error>>,
+    task: tokio::task::JoinHandle<()>,
+    next_offset: u64,
+}
+
+impl Subscription {
+    pub(crate) fn start(
+        topic: String,
+        next_offset: u64,
+        send: quinn::SendStream,
+        recv: quinn::RecvStream,
+        verifier: Verifier,
+        frame_bytes_max: u32,
+    ) -> Subscription {
+        let (tx, messages) = mpsc::channel(BUFFER_MESSAGES_MAX);
+        let task = tokio::spawn(read_deliveries(topic, send, recv, verifier, frame_bytes_max, tx));
+        Subscription {
+            messages,
+            task,
+            next_offset,
+        }
+    }
+
+    /// The topic's next offset when the subscription opened.
+    pub fn next_offset_at_open(&self) -> u64 {
+        self.next_offset
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Message, Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.messages.poll_recv(cx)
+    }
+}
+
+fn message(offset: u64, record: StoredRecord) -> Message {
+    let e = record.envelope;
+    Message {
+        offset,
+        topic: e.topic,
+        key_id: e.key_id,
+        seq: e.seq,
+        timestamp_ms: e.timestamp_ms,
+        received_ms: record.received_ms,
+        content_type: e.content_type,
+        headers: e.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+        payload: e.payload,
+    }
+}
+
+async fn read_deliveries(
+    topic: String,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    mut verifier: Verifier,
+    frame_bytes_max: u32,
+    tx: mpsc::Sender<Result<Message, Error>>,
+) {
+    let mut last_offset: Option<u64> = None;
+    loop {
+        let item = match read_frame::<ServerFrame, _>(&mut recv, frame_bytes_max).await {
+            Ok(Some(ServerFrame::Deliver(deliveries))) => {
+                for d in deliveries {
+                    let verdict = if last_offset.is_some_and(|last| d.offset <= last) {
+                        Err(Error::Verify {
+                            offset: d.offset,
+                            code: ErrorCode::Replay,
+                            detail: "offset delivered out of order".into(),
+                        })
+                    } else {
+                        last_offset = Some(d.offset);
+                        verifier
+                            .verify(&topic, &d.record)
+                            .map(|record| message(d.offset, record))
+                            .map_err(|r| Error::Verify {
+                                offset: d.offset,
+                                code: r.code,
+                                detail: r.detail.into(),
+                            })
+                    };
+                    if tx.send(verdict).await.is_err() {
+                        let _ = send.finish();
+                        return;
+                    }
+                }
+                continue;
+            }
+            Ok(Some(ServerFrame::Error(r))) => Error::rejected(r),
+            Ok(Some(_)) => Error::Protocol("unexpected frame on a subscription".into()),
+            Ok(None) => Error::ConnectionLost("subscription closed by the broker".into()),
+            Err(e) => Error::ConnectionLost(e.to_string()),
+        };
+        let _ = tx.send(Err(item)).await;
+        return;
+    }
+}

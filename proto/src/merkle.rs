@@ -1,0 +1,194 @@
+//! Merkle trees over envelope hashes, RFC 6962 style.
+//!
+//! Leaves are `SHA-256(0x00 ‖ canonical bytes)`, internal nodes
+//! `SHA-256(0x01 ‖ left ‖ right)`, so a leaf hash can never pass for a node.
+//! The tree over `n` leaves is RFC 6962's (split at the largest power of two
+//! below `n`); built bottom-up, an odd last node is promoted unchanged, which
+//! gives the same tree. Proofs are RFC 6962 audit paths, checked with the
+//! RFC 9162 §2.1.3.2 algorithm.
+
+use ring::digest::{Context, SHA256};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Length of a hash, in bytes.
+pub const HASH_BYTES: usize = 32;
+
+/// A SHA-256 value: a leaf, a node or a root.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Hash(#[serde(with = "crate::fixed")] pub [u8; HASH_BYTES]);
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({})", hex::encode(self.0))
+    }
+}
+
+fn finish(ctx: Context) -> Hash {
+    let mut out = [0u8; HASH_BYTES];
+    out.copy_from_slice(ctx.finish().as_ref());
+    Hash(out)
+}
+
+/// The leaf hash of an envelope's canonical bytes.
+pub fn leaf_hash(canonical: &[u8]) -> Hash {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(&[0x00]);
+    ctx.update(canonical);
+    finish(ctx)
+}
+
+/// The hash of an internal node.
+pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
+    let mut ctx = Context::new(&SHA256);
+    ctx.update(&[0x01]);
+    ctx.update(&left.0);
+    ctx.update(&right.0);
+    finish(ctx)
+}
+
+/// A whole tree, kept level by level so every path is read off without
+/// rehashing. Level 0 is the leaves; the last level is the root alone.
+#[derive(Debug, Clone)]
+pub struct Tree {
+    levels: Vec<Vec<Hash>>,
+}
+
+impl Tree {
+    /// Builds the tree over `leaves`. Returns `None` for no leaves.
+    pub fn build(leaves: Vec<Hash>) -> Option<Tree> {
+        if leaves.is_empty() {
+            return None;
+        }
+        let mut levels = vec![leaves];
+        while let Some(below) = levels.last().filter(|l| l.len() > 1) {
+            let above = below
+                .chunks(2)
+                .map(|pair| match pair {
+                    [left, right] => node_hash(left, right),
+                    [odd] => *odd,
+                    _ => unreachable!("chunks(2) yields one or two"),
+                })
+                .collect();
+            levels.push(above);
+        }
+        Some(Tree { levels })
+    }
+
+    /// Number of leaves.
+    pub fn leaf_count(&self) -> usize {
+        self.levels[0].len()
+    }
+
+    /// The root hash.
+    pub fn root(&self) -> Hash {
+        self.levels[self.levels.len() - 1][0]
+    }
+
+    /// The audit path of leaf `index`, leaf to root (empty for one leaf).
+    pub fn path(&self, mut index: usize) -> Vec<Hash> {
+        let mut path = Vec::with_capacity(self.levels.len());
+        for level in &self.levels[..self.levels.len() - 1] {
+            let sibling = index ^ 1;
+            if let Some(hash) = level.get(sibling) {
+                path.push(*hash);
+            }
+            index >>= 1;
+        }
+        path
+    }
+}
+
+/// The root implied by `leaf` at `index` of `count` leaves with `path`, or
+/// `None` if the path cannot belong to such a tree (RFC 9162 §2.1.3.2).
+pub fn root_from_path(leaf: &Hash, index: u64, count: u64, path: &[Hash]) -> Option<Hash> {
+    if index >= count {
+        return None;
+    }
+    let mut f_n = index;
+    let mut s_n = count - 1;
+    let mut r = *leaf;
+    for p in path {
+        if s_n == 0 {
+            return None;
+        }
+        if f_n & 1 == 1 || f_n == s_n {
+            r = node_hash(p, &r);
+            if f_n & 1 == 0 {
+                while f_n & 1 == 0 && f_n != 0 {
+                    f_n >>= 1;
+                    s_n >>= 1;
+                }
+            }
+        } else {
+            r = node_hash(&r, p);
+        }
+        f_n >>= 1;
+        s_n >>= 1;
+    }
+    (s_n == 0).then_some(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaves(n: usize) -> Vec<Hash> {
+        (0..n).map(|i| leaf_hash(&(i as u32).to_be_bytes())).collect()
+    }
+
+    /// RFC 6962 MTH, written recursively as the RFC gives it.
+    fn mth(leaves: &[Hash]) -> Hash {
+        if leaves.len() == 1 {
+            return leaves[0];
+        }
+        // The largest power of two smaller than n.
+        let k = 1usize << (usize::BITS - 1 - (leaves.len() - 1).leading_zeros());
+        node_hash(&mth(&leaves[..k]), &mth(&leaves[k..]))
+    }
+
+    #[test]
+    fn bottom_up_tree_equals_rfc6962_mth() {
+        for n in 1..=70 {
+            let l = leaves(n);
+            let tree = Tree::build(l.clone()).unwrap();
+            assert_eq!(tree.root(), mth(&l), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn every_path_verifies_for_its_own_leaf_only() {
+        for n in [1usize, 2, 3, 5, 7, 8, 13, 256] {
+            let l = leaves(n);
+            let tree = Tree::build(l.clone()).unwrap();
+            for i in 0..n {
+                let path = tree.path(i);
+                assert!(path.len() <= 8);
+                assert_eq!(root_from_path(&l[i], i as u64, n as u64, &path), Some(tree.root()));
+                if n > 1 {
+                    let other = (i + 1) % n;
+                    assert_ne!(root_from_path(&l[i], other as u64, n as u64, &path), Some(tree.root()));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn batch_of_one_has_empty_path_and_leaf_root() {
+        let l = leaves(1);
+        let tree = Tree::build(l.clone()).unwrap();
+        assert!(tree.path(0).is_empty());
+        assert_eq!(tree.root(), l[0]);
+    }
+
+    #[test]
+    fn rejects_index_out_of_range_and_long_paths() {
+        let l = leaves(4);
+        let tree = Tree::build(l.clone()).unwrap();
+        assert_eq!(root_from_path(&l[0], 4, 4, &tree.path(0)), None);
+        let mut long = tree.path(0);
+        long.push(l[1]);
+        assert_eq!(root_from_path(&l[0], 0, 4, &long), None);
+        assert_eq!(root_from_path(&l[0], 0, 4, &tree.path(0)[..1]), None);
+    }
+}

@@ -1,0 +1,62 @@
+//! Reading and writing frames over an async byte stream (a QUIC stream).
+//! The length prefix is checked before the body is allocated.
+
+use crate::codec::{self, DecodeError, LENGTH_PREFIX_BYTES};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error("stream ended inside a frame")]
+    Truncated,
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame. `Ok(None)` is a clean end of stream between frames.
+pub async fn read_frame<T, R>(reader: &mut R, frame_bytes_max: u32) -> Result<Option<T>, ReadError>
+where
+    T: DeserializeOwned,
+    R: AsyncRead + Unpin,
+{
+    let mut prefix = [0u8; LENGTH_PREFIX_BYTES];
+    let mut filled = 0;
+    while filled < LENGTH_PREFIX_BYTES {
+        let n = reader.read(&mut prefix[filled..]).await?;
+        if n == 0 {
+            return if filled == 0 { Ok(None) } else { Err(ReadError::Truncated) };
+        }
+        filled += n;
+    }
+    let len = codec::body_len(prefix, frame_bytes_max)?;
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => ReadError::Truncated,
+        _ => ReadError::Io(e),
+    })?;
+    Ok(Some(codec::decode(&body)?))
+}
+
+/// Why a frame could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error(transparent)]
+    Encode(#[from] codec::EncodeError),
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Writes one frame.
+pub async fn write_frame<T, W>(writer: &mut W, frame: &T) -> Result<(), WriteError>
+where
+    T: Serialize,
+    W: AsyncWrite + Unpin,
+{
+    let bytes = codec::encode(frame)?;
+    writer.write_all(&bytes).await?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! The publish benchmark: a real broker (QUIC, mutual TLS, RocksDB with
+//! synced group commits) and a real client in one process, on loopback.
+//! Publishes `messages` signed messages of `size` bytes with at most
+//! `inflight` unacknowledged, one subscriber reading live, and prints
+//! throughput and latency percentiles for publish→ack and
+//! publish→delivery.
+
+use crate::sandbox::{PrincipalSpec, Sandbox};
+use anyhow::{Context, Result, bail};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use signet_client::{Client, OutgoingMessage, PendingAck, StartAt};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, mpsc};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    /// Messages to publish.
+    pub messages: usize,
+    /// Payload size, bytes.
+    pub size: usize,
+    /// Most messages published but not yet acknowledged.
+    pub inflight: usize,
+    /// Also measure delivery to one live subscriber.
+    pub subscribe: bool,
+}
+
+/// Figures of one run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub messages: usize,
+    pub size: usize,
+    pub inflight: usize,
+    pub publish_elapsed: Duration,
+    pub ack_us: [u64; 3],
+    pub delivery_elapsed: Option<Duration>,
+    pub delivery_us: Option<[u64; 3]>,
+}
+
+fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
+    [h.value_at_quantile(0.50), h.value_at_quantile(0.99), h.value_at_quantile(0.999)]
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.publish_elapsed.as_secs_f64();
+        let rate = self.messages as f64 / secs;
+        writeln!(
+            f,
+            "publish  {} msgs x {} B, {} in flight: {:.0} msgs/s, {:.1} MB/s; ack latency p50 {} us, p99 {} us, p999 {} us",
+            self.messages,
+            self.size,
+            self.inflight,
+            rate,
+            rate * self.size as f64 / 1e6,
+            self.ack_us[0],
+            self.ack_us[1],
+            self.ack_us[2]
+        )?;
+        if let (Some(elapsed), Some(us)) = (self.delivery_elapsed, self.delivery_us) {
+            let rate = self.messages as f64 / elapsed.as_secs_f64();
+            writeln!(
+                f,
+                "delivery {} msgs to 1 subscriber: {:.0} msgs/s, {:.1} MB/s; publish->delivery p50 {} us, p99 {} us, p999 {} us",
+                self.messages,
+                rate,
+                rate * self.size as f64 / 1e6,
+                us[0],
+                us[1],
+                us[2]
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the benchmark against a fresh in-process broker.
+pub async fn run(args: BenchArgs) -> Result<Report> {
+    if args.messages == 0 || args.inflight == 0 {
+        bail!("messages and inflight must be at least 1");
+    }
+    let mut sandbox = Sandbox::new(&[PrincipalSpec::new("bench")
+        .publish("bench.>")
+        .subscribe("bench.>")])?;
+    sandbox.start().await?;
+    let publisher = Client::connect(sandbox.client_config("bench")?).await?;
+    let subscriber = Client::connect(sandbox.client_config("bench")?).await?;
+    let sent_at: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::with_capacity(args.messages)));
+    let delivery = if args.subscribe {
+        let sub = subscriber.subscribe("bench.load", StartAt::Earliest).await?;
+        Some(tokio::spawn(receive(sub, args.messages, sent_at.clone())))
+    } else {
+        None
+    };
+    let payload = vec![0x5a_u8; args.size];
+    let (acks_tx, mut acks_rx) = mpsc::channel::<(Instant, PendingAck)>(args.inflight);
+    let collector = tokio::spawn(async move {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
+        while let Some((started, ack)) = acks_rx.recv().await {
+            ack.await?;
+            h.saturating_record(started_elapsed_us(started));
+        }
+        anyhow::Ok(h)
+    });
+    let started = Instant::now();
+    for _ in 0..args.messages {
+        let now = Instant::now();
+        sent_at.lock().await.push(now);
+        let ack = publisher
+            .enqueue(OutgoingMessage::new("bench.load", payload.clone()))
+            .await?;
+        if acks_tx.send((now, ack)).await.is_err() {
+            break;
+        }
+    }
+    drop(acks_tx);
+    let ack_hist = collector.await??;
+    let publish_elapsed = started.elapsed();
+    let (delivery_elapsed, delivery_us) = match delivery {
+        Some(task) => {
+            let h = task.await??;
+            (Some(started.elapsed()), Some(percentiles(&h)))
+        }
+        None => (None, None),
+    };
+    publisher.close().await;
+    subscriber.close().await;
+    sandbox.stop().await;
+    Ok(Report {
+        messages: args.messages,
+        size: args.size,
+        inflight: args.inflight,
+        publish_elapsed,
+        ack_us: percentiles(&ack_hist),
+        delivery_elapsed,
+        delivery_us,
+    })
+}
+
+fn started_elapsed_us(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX)
+}
+
+async fn receive(
+    mut sub: signet_client::Subscription,
+    count: usize,
+    sent_at: Arc<Mutex<Vec<Instant>>>,
+) -> Result<Histogram<u64>> {
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    for i in 0..count {
+        let message = sub.next().await.context("subscription ended early")??;
+        let offset = usize::try_from(message.offset)?;
+        if offset != i {
+            bail!("expected offset {i}, got {offset}");
+        }
+        let sent = sent_at.lock().await.get(offset).copied();
+        if let Some(sent) = sent {
+            h.saturating_record(started_elapsed_us(sent));
+        }
+    }
+    Ok(h)
+}

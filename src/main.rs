@@ -1,0 +1,355 @@
+//! The `signet` command: run a broker, bootstrap a PKI and keys, publish
+//! and subscribe from a shell, benchmark.
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+use serde_json::json;
+use signet::{bench, dev, keys, output, pki};
+use signet_broker::Config;
+use signet_client::{Client, ClientConfig, Error as ClientError, OutgoingMessage, PendingAck, StartAt};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio::io::AsyncWriteExt;
+
+#[derive(Parser)]
+#[command(name = "signet", version, about = "Signet: a secure publish/subscribe broker over QUIC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Certificate authority and certificates.
+    Pki {
+        #[command(subcommand)]
+        command: PkiCommand,
+    },
+    /// Generate a signing key (PKCS#8, mode 0600); prints its id and public key.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Key kind.
+        #[arg(long, default_value = "ed25519")]
+        kind: String,
+    },
+    /// Run a broker from a policy file.
+    Broker {
+        /// The policy file.
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Generate a dev setup where missing (PKI, keys, policy, client files) and run a broker on it.
+    Dev {
+        /// The dev folder.
+        #[arg(long, default_value = dev::DEFAULT_DIR)]
+        dir: PathBuf,
+        /// UDP address to listen on (used when the policy is first written).
+        #[arg(long, default_value = dev::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+    },
+    /// Publish messages; prints one JSON line per ack.
+    Pub(PubArgs),
+    /// Subscribe; prints one JSON line per verified message.
+    Sub(SubArgs),
+    /// Run the publish benchmark against an in-process broker.
+    Bench {
+        #[arg(long, default_value_t = 200_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 256)]
+        size: usize,
+        #[arg(long, default_value_t = 512)]
+        inflight: usize,
+        /// Skip the subscriber.
+        #[arg(long)]
+        no_subscribe: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PkiCommand {
+    /// Create a CA and a broker certificate.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Names for the broker certificate (default: localhost, 127.0.0.1).
+        #[arg(long = "broker-name")]
+        broker_names: Vec<String>,
+    },
+    /// Issue a client certificate for a principal.
+    Issue {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        principal: String,
+    },
+}
+
+#[derive(Args)]
+struct PubArgs {
+    /// The client file.
+    #[arg(long)]
+    client: PathBuf,
+    #[arg(long)]
+    topic: String,
+    /// The payload.
+    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    data: Option<String>,
+    /// Read the payload from a file (`-` for stdin).
+    #[arg(long)]
+    file: Option<PathBuf>,
+    /// With --file: one message per line, pipelined.
+    #[arg(long, requires = "file")]
+    lines: bool,
+    /// Content type (default: JSON if the payload parses as JSON, else text if UTF-8, else bytes).
+    #[arg(long)]
+    content_type: Option<String>,
+}
+
+#[derive(Args)]
+struct SubArgs {
+    /// The client file.
+    #[arg(long)]
+    client: PathBuf,
+    #[arg(long)]
+    topic: String,
+    /// Start at this offset (default: only new messages).
+    #[arg(long)]
+    from_offset: Option<u64>,
+    /// Exit after this many messages (verified or reported bad).
+    #[arg(long)]
+    count: Option<u64>,
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("signet: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("signet: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Pki { command } => {
+            init_logs("warn");
+            match command {
+                PkiCommand::Init { dir, broker_names } => {
+                    pki::init(&dir, &broker_names)?;
+                    println!("CA: {}", dir.join("ca.crt").display());
+                    println!("broker certificate: {}", dir.join("broker.crt").display());
+                }
+                PkiCommand::Issue { dir, principal } => {
+                    let files = pki::issue(&dir, &principal)?;
+                    println!("certificate: {}", files.cert.display());
+                    println!("key: {}", files.key.display());
+                }
+            }
+        }
+        Command::Keygen { out, kind } => {
+            init_logs("warn");
+            if kind != "ed25519" {
+                bail!("unknown key kind {kind:?} (supported: ed25519)");
+            }
+            let public = keys::generate_ed25519(&out)?;
+            println!("key_id: {}", public.id().to_hex());
+            println!("public_key: {public}");
+        }
+        Command::Broker { config } => {
+            init_logs("info");
+            let config = Config::load(&config)?;
+            let broker = signet_broker::start(config).await?;
+            run_until_signal(broker).await?;
+        }
+        Command::Dev { dir, listen } => {
+            init_logs("info");
+            let metrics: SocketAddr = dev::DEFAULT_METRICS.parse()?;
+            let files = dev::ensure(&dir, listen, Some(metrics))?;
+            let config = Config::load(&files.policy)?;
+            let metrics = config.metrics;
+            let data_dir = config.data_dir.clone();
+            // Start first, so whoever reads the lines below can connect at once.
+            let broker = signet_broker::start(config).await?;
+            println!("signet dev broker");
+            println!("  listening:  {} (UDP, QUIC + mutual TLS)", broker.local_addr());
+            if let Some(m) = metrics {
+                println!("  metrics:    http://{m}/metrics");
+            }
+            println!("  policy:     {}", files.policy.display());
+            println!("  data:       {}", data_dir.display());
+            println!("  publisher:  {}  (may publish to orders.>)", files.publisher.display());
+            println!("  subscriber: {}  (may subscribe to orders.>)", files.subscriber.display());
+            println!("try:");
+            println!(
+                "  signet pub --client {} --topic orders.created --data '{{\"id\":1}}'",
+                files.publisher.display()
+            );
+            println!(
+                "  signet sub --client {} --topic orders.created --from-offset 0 --count 1",
+                files.subscriber.display()
+            );
+            run_until_signal(broker).await?;
+        }
+        Command::Pub(args) => {
+            init_logs("warn");
+            return publish(args).await;
+        }
+        Command::Sub(args) => {
+            init_logs("warn");
+            return subscribe(args).await;
+        }
+        Command::Bench {
+            messages,
+            size,
+            inflight,
+            no_subscribe,
+        } => {
+            init_logs("warn");
+            let report = bench::run(bench::BenchArgs {
+                messages,
+                size,
+                inflight,
+                subscribe: !no_subscribe,
+            })
+            .await?;
+            print!("{report}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_until_signal(broker: signet_broker::Broker) -> Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+    broker.shutdown().await;
+    Ok(())
+}
+
+fn read_payloads(args: &PubArgs) -> Result<Vec<Vec<u8>>> {
+    let bytes = match (&args.data, &args.file) {
+        (Some(data), _) => return Ok(vec![data.as_bytes().to_vec()]),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
+            buf
+        }
+        (None, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        (None, None) => bail!("give --data or --file"),
+    };
+    if args.lines {
+        Ok(bytes
+            .split(|b| *b == b'\n')
+            .map(|line| line.strip_suffix(b"\r").unwrap_or(line).to_vec())
+            .filter(|line| !line.is_empty())
+            .collect())
+    } else {
+        Ok(vec![bytes])
+    }
+}
+
+fn error_code_name(e: &ClientError) -> String {
+    e.code().map_or_else(|| "ConnectionError".to_string(), |c| c.to_string())
+}
+
+async fn publish(args: PubArgs) -> Result<ExitCode> {
+    let payloads = read_payloads(&args)?;
+    let config = ClientConfig::load(&args.client)?;
+    let client = Client::connect(config).await?;
+    let (acks_tx, mut acks_rx) = tokio::sync::mpsc::channel::<(usize, PendingAck)>(4096);
+    let printer = tokio::spawn(async move {
+        let mut stdout = tokio::io::stdout();
+        let mut failures: Vec<String> = Vec::new();
+        while let Some((line, ack)) = acks_rx.recv().await {
+            let text = match ack.await {
+                Ok(offset) => json!({ "offset": offset }),
+                Err(e) => {
+                    let code = error_code_name(&e);
+                    let v = json!({ "line": line, "error": code, "detail": e.to_string() });
+                    failures.push(code);
+                    v
+                }
+            };
+            stdout.write_all(format!("{text}\n").as_bytes()).await?;
+            stdout.flush().await?;
+        }
+        anyhow::Ok(failures)
+    });
+    for (i, payload) in payloads.into_iter().enumerate() {
+        let content_type = args
+            .content_type
+            .clone()
+            .unwrap_or_else(|| output::infer_content_type(&payload).to_owned());
+        let message = OutgoingMessage::new(args.topic.clone(), payload).content_type(content_type);
+        let ack = client.enqueue(message).await?;
+        if acks_tx.send((i + 1, ack)).await.is_err() {
+            break;
+        }
+    }
+    drop(acks_tx);
+    let failures = printer.await.map_err(|e| anyhow!(e))??;
+    client.close().await;
+    if let Some(first) = failures.first() {
+        eprintln!("signet: {} message(s) rejected; first error: {first}", failures.len());
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn subscribe(args: SubArgs) -> Result<ExitCode> {
+    let config = ClientConfig::load(&args.client)?;
+    let client = Client::connect(config).await?;
+    let start = args.from_offset.map_or(StartAt::Latest, StartAt::Offset);
+    let mut messages = client.subscribe(&args.topic, start).await?;
+    let mut seen = 0u64;
+    let mut bad = 0u64;
+    let mut stdout = tokio::io::stdout();
+    while args.count.is_none_or(|c| seen < c) {
+        let Some(item) = messages.next().await else {
+            break;
+        };
+        seen += 1;
+        match item {
+            Ok(m) => {
+                stdout.write_all(format!("{}\n", output::message_json(&m)).as_bytes()).await?;
+                stdout.flush().await?;
+            }
+            Err(ClientError::Verify { offset, code, detail }) => {
+                bad += 1;
+                eprintln!("{}", json!({ "offset": offset, "error": code.to_string(), "detail": detail }));
+            }
+            Err(e) => {
+                eprintln!("{}", json!({ "error": error_code_name(&e), "detail": e.to_string() }));
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    drop(messages);
+    client.close().await;
+    Ok(if bad > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}

@@ -1,0 +1,214 @@
+//! A throwaway world for tests and benchmarks: a fresh PKI, one signing key
+//! per principal, a policy, and a real broker on an ephemeral loopback port
+//! with its own RocksDB folder. Nothing is mocked.
+
+use crate::{dev, keys, pki};
+use anyhow::{Context, Result, anyhow};
+use signet_broker::{Broker, Config};
+use signet_client::ClientConfig;
+use signet_proto::PublicKey;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// One principal of the sandbox and its grants.
+#[derive(Debug, Clone, Default)]
+pub struct PrincipalSpec {
+    pub name: String,
+    pub publish: Vec<String>,
+    pub subscribe: Vec<String>,
+    pub deny_publish: Vec<String>,
+    pub deny_subscribe: Vec<String>,
+}
+
+impl PrincipalSpec {
+    /// A principal with no grants.
+    pub fn new(name: &str) -> PrincipalSpec {
+        PrincipalSpec {
+            name: name.into(),
+            ..PrincipalSpec::default()
+        }
+    }
+
+    /// Adds a publish grant.
+    pub fn publish(mut self, pattern: &str) -> PrincipalSpec {
+        self.publish.push(pattern.into());
+        self
+    }
+
+    /// Adds a subscribe grant.
+    pub fn subscribe(mut self, pattern: &str) -> PrincipalSpec {
+        self.subscribe.push(pattern.into());
+        self
+    }
+
+    /// Adds a publish deny rule.
+    pub fn deny_publish(mut self, pattern: &str) -> PrincipalSpec {
+        self.deny_publish.push(pattern.into());
+        self
+    }
+}
+
+struct Member {
+    spec: PrincipalSpec,
+    key_path: PathBuf,
+    public: PublicKey,
+    tls: pki::ClientFiles,
+}
+
+/// A PKI, keys, policy and (when started) a broker, in a temporary folder.
+pub struct Sandbox {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+    extra_policy: String,
+    broker: Option<Broker>,
+    addr: Option<SocketAddr>,
+}
+
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| format!("{s:?}")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+impl Sandbox {
+    /// Creates the PKI and keys for `principals`. The broker is not started.
+    pub fn new(principals: &[PrincipalSpec]) -> Result<Sandbox> {
+        let dir = tempfile::Builder::new().prefix("signet-").tempdir()?;
+        pki::init(&dir.path().join("pki"), &[])?;
+        let mut members = Vec::new();
+        for spec in principals {
+            let tls = pki::issue(&dir.path().join("pki"), &spec.name)?;
+            let key_path = dir.path().join("keys").join(format!("{}.ed25519", spec.name));
+            let public = keys::generate_ed25519(&key_path)?;
+            members.push(Member {
+                spec: spec.clone(),
+                key_path,
+                public,
+                tls,
+            });
+        }
+        Ok(Sandbox {
+            dir,
+            members,
+            extra_policy: String::new(),
+            broker: None,
+            addr: None,
+        })
+    }
+
+    /// The sandbox's folder.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The broker's RocksDB folder.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The PKI folder (`ca.crt`, `clients/…`).
+    pub fn pki_dir(&self) -> PathBuf {
+        self.dir.path().join("pki")
+    }
+
+    /// TOML appended to the generated policy (e.g. a `[limits]` table).
+    pub fn set_extra_policy(&mut self, text: &str) {
+        self.extra_policy = text.to_owned();
+    }
+
+    fn member(&self, name: &str) -> Result<&Member> {
+        self.members
+            .iter()
+            .find(|m| m.spec.name == name)
+            .ok_or_else(|| anyhow!("no principal {name} in the sandbox"))
+    }
+
+    /// A principal's signing public key.
+    pub fn public_key(&self, name: &str) -> Result<PublicKey> {
+        Ok(self.member(name)?.public.clone())
+    }
+
+    /// A principal's signing key file.
+    pub fn signing_key_path(&self, name: &str) -> Result<PathBuf> {
+        Ok(self.member(name)?.key_path.clone())
+    }
+
+    /// The policy text for a broker listening on `listen`.
+    pub fn policy_text(&self, listen: SocketAddr) -> String {
+        let mut text = format!(
+            "[broker]\nlisten = \"{listen}\"\ndata_dir = \"data\"\n\n[tls]\nca = \"pki/ca.crt\"\ncert = \"pki/broker.crt\"\nkey = \"pki/broker.key\"\n\n"
+        );
+        for m in &self.members {
+            let s = &m.spec;
+            text.push_str(&format!(
+                "[[principal]]\nname = {:?}\nkeys = [{:?}]\npublish = {}\nsubscribe = {}\ndeny_publish = {}\ndeny_subscribe = {}\n\n",
+                s.name,
+                m.public.to_string(),
+                toml_list(&s.publish),
+                toml_list(&s.subscribe),
+                toml_list(&s.deny_publish),
+                toml_list(&s.deny_subscribe),
+            ));
+        }
+        text.push_str(&self.extra_policy);
+        text
+    }
+
+    /// Writes the policy and starts the broker (on an ephemeral port the
+    /// first time, on the same port after a restart).
+    pub async fn start(&mut self) -> Result<SocketAddr> {
+        let listen = self.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let policy = self.dir.path().join("signet.toml");
+        std::fs::write(&policy, self.policy_text(listen))?;
+        let config = Config::load(&policy)?;
+        let broker = signet_broker::start(config).await.context("starting the broker")?;
+        let addr = broker.local_addr();
+        self.broker = Some(broker);
+        self.addr = Some(addr);
+        Ok(addr)
+    }
+
+    /// Stops the broker; RocksDB is closed when this returns.
+    pub async fn stop(&mut self) {
+        if let Some(broker) = self.broker.take() {
+            broker.shutdown().await;
+        }
+    }
+
+    /// Stops and starts the broker on the same data and port.
+    pub async fn restart(&mut self) -> Result<SocketAddr> {
+        self.stop().await;
+        self.start().await
+    }
+
+    /// The broker's address (after `start`).
+    pub fn addr(&self) -> Result<SocketAddr> {
+        self.addr.ok_or_else(|| anyhow!("broker not started"))
+    }
+
+    /// A client file's text for `name`, trusting every sandbox principal's key.
+    pub fn client_file_text(&self, name: &str) -> Result<String> {
+        let m = self.member(name)?;
+        let trust: Vec<PublicKey> = self.members.iter().map(|m| m.public.clone()).collect();
+        Ok(dev::client_file_text(
+            &self.addr()?.to_string(),
+            "localhost",
+            &self.pki_dir().join("ca.crt"),
+            &m.tls.cert,
+            &m.tls.key,
+            Some(&m.key_path),
+            &trust,
+        ))
+    }
+
+    /// Writes `name`'s client file into the sandbox and returns its path.
+    pub fn write_client_file(&self, name: &str) -> Result<PathBuf> {
+        let path = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&path, self.client_file_text(name)?)?;
+        Ok(path)
+    }
+
+    /// `name`'s client config.
+    pub fn client_config(&self, name: &str) -> Result<ClientConfig> {
+        ClientConfig::parse(&self.client_file_text(name)?, self.dir.path()).map_err(|e| anyhow!(e))
+    }
+}

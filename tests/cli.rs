@@ -1,0 +1,154 @@
+//! The `signet` command, driven from outside as a user would.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const SIGNET: &str = env!("CARGO_BIN_EXE_signet");
+
+struct Run {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+async fn signet(args: &[&str]) -> Run {
+    let out = within(Command::new(SIGNET).args(args).kill_on_drop(true).output())
+        .await
+        .expect("signet runs");
+    Run {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_and_keygen_write_secrets_0600_and_print_key_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let pki_s = pki.to_str().unwrap();
+    let run = signet(&["pki", "init", "--dir", pki_s, "--broker-name", "localhost", "--broker-name", "127.0.0.1"]).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(mode(&pki.join("ca.key")), 0o600);
+    assert_eq!(mode(&pki.join("broker.key")), 0o600);
+    let run = signet(&["pki", "issue", "--dir", pki_s, "--principal", "orders-service"]).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(mode(&pki.join("clients/orders-service.key")), 0o600);
+    let cert = std::fs::read(pki.join("clients/orders-service.crt")).unwrap();
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&cert).map(|c: rustls::pki_types::CertificateDer| c.to_vec()).unwrap();
+    assert_eq!(signet_broker::tls::principal_from_cert(&der).as_deref(), Some("orders-service"));
+
+    let key = dir.path().join("keys/orders.ed25519");
+    let run = signet(&["keygen", "--out", key.to_str().unwrap()]).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(mode(&key), 0o600);
+    let public: signet_proto::PublicKey = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("public_key: "))
+        .expect("public key line")
+        .parse()
+        .unwrap();
+    let key_id = run.stdout.lines().find_map(|l| l.strip_prefix("key_id: ")).expect("key id line");
+    assert_eq!(key_id, public.id().to_hex());
+    // Never overwrite a key.
+    let again = signet(&["keygen", "--out", key.to_str().unwrap()]).await;
+    assert!(!again.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pub_and_sub_print_json_lines_and_rejections() {
+    let mut sandbox = started().await;
+    let alice = sandbox.write_client_file("alice").unwrap();
+    let bob = sandbox.write_client_file("bob").unwrap();
+    let alice = alice.to_str().unwrap();
+
+    let run = signet(&["pub", "--client", alice, "--topic", "orders.created", "--data", r#"{"id":1}"#]).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(json_lines(&run.stdout), vec![serde_json::json!({"offset": 0})]);
+
+    let lines = sandbox.path().join("lines.txt");
+    std::fs::write(&lines, "hello\n{\"id\":2}\n\u{1F600}\n").unwrap();
+    let run = signet(&["pub", "--client", alice, "--topic", "orders.created", "--file", lines.to_str().unwrap(), "--lines"]).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    let offsets: Vec<u64> = json_lines(&run.stdout).iter().map(|v| v["offset"].as_u64().unwrap()).collect();
+    assert_eq!(offsets, vec![1, 2, 3]);
+
+    let run = signet(&["sub", "--client", alice, "--topic", "orders.created", "--from-offset", "0", "--count", "3"]).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    let got = json_lines(&run.stdout);
+    assert_eq!(got.len(), 3);
+    assert_eq!(got[0]["offset"], 0);
+    assert_eq!(got[0]["topic"], "orders.created");
+    assert_eq!(got[0]["payload_encoding"], "json");
+    assert_eq!(got[0]["payload"], serde_json::json!({"id": 1}));
+    assert_eq!(got[0]["key_id"], sandbox.public_key("alice").unwrap().id().to_hex());
+    assert!(got[0]["seq"].as_u64().unwrap() > 0);
+    assert!(got[0]["timestamp_ms"].as_u64().unwrap() > 0);
+    assert_eq!(got[1]["payload_encoding"], "utf8");
+    assert_eq!(got[1]["payload"], "hello");
+    assert_eq!(got[2]["payload"], serde_json::json!({"id": 2}));
+
+    let run = signet(&["pub", "--client", bob.to_str().unwrap(), "--topic", "orders.created", "--data", "x"]).await;
+    assert!(!run.status.success());
+    let rejected = json_lines(&run.stdout);
+    assert_eq!(rejected[0]["line"], 1);
+    assert_eq!(rejected[0]["error"], "Forbidden");
+    assert!(run.stderr.contains("Forbidden"), "{}", run.stderr);
+    assert_eq!(stored_count(&sandbox, "orders.created").await, 4);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_command_serves_the_readme_walkthrough() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut dev = Command::new(SIGNET)
+        .args(["dev", "--dir", dir.path().to_str().unwrap(), "--listen", &listen])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let (mut publisher, mut subscriber) = (None, None);
+    while publisher.is_none() || subscriber.is_none() {
+        let line = within(lines.next_line()).await.unwrap().expect("dev prints its files");
+        let path = |l: &str| l.split_whitespace().nth(1).map(str::to_owned);
+        if line.trim_start().starts_with("publisher:") {
+            publisher = path(line.trim_start());
+        } else if line.trim_start().starts_with("subscriber:") {
+            subscriber = path(line.trim_start());
+        }
+    }
+    let (publisher, subscriber) = (publisher.unwrap(), subscriber.unwrap());
+    // The broker listens before it prints the client files.
+    let run = signet(&["pub", "--client", &publisher, "--topic", "orders.created", "--data", r#"{"id":1}"#]).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(json_lines(&run.stdout)[0]["offset"], 0);
+    let run = signet(&["sub", "--client", &subscriber, "--topic", "orders.created", "--from-offset", "0", "--count", "1"]).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    let got = json_lines(&run.stdout);
+    assert_eq!(got[0]["payload"], serde_json::json!({"id": 1}));
+    // The subscriber may not publish.
+    let run = signet(&["pub", "--client", &subscriber, "--topic", "orders.created", "--data", "{}"]).await;
+    assert_eq!(json_lines(&run.stdout)[0]["error"], "Forbidden");
+    dev.start_kill().unwrap();
+    let _ = within(dev.wait()).await;
+}
