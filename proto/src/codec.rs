@@ -2,7 +2,7 @@
 //! body. The length is checked against the limit before any allocation; a
 //! body must decode completely, with no trailing bytes.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 
 /// Size of the length prefix, in bytes.
@@ -58,16 +58,18 @@ pub fn body_len(prefix: [u8; LENGTH_PREFIX_BYTES], max: u32) -> Result<usize, De
     Ok(len as usize)
 }
 
-/// Decodes a whole body; trailing bytes are an error.
+/// Decodes a whole body; trailing bytes are an error. Byte strings are
+/// read straight from `body` (no intermediate buffer).
 pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
-    let mut rest = body;
-    let mut de = rmp_serde::Deserializer::new(&mut rest);
+    let mut de = rmp_serde::Deserializer::from_read_ref(body);
     let value = T::deserialize(&mut de).map_err(|_| DecodeError::Malformed)?;
-    drop(de);
-    if !rest.is_empty() {
-        return Err(DecodeError::Trailing);
+    // The body must end exactly here: reading one more value must hit the end.
+    match serde::de::IgnoredAny::deserialize(&mut de) {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Ok(value)
+        }
+        _ => Err(DecodeError::Trailing),
     }
-    Ok(value)
 }
 
 /// Entry points for fuzz targets: decode, and if that succeeds, check that

@@ -102,29 +102,47 @@ impl Tree {
 /// The root implied by `leaf` at `index` of `count` leaves with `path`, or
 /// `None` if the path cannot belong to such a tree (RFC 9162 §2.1.3.2).
 pub fn root_from_path(leaf: &Hash, index: u64, count: u64, path: &[Hash]) -> Option<Hash> {
+    walk_path(leaf, index, count, path, |_| false)
+}
+
+/// Walks from `leaf` towards the root as [`root_from_path`] does, offering
+/// the leaf and each computed node to `stop`; returns the first node `stop`
+/// accepts, else the root (or `None` for an impossible path). A verifier
+/// that already trusts some nodes of a tree stops at the first one.
+pub fn walk_path(
+    leaf: &Hash,
+    index: u64,
+    count: u64,
+    path: &[Hash],
+    mut stop: impl FnMut(&Hash) -> bool,
+) -> Option<Hash> {
     if index >= count {
         return None;
     }
     let mut f_n = index;
     let mut s_n = count - 1;
     let mut r = *leaf;
+    if stop(&r) {
+        return Some(r);
+    }
     for p in path {
         if s_n == 0 {
             return None;
         }
         if f_n & 1 == 1 || f_n == s_n {
             r = node_hash(p, &r);
-            if f_n & 1 == 0 {
-                while f_n & 1 == 0 && f_n != 0 {
-                    f_n >>= 1;
-                    s_n >>= 1;
-                }
+            while f_n & 1 == 0 && f_n != 0 {
+                f_n >>= 1;
+                s_n >>= 1;
             }
         } else {
             r = node_hash(&r, p);
         }
         f_n >>= 1;
         s_n >>= 1;
+        if stop(&r) {
+            return Some(r);
+        }
     }
     (s_n == 0).then_some(r)
 }
