@@ -37,6 +37,8 @@ pub struct Report {
     pub ack_us: [u64; 3],
     pub delivery_elapsed: Option<Duration>,
     pub delivery_us: Option<[u64; 3]>,
+    /// Broker-side stage figures (Prometheus summary lines of the group commit).
+    pub stages: Vec<String>,
 }
 
 fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
@@ -72,8 +74,34 @@ impl std::fmt::Display for Report {
                 us[2]
             )?;
         }
+        for line in &self.stages {
+            writeln!(f, "  {line}")?;
+        }
         Ok(())
     }
+}
+
+/// Installs a metrics recorder for this process (if none is installed) so
+/// the broker's own stage timings can be read back after the run.
+fn recorder() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).ok().map(|()| handle)
+}
+
+fn stage_lines(handle: Option<&metrics_exporter_prometheus::PrometheusHandle>) -> Vec<String> {
+    let Some(handle) = handle else {
+        return Vec::new();
+    };
+    handle
+        .render()
+        .lines()
+        .filter(|l| {
+            (l.starts_with("signet_commit_seconds") || l.starts_with("signet_commit_batch_envelopes"))
+                && !l.starts_with('#')
+        })
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Runs the benchmark against a fresh in-process broker.
@@ -81,6 +109,7 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
     if args.messages == 0 || args.inflight == 0 {
         bail!("messages and inflight must be at least 1");
     }
+    let metrics = recorder();
     let mut sandbox = Sandbox::new(&[PrincipalSpec::new("bench")
         .publish("bench.>")
         .subscribe("bench.>")])?;
@@ -136,6 +165,7 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         ack_us: percentiles(&ack_hist),
         delivery_elapsed,
         delivery_us,
+        stages: stage_lines(metrics.as_ref()),
     })
 }
 

@@ -71,14 +71,16 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     let registry = Arc::new(Registry::new(&topics));
     let committer = commit::spawn(store.clone(), registry.clone(), &topics)
         .map_err(|e| BrokerError::Storage(format!("cannot start the commit writer: {e}")))?;
-    let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|source| BrokerError::Listen {
+    let listen_error = |source| BrokerError::Listen {
         addr: config.listen,
         source,
-    })?;
-    let local_addr = endpoint.local_addr().map_err(|source| BrokerError::Listen {
-        addr: config.listen,
-        source,
-    })?;
+    };
+    let socket = signet_proto::stream::udp_socket(config.listen).map_err(listen_error)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| listen_error(std::io::Error::other("no async runtime")))?;
+    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
+        .map_err(listen_error)?;
+    let local_addr = endpoint.local_addr().map_err(listen_error)?;
     if let Some(addr) = config.metrics
         && let Err(e) = metrics::serve(addr)
     {

@@ -133,7 +133,10 @@ impl Client {
         } else {
             "0.0.0.0:0".parse().map_err(|_| Error::Connect("bind".into()))?
         };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| Error::Connect(e.to_string()))?;
+        let socket = signet_proto::stream::udp_socket(bind).map_err(|e| Error::Connect(e.to_string()))?;
+        let runtime = quinn::default_runtime().ok_or_else(|| Error::Connect("no async runtime".into()))?;
+        let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(|e| Error::Connect(e.to_string()))?;
         endpoint.set_default_client_config(quic);
         let conn = endpoint
             .connect(addr, &config.server_name)

@@ -60,3 +60,24 @@ where
     writer.write_all(&bytes).await?;
     Ok(())
 }
+
+/// Socket buffer size asked for QUIC endpoints, in bytes. The kernel caps
+/// it at `net.core.rmem_max`/`wmem_max`. With the default (about 200 KiB) a
+/// busy loopback peer overflows the receive buffer, and every dropped
+/// datagram costs a QUIC loss-recovery delay.
+pub const UDP_BUFFER_BYTES: usize = 8 * 1024 * 1024;
+
+/// A UDP socket bound to `addr` with large send and receive buffers, for a
+/// QUIC endpoint.
+pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false).ok();
+    }
+    // Best effort: a smaller buffer still works, only with more drops.
+    socket.set_recv_buffer_size(UDP_BUFFER_BYTES).ok();
+    socket.set_send_buffer_size(UDP_BUFFER_BYTES).ok();
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
