@@ -4,7 +4,10 @@
 //! `SIGNET_BENCH_INFLIGHT` (512).
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -17,7 +20,9 @@ fn main() -> anyhow::Result<()> {
         inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
         subscribe: true,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let report = runtime.block_on(signet::bench::run(args))?;
     print!("{report}");
     Ok(())

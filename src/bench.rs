@@ -42,7 +42,11 @@ pub struct Report {
 }
 
 fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
-    [h.value_at_quantile(0.50), h.value_at_quantile(0.99), h.value_at_quantile(0.999)]
+    [
+        h.value_at_quantile(0.50),
+        h.value_at_quantile(0.99),
+        h.value_at_quantile(0.999),
+    ]
 }
 
 impl std::fmt::Display for Report {
@@ -97,7 +101,8 @@ fn stage_lines(handle: Option<&metrics_exporter_prometheus::PrometheusHandle>) -
         .render()
         .lines()
         .filter(|l| {
-            (l.starts_with("signet_commit_seconds") || l.starts_with("signet_commit_batch_envelopes"))
+            (l.starts_with("signet_commit_seconds")
+                || l.starts_with("signet_commit_batch_envelopes"))
                 && !l.starts_with('#')
         })
         .map(str::to_owned)
@@ -118,7 +123,9 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
     let subscriber = Client::connect(sandbox.client_config("bench")?).await?;
     let sent_at: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::with_capacity(args.messages)));
     let delivery = if args.subscribe {
-        let sub = subscriber.subscribe("bench.load", StartAt::Earliest).await?;
+        let sub = subscriber
+            .subscribe("bench.load", StartAt::Earliest)
+            .await?;
         Some(tokio::spawn(receive(sub, args.messages, sent_at.clone())))
     } else {
         None

@@ -46,16 +46,28 @@ pub fn client_file_text(
         key.display().to_string()
     );
     if let Some(signing_key) = signing_key {
-        text.push_str(&format!("signing_key = {:?}\n", signing_key.display().to_string()));
+        text.push_str(&format!(
+            "signing_key = {:?}\n",
+            signing_key.display().to_string()
+        ));
     }
     text.push_str("\n# Publisher keys this client accepts: key id = public key.\n[trust]\n");
     for key in trust {
-        text.push_str(&format!("{:?} = {:?}\n", key.id().to_hex(), key.to_string()));
+        text.push_str(&format!(
+            "{:?} = {:?}\n",
+            key.id().to_hex(),
+            key.to_string()
+        ));
     }
     text
 }
 
-fn dev_policy(listen: SocketAddr, metrics: Option<SocketAddr>, publisher: &PublicKey, subscriber: &PublicKey) -> String {
+fn dev_policy(
+    listen: SocketAddr,
+    metrics: Option<SocketAddr>,
+    publisher: &PublicKey,
+    subscriber: &PublicKey,
+) -> String {
     let metrics = metrics.map_or(String::new(), |m| format!("metrics = \"{m}\"\n"));
     format!(
         r#"# Signet dev policy, written by `signet dev`. Edit freely.
@@ -113,7 +125,11 @@ pub fn ensure(dir: &Path, listen: SocketAddr, metrics: Option<SocketAddr>) -> Re
     }
     let mut keys = Vec::new();
     for principal in ["publisher", "subscriber"] {
-        if !pki_dir.join("clients").join(format!("{principal}.crt")).exists() {
+        if !pki_dir
+            .join("clients")
+            .join(format!("{principal}.crt"))
+            .exists()
+        {
             pki::issue(&pki_dir, principal)?;
         }
         let key_path = dir.join("keys").join(format!("{principal}.ed25519"));
@@ -126,7 +142,10 @@ pub fn ensure(dir: &Path, listen: SocketAddr, metrics: Option<SocketAddr>) -> Re
     }
     let policy = dir.join("signet.toml");
     if !policy.exists() {
-        crate::files::write_public(&policy, dev_policy(listen, metrics, &keys[0], &keys[1]).as_bytes())?;
+        crate::files::write_public(
+            &policy,
+            dev_policy(listen, metrics, &keys[0], &keys[1]).as_bytes(),
+        )?;
     }
     let mut client_files = Vec::new();
     for principal in ["publisher", "subscriber"] {

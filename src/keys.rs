@@ -16,6 +16,7 @@ pub fn generate_ed25519(out: &Path) -> Result<PublicKey> {
 /// Reads a signing key's public half from its PKCS#8 file.
 pub fn public_of(path: &Path) -> Result<PublicKey> {
     let der = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let key = SigningKey::from_pkcs8(&der).with_context(|| format!("{} is not an Ed25519 PKCS#8 key", path.display()))?;
+    let key = SigningKey::from_pkcs8(&der)
+        .with_context(|| format!("{} is not an Ed25519 PKCS#8 key", path.display()))?;
     Ok(key.public_key().clone())
 }

@@ -7,14 +7,20 @@ use futures_util::StreamExt;
 use serde_json::json;
 use signet::{bench, dev, keys, output, pki};
 use signet_broker::Config;
-use signet_client::{Client, ClientConfig, Error as ClientError, OutgoingMessage, PendingAck, StartAt};
+use signet_client::{
+    Client, ClientConfig, Error as ClientError, OutgoingMessage, PendingAck, StartAt,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::io::AsyncWriteExt;
 
 #[derive(Parser)]
-#[command(name = "signet", version, about = "Signet: a secure publish/subscribe broker over QUIC")]
+#[command(
+    name = "signet",
+    version,
+    about = "Signet: a secure publish/subscribe broker over QUIC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -135,7 +141,10 @@ fn init_logs(default: &str) {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("signet: cannot start the runtime: {e}");
@@ -193,14 +202,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             // Start first, so whoever reads the lines below can connect at once.
             let broker = signet_broker::start(config).await?;
             println!("signet dev broker");
-            println!("  listening:  {} (UDP, QUIC + mutual TLS)", broker.local_addr());
+            println!(
+                "  listening:  {} (UDP, QUIC + mutual TLS)",
+                broker.local_addr()
+            );
             if let Some(m) = metrics {
                 println!("  metrics:    http://{m}/metrics");
             }
             println!("  policy:     {}", files.policy.display());
             println!("  data:       {}", data_dir.display());
-            println!("  publisher:  {}  (may publish to orders.>)", files.publisher.display());
-            println!("  subscriber: {}  (may subscribe to orders.>)", files.subscriber.display());
+            println!(
+                "  publisher:  {}  (may publish to orders.>)",
+                files.publisher.display()
+            );
+            println!(
+                "  subscriber: {}  (may subscribe to orders.>)",
+                files.subscriber.display()
+            );
             println!("try:");
             println!(
                 "  signet pub --client {} --topic orders.created --data '{{\"id\":1}}'",
@@ -259,7 +277,9 @@ fn read_payloads(args: &PubArgs) -> Result<Vec<Vec<u8>>> {
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
             buf
         }
-        (None, Some(path)) => std::fs::read(path).with_context(|| format!("reading {}", path.display()))?,
+        (None, Some(path)) => {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+        }
         (None, None) => bail!("give --data or --file"),
     };
     if args.lines {
@@ -274,7 +294,8 @@ fn read_payloads(args: &PubArgs) -> Result<Vec<Vec<u8>>> {
 }
 
 fn error_code_name(e: &ClientError) -> String {
-    e.code().map_or_else(|| "ConnectionError".to_string(), |c| c.to_string())
+    e.code()
+        .map_or_else(|| "ConnectionError".to_string(), |c| c.to_string())
 }
 
 async fn publish(args: PubArgs) -> Result<ExitCode> {
@@ -315,7 +336,10 @@ async fn publish(args: PubArgs) -> Result<ExitCode> {
     let failures = printer.await.map_err(|e| anyhow!(e))??;
     client.close().await;
     if let Some(first) = failures.first() {
-        eprintln!("signet: {} message(s) rejected; first error: {first}", failures.len());
+        eprintln!(
+            "signet: {} message(s) rejected; first error: {first}",
+            failures.len()
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -336,20 +360,36 @@ async fn subscribe(args: SubArgs) -> Result<ExitCode> {
         seen += 1;
         match item {
             Ok(m) => {
-                stdout.write_all(format!("{}\n", output::message_json(&m)).as_bytes()).await?;
+                stdout
+                    .write_all(format!("{}\n", output::message_json(&m)).as_bytes())
+                    .await?;
                 stdout.flush().await?;
             }
-            Err(ClientError::Verify { offset, code, detail }) => {
+            Err(ClientError::Verify {
+                offset,
+                code,
+                detail,
+            }) => {
                 bad += 1;
-                eprintln!("{}", json!({ "offset": offset, "error": code.to_string(), "detail": detail }));
+                eprintln!(
+                    "{}",
+                    json!({ "offset": offset, "error": code.to_string(), "detail": detail })
+                );
             }
             Err(e) => {
-                eprintln!("{}", json!({ "error": error_code_name(&e), "detail": e.to_string() }));
+                eprintln!(
+                    "{}",
+                    json!({ "error": error_code_name(&e), "detail": e.to_string() })
+                );
                 return Ok(ExitCode::FAILURE);
             }
         }
     }
     drop(messages);
     client.close().await;
-    Ok(if bad > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if bad > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }

@@ -71,10 +71,16 @@ mod tests {
 
     #[test]
     fn payload_encodings() {
-        assert_eq!(payload_value("application/json", br#"{"id":1}"#), ("json", json!({"id":1})));
+        assert_eq!(
+            payload_value("application/json", br#"{"id":1}"#),
+            ("json", json!({"id":1}))
+        );
         assert_eq!(payload_value("application/json", b"not json").0, "utf8");
         assert_eq!(payload_value("text/plain", b"hi"), ("utf8", json!("hi")));
-        assert_eq!(payload_value("application/octet-stream", &[0xff, 0x00]).0, "base64");
+        assert_eq!(
+            payload_value("application/octet-stream", &[0xff, 0x00]).0,
+            "base64"
+        );
     }
 
     #[test]

@@ -9,7 +9,8 @@
 use crate::files::{write_public, write_secret};
 use anyhow::{Context, Result, bail};
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose, SanType,
 };
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
@@ -46,7 +47,11 @@ pub fn init(dir: &Path, broker_names: &[String]) -> Result<()> {
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name.push(DnType::CommonName, "Signet CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     validity(&mut ca, CA_VALIDITY_DAYS);
     let ca_cert = ca.self_signed(&ca_key).context("self-signing the CA")?;
     write_secret(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
@@ -54,12 +59,17 @@ pub fn init(dir: &Path, broker_names: &[String]) -> Result<()> {
 
     let broker_key = KeyPair::generate()?;
     let mut broker = CertificateParams::new(names.clone()).context("broker names")?;
-    broker.distinguished_name.push(DnType::CommonName, names[0].as_str());
+    broker
+        .distinguished_name
+        .push(DnType::CommonName, names[0].as_str());
     broker.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     broker.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut broker, LEAF_VALIDITY_DAYS);
     let broker_cert = broker.signed_by(&broker_key, &ca_cert, &ca_key)?;
-    write_secret(&dir.join("broker.key"), broker_key.serialize_pem().as_bytes())?;
+    write_secret(
+        &dir.join("broker.key"),
+        broker_key.serialize_pem().as_bytes(),
+    )?;
     write_public(&dir.join("broker.crt"), broker_cert.pem().as_bytes())?;
     Ok(())
 }
@@ -67,7 +77,12 @@ pub fn init(dir: &Path, broker_names: &[String]) -> Result<()> {
 /// Issues a client certificate for `principal`, signed by the CA in `dir`.
 pub fn issue(dir: &Path, principal: &str) -> Result<ClientFiles> {
     let now = OffsetDateTime::now_utc();
-    issue_with_validity(dir, principal, now - Duration::hours(1), now + Duration::days(LEAF_VALIDITY_DAYS))
+    issue_with_validity(
+        dir,
+        principal,
+        now - Duration::hours(1),
+        now + Duration::days(LEAF_VALIDITY_DAYS),
+    )
 }
 
 /// Issues a client certificate with explicit validity (tests use this for
@@ -86,15 +101,19 @@ pub fn issue_with_validity(
     {
         bail!("principal {principal:?} must be 1 to 128 of [A-Za-z0-9-_.@]");
     }
-    let ca_pem = std::fs::read_to_string(dir.join("ca.crt")).with_context(|| format!("reading {}/ca.crt", dir.display()))?;
-    let ca_key_pem = std::fs::read_to_string(dir.join("ca.key")).with_context(|| format!("reading {}/ca.key", dir.display()))?;
+    let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))
+        .with_context(|| format!("reading {}/ca.crt", dir.display()))?;
+    let ca_key_pem = std::fs::read_to_string(dir.join("ca.key"))
+        .with_context(|| format!("reading {}/ca.key", dir.display()))?;
     let ca_key = KeyPair::from_pem(&ca_key_pem).context("reading the CA key")?;
     let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)
         .context("reading the CA certificate")?
         .self_signed(&ca_key)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name.push(DnType::CommonName, principal);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, principal);
     params.subject_alt_names = vec![SanType::URI(
         format!("signet://principal/{principal}")
             .try_into()

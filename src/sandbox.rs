@@ -77,7 +77,10 @@ impl Sandbox {
         let mut members = Vec::new();
         for spec in principals {
             let tls = pki::issue(&dir.path().join("pki"), &spec.name)?;
-            let key_path = dir.path().join("keys").join(format!("{}.ed25519", spec.name));
+            let key_path = dir
+                .path()
+                .join("keys")
+                .join(format!("{}.ed25519", spec.name));
             let public = keys::generate_ed25519(&key_path)?;
             members.push(Member {
                 spec: spec.clone(),
@@ -156,11 +159,15 @@ impl Sandbox {
     /// Writes the policy and starts the broker (on an ephemeral port the
     /// first time, on the same port after a restart).
     pub async fn start(&mut self) -> Result<SocketAddr> {
-        let listen = self.addr.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        let listen = self
+            .addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let policy = self.dir.path().join("signet.toml");
         std::fs::write(&policy, self.policy_text(listen))?;
         let config = Config::load(&policy)?;
-        let broker = signet_broker::start(config).await.context("starting the broker")?;
+        let broker = signet_broker::start(config)
+            .await
+            .context("starting the broker")?;
         let addr = broker.local_addr();
         self.broker = Some(broker);
         self.addr = Some(addr);

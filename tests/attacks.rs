@@ -27,18 +27,29 @@ fn nack_codes(frame: ServerFrame) -> Vec<Option<ErrorCode>> {
 async fn publish_outside_acl_is_forbidden_and_nothing_is_stored_or_delivered() {
     let mut sandbox = started().await;
     let auditor = client(&sandbox, "auditor").await;
-    let mut watch = within(auditor.subscribe("orders.created", StartAt::Latest)).await.unwrap();
+    let mut watch = within(auditor.subscribe("orders.created", StartAt::Latest))
+        .await
+        .unwrap();
     let bob = client(&sandbox, "bob").await;
-    let err = within(bob.publish("orders.created", b"{}".to_vec())).await.unwrap_err();
+    let err = within(bob.publish("orders.created", b"{}".to_vec()))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Forbidden));
     assert_eq!(stored_count(&sandbox, "orders.created").await, 0);
     // The next thing the live subscriber sees is a later, allowed message.
     let alice = client(&sandbox, "alice").await;
-    within(alice.publish("orders.created", b"sentinel".to_vec())).await.unwrap();
+    within(alice.publish("orders.created", b"sentinel".to_vec()))
+        .await
+        .unwrap();
     let m = next(&mut watch).await.unwrap();
     assert_eq!((m.offset, m.payload.as_slice()), (0, &b"sentinel"[..]));
     // bob's own topics still work on the same connection.
-    assert_eq!(within(bob.publish("billing.x", b"ok".to_vec())).await.unwrap(), 0);
+    assert_eq!(
+        within(bob.publish("billing.x", b"ok".to_vec()))
+            .await
+            .unwrap(),
+        0
+    );
     sandbox.stop().await;
 }
 
@@ -60,11 +71,25 @@ async fn key_of_another_principal_or_unknown_key_is_refused() {
     let bob = client(&sandbox, "bob").await;
     let alice_key = signing_key(&sandbox, "alice");
     // Signed by alice's key on bob's connection, to a topic bob may publish.
-    let publish = signed(&alice_key, 1, vec![envelope(alice_key.id(), "billing.x", fresh_seq(), b"{}")]);
-    assert_eq!(nack_codes(raw_publish(&bob, publish).await), vec![Some(ErrorCode::KeyNotBound)]);
+    let publish = signed(
+        &alice_key,
+        1,
+        vec![envelope(alice_key.id(), "billing.x", fresh_seq(), b"{}")],
+    );
+    assert_eq!(
+        nack_codes(raw_publish(&bob, publish).await),
+        vec![Some(ErrorCode::KeyNotBound)]
+    );
     let stranger = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().unwrap()).unwrap();
-    let publish = signed(&stranger, 2, vec![envelope(stranger.id(), "billing.x", fresh_seq(), b"{}")]);
-    assert_eq!(nack_codes(raw_publish(&bob, publish).await), vec![Some(ErrorCode::UnknownKey)]);
+    let publish = signed(
+        &stranger,
+        2,
+        vec![envelope(stranger.id(), "billing.x", fresh_seq(), b"{}")],
+    );
+    assert_eq!(
+        nack_codes(raw_publish(&bob, publish).await),
+        vec![Some(ErrorCode::UnknownKey)]
+    );
     assert_eq!(stored_count(&sandbox, "billing.x").await, 0);
     sandbox.stop().await;
 }
@@ -91,7 +116,10 @@ async fn flipped_byte_in_payload_header_topic_or_signature_is_bad_signature() {
     let mut signature = make(4);
     signature.signature[10] ^= 0x01;
     for publish in [payload, header, topic, signature] {
-        assert_eq!(nack_codes(raw_publish(&alice, publish).await), vec![Some(ErrorCode::BadSignature)]);
+        assert_eq!(
+            nack_codes(raw_publish(&alice, publish).await),
+            vec![Some(ErrorCode::BadSignature)]
+        );
     }
     assert_eq!(stored_count(&sandbox, "orders.a").await, 0);
     assert_eq!(stored_count(&sandbox, "orders.b").await, 0);
@@ -121,14 +149,27 @@ async fn one_bad_envelope_rejects_only_itself_unless_it_breaks_the_signature() {
 async fn same_signed_message_twice_is_replay_also_after_restart() {
     let mut sandbox = started().await;
     let key = signing_key(&sandbox, "alice");
-    let publish = signed(&key, 1, vec![envelope(key.id(), "orders.once", fresh_seq(), b"{}")]);
+    let publish = signed(
+        &key,
+        1,
+        vec![envelope(key.id(), "orders.once", fresh_seq(), b"{}")],
+    );
     let alice = client(&sandbox, "alice").await;
-    assert_eq!(nack_codes(raw_publish(&alice, publish.clone()).await), vec![None]);
-    assert_eq!(nack_codes(raw_publish(&alice, publish.clone()).await), vec![Some(ErrorCode::Replay)]);
+    assert_eq!(
+        nack_codes(raw_publish(&alice, publish.clone()).await),
+        vec![None]
+    );
+    assert_eq!(
+        nack_codes(raw_publish(&alice, publish.clone()).await),
+        vec![Some(ErrorCode::Replay)]
+    );
     alice.close().await;
     sandbox.restart().await.unwrap();
     let alice = client(&sandbox, "alice").await;
-    assert_eq!(nack_codes(raw_publish(&alice, publish).await), vec![Some(ErrorCode::Replay)]);
+    assert_eq!(
+        nack_codes(raw_publish(&alice, publish).await),
+        vec![Some(ErrorCode::Replay)]
+    );
     assert_eq!(stored_count(&sandbox, "orders.once").await, 1);
     sandbox.stop().await;
 }
@@ -144,7 +185,13 @@ async fn timestamp_outside_skew_window_is_stale() {
     let mut future = envelope(key.id(), "orders.time", seq + 1, b"{}");
     future.timestamp_ms += 3_600_000;
     let codes = nack_codes(raw_publish(&alice, signed(&key, 1, vec![old, future])).await);
-    assert_eq!(codes, vec![Some(ErrorCode::StaleTimestamp), Some(ErrorCode::StaleTimestamp)]);
+    assert_eq!(
+        codes,
+        vec![
+            Some(ErrorCode::StaleTimestamp),
+            Some(ErrorCode::StaleTimestamp)
+        ]
+    );
     assert_eq!(stored_count(&sandbox, "orders.time").await, 0);
     sandbox.stop().await;
 }
@@ -156,10 +203,15 @@ async fn oversized_frame_closes_that_connection_and_broker_serves_others() {
     let (mut send, mut recv) = within(mallory.connection().open_bi()).await.unwrap();
     // Announce a 4 GiB frame and send nothing more: the broker must answer
     // from the length alone.
-    within(send.write_all(&u32::MAX.to_be_bytes())).await.unwrap();
+    within(send.write_all(&u32::MAX.to_be_bytes()))
+        .await
+        .unwrap();
     let answer = within(read_frame::<ServerFrame, _>(&mut recv, u32::MAX)).await;
     if let Ok(Some(frame)) = answer {
-        assert!(matches!(frame, ServerFrame::Error(ref r) if r.code == ErrorCode::TooLarge), "{frame:?}");
+        assert!(
+            matches!(frame, ServerFrame::Error(ref r) if r.code == ErrorCode::TooLarge),
+            "{frame:?}"
+        );
     }
     let closed = within(mallory.connection().closed()).await;
     match closed {
@@ -169,7 +221,12 @@ async fn oversized_frame_closes_that_connection_and_broker_serves_others() {
         other => panic!("unexpected close: {other:?}"),
     }
     let alice = client(&sandbox, "alice").await;
-    assert_eq!(within(alice.publish("orders.after", b"{}".to_vec())).await.unwrap(), 0);
+    assert_eq!(
+        within(alice.publish("orders.after", b"{}".to_vec()))
+            .await
+            .unwrap(),
+        0
+    );
     sandbox.stop().await;
 }
 
@@ -183,12 +240,22 @@ async fn malformed_frame_is_bad_frame_and_broker_serves_others() {
     within(send.write_all(&frame)).await.unwrap();
     let answer = within(read_frame::<ServerFrame, _>(&mut recv, u32::MAX)).await;
     if let Ok(Some(frame)) = answer {
-        assert!(matches!(frame, ServerFrame::Error(ref r) if r.code == ErrorCode::BadFrame), "{frame:?}");
+        assert!(
+            matches!(frame, ServerFrame::Error(ref r) if r.code == ErrorCode::BadFrame),
+            "{frame:?}"
+        );
     }
     let closed = within(mallory.connection().closed()).await;
-    assert!(matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == quinn::VarInt::from(ErrorCode::BadFrame.0)));
+    assert!(
+        matches!(closed, quinn::ConnectionError::ApplicationClosed(ref c) if c.error_code == quinn::VarInt::from(ErrorCode::BadFrame.0))
+    );
     let alice = client(&sandbox, "alice").await;
-    assert_eq!(within(alice.publish("orders.after", b"{}".to_vec())).await.unwrap(), 0);
+    assert_eq!(
+        within(alice.publish("orders.after", b"{}".to_vec()))
+            .await
+            .unwrap(),
+        0
+    );
     sandbox.stop().await;
 }
 
@@ -198,17 +265,32 @@ async fn subscribe_frame_on_publish_stream_is_refused() {
     let alice = client(&sandbox, "alice").await;
     let key = signing_key(&sandbox, "alice");
     let (mut send, mut recv) = within(alice.connection().open_bi()).await.unwrap();
-    let publish = signed(&key, 1, vec![envelope(key.id(), "orders.mix", fresh_seq(), b"{}")]);
-    within(write_frame(&mut send, &ClientFrame::Publish(publish))).await.unwrap();
+    let publish = signed(
+        &key,
+        1,
+        vec![envelope(key.id(), "orders.mix", fresh_seq(), b"{}")],
+    );
+    within(write_frame(&mut send, &ClientFrame::Publish(publish)))
+        .await
+        .unwrap();
     let sub = ClientFrame::Subscribe(signet_proto::frame::Subscribe {
         topic: "orders.mix".into(),
         start: StartAt::Earliest,
     });
     within(write_frame(&mut send, &sub)).await.unwrap();
-    let first = within(read_frame::<ServerFrame, _>(&mut recv, u32::MAX)).await.unwrap().unwrap();
+    let first = within(read_frame::<ServerFrame, _>(&mut recv, u32::MAX))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(nack_codes(first), vec![None]);
-    let second = within(read_frame::<ServerFrame, _>(&mut recv, u32::MAX)).await.unwrap().unwrap();
-    assert!(matches!(second, ServerFrame::Error(ref r) if r.code == ErrorCode::BadFrame), "{second:?}");
+    let second = within(read_frame::<ServerFrame, _>(&mut recv, u32::MAX))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(second, ServerFrame::Error(ref r) if r.code == ErrorCode::BadFrame),
+        "{second:?}"
+    );
     sandbox.stop().await;
 }
 
@@ -233,7 +315,8 @@ async fn byte_flipped_in_rocksdb_is_reported_never_delivered_as_verified() {
             signet_broker::store::CF_USAGE,
             signet_broker::store::CF_SUBS,
         ];
-        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), sandbox.data_dir(), families).unwrap();
+        let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), sandbox.data_dir(), families)
+            .unwrap();
         let cf = db.cf_handle(signet_broker::store::CF_MESSAGES).unwrap();
         let mut target = None;
         for item in db.iterator_cf(cf, rocksdb::IteratorMode::Start) {
@@ -250,7 +333,9 @@ async fn byte_flipped_in_rocksdb_is_reported_never_delivered_as_verified() {
 
     sandbox.start().await.unwrap();
     let reader = client(&sandbox, "auditor").await;
-    let mut sub = within(reader.subscribe("orders.disk", StartAt::Earliest)).await.unwrap();
+    let mut sub = within(reader.subscribe("orders.disk", StartAt::Earliest))
+        .await
+        .unwrap();
     let first = next(&mut sub).await.unwrap();
     assert_eq!(first.payload, b"SECRET-PAYLOAD-0");
     match next(&mut sub).await {
@@ -261,6 +346,9 @@ async fn byte_flipped_in_rocksdb_is_reported_never_delivered_as_verified() {
         other => panic!("tampered message must not verify: {other:?}"),
     }
     let third = next(&mut sub).await.unwrap();
-    assert_eq!((third.offset, third.payload.as_slice()), (2, &b"SECRET-PAYLOAD-2"[..]));
+    assert_eq!(
+        (third.offset, third.payload.as_slice()),
+        (2, &b"SECRET-PAYLOAD-2"[..])
+    );
     sandbox.stop().await;
 }

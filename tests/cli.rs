@@ -34,7 +34,9 @@ fn mode(path: &Path) -> u32 {
 }
 
 fn json_lines(text: &str) -> Vec<Value> {
-    text.lines().map(|l| serde_json::from_str(l).expect("a JSON line")).collect()
+    text.lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -42,16 +44,39 @@ async fn pki_and_keygen_write_secrets_0600_and_print_key_id() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     let pki_s = pki.to_str().unwrap();
-    let run = signet(&["pki", "init", "--dir", pki_s, "--broker-name", "localhost", "--broker-name", "127.0.0.1"]).await;
+    let run = signet(&[
+        "pki",
+        "init",
+        "--dir",
+        pki_s,
+        "--broker-name",
+        "localhost",
+        "--broker-name",
+        "127.0.0.1",
+    ])
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!(mode(&pki.join("ca.key")), 0o600);
     assert_eq!(mode(&pki.join("broker.key")), 0o600);
-    let run = signet(&["pki", "issue", "--dir", pki_s, "--principal", "orders-service"]).await;
+    let run = signet(&[
+        "pki",
+        "issue",
+        "--dir",
+        pki_s,
+        "--principal",
+        "orders-service",
+    ])
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!(mode(&pki.join("clients/orders-service.key")), 0o600);
     let cert = std::fs::read(pki.join("clients/orders-service.crt")).unwrap();
-    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&cert).map(|c: rustls::pki_types::CertificateDer| c.to_vec()).unwrap();
-    assert_eq!(signet_broker::tls::principal_from_cert(&der).as_deref(), Some("orders-service"));
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&cert)
+        .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
+        .unwrap();
+    assert_eq!(
+        signet_broker::tls::principal_from_cert(&der).as_deref(),
+        Some("orders-service")
+    );
 
     let key = dir.path().join("keys/orders.ed25519");
     let run = signet(&["keygen", "--out", key.to_str().unwrap()]).await;
@@ -64,7 +89,11 @@ async fn pki_and_keygen_write_secrets_0600_and_print_key_id() {
         .expect("public key line")
         .parse()
         .unwrap();
-    let key_id = run.stdout.lines().find_map(|l| l.strip_prefix("key_id: ")).expect("key id line");
+    let key_id = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("key_id: "))
+        .expect("key id line");
     assert_eq!(key_id, public.id().to_hex());
     // Never overwrite a key.
     let again = signet(&["keygen", "--out", key.to_str().unwrap()]).await;
@@ -78,18 +107,54 @@ async fn pub_and_sub_print_json_lines_and_rejections() {
     let bob = sandbox.write_client_file("bob").unwrap();
     let alice = alice.to_str().unwrap();
 
-    let run = signet(&["pub", "--client", alice, "--topic", "orders.created", "--data", r#"{"id":1}"#]).await;
+    let run = signet(&[
+        "pub",
+        "--client",
+        alice,
+        "--topic",
+        "orders.created",
+        "--data",
+        r#"{"id":1}"#,
+    ])
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
-    assert_eq!(json_lines(&run.stdout), vec![serde_json::json!({"offset": 0})]);
+    assert_eq!(
+        json_lines(&run.stdout),
+        vec![serde_json::json!({"offset": 0})]
+    );
 
     let lines = sandbox.path().join("lines.txt");
     std::fs::write(&lines, "hello\n{\"id\":2}\n\u{1F600}\n").unwrap();
-    let run = signet(&["pub", "--client", alice, "--topic", "orders.created", "--file", lines.to_str().unwrap(), "--lines"]).await;
+    let run = signet(&[
+        "pub",
+        "--client",
+        alice,
+        "--topic",
+        "orders.created",
+        "--file",
+        lines.to_str().unwrap(),
+        "--lines",
+    ])
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
-    let offsets: Vec<u64> = json_lines(&run.stdout).iter().map(|v| v["offset"].as_u64().unwrap()).collect();
+    let offsets: Vec<u64> = json_lines(&run.stdout)
+        .iter()
+        .map(|v| v["offset"].as_u64().unwrap())
+        .collect();
     assert_eq!(offsets, vec![1, 2, 3]);
 
-    let run = signet(&["sub", "--client", alice, "--topic", "orders.created", "--from-offset", "0", "--count", "3"]).await;
+    let run = signet(&[
+        "sub",
+        "--client",
+        alice,
+        "--topic",
+        "orders.created",
+        "--from-offset",
+        "0",
+        "--count",
+        "3",
+    ])
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
     let got = json_lines(&run.stdout);
     assert_eq!(got.len(), 3);
@@ -97,14 +162,26 @@ async fn pub_and_sub_print_json_lines_and_rejections() {
     assert_eq!(got[0]["topic"], "orders.created");
     assert_eq!(got[0]["payload_encoding"], "json");
     assert_eq!(got[0]["payload"], serde_json::json!({"id": 1}));
-    assert_eq!(got[0]["key_id"], sandbox.public_key("alice").unwrap().id().to_hex());
+    assert_eq!(
+        got[0]["key_id"],
+        sandbox.public_key("alice").unwrap().id().to_hex()
+    );
     assert!(got[0]["seq"].as_u64().unwrap() > 0);
     assert!(got[0]["timestamp_ms"].as_u64().unwrap() > 0);
     assert_eq!(got[1]["payload_encoding"], "utf8");
     assert_eq!(got[1]["payload"], "hello");
     assert_eq!(got[2]["payload"], serde_json::json!({"id": 2}));
 
-    let run = signet(&["pub", "--client", bob.to_str().unwrap(), "--topic", "orders.created", "--data", "x"]).await;
+    let run = signet(&[
+        "pub",
+        "--client",
+        bob.to_str().unwrap(),
+        "--topic",
+        "orders.created",
+        "--data",
+        "x",
+    ])
+    .await;
     assert!(!run.status.success());
     let rejected = json_lines(&run.stdout);
     assert_eq!(rejected[0]["line"], 1);
@@ -117,10 +194,20 @@ async fn pub_and_sub_print_json_lines_and_rejections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_command_serves_the_readme_walkthrough() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let listen = format!("127.0.0.1:{port}");
     let mut dev = Command::new(SIGNET)
-        .args(["dev", "--dir", dir.path().to_str().unwrap(), "--listen", &listen])
+        .args([
+            "dev",
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--listen",
+            &listen,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -129,7 +216,10 @@ async fn dev_command_serves_the_readme_walkthrough() {
     let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
     let (mut publisher, mut subscriber) = (None, None);
     while publisher.is_none() || subscriber.is_none() {
-        let line = within(lines.next_line()).await.unwrap().expect("dev prints its files");
+        let line = within(lines.next_line())
+            .await
+            .unwrap()
+            .expect("dev prints its files");
         let path = |l: &str| l.split_whitespace().nth(1).map(str::to_owned);
         if line.trim_start().starts_with("publisher:") {
             publisher = path(line.trim_start());
@@ -139,15 +229,44 @@ async fn dev_command_serves_the_readme_walkthrough() {
     }
     let (publisher, subscriber) = (publisher.unwrap(), subscriber.unwrap());
     // The broker listens before it prints the client files.
-    let run = signet(&["pub", "--client", &publisher, "--topic", "orders.created", "--data", r#"{"id":1}"#]).await;
+    let run = signet(&[
+        "pub",
+        "--client",
+        &publisher,
+        "--topic",
+        "orders.created",
+        "--data",
+        r#"{"id":1}"#,
+    ])
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!(json_lines(&run.stdout)[0]["offset"], 0);
-    let run = signet(&["sub", "--client", &subscriber, "--topic", "orders.created", "--from-offset", "0", "--count", "1"]).await;
+    let run = signet(&[
+        "sub",
+        "--client",
+        &subscriber,
+        "--topic",
+        "orders.created",
+        "--from-offset",
+        "0",
+        "--count",
+        "1",
+    ])
+    .await;
     assert!(run.status.success(), "{}", run.stderr);
     let got = json_lines(&run.stdout);
     assert_eq!(got[0]["payload"], serde_json::json!({"id": 1}));
     // The subscriber may not publish.
-    let run = signet(&["pub", "--client", &subscriber, "--topic", "orders.created", "--data", "{}"]).await;
+    let run = signet(&[
+        "pub",
+        "--client",
+        &subscriber,
+        "--topic",
+        "orders.created",
+        "--data",
+        "{}",
+    ])
+    .await;
     assert_eq!(json_lines(&run.stdout)[0]["error"], "Forbidden");
     dev.start_kill().unwrap();
     let _ = within(dev.wait()).await;

@@ -34,7 +34,9 @@ async fn client_without_certificate_is_refused() {
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
     let outcome = within(async {
-        let conn = endpoint.connect(sandbox.addr().unwrap(), "localhost")?.await?;
+        let conn = endpoint
+            .connect(sandbox.addr().unwrap(), "localhost")?
+            .await?;
         let (mut send, mut recv) = conn.open_bi().await?;
         tokio::io::AsyncWriteExt::write_all(&mut send, &[0, 0, 0, 1, 0xc0]).await?;
         let mut buf = [0u8; 1];
@@ -42,7 +44,10 @@ async fn client_without_certificate_is_refused() {
         anyhow::Ok(n)
     })
     .await;
-    assert!(outcome.is_err(), "a client without a certificate got through: {outcome:?}");
+    assert!(
+        outcome.is_err(),
+        "a client without a certificate got through: {outcome:?}"
+    );
     sandbox.stop().await;
 }
 
@@ -71,7 +76,13 @@ async fn certificate_from_foreign_ca_is_refused() {
 async fn expired_certificate_is_refused() {
     let mut sandbox = started().await;
     let now = OffsetDateTime::now_utc();
-    let files = pki::issue_with_validity(&sandbox.pki_dir(), "alice-expired", now - Duration::days(30), now - Duration::days(1)).unwrap();
+    let files = pki::issue_with_validity(
+        &sandbox.pki_dir(),
+        "alice-expired",
+        now - Duration::days(30),
+        now - Duration::days(1),
+    )
+    .unwrap();
     let mut config = sandbox.client_config("alice").unwrap();
     config.cert = files.cert;
     config.key = files.key;
@@ -94,7 +105,12 @@ async fn client_refuses_broker_from_untrusted_ca() {
     }
     // And a correct client still works.
     let alice = client(&sandbox, "alice").await;
-    assert_eq!(within(alice.publish("orders.handshake", b"{}".to_vec())).await.unwrap(), 0);
+    assert_eq!(
+        within(alice.publish("orders.handshake", b"{}".to_vec()))
+            .await
+            .unwrap(),
+        0
+    );
     sandbox.stop().await;
 }
 
@@ -103,7 +119,10 @@ async fn client_refuses_broker_with_wrong_name() {
     let mut sandbox = started().await;
     let mut config = sandbox.client_config("alice").unwrap();
     config.server_name = "not-the-broker.example".into();
-    assert!(matches!(within(Client::connect(config)).await, Err(Error::Connect(_))));
+    assert!(matches!(
+        within(Client::connect(config)).await,
+        Err(Error::Connect(_))
+    ));
     sandbox.stop().await;
 }
 

@@ -34,7 +34,8 @@ impl Grants {
         self.publish.extend(other.publish.iter().cloned());
         self.subscribe.extend(other.subscribe.iter().cloned());
         self.deny_publish.extend(other.deny_publish.iter().cloned());
-        self.deny_subscribe.extend(other.deny_subscribe.iter().cloned());
+        self.deny_subscribe
+            .extend(other.deny_subscribe.iter().cloned());
     }
 
     /// All patterns, for validation.
@@ -56,7 +57,8 @@ impl Grants {
             Action::Publish => (&self.publish, &self.deny_publish),
             Action::Subscribe => (&self.subscribe, &self.deny_subscribe),
         };
-        !deny.iter().any(|p| topic::matches(p, name)) && allow.iter().any(|p| topic::matches(p, name))
+        !deny.iter().any(|p| topic::matches(p, name))
+            && allow.iter().any(|p| topic::matches(p, name))
     }
 }
 
@@ -128,9 +130,20 @@ mod tests {
     fn cache_agrees_with_grants() {
         let g = grants();
         let mut cache = DecisionCache::default();
-        for name in ["orders.created", "orders.internal.x", "audit.a", "audit.a.b"] {
-            assert_eq!(cache.allows(&g, Action::Publish, name), g.allows(Action::Publish, name));
-            assert_eq!(cache.allows(&g, Action::Publish, name), g.allows(Action::Publish, name));
+        for name in [
+            "orders.created",
+            "orders.internal.x",
+            "audit.a",
+            "audit.a.b",
+        ] {
+            assert_eq!(
+                cache.allows(&g, Action::Publish, name),
+                g.allows(Action::Publish, name)
+            );
+            assert_eq!(
+                cache.allows(&g, Action::Publish, name),
+                g.allows(Action::Publish, name)
+            );
         }
     }
 }

@@ -68,13 +68,20 @@ struct Writer {
 }
 
 /// Starts the writer thread.
-pub fn spawn(store: Arc<Store>, registry: Arc<Registry>, topics: &[StoredTopic]) -> std::io::Result<Committer> {
+pub fn spawn(
+    store: Arc<Store>,
+    registry: Arc<Registry>,
+    topics: &[StoredTopic],
+) -> std::io::Result<Committer> {
     let (sender, receiver) = mpsc::channel(QUEUE_REQUESTS_MAX);
     let writer = Writer {
         store,
         registry,
         next_topic_id: topics.iter().map(|t| t.id + 1).max().unwrap_or(1),
-        topics: topics.iter().map(|t| (t.name.clone(), (t.id, t.next_offset))).collect(),
+        topics: topics
+            .iter()
+            .map(|t| (t.name.clone(), (t.id, t.next_offset)))
+            .collect(),
         marks: HashMap::new(),
     };
     let thread = std::thread::Builder::new()
@@ -102,7 +109,11 @@ impl Writer {
                 match receiver.try_recv() {
                     Ok(request) => {
                         envelopes += request.entries.len();
-                        bytes += request.entries.iter().map(|e| e.record.len()).sum::<usize>();
+                        bytes += request
+                            .entries
+                            .iter()
+                            .map(|e| e.record.len())
+                            .sum::<usize>();
                         group.push(request);
                     }
                     Err(_) => break,
@@ -129,7 +140,9 @@ impl Writer {
             offsets.push(request_offsets);
         }
         for (key, seq) in &staged.marks {
-            if self.persisted_mark(key) < *seq && self.store.put_replay_mark(&mut batch, key, *seq).is_err() {
+            if self.persisted_mark(key) < *seq
+                && self.store.put_replay_mark(&mut batch, key, *seq).is_err()
+            {
                 failed = true;
             }
         }
@@ -173,12 +186,16 @@ impl Writer {
                 None => {
                     let id = self.next_topic_id + staged.new_topic_ids;
                     staged.new_topic_ids += 1;
-                    self.store.put_topic(batch, &entry.topic, id).map_err(|_| ())?;
+                    self.store
+                        .put_topic(batch, &entry.topic, id)
+                        .map_err(|_| ())?;
                     (id, 0)
                 }
             },
         };
-        self.store.put_message(batch, id, next, &entry.record).map_err(|_| ())?;
+        self.store
+            .put_message(batch, id, next, &entry.record)
+            .map_err(|_| ())?;
         staged.topics.insert(entry.topic.clone(), (id, next + 1));
         staged.bytes += entry.record.len();
         let mark = staged.marks.entry(entry.key_id).or_insert(0);

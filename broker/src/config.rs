@@ -250,14 +250,22 @@ impl Config {
     /// Parses and validates policy text; relative paths resolve against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, String> {
         let file: PolicyFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
         let b = &file.broker;
         let payload_bytes_max = b.max_message_bytes.unwrap_or(PAYLOAD_BYTES_MAX_DEFAULT);
         let frame_bytes_max = b.max_frame_bytes.unwrap_or(FRAME_BYTES_MAX_DEFAULT);
         if payload_bytes_max == 0 || payload_bytes_max > 64 * 1024 * 1024 {
             return Err("broker.max_message_bytes must be between 1 and 64 MiB".into());
         }
-        if (frame_bytes_max as usize) < payload_bytes_max + 4096 || frame_bytes_max > 256 * 1024 * 1024 {
+        if (frame_bytes_max as usize) < payload_bytes_max + 4096
+            || frame_bytes_max > 256 * 1024 * 1024
+        {
             return Err(
                 "broker.max_frame_bytes must exceed max_message_bytes by at least 4096 and be at most 256 MiB"
                     .into(),
@@ -265,7 +273,13 @@ impl Config {
         }
         let l = &file.limits;
         let limits = Limits {
-            max_connections: bounded("limits.max_connections", l.max_connections, 1024, 1, 1_000_000)?,
+            max_connections: bounded(
+                "limits.max_connections",
+                l.max_connections,
+                1024,
+                1,
+                1_000_000,
+            )?,
             max_streams_per_connection: bounded(
                 "limits.max_streams_per_connection",
                 l.max_streams_per_connection,
@@ -273,7 +287,13 @@ impl Config {
                 1,
                 10_000,
             )?,
-            max_inflight_batches: bounded("limits.max_inflight_batches", l.max_inflight_batches, 64, 1, 4096)?,
+            max_inflight_batches: bounded(
+                "limits.max_inflight_batches",
+                l.max_inflight_batches,
+                64,
+                1,
+                4096,
+            )?,
             idle_timeout: Duration::from_millis(bounded(
                 "limits.idle_timeout_ms",
                 l.idle_timeout_ms,
@@ -347,7 +367,10 @@ fn build_policy(
     let mut policy = Policy::default();
     for p in principals {
         if p.name.is_empty() || p.name.len() > 128 || p.name.chars().any(|c| c.is_control()) {
-            return Err(format!("principal name {:?} is empty, too long or has control characters", p.name));
+            return Err(format!(
+                "principal name {:?} is empty, too long or has control characters",
+                p.name
+            ));
         }
         let mut grants: Grants = p.grants.into();
         check_patterns(&format!("principal {:?}", p.name), &grants)?;
@@ -415,7 +438,10 @@ key = "pki/broker.key"
 
     fn key() -> String {
         let der = signet_proto::SigningKey::generate_pkcs8().unwrap();
-        signet_proto::SigningKey::from_pkcs8(&der).unwrap().public_key().to_string()
+        signet_proto::SigningKey::from_pkcs8(&der)
+            .unwrap()
+            .public_key()
+            .to_string()
     }
 
     #[test]
@@ -460,11 +486,23 @@ encrypted = true
     #[test]
     fn refuses_unknown_fields_unknown_roles_and_bad_patterns() {
         let typo = format!("{BASE}\n[[principal]]\nname = \"a\"\ndeny_publsh = [\"x\"]\n");
-        assert!(Config::parse(&typo, Path::new(".")).unwrap_err().contains("unknown field"));
+        assert!(
+            Config::parse(&typo, Path::new("."))
+                .unwrap_err()
+                .contains("unknown field")
+        );
         let role = format!("{BASE}\n[[principal]]\nname = \"a\"\nroles = [\"nope\"]\n");
-        assert!(Config::parse(&role, Path::new(".")).unwrap_err().contains("unknown role"));
+        assert!(
+            Config::parse(&role, Path::new("."))
+                .unwrap_err()
+                .contains("unknown role")
+        );
         let pattern = format!("{BASE}\n[[principal]]\nname = \"a\"\npublish = [\"a.>.b\"]\n");
-        assert!(Config::parse(&pattern, Path::new(".")).unwrap_err().contains("pattern"));
+        assert!(
+            Config::parse(&pattern, Path::new("."))
+                .unwrap_err()
+                .contains("pattern")
+        );
     }
 
     #[test]
@@ -473,12 +511,20 @@ encrypted = true
         let text = format!(
             "{BASE}\n[[principal]]\nname = \"a\"\nkeys = [\"{k}\"]\n[[principal]]\nname = \"b\"\nkeys = [\"{k}\"]\n"
         );
-        assert!(Config::parse(&text, Path::new(".")).unwrap_err().contains("bound to both"));
+        assert!(
+            Config::parse(&text, Path::new("."))
+                .unwrap_err()
+                .contains("bound to both")
+        );
     }
 
     #[test]
     fn refuses_limits_out_of_range() {
         let text = format!("{BASE}\n[limits]\nmax_connections = 0\n");
-        assert!(Config::parse(&text, Path::new(".")).unwrap_err().contains("max_connections"));
+        assert!(
+            Config::parse(&text, Path::new("."))
+                .unwrap_err()
+                .contains("max_connections")
+        );
     }
 }

@@ -52,15 +52,25 @@ fn reject_rest(verdicts: &mut [Option<Rejection>], code: ErrorCode, detail: &str
 
 /// Checks a batch. Returns `Err` when the frame itself is unusable (the
 /// stream is then closed with `BadFrame`); otherwise one verdict per envelope.
-pub fn check_publish(ctx: &mut IngestContext<'_>, publish: Publish) -> Result<Vec<Verdict>, Rejection> {
+pub fn check_publish(
+    ctx: &mut IngestContext<'_>,
+    publish: Publish,
+) -> Result<Vec<Verdict>, Rejection> {
     let n = publish.envelopes.len();
     if n == 0 || n > BATCH_ENVELOPES_MAX {
-        return Err(Rejection::new(ErrorCode::BadFrame, "a batch holds 1 to 256 envelopes"));
+        return Err(Rejection::new(
+            ErrorCode::BadFrame,
+            "a batch holds 1 to 256 envelopes",
+        ));
     }
     let key_id = publish.envelopes[0].key_id;
     let mut verdicts: Vec<Option<Rejection>> = vec![None; n];
     if publish.envelopes.iter().any(|e| e.key_id != key_id) {
-        reject_rest(&mut verdicts, ErrorCode::BadFrame, "all envelopes of a batch share one key");
+        reject_rest(
+            &mut verdicts,
+            ErrorCode::BadFrame,
+            "all envelopes of a batch share one key",
+        );
     }
     for (v, e) in verdicts.iter_mut().zip(&publish.envelopes) {
         if v.is_none()
@@ -72,11 +82,19 @@ pub fn check_publish(ctx: &mut IngestContext<'_>, publish: Publish) -> Result<Ve
     check_acl(ctx, &publish.envelopes, &mut verdicts);
     let key = match ctx.policy.key_owners.get(&key_id) {
         None => {
-            reject_rest(&mut verdicts, ErrorCode::UnknownKey, "signing key is not known");
+            reject_rest(
+                &mut verdicts,
+                ErrorCode::UnknownKey,
+                "signing key is not known",
+            );
             None
         }
         Some(owner) if owner != ctx.principal => {
-            reject_rest(&mut verdicts, ErrorCode::KeyNotBound, "signing key is not bound to this principal");
+            reject_rest(
+                &mut verdicts,
+                ErrorCode::KeyNotBound,
+                "signing key is not bound to this principal",
+            );
             None
         }
         Some(owner) => ctx
@@ -87,9 +105,14 @@ pub fn check_publish(ctx: &mut IngestContext<'_>, publish: Publish) -> Result<Ve
     };
     let signed = match key {
         Some(key) if verdicts.iter().any(Option::is_none) => {
-            let signed = batch::verify_leaves(&key, batch::leaves(&publish.envelopes), &publish.signature);
+            let signed =
+                batch::verify_leaves(&key, batch::leaves(&publish.envelopes), &publish.signature);
             if signed.is_none() {
-                reject_rest(&mut verdicts, ErrorCode::BadSignature, "batch signature does not verify");
+                reject_rest(
+                    &mut verdicts,
+                    ErrorCode::BadSignature,
+                    "batch signature does not verify",
+                );
             }
             signed
         }
@@ -109,7 +132,11 @@ pub fn check_publish(ctx: &mut IngestContext<'_>, publish: Publish) -> Result<Ve
         .collect())
 }
 
-fn check_acl(ctx: &mut IngestContext<'_>, envelopes: &[Envelope], verdicts: &mut [Option<Rejection>]) {
+fn check_acl(
+    ctx: &mut IngestContext<'_>,
+    envelopes: &[Envelope],
+    verdicts: &mut [Option<Rejection>],
+) {
     let grants = ctx.policy.principal(ctx.principal).map(|p| &p.grants);
     for (v, e) in verdicts.iter_mut().zip(envelopes) {
         if v.is_some() {
@@ -142,7 +169,10 @@ fn check_replay_and_clock(
         if e.seq <= mark {
             *v = reject(ErrorCode::Replay, "sequence number already used");
         } else if e.timestamp_ms.abs_diff(ctx.now_ms) > ctx.clock_skew_ms {
-            *v = reject(ErrorCode::StaleTimestamp, "timestamp outside the accepted clock skew");
+            *v = reject(
+                ErrorCode::StaleTimestamp,
+                "timestamp outside the accepted clock skew",
+            );
         } else {
             lock.accept(&e.key_id, e.seq);
         }

@@ -17,8 +17,14 @@ enum Pending {
 }
 
 /// Serves one publish stream, starting with its first batch.
-pub(crate) async fn run(session: Arc<Session>, first: Publish, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let (queue, mut pending) = mpsc::channel::<Pending>(session.shared.config.limits.max_inflight_batches);
+pub(crate) async fn run(
+    session: Arc<Session>,
+    first: Publish,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
+    let (queue, mut pending) =
+        mpsc::channel::<Pending>(session.shared.config.limits.max_inflight_batches);
     let reader = {
         let session = session.clone();
         async move {
@@ -26,10 +32,18 @@ pub(crate) async fn run(session: Arc<Session>, first: Publish, mut send: quinn::
             loop {
                 let publish = match next.take() {
                     Some(p) => p,
-                    None => match read_frame::<ClientFrame, _>(&mut recv, session.shared.config.frame_bytes_max).await {
+                    None => match read_frame::<ClientFrame, _>(
+                        &mut recv,
+                        session.shared.config.frame_bytes_max,
+                    )
+                    .await
+                    {
                         Ok(Some(ClientFrame::Publish(p))) => p,
                         Ok(Some(ClientFrame::Subscribe(_))) => {
-                            let r = Rejection::new(ErrorCode::BadFrame, "subscribe on a publish stream");
+                            let r = Rejection::new(
+                                ErrorCode::BadFrame,
+                                "subscribe on a publish stream",
+                            );
                             let _ = queue.send(Pending::Fail(r)).await;
                             return None;
                         }

@@ -78,8 +78,13 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     let socket = signet_proto::stream::udp_socket(config.listen).map_err(listen_error)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| listen_error(std::io::Error::other("no async runtime")))?;
-    let endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), Some(server_config), socket, runtime)
-        .map_err(listen_error)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        runtime,
+    )
+    .map_err(listen_error)?;
     let local_addr = endpoint.local_addr().map_err(listen_error)?;
     if let Some(addr) = config.metrics
         && let Err(e) = metrics::serve(addr)
@@ -106,7 +111,10 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     tracing::info!(%local_addr, "broker listening");
     let task = tokio::spawn(async move {
         accept_loop(&endpoint, shared, shutdown_rx).await;
-        endpoint.close(quinn::VarInt::from(ErrorCode::Unavailable.0), b"broker shutting down");
+        endpoint.close(
+            quinn::VarInt::from(ErrorCode::Unavailable.0),
+            b"broker shutting down",
+        );
         let _ = tokio::task::spawn_blocking(move || committer.thread.join()).await;
         wait_closed(store_weak).await;
         tracing::info!("broker stopped");
@@ -118,7 +126,11 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     })
 }
 
-async fn accept_loop(endpoint: &quinn::Endpoint, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    endpoint: &quinn::Endpoint,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let permits = Arc::new(Semaphore::new(shared.config.limits.max_connections));
     let handshake_timeout = shared.config.limits.handshake_timeout;
     let mut connections = JoinSet::new();

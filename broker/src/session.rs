@@ -6,7 +6,7 @@ use crate::acl::DecisionCache;
 use crate::commit::{CommitReply, CommitRequest, Entry};
 use crate::config::Policy;
 use crate::ingest::{self, IngestContext, Verdict};
-use crate::{metrics, publish, subscribe, tls, Shared};
+use crate::{Shared, metrics, publish, subscribe, tls};
 use signet_proto::codec::DecodeError;
 use signet_proto::frame::{ClientFrame, Outcome, Publish, Rejection, ServerFrame};
 use signet_proto::stream::{ReadError, read_frame, write_frame};
@@ -36,11 +36,18 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Serves a connection until it closes or the broker shuts down.
-pub(crate) async fn serve(conn: quinn::Connection, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(
+    conn: quinn::Connection,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let Some(principal) = tls::principal_of(&conn) else {
         metrics::connection_refused("no_principal");
         tracing::warn!(remote = %conn.remote_address(), "certificate names no principal; closing");
-        conn.close(ErrorCode::Forbidden.0.into(), b"certificate names no principal");
+        conn.close(
+            ErrorCode::Forbidden.0.into(),
+            b"certificate names no principal",
+        );
         return;
     };
     tracing::info!(%principal, remote = %conn.remote_address(), "connection accepted");
@@ -71,7 +78,11 @@ pub(crate) async fn serve(conn: quinn::Connection, shared: Arc<Shared>, mut shut
     metrics::gauge_add(metrics::CONNECTIONS_LIVE, -1.0);
 }
 
-async fn handle_stream(session: Arc<Session>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn handle_stream(
+    session: Arc<Session>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let max = session.shared.config.frame_bytes_max;
     match read_frame::<ClientFrame, _>(&mut recv, max).await {
         Ok(Some(ClientFrame::Publish(first))) => publish::run(session, first, send, recv).await,
@@ -95,14 +106,17 @@ impl Session {
             ReadError::Decode(DecodeError::TooLarge { .. }) => {
                 Rejection::new(ErrorCode::TooLarge, "frame larger than the broker allows")
             }
-            ReadError::Decode(_) | ReadError::Truncated => Rejection::new(ErrorCode::BadFrame, "malformed frame"),
+            ReadError::Decode(_) | ReadError::Truncated => {
+                Rejection::new(ErrorCode::BadFrame, "malformed frame")
+            }
             ReadError::Io(_) => return,
         };
         tracing::warn!(principal = %self.principal, code = %rejection.code, error = %error, "bad frame; closing connection");
         metrics::rejected(rejection.code);
         let _ = write_frame(send, &ServerFrame::Error(rejection.clone())).await;
         let _ = send.finish();
-        self.conn.close(rejection.code.0.into(), rejection.detail.as_bytes());
+        self.conn
+            .close(rejection.code.0.into(), rejection.detail.as_bytes());
     }
 
     /// Runs the ingest checks on a batch and hands what passed to the group
@@ -135,7 +149,8 @@ impl Session {
                 }
                 Verdict::Accepted(accepted_envelope) => {
                     let (envelope, proof) = *accepted_envelope;
-                    let (topic, key_id, seq) = (envelope.topic.clone(), envelope.key_id, envelope.seq);
+                    let (topic, key_id, seq) =
+                        (envelope.topic.clone(), envelope.key_id, envelope.seq);
                     let record = StoredRecord {
                         received_ms: now_ms,
                         envelope,
@@ -163,7 +178,10 @@ impl Session {
                 Ok(()) => Some(receiver),
                 Err(_) => {
                     for i in &accepted {
-                        outcomes[*i] = Some(Outcome::Nack(Rejection::new(ErrorCode::Unavailable, "broker shutting down")));
+                        outcomes[*i] = Some(Outcome::Nack(Rejection::new(
+                            ErrorCode::Unavailable,
+                            "broker shutting down",
+                        )));
                     }
                     None
                 }
@@ -205,7 +223,8 @@ impl PendingBatch {
                 Err(code) => {
                     metrics::rejected(code);
                     for i in &self.accepted {
-                        outcomes[*i] = Some(Outcome::Nack(Rejection::new(code, "message not stored")));
+                        outcomes[*i] =
+                            Some(Outcome::Nack(Rejection::new(code, "message not stored")));
                     }
                 }
             }
@@ -214,7 +233,11 @@ impl PendingBatch {
             request_id: self.request_id,
             outcomes: outcomes
                 .into_iter()
-                .map(|o| o.unwrap_or_else(|| Outcome::Nack(Rejection::new(ErrorCode::Internal, "internal error"))))
+                .map(|o| {
+                    o.unwrap_or_else(|| {
+                        Outcome::Nack(Rejection::new(ErrorCode::Internal, "internal error"))
+                    })
+                })
                 .collect(),
         }
     }

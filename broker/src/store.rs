@@ -11,7 +11,10 @@
 //! `sync = true`; readers read ranges by offset.
 
 use crate::error::BrokerError;
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions, WriteBatch, WriteOptions};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
+    WriteBatch, WriteOptions,
+};
 use signet_proto::KeyId;
 use signet_proto::frame::Delivery;
 use std::path::Path;
@@ -43,7 +46,10 @@ pub fn message_key(topic_id: u32, offset: u64) -> [u8; MESSAGE_KEY_BYTES] {
 fn parse_message_key(key: &[u8]) -> Option<(u32, u64)> {
     let key: &[u8; MESSAGE_KEY_BYTES] = key.try_into().ok()?;
     let (tid, off) = key.split_at(4);
-    Some((u32::from_be_bytes(tid.try_into().ok()?), u64::from_be_bytes(off.try_into().ok()?)))
+    Some((
+        u32::from_be_bytes(tid.try_into().ok()?),
+        u64::from_be_bytes(off.try_into().ok()?),
+    ))
 }
 
 fn storage(e: impl std::fmt::Display) -> BrokerError {
@@ -101,7 +107,11 @@ impl Store {
             let id: [u8; 4] = id.as_ref().try_into().map_err(storage)?;
             let id = u32::from_be_bytes(id);
             let next_offset = self.last_offset(id)?.map_or(0, |o| o + 1);
-            out.push(StoredTopic { name, id, next_offset });
+            out.push(StoredTopic {
+                name,
+                id,
+                next_offset,
+            });
         }
         Ok(out)
     }
@@ -115,7 +125,9 @@ impl Store {
         match iter.next() {
             Some(item) => {
                 let (key, _) = item.map_err(storage)?;
-                Ok(parse_message_key(&key).filter(|(tid, _)| *tid == topic_id).map(|(_, o)| o))
+                Ok(parse_message_key(&key)
+                    .filter(|(tid, _)| *tid == topic_id)
+                    .map(|(_, o)| o))
             }
             None => Ok(None),
         }
@@ -148,9 +160,11 @@ impl Store {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(message_key(topic_id, end).to_vec());
         let start = message_key(topic_id, from);
-        let iter = self
-            .db
-            .iterator_cf_opt(messages, opts, IteratorMode::From(&start, Direction::Forward));
+        let iter = self.db.iterator_cf_opt(
+            messages,
+            opts,
+            IteratorMode::From(&start, Direction::Forward),
+        );
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for item in iter {
@@ -174,19 +188,35 @@ impl Store {
     }
 
     /// Adds a message to a write batch.
-    pub fn put_message(&self, batch: &mut WriteBatch, topic_id: u32, offset: u64, record: &[u8]) -> Result<(), BrokerError> {
+    pub fn put_message(
+        &self,
+        batch: &mut WriteBatch,
+        topic_id: u32,
+        offset: u64,
+        record: &[u8],
+    ) -> Result<(), BrokerError> {
         batch.put_cf(self.cf(CF_MESSAGES)?, message_key(topic_id, offset), record);
         Ok(())
     }
 
     /// Adds a new topic to a write batch.
-    pub fn put_topic(&self, batch: &mut WriteBatch, name: &str, topic_id: u32) -> Result<(), BrokerError> {
+    pub fn put_topic(
+        &self,
+        batch: &mut WriteBatch,
+        name: &str,
+        topic_id: u32,
+    ) -> Result<(), BrokerError> {
         batch.put_cf(self.cf(CF_TOPICS)?, name.as_bytes(), topic_id.to_be_bytes());
         Ok(())
     }
 
     /// Adds a replay mark to a write batch.
-    pub fn put_replay_mark(&self, batch: &mut WriteBatch, key: &KeyId, seq: u64) -> Result<(), BrokerError> {
+    pub fn put_replay_mark(
+        &self,
+        batch: &mut WriteBatch,
+        key: &KeyId,
+        seq: u64,
+    ) -> Result<(), BrokerError> {
         batch.put_cf(self.cf(CF_REPLAY)?, key.0, seq.to_be_bytes());
         Ok(())
     }
@@ -220,7 +250,9 @@ mod tests {
             for offset in 0..3 {
                 store.put_message(&mut batch, 1, offset, b"rec").unwrap();
             }
-            store.put_replay_mark(&mut batch, &KeyId([1; 16]), 41).unwrap();
+            store
+                .put_replay_mark(&mut batch, &KeyId([1; 16]), 41)
+                .unwrap();
             store.write_synced(batch).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
@@ -235,7 +267,10 @@ mod tests {
         assert_eq!(store.replay_mark(&KeyId([1; 16])).unwrap(), Some(41));
         assert_eq!(store.replay_mark(&KeyId([2; 16])).unwrap(), None);
         let range = store.read_range(1, 1, 3, 10, 1 << 20).unwrap();
-        assert_eq!(range.iter().map(|d| d.offset).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            range.iter().map(|d| d.offset).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_eq!(store.read_range(1, 0, 3, 1, 1 << 20).unwrap().len(), 1);
     }
 }

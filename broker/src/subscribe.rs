@@ -27,17 +27,30 @@ async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, detail: &str) {
 }
 
 /// Serves one subscription.
-pub(crate) async fn run(session: Arc<Session>, sub: Subscribe, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+pub(crate) async fn run(
+    session: Arc<Session>,
+    sub: Subscribe,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     if topic::validate_name(&sub.topic).is_err() {
         return refuse(&mut send, ErrorCode::BadTopic, "invalid topic name").await;
     }
-    let allowed = session.policy().principal(&session.principal).is_some_and(|p| {
-        let mut decisions = session.decisions.lock().unwrap_or_else(|e| e.into_inner());
-        decisions.allows(&p.grants, Action::Subscribe, &sub.topic)
-    });
+    let allowed = session
+        .policy()
+        .principal(&session.principal)
+        .is_some_and(|p| {
+            let mut decisions = session.decisions.lock().unwrap_or_else(|e| e.into_inner());
+            decisions.allows(&p.grants, Action::Subscribe, &sub.topic)
+        });
     if !allowed {
         tracing::info!(principal = %session.principal, topic = %sub.topic, "subscribe denied");
-        return refuse(&mut send, ErrorCode::Forbidden, "not allowed to subscribe to this topic").await;
+        return refuse(
+            &mut send,
+            ErrorCode::Forbidden,
+            "not allowed to subscribe to this topic",
+        )
+        .await;
     }
     let mut head = session.shared.registry.watch(&sub.topic);
     let next_offset = head.borrow_and_update().next_offset;
@@ -46,7 +59,10 @@ pub(crate) async fn run(session: Arc<Session>, sub: Subscribe, mut send: quinn::
         StartAt::Offset(n) => n,
         StartAt::Latest => next_offset,
     };
-    if write_frame(&mut send, &ServerFrame::Subscribed { next_offset }).await.is_err() {
+    if write_frame(&mut send, &ServerFrame::Subscribed { next_offset })
+        .await
+        .is_err()
+    {
         return;
     }
     tracing::info!(principal = %session.principal, topic = %sub.topic, cursor, "subscription opened");
@@ -71,7 +87,10 @@ pub(crate) async fn run(session: Arc<Session>, sub: Subscribe, mut send: quinn::
                         continue;
                     }
                     let n = chunk.len();
-                    if write_frame(&mut send, &ServerFrame::Deliver(chunk)).await.is_err() {
+                    if write_frame(&mut send, &ServerFrame::Deliver(chunk))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                     metrics::delivered(n);

@@ -24,7 +24,10 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BrokerError> 
         .collect::<Result<_, _>>()
         .map_err(|e| BrokerError::Tls(format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(BrokerError::Tls(format!("{}: no certificate found", path.display())));
+        return Err(BrokerError::Tls(format!(
+            "{}: no certificate found",
+            path.display()
+        )));
     }
     Ok(certs)
 }
@@ -48,7 +51,10 @@ pub fn check_key_file_mode(path: &Path) -> Result<(), BrokerError> {
 }
 
 /// The QUIC server config: rustls with client auth against `paths.ca`.
-pub fn server_config(paths: &TlsPaths, limits: &Limits) -> Result<quinn::ServerConfig, BrokerError> {
+pub fn server_config(
+    paths: &TlsPaths,
+    limits: &Limits,
+) -> Result<quinn::ServerConfig, BrokerError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = RootCertStore::empty();
     for ca in read_certs(&paths.ca)? {
@@ -78,7 +84,8 @@ pub fn server_config(paths: &TlsPaths, limits: &Limits) -> Result<quinn::ServerC
         .max_concurrent_bidi_streams(limits.max_streams_per_connection.into())
         .max_concurrent_uni_streams(0u32.into())
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(limits.idle_timeout).map_err(|e| BrokerError::Tls(e.to_string()))?,
+            quinn::IdleTimeout::try_from(limits.idle_timeout)
+                .map_err(|e| BrokerError::Tls(e.to_string()))?,
         ))
         .keep_alive_interval(None)
         .stream_receive_window((8u32 * 1024 * 1024).into())

@@ -119,7 +119,8 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
         let signer = match &config.signing_key {
             Some(path) => {
-                let der = std::fs::read(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                let der = std::fs::read(path)
+                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
                 let key = SigningKey::from_pkcs8(&der)
                     .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
                 Some((Arc::new(key), SeqAllocator::open(path)?))
@@ -129,14 +130,21 @@ impl Client {
         let quic = tls::client_config(&config)?;
         let addr = resolve(&config.broker).await?;
         let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse().map_err(|_| Error::Connect("bind".into()))?
+            "[::]:0"
+                .parse()
+                .map_err(|_| Error::Connect("bind".into()))?
         } else {
-            "0.0.0.0:0".parse().map_err(|_| Error::Connect("bind".into()))?
+            "0.0.0.0:0"
+                .parse()
+                .map_err(|_| Error::Connect("bind".into()))?
         };
-        let socket = signet_proto::stream::udp_socket(bind).map_err(|e| Error::Connect(e.to_string()))?;
-        let runtime = quinn::default_runtime().ok_or_else(|| Error::Connect("no async runtime".into()))?;
-        let mut endpoint = quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-            .map_err(|e| Error::Connect(e.to_string()))?;
+        let socket =
+            signet_proto::stream::udp_socket(bind).map_err(|e| Error::Connect(e.to_string()))?;
+        let runtime =
+            quinn::default_runtime().ok_or_else(|| Error::Connect("no async runtime".into()))?;
+        let mut endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+                .map_err(|e| Error::Connect(e.to_string()))?;
         endpoint.set_default_client_config(quic);
         let conn = endpoint
             .connect(addr, &config.server_name)
@@ -168,7 +176,9 @@ impl Client {
     /// Publishes `payload` as `application/octet-stream` and returns its
     /// offset once the broker has it on disk.
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<u64, Error> {
-        self.enqueue(OutgoingMessage::new(topic, payload)).await?.await
+        self.enqueue(OutgoingMessage::new(topic, payload))
+            .await?
+            .await
     }
 
     /// Publishes a message and returns its offset once durable.

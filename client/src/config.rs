@@ -52,18 +52,28 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Reads a client file.
     pub fn load(path: &Path) -> Result<ClientConfig, Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        ClientConfig::parse(&text, base).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        ClientConfig::parse(&text, base)
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
     }
 
     /// Parses client-file text; relative paths resolve against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<ClientConfig, String> {
         let file: ClientFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        let resolve = |p: &Path| if p.is_absolute() { p.to_owned() } else { base.join(p) };
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
         let mut trust = HashMap::new();
         for (id, key) in &file.trust {
-            let id: KeyId = id.parse().map_err(|e| format!("trust key id {id:?}: {e}"))?;
+            let id: KeyId = id
+                .parse()
+                .map_err(|e| format!("trust key id {id:?}: {e}"))?;
             let key: PublicKey = key.parse().map_err(|e| format!("trust key {id}: {e}"))?;
             if key.id() != id {
                 return Err(format!(

@@ -45,7 +45,9 @@ impl Error {
     /// The stable error code, where there is one.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Error::Rejected { code, .. } | Error::Invalid { code, .. } | Error::Verify { code, .. } => Some(*code),
+            Error::Rejected { code, .. }
+            | Error::Invalid { code, .. }
+            | Error::Verify { code, .. } => Some(*code),
             _ => None,
         }
     }

@@ -107,7 +107,10 @@ async fn run(
         {
             break;
         }
-        if write_frame(&mut send, &ClientFrame::Publish(publish_frame)).await.is_err() {
+        if write_frame(&mut send, &ClientFrame::Publish(publish_frame))
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -206,14 +209,20 @@ fn build(
 }
 
 /// Reads `Results` in order and answers each publish.
-async fn read_results(mut recv: quinn::RecvStream, mut pending: mpsc::UnboundedReceiver<InFlight>, frame_bytes_max: u32) {
+async fn read_results(
+    mut recv: quinn::RecvStream,
+    mut pending: mpsc::UnboundedReceiver<InFlight>,
+    frame_bytes_max: u32,
+) {
     let failure = loop {
         match read_frame::<ServerFrame, _>(&mut recv, frame_bytes_max).await {
             Ok(Some(ServerFrame::Results(results))) => {
                 let Some(batch) = pending.recv().await else {
                     return;
                 };
-                if batch.request_id != results.request_id || batch.replies.len() != results.outcomes.len() {
+                if batch.request_id != results.request_id
+                    || batch.replies.len() != results.outcomes.len()
+                {
                     break Error::Protocol("results out of order".into());
                 }
                 for (reply, outcome) in batch.replies.into_iter().zip(results.outcomes) {

@@ -39,7 +39,14 @@ impl Subscription {
         frame_bytes_max: u32,
     ) -> Subscription {
         let (tx, messages) = mpsc::channel(BUFFER_MESSAGES_MAX);
-        let task = tokio::spawn(read_deliveries(topic, send, recv, verifier, frame_bytes_max, tx));
+        let task = tokio::spawn(read_deliveries(
+            topic,
+            send,
+            recv,
+            verifier,
+            frame_bytes_max,
+            tx,
+        ));
         Subscription {
             messages,
             task,

@@ -55,18 +55,23 @@ impl Verifier {
     /// a trusted key, be on the subscribed topic, and its proof must lead to
     /// a root that key signed.
     pub fn verify(&mut self, subscribed: &str, bytes: &[u8]) -> Result<StoredRecord, Rejected> {
-        let record: StoredRecord =
-            codec::decode(bytes).map_err(|_| rejected(ErrorCode::BadSignature, "record does not decode"))?;
+        let record: StoredRecord = codec::decode(bytes)
+            .map_err(|_| rejected(ErrorCode::BadSignature, "record does not decode"))?;
         let envelope = &record.envelope;
         if !topic::matches(subscribed, &envelope.topic) {
-            return Err(rejected(ErrorCode::BadSignature, "record is from another topic"));
+            return Err(rejected(
+                ErrorCode::BadSignature,
+                "record is from another topic",
+            ));
         }
         let key = self
             .trust
             .get(&envelope.key_id)
             .ok_or_else(|| rejected(ErrorCode::UnknownKey, "signing key is not trusted"))?;
         let proof = &record.proof;
-        if !proof.shape_ok() || proof.leaf_count as usize > signet_proto::limits::BATCH_ENVELOPES_MAX {
+        if !proof.shape_ok()
+            || proof.leaf_count as usize > signet_proto::limits::BATCH_ENVELOPES_MAX
+        {
             return Err(rejected(ErrorCode::BadSignature, "malformed proof"));
         }
         let leaf = merkle::leaf_hash(&envelope.canonical_bytes());
@@ -88,7 +93,10 @@ impl Verifier {
         }
         let message = batch::batch_message(&envelope.key_id, proof.leaf_count, &root);
         if !key.verify(&message, &proof.signature) {
-            return Err(rejected(ErrorCode::BadSignature, "signature does not verify"));
+            return Err(rejected(
+                ErrorCode::BadSignature,
+                "signature does not verify",
+            ));
         }
         if self.known_count + walked.len() + proof.path.len() > KNOWN_NODES_MAX {
             self.known.clear();
@@ -146,7 +154,11 @@ mod tests {
     }
 
     fn verifier(keys: &[&SigningKey]) -> Verifier {
-        Verifier::new(keys.iter().map(|k| (k.id(), k.public_key().clone())).collect())
+        Verifier::new(
+            keys.iter()
+                .map(|k| (k.id(), k.public_key().clone()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -170,7 +182,10 @@ mod tests {
         let mut record: StoredRecord = codec::decode(&recs[9]).unwrap();
         record.envelope.payload[0] ^= 1;
         let bytes = codec::encode_body(&record).unwrap();
-        assert_eq!(v.verify("t.a", &bytes).unwrap_err().code, ErrorCode::BadSignature);
+        assert_eq!(
+            v.verify("t.a", &bytes).unwrap_err().code,
+            ErrorCode::BadSignature
+        );
     }
 
     #[test]
@@ -184,7 +199,10 @@ mod tests {
             v.verify("t.a", r).unwrap();
         }
         for r in &forged {
-            assert_eq!(v.verify("t.a", r).unwrap_err().code, ErrorCode::BadSignature);
+            assert_eq!(
+                v.verify("t.a", r).unwrap_err().code,
+                ErrorCode::BadSignature
+            );
         }
     }
 
@@ -192,7 +210,13 @@ mod tests {
     fn untrusted_key_and_foreign_topic_are_refused() {
         let a = key(1);
         let recs = records(&a, a.id(), 2);
-        assert_eq!(verifier(&[]).verify("t.a", &recs[0]).unwrap_err().code, ErrorCode::UnknownKey);
-        assert_eq!(verifier(&[&a]).verify("t.b", &recs[0]).unwrap_err().code, ErrorCode::BadSignature);
+        assert_eq!(
+            verifier(&[]).verify("t.a", &recs[0]).unwrap_err().code,
+            ErrorCode::UnknownKey
+        );
+        assert_eq!(
+            verifier(&[&a]).verify("t.b", &recs[0]).unwrap_err().code,
+            ErrorCode::BadSignature
+        );
     }
 }

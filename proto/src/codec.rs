@@ -2,8 +2,8 @@
 //! body. The length is checked against the limit before any allocation; a
 //! body must decode completely, with no trailing bytes.
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 /// Size of the length prefix, in bytes.
 pub const LENGTH_PREFIX_BYTES: usize = 4;
@@ -65,7 +65,9 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     let value = T::deserialize(&mut de).map_err(|_| DecodeError::Malformed)?;
     // The body must end exactly here: reading one more value must hit the end.
     match serde::de::IgnoredAny::deserialize(&mut de) {
-        Err(rmp_serde::decode::Error::InvalidMarkerRead(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+        Err(rmp_serde::decode::Error::InvalidMarkerRead(e))
+            if e.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
             Ok(value)
         }
         _ => Err(DecodeError::Trailing),
@@ -75,8 +77,8 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
 /// Entry points for fuzz targets: decode, and if that succeeds, check that
 /// encode → decode is stable.
 pub mod fuzzing {
-    use crate::frame::{ClientFrame, ServerFrame};
     use crate::envelope::StoredRecord;
+    use crate::frame::{ClientFrame, ServerFrame};
 
     /// Fuzz the client-frame decoder. Panics only on a codec bug.
     pub fn client_frame(data: &[u8]) {

@@ -214,7 +214,10 @@ impl Envelope {
     /// version, topic, content type, headers, payload size.
     pub fn check_shape(&self, payload_bytes_max: usize) -> Result<(), (ErrorCode, &'static str)> {
         if self.version != ENVELOPE_VERSION {
-            return Err((ErrorCode::UnsupportedVersion, "unsupported envelope version"));
+            return Err((
+                ErrorCode::UnsupportedVersion,
+                "unsupported envelope version",
+            ));
         }
         if topic::validate_name(&self.topic).is_err() {
             return Err((ErrorCode::BadTopic, "invalid topic name"));
@@ -321,7 +324,10 @@ mod tests {
     fn check_shape_rejects_bad_fields() {
         let mut e = sample();
         e.version = 2;
-        assert_eq!(e.check_shape(1024).unwrap_err().0, ErrorCode::UnsupportedVersion);
+        assert_eq!(
+            e.check_shape(1024).unwrap_err().0,
+            ErrorCode::UnsupportedVersion
+        );
         let mut e = sample();
         e.topic = "a..b".into();
         assert_eq!(e.check_shape(1024).unwrap_err().0, ErrorCode::BadTopic);

@@ -5,7 +5,10 @@ use serde::de::{Error, Visitor};
 use serde::{Deserializer, Serializer};
 use std::fmt;
 
-pub(crate) fn serialize<S: Serializer, const N: usize>(bytes: &[u8; N], s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn serialize<S: Serializer, const N: usize>(
+    bytes: &[u8; N],
+    s: S,
+) -> Result<S::Ok, S::Error> {
     s.serialize_bytes(bytes)
 }
 
@@ -27,6 +30,8 @@ impl<'de, const N: usize> Visitor<'de> for FixedVisitor<N> {
     }
 }
 
-pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(d: D) -> Result<[u8; N], D::Error> {
+pub(crate) fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+    d: D,
+) -> Result<[u8; N], D::Error> {
     d.deserialize_bytes(FixedVisitor::<N>)
 }

@@ -116,7 +116,9 @@ pub struct Delivery {
 pub enum ServerFrame {
     Results(Results),
     /// The subscription is open; the next live offset is this.
-    Subscribed { next_offset: u64 },
+    Subscribed {
+        next_offset: u64,
+    },
     /// Messages in offset order, without gaps.
     Deliver(Vec<Delivery>),
     /// The stream is refused or closed for this reason.

@@ -110,7 +110,10 @@ impl PublicKey {
 impl FromStr for PublicKey {
     type Err = KeyError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let b64 = s.trim().strip_prefix("ed25519:").ok_or(KeyError::BadPrefix)?;
+        let b64 = s
+            .trim()
+            .strip_prefix("ed25519:")
+            .ok_or(KeyError::BadPrefix)?;
         let bytes = B64.decode(b64).map_err(|_| KeyError::BadBase64)?;
         PublicKey::from_bytes(&bytes)
     }
@@ -137,7 +140,8 @@ pub struct SigningKey {
 impl SigningKey {
     /// From a PKCS#8 v1 or v2 document (what `signet keygen` writes).
     pub fn from_pkcs8(der: &[u8]) -> Result<SigningKey, KeyError> {
-        let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| KeyError::BadPkcs8)?;
+        let pair =
+            Ed25519KeyPair::from_pkcs8_maybe_unchecked(der).map_err(|_| KeyError::BadPkcs8)?;
         let public = PublicKey::from_bytes(pair.public_key().as_ref())?;
         Ok(SigningKey { pair, public })
     }
@@ -201,7 +205,10 @@ mod tests {
     fn rejects_malformed_public_keys() {
         assert_eq!("x25519:AAAA".parse::<PublicKey>(), Err(KeyError::BadPrefix));
         assert_eq!("ed25519:!!".parse::<PublicKey>(), Err(KeyError::BadBase64));
-        assert_eq!("ed25519:AAAA".parse::<PublicKey>(), Err(KeyError::BadLength));
+        assert_eq!(
+            "ed25519:AAAA".parse::<PublicKey>(),
+            Err(KeyError::BadLength)
+        );
     }
 
     #[test]

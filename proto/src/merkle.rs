@@ -152,7 +152,9 @@ mod tests {
     use super::*;
 
     fn leaves(n: usize) -> Vec<Hash> {
-        (0..n).map(|i| leaf_hash(&(i as u32).to_be_bytes())).collect()
+        (0..n)
+            .map(|i| leaf_hash(&(i as u32).to_be_bytes()))
+            .collect()
     }
 
     /// RFC 6962 MTH, written recursively as the RFC gives it.
@@ -179,13 +181,19 @@ mod tests {
         for n in [1usize, 2, 3, 5, 7, 8, 13, 256] {
             let l = leaves(n);
             let tree = Tree::build(l.clone()).unwrap();
-            for i in 0..n {
+            for (i, leaf) in l.iter().enumerate() {
                 let path = tree.path(i);
                 assert!(path.len() <= 8);
-                assert_eq!(root_from_path(&l[i], i as u64, n as u64, &path), Some(tree.root()));
+                assert_eq!(
+                    root_from_path(leaf, i as u64, n as u64, &path),
+                    Some(tree.root())
+                );
                 if n > 1 {
                     let other = (i + 1) % n;
-                    assert_ne!(root_from_path(&l[i], other as u64, n as u64, &path), Some(tree.root()));
+                    assert_ne!(
+                        root_from_path(leaf, other as u64, n as u64, &path),
+                        Some(tree.root())
+                    );
                 }
             }
         }

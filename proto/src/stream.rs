@@ -28,16 +28,23 @@ where
     while filled < LENGTH_PREFIX_BYTES {
         let n = reader.read(&mut prefix[filled..]).await?;
         if n == 0 {
-            return if filled == 0 { Ok(None) } else { Err(ReadError::Truncated) };
+            return if filled == 0 {
+                Ok(None)
+            } else {
+                Err(ReadError::Truncated)
+            };
         }
         filled += n;
     }
     let len = codec::body_len(prefix, frame_bytes_max)?;
     let mut body = vec![0u8; len];
-    reader.read_exact(&mut body).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => ReadError::Truncated,
-        _ => ReadError::Io(e),
-    })?;
+    reader
+        .read_exact(&mut body)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => ReadError::Truncated,
+            _ => ReadError::Io(e),
+        })?;
     Ok(Some(codec::decode(&body)?))
 }
 

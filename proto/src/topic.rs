@@ -139,7 +139,10 @@ mod tests {
         assert_eq!(validate_name("a.*"), Err(TopicError::Wildcard));
         assert_eq!(validate_name("a.>"), Err(TopicError::Wildcard));
         assert_eq!(validate_name(&"a".repeat(256)), Err(TopicError::TooLong));
-        assert_eq!(validate_name(&["a"; 17].join(".")), Err(TopicError::TooManyTokens));
+        assert_eq!(
+            validate_name(&["a"; 17].join(".")),
+            Err(TopicError::TooManyTokens)
+        );
         assert_eq!(validate_name("été"), Err(TopicError::BadCharacter));
         assert!(validate_name("orders.created-v2_x").is_ok());
     }

@@ -4,7 +4,9 @@
 
 use signet_proto::codec::{self, DecodeError};
 use signet_proto::envelope::{CONTENT_TYPE_JSON, Envelope};
-use signet_proto::frame::{ClientFrame, Delivery, Outcome, Publish, Rejection, Results, ServerFrame, StartAt, Subscribe};
+use signet_proto::frame::{
+    ClientFrame, Delivery, Outcome, Publish, Rejection, Results, ServerFrame, StartAt, Subscribe,
+};
 use signet_proto::{ErrorCode, KeyId};
 
 fn publish() -> ClientFrame {
@@ -29,7 +31,10 @@ fn server_frames() -> Vec<ServerFrame> {
     vec![
         ServerFrame::Results(Results {
             request_id: 1,
-            outcomes: vec![Outcome::Ack(5), Outcome::Nack(Rejection::new(ErrorCode::Forbidden, "no"))],
+            outcomes: vec![
+                Outcome::Ack(5),
+                Outcome::Nack(Rejection::new(ErrorCode::Forbidden, "no")),
+            ],
         }),
         ServerFrame::Subscribed { next_offset: 7 },
         ServerFrame::Deliver(vec![Delivery {
@@ -50,7 +55,10 @@ fn client_frames_round_trip() {
         let bytes = codec::encode(&frame).unwrap();
         let back: ClientFrame = codec::decode(&bytes[4..]).unwrap();
         assert_eq!(back, frame);
-        assert_eq!(codec::body_len(bytes[..4].try_into().unwrap(), u32::MAX).unwrap(), bytes.len() - 4);
+        assert_eq!(
+            codec::body_len(bytes[..4].try_into().unwrap(), u32::MAX).unwrap(),
+            bytes.len() - 4
+        );
     }
 }
 
@@ -68,7 +76,10 @@ fn rejects_every_truncation() {
     let bytes = codec::encode(&publish()).unwrap();
     let body = &bytes[4..];
     for cut in 0..body.len() {
-        assert!(codec::decode::<ClientFrame>(&body[..cut]).is_err(), "cut at {cut}");
+        assert!(
+            codec::decode::<ClientFrame>(&body[..cut]).is_err(),
+            "cut at {cut}"
+        );
     }
 }
 
@@ -76,14 +87,20 @@ fn rejects_every_truncation() {
 fn rejects_trailing_bytes() {
     let mut bytes = codec::encode(&publish()).unwrap();
     bytes.push(0);
-    assert_eq!(codec::decode::<ClientFrame>(&bytes[4..]), Err(DecodeError::Trailing));
+    assert_eq!(
+        codec::decode::<ClientFrame>(&bytes[4..]),
+        Err(DecodeError::Trailing)
+    );
 }
 
 #[test]
 fn rejects_length_over_limit_before_reading_body() {
     assert_eq!(
         codec::body_len(u32::MAX.to_be_bytes(), 1024),
-        Err(DecodeError::TooLarge { len: u32::MAX, max: 1024 })
+        Err(DecodeError::TooLarge {
+            len: u32::MAX,
+            max: 1024
+        })
     );
     assert_eq!(codec::body_len([0; 4], 1024), Err(DecodeError::Empty));
 }

@@ -20,7 +20,7 @@ fn envelope(key: KeyId, i: usize) -> Envelope {
         seq: i as u64 + 1,
         timestamp_ms: 1_700_000_000_000 + i as u64,
         content_type: CONTENT_TYPE_JSON.into(),
-        headers: if i % 2 == 0 {
+        headers: if i.is_multiple_of(2) {
             vec![Header {
                 name: "h".into(),
                 value: vec![i as u8],
@@ -43,7 +43,11 @@ fn build() -> Value {
     for size in SIZES {
         let envelopes: Vec<Envelope> = (0..size).map(|i| envelope(key.id(), i)).collect();
         let signed = batch::sign(&key, &envelopes).unwrap();
-        let shown: Vec<usize> = if size <= 3 { (0..size).collect() } else { vec![0, 1, 128, 255] };
+        let shown: Vec<usize> = if size <= 3 {
+            (0..size).collect()
+        } else {
+            vec![0, 1, 128, 255]
+        };
         let leaves: Vec<Value> = shown
             .iter()
             .map(|&i| {
@@ -103,12 +107,22 @@ fn pinned_signatures_verify_with_pinned_key() {
         assert!(key.verify(&message, &signature));
         let root = hex::decode(b["root_hex"].as_str().unwrap()).unwrap();
         for leaf in b["leaves"].as_array().unwrap() {
-            let l: [u8; 32] = hex::decode(leaf["leaf_hex"].as_str().unwrap()).unwrap().try_into().unwrap();
+            let l: [u8; 32] = hex::decode(leaf["leaf_hex"].as_str().unwrap())
+                .unwrap()
+                .try_into()
+                .unwrap();
             let path: Vec<Hash> = leaf["path_hex"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|p| Hash(hex::decode(p.as_str().unwrap()).unwrap().try_into().unwrap()))
+                .map(|p| {
+                    Hash(
+                        hex::decode(p.as_str().unwrap())
+                            .unwrap()
+                            .try_into()
+                            .unwrap(),
+                    )
+                })
                 .collect();
             let got = merkle::root_from_path(
                 &Hash(l),
@@ -141,11 +155,19 @@ fn proof_moved_to_another_leaf_fails() {
         let envelopes: Vec<Envelope> = (0..size).map(|i| envelope(key.id(), i)).collect();
         let signed = batch::sign(&key, &envelopes).unwrap();
         // Envelope 1 carrying envelope 0's proof.
-        assert!(!batch::verify_record(key.public_key(), &envelopes[1], &signed.proof(0)));
+        assert!(!batch::verify_record(
+            key.public_key(),
+            &envelopes[1],
+            &signed.proof(0)
+        ));
         // Envelope 0's proof with envelope 1's index.
         let mut moved = signed.proof(0);
         moved.leaf_index = 1;
-        assert!(!batch::verify_record(key.public_key(), &envelopes[0], &moved));
+        assert!(!batch::verify_record(
+            key.public_key(),
+            &envelopes[0],
+            &moved
+        ));
     }
 }
 
@@ -179,11 +201,23 @@ fn any_flipped_byte_breaks_the_proof() {
     let signed = batch::sign(&key, &envelopes).unwrap();
     let mut e = envelopes[2].clone();
     e.payload[0] ^= 1;
-    assert!(!batch::verify_record(key.public_key(), &e, &signed.proof(2)));
+    assert!(!batch::verify_record(
+        key.public_key(),
+        &e,
+        &signed.proof(2)
+    ));
     let mut e = envelopes[2].clone();
     e.topic = "vectors.t3".into();
-    assert!(!batch::verify_record(key.public_key(), &e, &signed.proof(2)));
+    assert!(!batch::verify_record(
+        key.public_key(),
+        &e,
+        &signed.proof(2)
+    ));
     let mut e = envelopes[2].clone();
     e.headers[0].value[0] ^= 1;
-    assert!(!batch::verify_record(key.public_key(), &e, &signed.proof(2)));
+    assert!(!batch::verify_record(
+        key.public_key(),
+        &e,
+        &signed.proof(2)
+    ));
 }

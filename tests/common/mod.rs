@@ -17,14 +17,18 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Awaits `fut`, failing the test after [`WAIT`].
 pub async fn within<T>(fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, fut).await.expect("timed out waiting for an event")
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .expect("timed out waiting for an event")
 }
 
 /// Principals most tests use: `alice` publishes and reads `orders.>`,
 /// `bob` publishes `billing.>` only, `auditor` reads everything.
 pub fn principals() -> Vec<PrincipalSpec> {
     vec![
-        PrincipalSpec::new("alice").publish("orders.>").subscribe("orders.>"),
+        PrincipalSpec::new("alice")
+            .publish("orders.>")
+            .subscribe("orders.>"),
         PrincipalSpec::new("bob").publish("billing.>"),
         PrincipalSpec::new("auditor").subscribe(">"),
     ]
@@ -39,9 +43,11 @@ pub async fn started() -> Sandbox {
 
 /// A connected client for `name`.
 pub async fn client(sandbox: &Sandbox, name: &str) -> Client {
-    within(Client::connect(sandbox.client_config(name).expect("config")))
-        .await
-        .expect("connects")
+    within(Client::connect(
+        sandbox.client_config(name).expect("config"),
+    ))
+    .await
+    .expect("connects")
 }
 
 /// The signing key of `name`.
@@ -52,12 +58,19 @@ pub fn signing_key(sandbox: &Sandbox, name: &str) -> SigningKey {
 
 /// Milliseconds since the epoch.
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
 }
 
 /// A fresh seq well above anything a client allocated before.
 pub fn fresh_seq() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64 + (1 << 40)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64
+        + (1 << 40)
 }
 
 /// An envelope as a publisher would build it.
@@ -101,7 +114,9 @@ pub async fn raw_publish(client: &Client, publish: Publish) -> ServerFrame {
 /// How many messages `topic` holds, asked as the `auditor`.
 pub async fn stored_count(sandbox: &Sandbox, topic: &str) -> u64 {
     let auditor = client(sandbox, "auditor").await;
-    let sub = within(auditor.subscribe(topic, StartAt::Latest)).await.expect("subscribe");
+    let sub = within(auditor.subscribe(topic, StartAt::Latest))
+        .await
+        .expect("subscribe");
     sub.next_offset_at_open()
 }
 
