@@ -15,36 +15,128 @@ pub enum Action {
     Subscribe,
 }
 
+/// A set of topic patterns as a token trie: matching walks the topic's
+/// tokens once, following the literal child and the `*` child and stopping
+/// at a `>`, so its cost depends on the topic's length, not on how many
+/// patterns the set holds (1,000 rules cost what 10 do).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PatternSet {
+    root: Node,
+    patterns: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Node {
+    literal: HashMap<String, Node>,
+    star: Option<Box<Node>>,
+    /// A pattern ends here with `>`: any one or more further tokens match.
+    tail: bool,
+    /// A pattern ends exactly here.
+    end: bool,
+}
+
+impl Node {
+    fn matches(&self, tokens: &[&str]) -> bool {
+        let Some((first, rest)) = tokens.split_first() else {
+            return self.end;
+        };
+        if self.tail {
+            return true;
+        }
+        if let Some(child) = self.literal.get(*first)
+            && child.matches(rest)
+        {
+            return true;
+        }
+        self.star.as_ref().is_some_and(|child| child.matches(rest))
+    }
+}
+
+impl PatternSet {
+    /// Adds a pattern (validated by the caller with `topic::validate_pattern`).
+    pub fn insert(&mut self, pattern: &str) {
+        let mut node = &mut self.root;
+        for token in pattern.split('.') {
+            node = match token {
+                ">" => {
+                    node.tail = true;
+                    self.patterns.push(pattern.to_owned());
+                    return;
+                }
+                "*" => node.star.get_or_insert_with(Box::default),
+                literal => node.literal.entry(literal.to_owned()).or_default(),
+            };
+        }
+        node.end = true;
+        self.patterns.push(pattern.to_owned());
+    }
+
+    /// Whether any pattern matches the (valid) topic name.
+    pub fn matches(&self, name: &str) -> bool {
+        let mut tokens = [""; signet_proto::limits::TOPIC_TOKENS_MAX];
+        let mut count = 0;
+        for token in name.split('.') {
+            if count == tokens.len() {
+                return false;
+            }
+            tokens[count] = token;
+            count += 1;
+        }
+        self.root.matches(&tokens[..count])
+    }
+
+    /// The patterns, in insertion order.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Number of patterns.
+    pub fn len(&self) -> usize {
+        self.patterns.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.patterns.is_empty()
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for PatternSet {
+    fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
+        let mut set = PatternSet::default();
+        for p in iter {
+            set.insert(p.as_ref());
+        }
+        set
+    }
+}
+
 /// The patterns one principal holds, merged from itself and its roles.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Grants {
     /// Patterns the principal may publish to.
-    pub publish: Vec<String>,
+    pub publish: PatternSet,
     /// Patterns the principal may subscribe to.
-    pub subscribe: Vec<String>,
+    pub subscribe: PatternSet,
     /// Patterns the principal may never publish to (beats `publish`).
-    pub deny_publish: Vec<String>,
+    pub deny_publish: PatternSet,
     /// Patterns the principal may never subscribe to (beats `subscribe`).
-    pub deny_subscribe: Vec<String>,
+    pub deny_subscribe: PatternSet,
 }
 
 impl Grants {
     /// Adds another set of grants (a role's) to these.
     pub fn extend(&mut self, other: &Grants) {
-        self.publish.extend(other.publish.iter().cloned());
-        self.subscribe.extend(other.subscribe.iter().cloned());
-        self.deny_publish.extend(other.deny_publish.iter().cloned());
-        self.deny_subscribe
-            .extend(other.deny_subscribe.iter().cloned());
-    }
-
-    /// All patterns, for validation.
-    pub fn patterns(&self) -> impl Iterator<Item = &String> {
-        self.publish
-            .iter()
-            .chain(&self.subscribe)
-            .chain(&self.deny_publish)
-            .chain(&self.deny_subscribe)
+        for (mine, theirs) in [
+            (&mut self.publish, &other.publish),
+            (&mut self.subscribe, &other.subscribe),
+            (&mut self.deny_publish, &other.deny_publish),
+            (&mut self.deny_subscribe, &other.deny_subscribe),
+        ] {
+            for p in theirs.patterns() {
+                mine.insert(p);
+            }
+        }
     }
 
     /// Whether `action` on the topic `name` is allowed. An invalid name is
@@ -57,8 +149,7 @@ impl Grants {
             Action::Publish => (&self.publish, &self.deny_publish),
             Action::Subscribe => (&self.subscribe, &self.deny_subscribe),
         };
-        !deny.iter().any(|p| topic::matches(p, name))
-            && allow.iter().any(|p| topic::matches(p, name))
+        !deny.matches(name) && allow.matches(name)
     }
 }
 
@@ -66,15 +157,21 @@ impl Grants {
 /// Bounds memory a client can make us hold by naming many topics.
 pub const DECISION_CACHE_ENTRIES_MAX: usize = 1024;
 
-/// A per-connection cache of ACL decisions.
+/// A per-connection cache of ACL decisions, valid for one policy version
+/// (a reload empties it).
 #[derive(Debug, Default)]
 pub struct DecisionCache {
+    policy_version: u64,
     decisions: HashMap<(Action, String), bool>,
 }
 
 impl DecisionCache {
-    /// The decision for `action` on `name`, computed once per connection.
-    pub fn allows(&mut self, grants: &Grants, action: Action, name: &str) -> bool {
+    /// The decision for `action` on `name` under policy `version`.
+    pub fn allows(&mut self, version: u64, grants: &Grants, action: Action, name: &str) -> bool {
+        if version != self.policy_version {
+            self.decisions.clear();
+            self.policy_version = version;
+        }
         if let Some(&allowed) = self.decisions.get(&(action, name.to_owned())) {
             return allowed;
         }
@@ -93,10 +190,10 @@ mod tests {
 
     fn grants() -> Grants {
         Grants {
-            publish: vec!["orders.>".into(), "audit.*".into()],
-            subscribe: vec!["billing.*".into()],
-            deny_publish: vec!["orders.internal.>".into()],
-            deny_subscribe: vec![],
+            publish: ["orders.>", "audit.*"].into_iter().collect(),
+            subscribe: ["billing.*"].into_iter().collect(),
+            deny_publish: ["orders.internal.>"].into_iter().collect(),
+            deny_subscribe: PatternSet::default(),
         }
     }
 
@@ -118,7 +215,7 @@ mod tests {
     #[test]
     fn invalid_names_never_match() {
         let g = Grants {
-            publish: vec![">".into()],
+            publish: [">"].into_iter().collect(),
             ..Grants::default()
         };
         assert!(!g.allows(Action::Publish, "a..b"));
@@ -137,13 +234,50 @@ mod tests {
             "audit.a.b",
         ] {
             assert_eq!(
-                cache.allows(&g, Action::Publish, name),
+                cache.allows(1, &g, Action::Publish, name),
                 g.allows(Action::Publish, name)
             );
             assert_eq!(
-                cache.allows(&g, Action::Publish, name),
+                cache.allows(1, &g, Action::Publish, name),
                 g.allows(Action::Publish, name)
             );
         }
+    }
+
+    #[test]
+    fn trie_agrees_with_pattern_by_pattern_matching() {
+        let patterns = ["a.>", "a.*.c", "*.b", "x", "x.y.>", "*", "*.*.*", "q.*.>"];
+        let names = [
+            "a", "a.b", "a.b.c", "a.x.c", "z.b", "x", "x.y", "x.y.z", "q", "q.r", "q.r.s", "m.n.o",
+            "m.n.o.p",
+        ];
+        for n in 1..=patterns.len() {
+            let set: PatternSet = patterns[..n].iter().collect();
+            for name in names {
+                let expected = patterns[..n].iter().any(|p| topic::matches(p, name));
+                assert_eq!(
+                    set.matches(name),
+                    expected,
+                    "{name} against {:?}",
+                    &patterns[..n]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reload_version_empties_the_cache() {
+        let mut cache = DecisionCache::default();
+        let open = grants();
+        assert!(cache.allows(1, &open, Action::Publish, "orders.a"));
+        let closed = Grants::default();
+        assert!(
+            cache.allows(1, &closed, Action::Publish, "orders.a"),
+            "same version: cached"
+        );
+        assert!(
+            !cache.allows(2, &closed, Action::Publish, "orders.a"),
+            "new version: recomputed"
+        );
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::fanout::{Head, Registry};
 use crate::metrics;
+use crate::quota::Quotas;
 use crate::store::{Store, StoredTopic};
 use rocksdb::WriteBatch;
 use signet_proto::{ErrorCode, KeyId};
@@ -35,6 +36,10 @@ pub struct Entry {
     pub key_id: KeyId,
     /// Its sequence number, for the replay mark.
     pub seq: u64,
+    /// The publishing principal, for its stored-bytes quota.
+    pub principal: Arc<str>,
+    /// Payload bytes, counted against that quota.
+    pub payload_bytes: u64,
 }
 
 /// Offsets in request order, or why nothing was stored.
@@ -65,12 +70,16 @@ struct Writer {
     next_topic_id: u32,
     /// Replay marks as persisted, so a late batch never lowers one.
     marks: HashMap<KeyId, u64>,
+    /// Stored payload bytes per principal, as persisted.
+    usage: HashMap<Arc<str>, u64>,
+    quotas: Arc<Quotas>,
 }
 
 /// Starts the writer thread.
 pub fn spawn(
     store: Arc<Store>,
     registry: Arc<Registry>,
+    quotas: Arc<Quotas>,
     topics: &[StoredTopic],
 ) -> std::io::Result<Committer> {
     let (sender, receiver) = mpsc::channel(QUEUE_REQUESTS_MAX);
@@ -83,6 +92,8 @@ pub fn spawn(
             .map(|t| (t.name.clone(), (t.id, t.next_offset)))
             .collect(),
         marks: HashMap::new(),
+        usage: HashMap::new(),
+        quotas,
     };
     let thread = std::thread::Builder::new()
         .name("signet-commit".into())
@@ -96,6 +107,7 @@ struct Staged {
     topics: HashMap<String, (u32, u64)>,
     new_topic_ids: u32,
     marks: HashMap<KeyId, u64>,
+    usage: HashMap<Arc<str>, u64>,
     bytes: usize,
 }
 
@@ -146,6 +158,12 @@ impl Writer {
                 failed = true;
             }
         }
+        for (principal, added) in &staged.usage {
+            let total = self.persisted_usage(principal).saturating_add(*added);
+            if self.store.put_usage(&mut batch, principal, total).is_err() {
+                failed = true;
+            }
+        }
         let result = if failed {
             Err(())
         } else {
@@ -178,6 +196,15 @@ impl Writer {
         mark
     }
 
+    fn persisted_usage(&mut self, principal: &Arc<str>) -> u64 {
+        if let Some(bytes) = self.usage.get(principal) {
+            return *bytes;
+        }
+        let bytes = self.store.usage(principal).ok().unwrap_or(0);
+        self.usage.insert(principal.clone(), bytes);
+        bytes
+    }
+
     fn stage(&self, batch: &mut WriteBatch, staged: &mut Staged, entry: &Entry) -> Result<u64, ()> {
         let (id, next) = match staged.topics.get(&entry.topic) {
             Some(t) => *t,
@@ -200,6 +227,7 @@ impl Writer {
         staged.bytes += entry.record.len();
         let mark = staged.marks.entry(entry.key_id).or_insert(0);
         *mark = (*mark).max(entry.seq);
+        *staged.usage.entry(entry.principal.clone()).or_insert(0) += entry.payload_bytes;
         Ok(next)
     }
 
@@ -208,6 +236,12 @@ impl Writer {
         for (key, seq) in staged.marks {
             let mark = self.marks.entry(key).or_insert(0);
             *mark = (*mark).max(seq);
+        }
+        for (principal, added) in staged.usage {
+            *self.usage.entry(principal.clone()).or_insert(0) += added;
+            if let Some(quota) = self.quotas.existing(&principal) {
+                quota.add_stored(added);
+            }
         }
         for (name, (id, next)) in staged.topics {
             self.registry.advance(

@@ -5,8 +5,9 @@
 //! exist, limits out of range. Relative paths resolve against the policy
 //! file's folder.
 
-use crate::acl::Grants;
+use crate::acl::{Grants, PatternSet};
 use crate::error::BrokerError;
+use crate::quota::QuotaLimits;
 use serde::Deserialize;
 use signet_proto::limits::FRAME_BYTES_MAX_DEFAULT;
 use signet_proto::{KeyId, PublicKey, topic};
@@ -54,6 +55,7 @@ struct TlsSection {
 #[serde(deny_unknown_fields)]
 struct AuditSection {
     path: PathBuf,
+    max_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,14 +81,23 @@ struct GrantFields {
     deny_subscribe: Vec<String>,
 }
 
-impl From<GrantFields> for Grants {
-    fn from(g: GrantFields) -> Grants {
-        Grants {
-            publish: g.publish,
-            subscribe: g.subscribe,
-            deny_publish: g.deny_publish,
-            deny_subscribe: g.deny_subscribe,
-        }
+impl GrantFields {
+    /// Validates every pattern and compiles the four sets.
+    fn compile(&self, owner: &str) -> Result<Grants, String> {
+        let set = |patterns: &[String]| -> Result<PatternSet, String> {
+            let mut set = PatternSet::default();
+            for p in patterns {
+                topic::validate_pattern(p).map_err(|e| format!("{owner}: pattern {p:?}: {e}"))?;
+                set.insert(p);
+            }
+            Ok(set)
+        };
+        Ok(Grants {
+            publish: set(&self.publish)?,
+            subscribe: set(&self.subscribe)?,
+            deny_publish: set(&self.deny_publish)?,
+            deny_subscribe: set(&self.deny_subscribe)?,
+        })
     }
 }
 
@@ -111,16 +122,42 @@ struct PrincipalSection {
     quota: Option<QuotaSection>,
 }
 
-/// Per-principal quotas as written in the policy. Parsed and validated now;
-/// enforcement is the quota issue's work (see README).
+/// Per-principal quotas as written in the policy; a missing field takes
+/// its default from [`QuotaLimits::DEFAULT`].
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct QuotaSection {
-    pub msgs_per_sec: Option<u64>,
-    pub bytes_per_sec: Option<u64>,
-    pub stored_bytes: Option<u64>,
-    pub max_connections: Option<u64>,
-    pub max_subscriptions: Option<u64>,
+struct QuotaSection {
+    msgs_per_sec: Option<u32>,
+    bytes_per_sec: Option<u32>,
+    stored_bytes: Option<u64>,
+    max_connections: Option<u32>,
+    max_subscriptions: Option<u32>,
+}
+
+impl QuotaSection {
+    fn limits(section: Option<&QuotaSection>, owner: &str) -> Result<QuotaLimits, String> {
+        let d = QuotaLimits::DEFAULT;
+        let Some(q) = section else {
+            return Ok(d);
+        };
+        let limits = QuotaLimits {
+            msgs_per_sec: q.msgs_per_sec.unwrap_or(d.msgs_per_sec),
+            bytes_per_sec: q.bytes_per_sec.unwrap_or(d.bytes_per_sec),
+            stored_bytes: q.stored_bytes.unwrap_or(d.stored_bytes),
+            max_connections: q.max_connections.unwrap_or(d.max_connections),
+            max_subscriptions: q.max_subscriptions.unwrap_or(d.max_subscriptions),
+        };
+        if limits.msgs_per_sec == 0
+            || limits.bytes_per_sec == 0
+            || limits.max_connections == 0
+            || limits.stored_bytes == 0
+        {
+            return Err(format!(
+                "{owner}: quota values must be at least 1 (use deny rules to shut a principal out)"
+            ));
+        }
+        Ok(limits)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,8 +206,8 @@ pub struct PrincipalPolicy {
     pub keys: HashMap<KeyId, PublicKey>,
     /// Grants merged from the principal and its roles.
     pub grants: Grants,
-    /// Quotas, if the policy names any.
-    pub quota: Option<QuotaSection>,
+    /// Quotas (explicit or the defaults).
+    pub quota: QuotaLimits,
 }
 
 /// Per-topic settings (schema, encryption, retention) keyed by pattern.
@@ -187,6 +224,10 @@ pub struct TopicPolicy {
 /// Who may do what, and with which keys.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
+    /// Increases with every successful reload; caches compare it.
+    pub version: u64,
+    /// SHA-256 (hex) of the policy file this came from.
+    pub sha256: String,
     /// Principals by name.
     pub principals: HashMap<String, PrincipalPolicy>,
     /// Every bound key, to tell `UnknownKey` from `KeyNotBound`.
@@ -200,6 +241,27 @@ impl Policy {
     pub fn principal(&self, name: &str) -> Option<&PrincipalPolicy> {
         self.principals.get(name)
     }
+
+    /// A principal's quota: its own, or the defaults for one the policy
+    /// does not name.
+    pub fn quota(&self, name: &str) -> QuotaLimits {
+        self.principal(name)
+            .map_or(QuotaLimits::DEFAULT, |p| p.quota)
+    }
+
+    /// Schema files the policy names (a change to one triggers a reload).
+    pub fn schema_files(&self) -> impl Iterator<Item = &Path> {
+        self.topics.iter().filter_map(|t| t.schema.as_deref())
+    }
+}
+
+/// Where the audit log goes.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// The current log file; rotated files sit beside it as `<name>.<n>`.
+    pub path: PathBuf,
+    /// Size at which the file is rotated, in bytes. Default 64 MiB.
+    pub max_bytes: u64,
 }
 
 /// A validated broker configuration.
@@ -220,8 +282,10 @@ pub struct Config {
     pub clock_skew_ms: u64,
     /// TLS material.
     pub tls: TlsPaths,
-    /// Audit log path (the audit log itself is the policy issue's work).
-    pub audit_path: Option<PathBuf>,
+    /// The audit log, if any.
+    pub audit: Option<AuditSettings>,
+    /// The policy file this was read from (for reloads).
+    pub source: Option<PathBuf>,
     /// Transport limits.
     pub limits: Limits,
     /// Principals, keys, grants, topics.
@@ -241,10 +305,12 @@ impl Config {
             source,
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base).map_err(|reason| BrokerError::Policy {
+        let mut config = Config::parse(&text, base).map_err(|reason| BrokerError::Policy {
             path: path.to_owned(),
             reason,
-        })
+        })?;
+        config.source = Some(path.to_owned());
+        Ok(config)
     }
 
     /// Parses and validates policy text; relative paths resolve against `base`.
@@ -309,7 +375,9 @@ impl Config {
                 600_000,
             )?),
         };
-        let policy = build_policy(file.roles, file.principals, file.topics, &resolve)?;
+        let mut policy = build_policy(file.roles, file.principals, file.topics, &resolve)?;
+        policy.version = 1;
+        policy.sha256 = hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes()));
         Ok(Config {
             listen: b.listen,
             data_dir: resolve(&b.data_dir),
@@ -322,7 +390,11 @@ impl Config {
                 cert: resolve(&file.tls.cert),
                 key: resolve(&file.tls.key),
             },
-            audit_path: file.audit.map(|a| resolve(&a.path)),
+            audit: file.audit.map(|a| AuditSettings {
+                path: resolve(&a.path),
+                max_bytes: a.max_bytes.unwrap_or(64 * 1024 * 1024).max(4096),
+            }),
+            source: None,
             limits,
             policy,
         })
@@ -343,13 +415,6 @@ fn bounded<T: PartialOrd + Copy + std::fmt::Display>(
     Ok(v)
 }
 
-fn check_patterns(owner: &str, grants: &Grants) -> Result<(), String> {
-    for p in grants.patterns() {
-        topic::validate_pattern(p).map_err(|e| format!("{owner}: pattern {p:?}: {e}"))?;
-    }
-    Ok(())
-}
-
 fn build_policy(
     roles: Vec<RoleSection>,
     principals: Vec<PrincipalSection>,
@@ -358,8 +423,7 @@ fn build_policy(
 ) -> Result<Policy, String> {
     let mut role_grants: HashMap<String, Grants> = HashMap::new();
     for role in roles {
-        let grants: Grants = role.grants.into();
-        check_patterns(&format!("role {:?}", role.name), &grants)?;
+        let grants = role.grants.compile(&format!("role {:?}", role.name))?;
         if role_grants.insert(role.name.clone(), grants).is_some() {
             return Err(format!("role {:?} is defined twice", role.name));
         }
@@ -372,8 +436,9 @@ fn build_policy(
                 p.name
             ));
         }
-        let mut grants: Grants = p.grants.into();
-        check_patterns(&format!("principal {:?}", p.name), &grants)?;
+        let owner = format!("principal {:?}", p.name);
+        let mut grants = p.grants.compile(&owner)?;
+        let quota = QuotaSection::limits(p.quota.as_ref(), &owner)?;
         for role in &p.roles {
             let g = role_grants
                 .get(role)
@@ -397,7 +462,7 @@ fn build_policy(
         let entry = PrincipalPolicy {
             keys,
             grants,
-            quota: p.quota,
+            quota,
         };
         if policy.principals.insert(p.name.clone(), entry).is_some() {
             return Err(format!("principal {:?} is defined twice", p.name));
@@ -477,8 +542,13 @@ encrypted = true
         let config = Config::parse(&text, Path::new("/etc/signet")).unwrap();
         assert_eq!(config.data_dir, Path::new("/etc/signet/data"));
         let p = config.policy.principal("orders-service").unwrap();
-        assert_eq!(p.grants.publish, vec!["orders.>".to_string()]);
-        assert_eq!(p.grants.subscribe, vec!["billing.*".to_string()]);
+        assert_eq!(p.grants.publish.patterns(), ["orders.>".to_string()]);
+        assert_eq!(p.grants.subscribe.patterns(), ["billing.*".to_string()]);
+        assert_eq!(p.quota.msgs_per_sec, 5000);
+        assert_eq!(
+            p.quota.max_connections,
+            QuotaLimits::DEFAULT.max_connections
+        );
         assert_eq!(p.keys.len(), 1);
         assert_eq!(config.policy.topics.len(), 2);
     }

@@ -1,5 +1,6 @@
 //! The ingest checks for one `Publish` batch, in order, each able only to
-//! reject: batch shape → envelope shape (size, topic, version) → publish ACL
+//! reject: batch shape → quota (messages/s, bytes/s, stored bytes: no
+//! crypto, no disk) → envelope shape (size, topic, version) → publish ACL
 //! → key bound to this principal → batch signature → sequence above the
 //! key's mark → timestamp within the skew window. What passes goes to the
 //! group commit ([`crate::commit`]). Plain functions over values: no socket,
@@ -7,6 +8,7 @@
 
 use crate::acl::{Action, DecisionCache};
 use crate::config::Policy;
+use crate::quota::{Breach, PrincipalQuota};
 use crate::replay::ReplayGuard;
 use signet_proto::frame::{Publish, Rejection};
 use signet_proto::limits::BATCH_ENVELOPES_MAX;
@@ -16,7 +18,12 @@ use signet_proto::{Envelope, ErrorCode, Proof, batch};
 #[derive(Debug)]
 pub enum Verdict {
     /// Refused; nothing of it will be stored.
-    Rejected(Rejection),
+    Rejected {
+        /// Why.
+        rejection: Rejection,
+        /// The envelope's topic, for the audit log.
+        topic: String,
+    },
     /// Passed every check; to be committed with this proof.
     Accepted(Box<(Envelope, Proof)>),
 }
@@ -29,6 +36,8 @@ pub struct IngestContext<'a> {
     pub principal: &'a str,
     /// The connection's ACL decision cache.
     pub decisions: &'a mut DecisionCache,
+    /// The principal's quota state.
+    pub quota: &'a PrincipalQuota,
     /// Replay marks.
     pub replay: &'a ReplayGuard,
     /// Largest payload, in bytes.
@@ -62,6 +71,33 @@ pub fn check_publish(
             ErrorCode::BadFrame,
             "a batch holds 1 to 256 envelopes",
         ));
+    }
+    let bytes: u64 = publish
+        .envelopes
+        .iter()
+        .map(|e| e.payload.len() as u64)
+        .sum();
+    if let Err(breach) = ctx.quota.check_publish(n as u32, bytes) {
+        let rejection = match breach {
+            Breach::Rate { retry_after_ms } => Rejection {
+                retry_after_ms: Some(retry_after_ms),
+                ..Rejection::new(
+                    ErrorCode::QuotaExceeded,
+                    "message or byte rate quota exceeded",
+                )
+            },
+            Breach::Stored => {
+                Rejection::new(ErrorCode::QuotaExceeded, "stored bytes quota exceeded")
+            }
+        };
+        return Ok(publish
+            .envelopes
+            .into_iter()
+            .map(|e| Verdict::Rejected {
+                rejection: rejection.clone(),
+                topic: e.topic,
+            })
+            .collect());
     }
     let key_id = publish.envelopes[0].key_id;
     let mut verdicts: Vec<Option<Rejection>> = vec![None; n];
@@ -125,9 +161,12 @@ pub fn check_publish(
         .zip(verdicts)
         .enumerate()
         .map(|(i, (envelope, verdict))| match (verdict, &signed) {
-            (Some(rejection), _) => Verdict::Rejected(rejection),
             (None, Some(signed)) => Verdict::Accepted(Box::new((envelope, signed.proof(i)))),
-            (None, None) => Verdict::Rejected(Rejection::new(ErrorCode::Internal, "unverified")),
+            (rejection, _) => Verdict::Rejected {
+                rejection: rejection
+                    .unwrap_or_else(|| Rejection::new(ErrorCode::Internal, "unverified")),
+                topic: envelope.topic,
+            },
         })
         .collect())
 }
@@ -142,7 +181,10 @@ fn check_acl(
         if v.is_some() {
             continue;
         }
-        let allowed = grants.is_some_and(|g| ctx.decisions.allows(g, Action::Publish, &e.topic));
+        let allowed = grants.is_some_and(|g| {
+            ctx.decisions
+                .allows(ctx.policy.version, g, Action::Publish, &e.topic)
+        });
         if !allowed {
             *v = reject(ErrorCode::Forbidden, "not allowed to publish to this topic");
         }

@@ -12,11 +12,15 @@
 //!   ([`acl`], key binding, signature, [`replay`], clock);
 //! - [`commit`]: the group commit into [`store`];
 //! - [`fanout`] and `subscribe`: delivery from storage, stored then live;
+//! - [`quota`]: per-principal rates, stored bytes, connections, subscriptions;
+//! - [`reload`]: hot reload of the policy (SIGHUP, file watch);
+//! - [`audit`]: the hash-chained audit log;
 //! - [`metrics`]: counters for every acceptance and rejection.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod acl;
+pub mod audit;
 pub mod commit;
 pub mod config;
 pub mod error;
@@ -24,6 +28,8 @@ pub mod fanout;
 pub mod ingest;
 pub mod metrics;
 mod publish;
+pub mod quota;
+pub mod reload;
 pub mod replay;
 pub mod server;
 mod session;
@@ -33,5 +39,6 @@ pub mod tls;
 
 pub use config::Config;
 pub use error::BrokerError;
+pub use reload::Reloaded;
 pub(crate) use server::Shared;
 pub use server::{Broker, start};

@@ -67,3 +67,22 @@ pub fn serve(addr: SocketAddr) -> Result<(), String> {
         .install()
         .map_err(|e| e.to_string())
 }
+
+/// Policy reloads, by outcome.
+pub const POLICY_RELOADS: &str = "signet_policy_reloads_total";
+/// 1 when the last reload attempt succeeded, 0 when it failed.
+pub const POLICY_RELOAD_OK: &str = "signet_policy_reload_ok";
+/// Publish batches refused by quota.
+pub const QUOTA_HITS: &str = "signet_quota_hits_total";
+
+/// Records a reload attempt.
+pub fn reload(ok: bool) {
+    metrics::counter!(POLICY_RELOADS, "outcome" => if ok { "applied" } else { "failed" })
+        .increment(1);
+    metrics::gauge!(POLICY_RELOAD_OK).set(if ok { 1.0 } else { 0.0 });
+}
+
+/// Counts a quota refusal.
+pub fn quota_hit(kind: &'static str) {
+    metrics::counter!(QUOTA_HITS, "kind" => kind).increment(1);
+}

@@ -1,7 +1,8 @@
 //! A publish stream: pipelined `Publish` frames in, one `Results` frame out
-//! per batch, in order. Reading and checking run ahead of the commits by at
-//! most `limits.max_inflight_batches` batches; past that the stream stops
-//! being read, and QUIC flow control pushes back on the publisher.
+//! per batch, in order. Reading and checking run ahead of the answers by at
+//! most `limits.max_inflight_batches` batches per connection (all its
+//! publish streams together); past that the stream stops being read, and
+//! QUIC flow control pushes back on the publisher.
 
 use crate::session::{PendingBatch, Session};
 use signet_proto::ErrorCode;
@@ -51,7 +52,10 @@ pub(crate) async fn run(
                         Err(e) => return Some(e),
                     },
                 };
-                let item = match session.ingest(publish).await {
+                let Ok(permit) = session.inflight.clone().acquire_owned().await else {
+                    return None;
+                };
+                let item = match session.ingest(publish, permit).await {
                     Ok(batch) => Pending::Batch(batch),
                     Err(rejection) => Pending::Fail(rejection),
                 };
@@ -64,16 +68,20 @@ pub(crate) async fn run(
     };
     let writer = async move {
         while let Some(item) = pending.recv().await {
-            let frame = match item {
-                Pending::Batch(batch) => ServerFrame::Results(batch.resolve().await),
+            match item {
+                Pending::Batch(batch) => {
+                    let (results, permit) = batch.resolve().await;
+                    let written = write_frame(&mut send, &ServerFrame::Results(results)).await;
+                    drop(permit);
+                    if written.is_err() {
+                        break;
+                    }
+                }
                 Pending::Fail(rejection) => {
                     crate::metrics::rejected(rejection.code);
                     let _ = write_frame(&mut send, &ServerFrame::Error(rejection)).await;
                     break;
                 }
-            };
-            if write_frame(&mut send, &frame).await.is_err() {
-                break;
             }
         }
         send

@@ -7,13 +7,17 @@
 //! connection, lets the group-commit writer finish what it holds, and closes
 //! RocksDB before returning.
 
+use crate::audit::{Audit, Event};
 use crate::commit::{self, CommitRequest};
 use crate::config::{Config, Policy};
 use crate::error::BrokerError;
 use crate::fanout::Registry;
+use crate::quota::{PrincipalQuota, Quotas};
+use crate::reload::{self, Reloaded};
 use crate::replay::ReplayGuard;
 use crate::store::Store;
 use crate::{metrics, session, tls};
+use serde_json::json;
 use signet_proto::ErrorCode;
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -23,10 +27,15 @@ use tokio::task::JoinSet;
 
 /// Broker-wide state shared by every session.
 pub struct Shared {
-    /// Validated settings.
+    /// Settings read at start (the policy part lives in `policy`).
     pub config: Config,
-    /// The policy in force.
-    pub policy: Policy,
+    /// The policy in force; replaced whole by a reload, watched by live
+    /// subscriptions.
+    policy: watch::Sender<Arc<Policy>>,
+    /// Quota state per principal.
+    pub quotas: Arc<Quotas>,
+    /// The audit log.
+    pub audit: Audit,
     /// RocksDB.
     pub store: Arc<Store>,
     /// Topic heads for live delivery.
@@ -37,11 +46,36 @@ pub struct Shared {
     pub commits: mpsc::Sender<CommitRequest>,
 }
 
+impl Shared {
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.borrow().clone()
+    }
+
+    /// A receiver that wakes on every reload.
+    pub fn watch_policy(&self) -> watch::Receiver<Arc<Policy>> {
+        self.policy.subscribe()
+    }
+
+    pub(crate) fn set_policy(&self, policy: Policy) {
+        self.policy.send_replace(Arc::new(policy));
+    }
+
+    /// A principal's quota state under the policy in force.
+    pub fn quota(&self, principal: &str) -> Arc<PrincipalQuota> {
+        let limits = self.policy().quota(principal);
+        self.quotas.get(principal, limits, || {
+            self.store.usage(principal).unwrap_or(0)
+        })
+    }
+}
+
 /// A running broker.
 pub struct Broker {
     local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    shared: Weak<Shared>,
 }
 
 impl Broker {
@@ -57,6 +91,13 @@ impl Broker {
         let _ = self.task.await;
     }
 
+    /// Reads the policy file again and applies it if it is valid; on error
+    /// the old policy stays in force (the failure is logged and audited).
+    pub fn reload(&self) -> Result<Reloaded, String> {
+        let shared = self.shared.upgrade().ok_or("the broker has stopped")?;
+        reload::reload(&shared)
+    }
+
     /// Runs until the broker stops by itself (it only does on shutdown).
     pub async fn wait(self) {
         let _ = self.task.await;
@@ -64,13 +105,21 @@ impl Broker {
 }
 
 /// Starts a broker from a validated config.
-pub async fn start(config: Config) -> Result<Broker, BrokerError> {
+pub async fn start(mut config: Config) -> Result<Broker, BrokerError> {
     let server_config = tls::server_config(&config.tls, &config.limits)?;
     let store = Arc::new(Store::open(&config.data_dir)?);
     let topics = store.load_topics()?;
     let registry = Arc::new(Registry::new(&topics));
-    let committer = commit::spawn(store.clone(), registry.clone(), &topics)
+    let quotas = Arc::new(Quotas::new(config.frame_bytes_max));
+    let committer = commit::spawn(store.clone(), registry.clone(), quotas.clone(), &topics)
         .map_err(|e| BrokerError::Storage(format!("cannot start the commit writer: {e}")))?;
+    let (audit, audit_thread) = match &config.audit {
+        Some(settings) => {
+            let (audit, thread) = Audit::open(settings)?;
+            (audit, Some(thread))
+        }
+        None => (Audit::disabled(), None),
+    };
     let listen_error = |source| BrokerError::Listen {
         addr: config.listen,
         source,
@@ -91,14 +140,15 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     {
         tracing::warn!(%addr, error = %e, "metrics endpoint not started");
     }
-    for (name, p) in &config.policy.principals {
-        if p.quota.is_some() {
-            tracing::warn!(principal = %name, "quota in policy is parsed but not yet enforced");
-        }
-    }
-    let policy = config.policy.clone();
+    let policy = std::mem::take(&mut config.policy);
+    audit.record(Event::new(
+        "broker_started",
+        json!({ "listen": local_addr.to_string(), "policy_sha256": policy.sha256 }),
+    ));
     let shared = Arc::new(Shared {
-        policy,
+        policy: watch::Sender::new(Arc::new(policy)),
+        quotas,
+        audit,
         replay: ReplayGuard::new(store.clone()),
         store: store.clone(),
         registry,
@@ -109,13 +159,22 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     drop(store);
     let (shutdown, shutdown_rx) = watch::channel(false);
     tracing::info!(%local_addr, "broker listening");
+    let reloader = reload::spawn(shared.clone(), shutdown_rx.clone());
+    let weak = Arc::downgrade(&shared);
     let task = tokio::spawn(async move {
+        let audit = shared.audit.clone();
         accept_loop(&endpoint, shared, shutdown_rx).await;
+        let _ = reloader.await;
         endpoint.close(
             quinn::VarInt::from(ErrorCode::Unavailable.0),
             b"broker shutting down",
         );
         let _ = tokio::task::spawn_blocking(move || committer.thread.join()).await;
+        audit.record(Event::new("broker_stopped", json!({})));
+        drop(audit);
+        if let Some(thread) = audit_thread {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
         wait_closed(store_weak).await;
         tracing::info!("broker stopped");
     });
@@ -123,6 +182,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         local_addr,
         shutdown,
         task,
+        shared: weak,
     })
 }
 
@@ -146,6 +206,10 @@ async fn accept_loop(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             metrics::connection_refused("connection_cap");
             tracing::warn!(remote = %incoming.remote_address(), "connection cap reached; refusing");
+            shared.audit.record(
+                Event::new("connection_refused", json!({ "reason": "connection cap", "remote": incoming.remote_address().to_string() }))
+                    .noisy("-"),
+            );
             incoming.refuse();
             continue;
         };
@@ -162,10 +226,24 @@ async fn accept_loop(
                 Ok(Err(e)) => {
                     metrics::connection_refused("handshake");
                     tracing::info!(%remote, reason = %e, "connection refused at handshake");
+                    shared.audit.record(
+                        Event::new(
+                            "connection_refused",
+                            json!({ "reason": e.to_string(), "remote": remote.to_string() }),
+                        )
+                        .noisy("-"),
+                    );
                 }
                 Err(_) => {
                     metrics::connection_refused("handshake_timeout");
                     tracing::info!(%remote, "handshake timed out");
+                    shared.audit.record(
+                        Event::new(
+                            "connection_refused",
+                            json!({ "reason": "handshake timeout", "remote": remote.to_string() }),
+                        )
+                        .noisy("-"),
+                    );
                 }
             }
             drop(permit);

@@ -3,17 +3,19 @@
 //! what the stream is: a publish stream or a subscription.
 
 use crate::acl::DecisionCache;
+use crate::audit::Event;
 use crate::commit::{CommitReply, CommitRequest, Entry};
 use crate::config::Policy;
 use crate::ingest::{self, IngestContext, Verdict};
 use crate::{Shared, metrics, publish, subscribe, tls};
+use serde_json::json;
 use signet_proto::codec::DecodeError;
 use signet_proto::frame::{ClientFrame, Outcome, Publish, Rejection, ServerFrame};
 use signet_proto::stream::{ReadError, read_frame, write_frame};
 use signet_proto::{ErrorCode, StoredRecord, codec};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 
 /// State of one authenticated connection.
@@ -22,6 +24,11 @@ pub(crate) struct Session {
     pub shared: Arc<Shared>,
     /// The principal named by the client certificate.
     pub principal: String,
+    /// Shared with the audit log and the commit entries.
+    pub principal_arc: Arc<str>,
+    /// Publish batches read but not yet answered, on all of this
+    /// connection's publish streams (`limits.max_inflight_batches`).
+    pub inflight: Arc<Semaphore>,
     /// This connection's cached ACL decisions.
     pub decisions: Mutex<DecisionCache>,
     /// The connection, to close it on a protocol violation.
@@ -41,18 +48,45 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let remote = conn.remote_address().to_string();
     let Some(principal) = tls::principal_of(&conn) else {
         metrics::connection_refused("no_principal");
-        tracing::warn!(remote = %conn.remote_address(), "certificate names no principal; closing");
+        tracing::warn!(%remote, "certificate names no principal; closing");
+        shared.audit.record(Event::new(
+            "connection_refused",
+            json!({ "reason": "certificate names no principal", "remote": remote }),
+        ));
         conn.close(
             ErrorCode::Forbidden.0.into(),
             b"certificate names no principal",
         );
         return;
     };
-    tracing::info!(%principal, remote = %conn.remote_address(), "connection accepted");
+    let Some(_slot) = shared.quota(&principal).open_connection() else {
+        metrics::quota_hit("connections");
+        tracing::warn!(%principal, %remote, "connection quota reached; closing");
+        shared.audit.record(
+            Event::new(
+                "quota_breach",
+                json!({ "principal": principal, "kind": "connections", "remote": remote }),
+            )
+            .noisy(&principal),
+        );
+        conn.close(
+            ErrorCode::QuotaExceeded.0.into(),
+            b"too many connections for this principal",
+        );
+        return;
+    };
+    tracing::info!(%principal, %remote, "connection accepted");
+    shared.audit.record(Event::new(
+        "connection_accepted",
+        json!({ "principal": principal, "remote": remote }),
+    ));
     metrics::gauge_add(metrics::CONNECTIONS_LIVE, 1.0);
     let session = Arc::new(Session {
+        inflight: Arc::new(Semaphore::new(shared.config.limits.max_inflight_batches)),
+        principal_arc: Arc::from(principal.as_str()),
         shared,
         principal,
         decisions: Mutex::new(DecisionCache::default()),
@@ -76,6 +110,10 @@ pub(crate) async fn serve(
     }
     streams.shutdown().await;
     metrics::gauge_add(metrics::CONNECTIONS_LIVE, -1.0);
+    session.shared.audit.record(Event::new(
+        "connection_closed",
+        json!({ "principal": session.principal, "remote": remote }),
+    ));
 }
 
 async fn handle_stream(
@@ -94,8 +132,8 @@ async fn handle_stream(
 
 impl Session {
     /// The policy in force.
-    pub fn policy(&self) -> &Policy {
-        &self.shared.policy
+    pub fn policy(&self) -> Arc<Policy> {
+        self.shared.policy()
     }
 
     /// Answers a frame that could not be read: the peer gets a typed error,
@@ -121,15 +159,22 @@ impl Session {
 
     /// Runs the ingest checks on a batch and hands what passed to the group
     /// commit. Returns the outcomes so far and the pending commit.
-    pub async fn ingest(&self, publish: Publish) -> Result<PendingBatch, Rejection> {
+    pub async fn ingest(
+        &self,
+        publish: Publish,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<PendingBatch, Rejection> {
         let request_id = publish.request_id;
         let now_ms = now_ms();
+        let policy = self.policy();
+        let quota = self.shared.quota(&self.principal);
         let verdicts = {
             let mut decisions = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
             let mut ctx = IngestContext {
-                policy: self.policy(),
+                policy: &policy,
                 principal: &self.principal,
                 decisions: &mut decisions,
+                quota: &quota,
                 replay: &self.shared.replay,
                 payload_bytes_max: self.shared.config.payload_bytes_max,
                 clock_skew_ms: self.shared.config.clock_skew_ms,
@@ -140,17 +185,30 @@ impl Session {
         let mut outcomes = Vec::with_capacity(verdicts.len());
         let mut entries = Vec::new();
         let mut accepted = Vec::new();
+        let mut quota_breach = false;
         for (i, verdict) in verdicts.into_iter().enumerate() {
             match verdict {
-                Verdict::Rejected(rejection) => {
+                Verdict::Rejected { rejection, topic } => {
                     metrics::rejected(rejection.code);
                     tracing::debug!(principal = %self.principal, code = %rejection.code, "envelope rejected");
+                    if rejection.code == ErrorCode::QuotaExceeded {
+                        quota_breach = true;
+                    } else {
+                        self.shared.audit.record(
+                            Event::new(
+                                "publish_denied",
+                                json!({ "principal": self.principal, "topic": topic, "code": rejection.code.to_string() }),
+                            )
+                            .noisy(&self.principal),
+                        );
+                    }
                     outcomes.push(Some(Outcome::Nack(rejection)));
                 }
                 Verdict::Accepted(accepted_envelope) => {
                     let (envelope, proof) = *accepted_envelope;
                     let (topic, key_id, seq) =
                         (envelope.topic.clone(), envelope.key_id, envelope.seq);
+                    let payload_bytes = envelope.payload.len() as u64;
                     let record = StoredRecord {
                         received_ms: now_ms,
                         envelope,
@@ -163,11 +221,23 @@ impl Session {
                         record,
                         key_id,
                         seq,
+                        principal: self.principal_arc.clone(),
+                        payload_bytes,
                     });
                     accepted.push(i);
                     outcomes.push(None);
                 }
             }
+        }
+        if quota_breach {
+            metrics::quota_hit("publish");
+            self.shared.audit.record(
+                Event::new(
+                    "quota_breach",
+                    json!({ "principal": self.principal, "kind": "publish" }),
+                )
+                .noisy(&self.principal),
+            );
         }
         let commit = if entries.is_empty() {
             None
@@ -192,6 +262,7 @@ impl Session {
             outcomes,
             accepted,
             commit,
+            _permit: permit,
         })
     }
 }
@@ -206,11 +277,14 @@ pub(crate) struct PendingBatch {
     pub accepted: Vec<usize>,
     /// The commit's answer, if anything was sent to it.
     pub commit: Option<oneshot::Receiver<CommitReply>>,
+    /// This batch's place in the connection's in-flight cap, held until
+    /// its results are written.
+    pub _permit: OwnedSemaphorePermit,
 }
 
 impl PendingBatch {
     /// Waits for the commit and returns one outcome per envelope.
-    pub async fn resolve(self) -> signet_proto::frame::Results {
+    pub async fn resolve(self) -> (signet_proto::frame::Results, OwnedSemaphorePermit) {
         let mut outcomes = self.outcomes;
         if let Some(commit) = self.commit {
             let reply = commit.await.unwrap_or(Err(ErrorCode::Unavailable));
@@ -229,7 +303,7 @@ impl PendingBatch {
                 }
             }
         }
-        signet_proto::frame::Results {
+        let results = signet_proto::frame::Results {
             request_id: self.request_id,
             outcomes: outcomes
                 .into_iter()
@@ -239,6 +313,7 @@ impl PendingBatch {
                     })
                 })
                 .collect(),
-        }
+        };
+        (results, self._permit)
     }
 }

@@ -221,6 +221,37 @@ impl Store {
         Ok(())
     }
 
+    /// Payload bytes stored for a principal (0 if none).
+    pub fn usage(&self, principal: &str) -> Result<u64, BrokerError> {
+        let usage = self.cf(CF_USAGE)?;
+        match self
+            .db
+            .get_pinned_cf(usage, principal.as_bytes())
+            .map_err(storage)?
+        {
+            Some(v) => {
+                let v: [u8; 8] = v.as_ref().try_into().map_err(storage)?;
+                Ok(u64::from_be_bytes(v))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// Adds a principal's stored-bytes total to a write batch.
+    pub fn put_usage(
+        &self,
+        batch: &mut WriteBatch,
+        principal: &str,
+        bytes: u64,
+    ) -> Result<(), BrokerError> {
+        batch.put_cf(
+            self.cf(CF_USAGE)?,
+            principal.as_bytes(),
+            bytes.to_be_bytes(),
+        );
+        Ok(())
+    }
+
     /// Writes a batch and syncs it to disk before returning.
     pub fn write_synced(&self, batch: WriteBatch) -> Result<(), BrokerError> {
         let mut opts = WriteOptions::default();
@@ -253,6 +284,7 @@ mod tests {
             store
                 .put_replay_mark(&mut batch, &KeyId([1; 16]), 41)
                 .unwrap();
+            store.put_usage(&mut batch, "alice", 300).unwrap();
             store.write_synced(batch).unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
@@ -266,6 +298,8 @@ mod tests {
         );
         assert_eq!(store.replay_mark(&KeyId([1; 16])).unwrap(), Some(41));
         assert_eq!(store.replay_mark(&KeyId([2; 16])).unwrap(), None);
+        assert_eq!(store.usage("alice").unwrap(), 300);
+        assert_eq!(store.usage("bob").unwrap(), 0);
         let range = store.read_range(1, 1, 3, 10, 1 << 20).unwrap();
         assert_eq!(
             range.iter().map(|d| d.offset).collect::<Vec<_>>(),
