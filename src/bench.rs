@@ -115,9 +115,11 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         bail!("messages and inflight must be at least 1");
     }
     let metrics = recorder();
+    // The benchmark principal gets quotas far above what it can reach.
     let mut sandbox = Sandbox::new(&[PrincipalSpec::new("bench")
         .publish("bench.>")
-        .subscribe("bench.>")])?;
+        .subscribe("bench.>")
+        .quota("{ msgs_per_sec = 4000000000, bytes_per_sec = 4000000000, stored_bytes = 1000000000000 }")])?;
     sandbox.start().await?;
     let publisher = Client::connect(sandbox.client_config("bench")?).await?;
     let subscriber = Client::connect(sandbox.client_config("bench")?).await?;

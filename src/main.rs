@@ -42,11 +42,19 @@ enum Command {
         #[arg(long, default_value = "ed25519")]
         kind: String,
     },
-    /// Run a broker from a policy file.
+    /// Run a broker from a policy file (or only check the file with --check).
     Broker {
         /// The policy file.
-        #[arg(long)]
-        config: PathBuf,
+        #[arg(long, required_unless_present = "check")]
+        config: Option<PathBuf>,
+        /// Validate a policy file and exit: 0 if valid, 1 with the reason if not.
+        #[arg(long, value_name = "FILE", conflicts_with = "config")]
+        check: Option<PathBuf>,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Generate a dev setup where missing (PKI, keys, policy, client files) and run a broker on it.
     Dev {
@@ -72,6 +80,16 @@ enum Command {
         /// Skip the subscriber.
         #[arg(long)]
         no_subscribe: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of one or more audit files, in order (rotated
+    /// files oldest first, then the current one).
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -186,8 +204,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             println!("key_id: {}", public.id().to_hex());
             println!("public_key: {public}");
         }
-        Command::Broker { config } => {
+        Command::Broker {
+            check: Some(path), ..
+        } => {
+            init_logs("warn");
+            return Ok(check_policy(&path));
+        }
+        Command::Audit {
+            command: AuditCommand::Verify { files },
+        } => {
+            init_logs("warn");
+            return Ok(verify_audit(&files));
+        }
+        Command::Broker { config, .. } => {
             init_logs("info");
+            let config = config.ok_or_else(|| anyhow!("--config is required"))?;
             let config = Config::load(&config)?;
             let broker = signet_broker::start(config).await?;
             run_until_signal(broker).await?;
@@ -256,6 +287,51 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn check_policy(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(config) => {
+            let policy = &config.policy;
+            println!(
+                "ok: {} is valid ({} principals, {} topic settings, sha256 {})",
+                path.display(),
+                policy.principals.len(),
+                policy.topics.len(),
+                policy.sha256
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("invalid: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify_audit(files: &[PathBuf]) -> ExitCode {
+    match signet_broker::audit::verify(files) {
+        Ok(summary) => {
+            println!(
+                "ok: {} records, seq {}..{}, chain intact; last hash {}",
+                summary.records,
+                summary.first_seq.map_or("-".into(), |s| s.to_string()),
+                summary.last_seq.map_or("-".into(), |s| s.to_string()),
+                summary.last_hash
+            );
+            ExitCode::SUCCESS
+        }
+        Err(b) => {
+            println!(
+                "broken: {} line {} (seq {}): {}",
+                b.file.display(),
+                b.line,
+                b.seq.map_or("unknown".into(), |s| s.to_string()),
+                b.reason
+            );
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run_until_signal(broker: signet_broker::Broker) -> Result<()> {

@@ -18,6 +18,9 @@ pub struct PrincipalSpec {
     pub subscribe: Vec<String>,
     pub deny_publish: Vec<String>,
     pub deny_subscribe: Vec<String>,
+    pub roles: Vec<String>,
+    /// An inline TOML table, e.g. `{ msgs_per_sec = 100 }`.
+    pub quota: Option<String>,
 }
 
 impl PrincipalSpec {
@@ -46,6 +49,24 @@ impl PrincipalSpec {
         self.deny_publish.push(pattern.into());
         self
     }
+
+    /// Adds a subscribe deny rule.
+    pub fn deny_subscribe(mut self, pattern: &str) -> PrincipalSpec {
+        self.deny_subscribe.push(pattern.into());
+        self
+    }
+
+    /// Adds a role (define it with [`Sandbox::set_extra_policy`]).
+    pub fn role(mut self, role: &str) -> PrincipalSpec {
+        self.roles.push(role.into());
+        self
+    }
+
+    /// Sets the quota, as an inline TOML table.
+    pub fn quota(mut self, table: &str) -> PrincipalSpec {
+        self.quota = Some(table.into());
+        self
+    }
 }
 
 struct Member {
@@ -53,6 +74,8 @@ struct Member {
     key_path: PathBuf,
     public: PublicKey,
     tls: pki::ClientFiles,
+    /// Whether the policy binds the signing key to the principal.
+    bound: bool,
 }
 
 /// A PKI, keys, policy and (when started) a broker, in a temporary folder.
@@ -87,6 +110,7 @@ impl Sandbox {
                 key_path,
                 public,
                 tls,
+                bound: true,
             });
         }
         Ok(Sandbox {
@@ -125,6 +149,57 @@ impl Sandbox {
             .ok_or_else(|| anyhow!("no principal {name} in the sandbox"))
     }
 
+    /// Replaces a principal's grants, roles and quota (then
+    /// [`Sandbox::write_policy`] and reload to apply).
+    pub fn set_spec(&mut self, spec: PrincipalSpec) -> Result<()> {
+        let member = self
+            .members
+            .iter_mut()
+            .find(|m| m.spec.name == spec.name)
+            .ok_or_else(|| anyhow!("no principal {} in the sandbox", spec.name))?;
+        member.spec = spec;
+        Ok(())
+    }
+
+    /// Removes a principal's signing key from the policy (it stays on disk).
+    pub fn unbind_key(&mut self, name: &str) -> Result<()> {
+        let member = self
+            .members
+            .iter_mut()
+            .find(|m| m.spec.name == name)
+            .ok_or_else(|| anyhow!("no principal {name} in the sandbox"))?;
+        member.bound = false;
+        Ok(())
+    }
+
+    /// The policy file.
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir.path().join("signet.toml")
+    }
+
+    /// The audit log.
+    pub fn audit_path(&self) -> PathBuf {
+        self.data_dir().join("audit.log")
+    }
+
+    /// Writes the policy file for the running broker's address.
+    pub fn write_policy(&self) -> Result<()> {
+        let listen = self
+            .addr
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+        std::fs::write(self.policy_path(), self.policy_text(listen))?;
+        Ok(())
+    }
+
+    /// Asks the running broker to reload its policy file now.
+    pub fn reload(&self) -> Result<signet_broker::Reloaded> {
+        let broker = self
+            .broker
+            .as_ref()
+            .ok_or_else(|| anyhow!("broker not started"))?;
+        broker.reload().map_err(|e| anyhow!(e))
+    }
+
     /// A principal's signing public key.
     pub fn public_key(&self, name: &str) -> Result<PublicKey> {
         Ok(self.member(name)?.public.clone())
@@ -138,19 +213,29 @@ impl Sandbox {
     /// The policy text for a broker listening on `listen`.
     pub fn policy_text(&self, listen: SocketAddr) -> String {
         let mut text = format!(
-            "[broker]\nlisten = \"{listen}\"\ndata_dir = \"data\"\n\n[tls]\nca = \"pki/ca.crt\"\ncert = \"pki/broker.crt\"\nkey = \"pki/broker.key\"\n\n"
+            "[broker]\nlisten = \"{listen}\"\ndata_dir = \"data\"\n\n[tls]\nca = \"pki/ca.crt\"\ncert = \"pki/broker.crt\"\nkey = \"pki/broker.key\"\n\n[audit]\npath = \"data/audit.log\"\n\n"
         );
         for m in &self.members {
             let s = &m.spec;
+            let keys = if m.bound {
+                vec![m.public.to_string()]
+            } else {
+                vec![]
+            };
             text.push_str(&format!(
-                "[[principal]]\nname = {:?}\nkeys = [{:?}]\npublish = {}\nsubscribe = {}\ndeny_publish = {}\ndeny_subscribe = {}\n\n",
+                "[[principal]]\nname = {:?}\nkeys = {}\nroles = {}\npublish = {}\nsubscribe = {}\ndeny_publish = {}\ndeny_subscribe = {}\n",
                 s.name,
-                m.public.to_string(),
+                toml_list(&keys),
+                toml_list(&s.roles),
                 toml_list(&s.publish),
                 toml_list(&s.subscribe),
                 toml_list(&s.deny_publish),
                 toml_list(&s.deny_subscribe),
             ));
+            if let Some(quota) = &s.quota {
+                text.push_str(&format!("quota = {quota}\n"));
+            }
+            text.push('\n');
         }
         text.push_str(&self.extra_policy);
         text
@@ -159,12 +244,8 @@ impl Sandbox {
     /// Writes the policy and starts the broker (on an ephemeral port the
     /// first time, on the same port after a restart).
     pub async fn start(&mut self) -> Result<SocketAddr> {
-        let listen = self
-            .addr
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let policy = self.dir.path().join("signet.toml");
-        std::fs::write(&policy, self.policy_text(listen))?;
-        let config = Config::load(&policy)?;
+        self.write_policy()?;
+        let config = Config::load(&self.policy_path())?;
         let broker = signet_broker::start(config)
             .await
             .context("starting the broker")?;

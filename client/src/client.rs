@@ -103,6 +103,8 @@ pub struct Client {
     publisher: Option<mpsc::Sender<Request>>,
     trust: Verifier,
     frame_bytes_max: u32,
+    quota_retries: u32,
+    quota_retry_max: std::time::Duration,
 }
 
 async fn resolve(broker: &str) -> Result<SocketAddr, Error> {
@@ -170,20 +172,42 @@ impl Client {
             publisher,
             trust: Verifier::new(config.trust),
             frame_bytes_max,
+            quota_retries: config.quota_retries,
+            quota_retry_max: config.quota_retry_max,
         })
     }
 
     /// Publishes `payload` as `application/octet-stream` and returns its
     /// offset once the broker has it on disk.
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<u64, Error> {
-        self.enqueue(OutgoingMessage::new(topic, payload))
-            .await?
+        self.publish_message(OutgoingMessage::new(topic, payload))
             .await
     }
 
-    /// Publishes a message and returns its offset once durable.
+    /// Publishes a message and returns its offset once durable. When the
+    /// client file opts in (`quota_retries`), a `QuotaExceeded` refusal is
+    /// retried after the broker's `retry_after`, a bounded number of times.
     pub async fn publish_message(&self, message: OutgoingMessage) -> Result<u64, Error> {
-        self.enqueue(message).await?.await
+        if self.quota_retries == 0 {
+            return self.enqueue(message).await?.await;
+        }
+        let mut attempt = 0;
+        loop {
+            match self.enqueue(message.clone()).await?.await {
+                Err(e)
+                    if e.code() == Some(ErrorCode::QuotaExceeded)
+                        && attempt < self.quota_retries =>
+                {
+                    attempt += 1;
+                    let wait = e
+                        .retry_after()
+                        .unwrap_or(std::time::Duration::from_millis(100))
+                        .min(self.quota_retry_max);
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Queues a message and returns at once (after waiting only if the

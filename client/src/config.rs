@@ -22,6 +22,8 @@ struct ClientFile {
     trust: HashMap<String, String>,
     linger_us: Option<u64>,
     max_inflight_batches: Option<usize>,
+    quota_retries: Option<u32>,
+    quota_retry_max_ms: Option<u64>,
     encryption: Option<toml::Table>,
 }
 
@@ -47,6 +49,12 @@ pub struct ClientConfig {
     pub linger: Duration,
     /// Batches sent but not yet acknowledged. Default 64.
     pub max_inflight_batches: usize,
+    /// Opt-in: how many times `publish`/`publish_message` retry a message
+    /// refused with `QuotaExceeded`, waiting the broker's `retry_after`
+    /// each time. Default 0 (no retry). At most 100.
+    pub quota_retries: u32,
+    /// The longest single wait of such a retry. Default 5 s.
+    pub quota_retry_max: Duration,
 }
 
 impl ClientConfig {
@@ -100,6 +108,10 @@ impl ClientConfig {
             trust,
             linger: Duration::from_micros(file.linger_us.unwrap_or(500).min(100_000)),
             max_inflight_batches,
+            quota_retries: file.quota_retries.unwrap_or(0).min(100),
+            quota_retry_max: Duration::from_millis(
+                file.quota_retry_max_ms.unwrap_or(5_000).min(60_000),
+            ),
         })
     }
 }

@@ -74,10 +74,16 @@ async fn run(
     settings: PublisherSettings,
     mut requests: mpsc::Receiver<Request>,
 ) {
+    // The publish stream opens with the first publish, so a client that
+    // only subscribes holds no stream (streams per connection are capped).
+    let Some(mut first) = requests.recv().await else {
+        return;
+    };
     let (mut send, recv) = match conn.open_bi().await {
         Ok(streams) => streams,
         Err(e) => {
             let error = Error::ConnectionLost(e.to_string());
+            let _ = first.reply.send(Err(error.clone()));
             while let Some(r) = requests.recv().await {
                 let _ = r.reply.send(Err(error.clone()));
             }
@@ -88,30 +94,29 @@ async fn run(
     let (acks, pending) = mpsc::unbounded_channel();
     tokio::spawn(read_results(recv, pending, settings.frame_bytes_max));
     let mut request_id = 0u64;
-    while let Some(first) = requests.recv().await {
+    loop {
         let mut waiting = vec![first];
         gather(&mut requests, &mut waiting, &inflight, &settings).await;
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             break;
         };
-        let Some((publish_frame, replies)) = build(&key, &mut seq, waiting, &mut request_id) else {
-            continue;
-        };
-        if acks
-            .send(InFlight {
+        if let Some((publish_frame, replies)) = build(&key, &mut seq, waiting, &mut request_id) {
+            let in_flight = InFlight {
                 request_id,
                 replies,
                 _permit: permit,
-            })
-            .is_err()
-        {
-            break;
+            };
+            if acks.send(in_flight).is_err() {
+                break;
+            }
+            let frame = ClientFrame::Publish(publish_frame);
+            if write_frame(&mut send, &frame).await.is_err() {
+                break;
+            }
         }
-        if write_frame(&mut send, &ClientFrame::Publish(publish_frame))
-            .await
-            .is_err()
-        {
-            break;
+        match requests.recv().await {
+            Some(next) => first = next,
+            None => break,
         }
     }
     let _ = send.finish();
