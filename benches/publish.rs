@@ -1,7 +1,10 @@
 //! `cargo bench --bench publish` (or `make bench`): publish throughput and
 //! latency against a real in-process broker. Settings from the environment:
 //! `SIGNET_BENCH_MESSAGES` (default 200000), `SIGNET_BENCH_SIZE` (256),
-//! `SIGNET_BENCH_INFLIGHT` (512).
+//! `SIGNET_BENCH_INFLIGHT` (512), `SIGNET_BENCH_FLOOD_QUOTA` (5000).
+//! Runs, in turn: publish with one live subscriber; the policy-check costs
+//! at 10 and 1,000 rules; one principal publishing while another floods
+//! at 10x its quota.
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -23,7 +26,18 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(signet::bench::run(args))?;
+    let report = runtime.block_on(signet::bench::run(args.clone()))?;
     print!("{report}");
+    for rules in [10, 1000] {
+        print!("{}", signet::bench::policy_costs(rules));
+    }
+    let flood = runtime.block_on(signet::bench::flood(
+        signet::bench::BenchArgs {
+            subscribe: false,
+            ..args
+        },
+        env_or("SIGNET_BENCH_FLOOD_QUOTA", 5_000) as u32,
+    ))?;
+    print!("{flood}");
     Ok(())
 }

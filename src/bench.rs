@@ -201,3 +201,189 @@ async fn receive(
     }
     Ok(h)
 }
+
+/// Cost of the policy checks on the publish path, in nanoseconds per call:
+/// the ACL decision uncached and cached, and the quota check, with `rules`
+/// patterns on the principal.
+#[derive(Debug, Clone)]
+pub struct PolicyCosts {
+    pub rules: usize,
+    pub acl_uncached_ns: f64,
+    pub acl_cached_ns: f64,
+    pub quota_ns: f64,
+}
+
+impl std::fmt::Display for PolicyCosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "policy   {:>5} rules: ACL check {:.0} ns uncached, {:.0} ns cached; quota check {:.0} ns",
+            self.rules, self.acl_uncached_ns, self.acl_cached_ns, self.quota_ns
+        )
+    }
+}
+
+/// Measures [`PolicyCosts`] for `rules` patterns (a realistic mix of
+/// literals, `*` and `>`), over a rotating set of topic names.
+pub fn policy_costs(rules: usize) -> PolicyCosts {
+    use signet_broker::acl::{Action, DecisionCache, Grants};
+    use signet_broker::quota::{QuotaLimits, Quotas};
+    let mut grants = Grants::default();
+    for i in 0..rules {
+        let pattern = match i % 3 {
+            0 => format!("svc{i}.events.>"),
+            1 => format!("svc{i}.*.created"),
+            _ => format!("svc{i}.orders.updated"),
+        };
+        grants.publish.insert(&pattern);
+    }
+    grants.publish.insert("bench.>");
+    grants.deny_publish.insert("bench.internal.>");
+    let topics: Vec<String> = (0..64).map(|i| format!("bench.load.t{i}")).collect();
+    let iterations = 200_000usize;
+    let started = Instant::now();
+    let mut allowed = 0usize;
+    for i in 0..iterations {
+        allowed += usize::from(grants.allows(Action::Publish, &topics[i % topics.len()]));
+    }
+    let acl_uncached_ns = started.elapsed().as_nanos() as f64 / iterations as f64;
+    let mut cache = DecisionCache::default();
+    let started = Instant::now();
+    for i in 0..iterations {
+        allowed +=
+            usize::from(cache.allows(1, &grants, Action::Publish, &topics[i % topics.len()]));
+    }
+    let acl_cached_ns = started.elapsed().as_nanos() as f64 / iterations as f64;
+    assert_eq!(allowed, 2 * iterations, "every bench topic is allowed");
+    let limits = QuotaLimits {
+        msgs_per_sec: u32::MAX,
+        bytes_per_sec: u32::MAX,
+        stored_bytes: u64::MAX,
+        ..QuotaLimits::DEFAULT
+    };
+    let quota = Quotas::new(4 << 20).get("bench", limits, || 0);
+    let started = Instant::now();
+    for _ in 0..iterations {
+        let _ = quota.check_publish(1, 256);
+    }
+    let quota_ns = started.elapsed().as_nanos() as f64 / iterations as f64;
+    PolicyCosts {
+        rules,
+        acl_uncached_ns,
+        acl_cached_ns,
+        quota_ns,
+    }
+}
+
+/// One principal publishing while another floods at 10× its quota.
+#[derive(Debug, Clone)]
+pub struct FloodReport {
+    pub calm: Report,
+    pub flood_quota: u32,
+    pub flood_attempted: u64,
+    pub flood_accepted: u64,
+    pub flood_refused: u64,
+}
+
+impl std::fmt::Display for FloodReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "flood    a second principal at 10x its quota of {} msgs/s: {} attempted, {} accepted, {} refused QuotaExceeded",
+            self.flood_quota, self.flood_attempted, self.flood_accepted, self.flood_refused
+        )?;
+        write!(f, "  calm principal meanwhile: {}", self.calm)
+    }
+}
+
+/// Runs the flood scenario: `calm` publishes `args.messages` with
+/// `args.inflight` in flight while `flood` (quota `flood_quota` msgs/s)
+/// sends 10× that rate.
+pub async fn flood(args: BenchArgs, flood_quota: u32) -> Result<FloodReport> {
+    let mut sandbox = Sandbox::new(&[
+        PrincipalSpec::new("calm")
+            .publish("calm.>")
+            .quota("{ msgs_per_sec = 4000000000, bytes_per_sec = 4000000000, stored_bytes = 1000000000000 }"),
+        PrincipalSpec::new("flood")
+            .publish("flood.>")
+            .quota(&format!("{{ msgs_per_sec = {flood_quota} }}")),
+    ])?;
+    sandbox.start().await?;
+    let calm = Client::connect(sandbox.client_config("calm")?).await?;
+    let flooder = Client::connect(sandbox.client_config("flood")?).await?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flood_task = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let per_ms = (u64::from(flood_quota) * 10).div_ceil(1000).max(1);
+            let mut tick = tokio::time::interval(Duration::from_millis(1));
+            let (mut attempted, mut acks) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                tick.tick().await;
+                for _ in 0..per_ms {
+                    acks.push(
+                        flooder
+                            .enqueue(OutgoingMessage::new("flood.x", vec![1u8; 256]))
+                            .await?,
+                    );
+                    attempted += 1;
+                }
+            }
+            let (mut accepted, mut refused) = (0u64, 0u64);
+            for ack in acks {
+                match ack.await {
+                    Ok(_) => accepted += 1,
+                    Err(e) if e.code() == Some(signet_client::ErrorCode::QuotaExceeded) => {
+                        refused += 1
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            flooder.close().await;
+            anyhow::Ok((attempted, accepted, refused))
+        })
+    };
+    let payload = vec![0x5a_u8; args.size];
+    let (acks_tx, mut acks_rx) = mpsc::channel::<(Instant, PendingAck)>(args.inflight);
+    let collector = tokio::spawn(async move {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+        while let Some((started, ack)) = acks_rx.recv().await {
+            ack.await?;
+            h.saturating_record(started_elapsed_us(started));
+        }
+        anyhow::Ok(h)
+    });
+    let started = Instant::now();
+    for _ in 0..args.messages {
+        let now = Instant::now();
+        let ack = calm
+            .enqueue(OutgoingMessage::new("calm.load", payload.clone()))
+            .await?;
+        if acks_tx.send((now, ack)).await.is_err() {
+            break;
+        }
+    }
+    drop(acks_tx);
+    let hist = collector.await??;
+    let publish_elapsed = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (flood_attempted, flood_accepted, flood_refused) = flood_task.await??;
+    calm.close().await;
+    sandbox.stop().await;
+    Ok(FloodReport {
+        calm: Report {
+            messages: args.messages,
+            size: args.size,
+            inflight: args.inflight,
+            publish_elapsed,
+            ack_us: percentiles(&hist),
+            delivery_elapsed: None,
+            delivery_us: None,
+            stages: Vec::new(),
+        },
+        flood_quota,
+        flood_attempted,
+        flood_accepted,
+        flood_refused,
+    })
+}

@@ -271,3 +271,91 @@ async fn dev_command_serves_the_readme_walkthrough() {
     dev.start_kill().unwrap();
     let _ = within(dev.wait()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_verify_passes_on_a_real_log_and_catches_tampering() {
+    let mut sandbox = started().await;
+    let alice = client(&sandbox, "alice").await;
+    let bob = client(&sandbox, "bob").await;
+    within(alice.publish("orders.a", b"1".to_vec()))
+        .await
+        .unwrap();
+    let _ = within(bob.publish("orders.a", b"x".to_vec())).await;
+    let _ = within(bob.subscribe("orders.a", signet_client::StartAt::Earliest)).await;
+    let _sub = within(alice.subscribe("orders.a", signet_client::StartAt::Earliest))
+        .await
+        .unwrap();
+    drop(_sub);
+    alice.close().await;
+    bob.close().await;
+    sandbox.stop().await;
+    let log = sandbox.audit_path();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.len() >= 6, "{text}");
+    for event in [
+        "broker_started",
+        "connection_accepted",
+        "publish_denied",
+        "subscribe_denied",
+        "subscription_opened",
+        "broker_stopped",
+    ] {
+        assert!(
+            text.contains(&format!("\"event\":\"{event}\"")),
+            "missing {event}: {text}"
+        );
+    }
+    let run = signet(&["audit", "verify", log.to_str().unwrap()]).await;
+    assert!(run.status.success(), "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.starts_with("ok:"), "{}", run.stdout);
+
+    let tampered = |name: &str, lines: Vec<String>| {
+        let path = sandbox.path().join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path
+    };
+    let owned: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let mut byte = owned.clone();
+    byte[2] = byte[2].replacen("\"principal\":\"", "\"principal\":\"x", 1);
+    assert_ne!(byte[2], owned[2]);
+    let mut deleted = owned.clone();
+    deleted.remove(2);
+    let mut swapped = owned.clone();
+    swapped.swap(2, 3);
+    for (name, lines) in [
+        ("byte.log", byte),
+        ("deleted.log", deleted),
+        ("swapped.log", swapped),
+    ] {
+        let path = tampered(name, lines);
+        let run = signet(&["audit", "verify", path.to_str().unwrap()]).await;
+        assert!(!run.status.success(), "{name} passed verification");
+        assert!(run.stdout.starts_with("broken:"), "{name}: {}", run.stdout);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_check_validates_a_policy_without_starting() {
+    let sandbox = signet::sandbox::Sandbox::new(&principals()).unwrap();
+    sandbox.write_policy().unwrap();
+    let policy = sandbox.policy_path();
+    let run = signet(&["broker", "--check", policy.to_str().unwrap()]).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(run.stdout.starts_with("ok:"), "{}", run.stdout);
+    assert!(
+        !sandbox.data_dir().exists(),
+        "check must not start a broker"
+    );
+    let broken = sandbox.path().join("broken.toml");
+    std::fs::write(
+        &broken,
+        std::fs::read_to_string(&policy)
+            .unwrap()
+            .replace("publish = [", "publsh = ["),
+    )
+    .unwrap();
+    let run = signet(&["broker", "--check", broken.to_str().unwrap()]).await;
+    assert!(!run.status.success());
+    assert!(run.stderr.contains("unknown field"), "{}", run.stderr);
+}
