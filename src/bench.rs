@@ -132,29 +132,8 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
     } else {
         None
     };
-    let payload = vec![0x5a_u8; args.size];
-    let (acks_tx, mut acks_rx) = mpsc::channel::<(Instant, PendingAck)>(args.inflight);
-    let collector = tokio::spawn(async move {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
-        while let Some((started, ack)) = acks_rx.recv().await {
-            ack.await?;
-            h.saturating_record(started_elapsed_us(started));
-        }
-        anyhow::Ok(h)
-    });
     let started = Instant::now();
-    for _ in 0..args.messages {
-        let now = Instant::now();
-        sent_at.lock().await.push(now);
-        let ack = publisher
-            .enqueue(OutgoingMessage::new("bench.load", payload.clone()))
-            .await?;
-        if acks_tx.send((now, ack)).await.is_err() {
-            break;
-        }
-    }
-    drop(acks_tx);
-    let ack_hist = collector.await??;
+    let ack_hist = publish_load(&publisher, "bench.load", &args, Some(&sent_at)).await?;
     let publish_elapsed = started.elapsed();
     let (delivery_elapsed, delivery_us) = match delivery {
         Some(task) => {
@@ -176,6 +155,41 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
         delivery_us,
         stages: stage_lines(metrics.as_ref()),
     })
+}
+
+/// Publishes `args.messages` messages of `args.size` bytes to `topic` with
+/// at most `args.inflight` unacknowledged; returns the publish→ack latency
+/// histogram. Records each send time in `sent_at` when given.
+async fn publish_load(
+    client: &Client,
+    topic: &str,
+    args: &BenchArgs,
+    sent_at: Option<&Mutex<Vec<Instant>>>,
+) -> Result<Histogram<u64>> {
+    let payload = vec![0x5a_u8; args.size];
+    let (acks_tx, mut acks_rx) = mpsc::channel::<(Instant, PendingAck)>(args.inflight);
+    let collector = tokio::spawn(async move {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
+        while let Some((started, ack)) = acks_rx.recv().await {
+            ack.await?;
+            h.saturating_record(started_elapsed_us(started));
+        }
+        anyhow::Ok(h)
+    });
+    for _ in 0..args.messages {
+        let now = Instant::now();
+        if let Some(sent_at) = sent_at {
+            sent_at.lock().await.push(now);
+        }
+        let ack = client
+            .enqueue(OutgoingMessage::new(topic, payload.clone()))
+            .await?;
+        if acks_tx.send((now, ack)).await.is_err() {
+            break;
+        }
+    }
+    drop(acks_tx);
+    collector.await?
 }
 
 fn started_elapsed_us(started: Instant) -> u64 {
@@ -343,28 +357,8 @@ pub async fn flood(args: BenchArgs, flood_quota: u32) -> Result<FloodReport> {
             anyhow::Ok((attempted, accepted, refused))
         })
     };
-    let payload = vec![0x5a_u8; args.size];
-    let (acks_tx, mut acks_rx) = mpsc::channel::<(Instant, PendingAck)>(args.inflight);
-    let collector = tokio::spawn(async move {
-        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-        while let Some((started, ack)) = acks_rx.recv().await {
-            ack.await?;
-            h.saturating_record(started_elapsed_us(started));
-        }
-        anyhow::Ok(h)
-    });
     let started = Instant::now();
-    for _ in 0..args.messages {
-        let now = Instant::now();
-        let ack = calm
-            .enqueue(OutgoingMessage::new("calm.load", payload.clone()))
-            .await?;
-        if acks_tx.send((now, ack)).await.is_err() {
-            break;
-        }
-    }
-    drop(acks_tx);
-    let hist = collector.await??;
+    let hist = publish_load(&calm, "calm.load", &args, None).await?;
     let publish_elapsed = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (flood_attempted, flood_accepted, flood_refused) = flood_task.await??;
