@@ -83,7 +83,7 @@ pub(crate) async fn serve(
         "connection_accepted",
         json!({ "principal": principal, "remote": remote }),
     ));
-    metrics::gauge_add(metrics::CONNECTIONS_LIVE, 1.0);
+    let _live = LiveConnection::open(&shared, &principal, &remote);
     let session = Arc::new(Session {
         inflight: Arc::new(Semaphore::new(shared.config.limits.max_inflight_batches)),
         principal_arc: Arc::from(principal.as_str()),
@@ -109,11 +109,35 @@ pub(crate) async fn serve(
         }
     }
     streams.shutdown().await;
-    metrics::gauge_add(metrics::CONNECTIONS_LIVE, -1.0);
-    session.shared.audit.record(Event::new(
-        "connection_closed",
-        json!({ "principal": session.principal, "remote": remote }),
-    ));
+}
+
+/// An open connection: counted in the gauge, its closing audited however
+/// it ends (also when the broker aborts it at shutdown).
+struct LiveConnection {
+    shared: Arc<Shared>,
+    principal: String,
+    remote: String,
+}
+
+impl LiveConnection {
+    fn open(shared: &Arc<Shared>, principal: &str, remote: &str) -> LiveConnection {
+        metrics::gauge_add(metrics::CONNECTIONS_LIVE, 1.0);
+        LiveConnection {
+            shared: shared.clone(),
+            principal: principal.to_owned(),
+            remote: remote.to_owned(),
+        }
+    }
+}
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        metrics::gauge_add(metrics::CONNECTIONS_LIVE, -1.0);
+        self.shared.audit.record(Event::new(
+            "connection_closed",
+            json!({ "principal": self.principal, "remote": self.remote }),
+        ));
+    }
 }
 
 async fn handle_stream(

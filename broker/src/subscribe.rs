@@ -102,20 +102,45 @@ pub(crate) async fn run(
         "subscription_opened",
         json!({ "principal": session.principal, "topic": sub.topic, "from": cursor }),
     ));
-    metrics::gauge_add(metrics::SUBSCRIPTIONS_LIVE, 1.0);
+    let mut live = Live::open(&session, &sub.topic);
     let mut stream = Streams {
         send: &mut send,
         recv: &mut recv,
         head: &mut head,
         policy: &mut policy_changes,
     };
-    let reason = deliver(&session, &sub.topic, cursor, &mut stream).await;
-    metrics::gauge_add(metrics::SUBSCRIPTIONS_LIVE, -1.0);
-    tracing::info!(principal = %session.principal, topic = %sub.topic, reason, "subscription closed");
-    session.shared.audit.record(Event::new(
-        "subscription_closed",
-        json!({ "principal": session.principal, "topic": sub.topic, "reason": reason }),
-    ));
+    live.reason = deliver(&session, &sub.topic, cursor, &mut stream).await;
+}
+
+/// A live subscription: counted in the gauge, and its closing logged and
+/// audited however it ends (also when the connection's task is aborted).
+struct Live<'a> {
+    session: &'a Session,
+    topic: &'a str,
+    reason: &'static str,
+}
+
+impl<'a> Live<'a> {
+    fn open(session: &'a Session, topic: &'a str) -> Live<'a> {
+        metrics::gauge_add(metrics::SUBSCRIPTIONS_LIVE, 1.0);
+        Live {
+            session,
+            topic,
+            reason: "connection closed",
+        }
+    }
+}
+
+impl Drop for Live<'_> {
+    fn drop(&mut self) {
+        metrics::gauge_add(metrics::SUBSCRIPTIONS_LIVE, -1.0);
+        let (principal, topic, reason) = (&self.session.principal, self.topic, self.reason);
+        tracing::info!(%principal, %topic, reason, "subscription closed");
+        self.session.shared.audit.record(Event::new(
+            "subscription_closed",
+            json!({ "principal": principal, "topic": topic, "reason": reason }),
+        ));
+    }
 }
 
 /// What a subscription waits on.
