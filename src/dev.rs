@@ -15,6 +15,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 /// The dev broker's default metrics address.
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 
+/// The example schema the dev policy puts on `orders.created`.
+pub const EXAMPLE_SCHEMA: &str = include_str!("../schemas/orders.created.json");
+
 /// What `ensure` produced.
 #[derive(Debug, Clone)]
 pub struct DevFiles {
@@ -105,6 +108,7 @@ roles = ["orders-reader"]
 
 [[topic]]
 name = "orders.created"
+schema = "schemas/orders.created.json"
 
 [[topic]]
 name = "orders.shipped"
@@ -139,6 +143,10 @@ pub fn ensure(dir: &Path, listen: SocketAddr, metrics: Option<SocketAddr>) -> Re
             keys::generate_ed25519(&key_path)?
         };
         keys.push(public);
+    }
+    let schema = dir.join("schemas").join("orders.created.json");
+    if !schema.exists() {
+        crate::files::write_public(&schema, EXAMPLE_SCHEMA.as_bytes())?;
     }
     let policy = dir.join("signet.toml");
     if !policy.exists() {

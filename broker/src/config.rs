@@ -10,10 +10,12 @@ use crate::error::BrokerError;
 use crate::quota::QuotaLimits;
 use serde::Deserialize;
 use signet_proto::limits::FRAME_BYTES_MAX_DEFAULT;
+use signet_proto::schema::Schema;
 use signet_proto::{KeyId, PublicKey, topic};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Deserialize)]
@@ -217,6 +219,8 @@ pub struct TopicPolicy {
     pub pattern: String,
     /// JSON Schema file, resolved.
     pub schema: Option<PathBuf>,
+    /// That schema, compiled once per policy load.
+    pub compiled: Option<Arc<Schema>>,
     /// Whether plaintext publishes are refused.
     pub encrypted: bool,
 }
@@ -240,6 +244,14 @@ impl Policy {
     /// The principal's policy, if it is known.
     pub fn principal(&self, name: &str) -> Option<&PrincipalPolicy> {
         self.principals.get(name)
+    }
+
+    /// The settings of a topic: the first `[[topic]]` entry, in file
+    /// order, whose name or pattern matches it.
+    pub fn topic_settings(&self, name: &str) -> Option<&TopicPolicy> {
+        self.topics
+            .iter()
+            .find(|t| topic::matches(&t.pattern, name))
     }
 
     /// A principal's quota: its own, or the defaults for one the policy
@@ -477,9 +489,17 @@ fn build_policy(
             ));
         }
         let _ = t.retention;
+        let schema = t.schema.as_deref().map(resolve);
+        let compiled = match &schema {
+            Some(path) => Some(Arc::new(
+                Schema::load(path).map_err(|e| format!("topic {:?}: {e}", t.name))?,
+            )),
+            None => None,
+        };
         policy.topics.push(TopicPolicy {
             pattern: t.name,
-            schema: t.schema.as_deref().map(resolve),
+            schema,
+            compiled,
             encrypted: t.encrypted,
         });
     }
@@ -539,8 +559,25 @@ encrypted = true
 "#,
             key()
         );
-        let config = Config::parse(&text, Path::new("/etc/signet")).unwrap();
-        assert_eq!(config.data_dir, Path::new("/etc/signet/data"));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("schemas")).unwrap();
+        std::fs::write(
+            dir.path().join("schemas/orders.created.json"),
+            r#"{"type":"object"}"#,
+        )
+        .unwrap();
+        let config = Config::parse(&text, dir.path()).unwrap();
+        assert_eq!(config.data_dir, dir.path().join("data"));
+        let orders = config.policy.topic_settings("orders.created").unwrap();
+        assert!(orders.compiled.is_some());
+        assert!(
+            config
+                .policy
+                .topic_settings("payroll.march")
+                .unwrap()
+                .encrypted
+        );
+        assert!(config.policy.topic_settings("billing.x").is_none());
         let p = config.policy.principal("orders-service").unwrap();
         assert_eq!(p.grants.publish.patterns(), ["orders.>".to_string()]);
         assert_eq!(p.grants.subscribe.patterns(), ["billing.*".to_string()]);

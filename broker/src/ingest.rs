@@ -1,8 +1,9 @@
 //! The ingest checks for one `Publish` batch, in order, each able only to
 //! reject: batch shape → quota (messages/s, bytes/s, stored bytes: no
 //! crypto, no disk) → envelope shape (size, topic, version) → publish ACL
-//! → key bound to this principal → batch signature → sequence above the
-//! key's mark → timestamp within the skew window. What passes goes to the
+//! → key bound to this principal → batch signature → topic payload rules
+//! (encryption required, JSON Schema) → sequence above the key's mark →
+//! timestamp within the skew window. What passes goes to the
 //! group commit ([`crate::commit`]). Plain functions over values: no socket,
 //! no runtime.
 
@@ -154,6 +155,7 @@ pub fn check_publish(
         }
         _ => None,
     };
+    check_payloads(ctx, &publish.envelopes, &mut verdicts);
     check_replay_and_clock(ctx, &publish.envelopes, &mut verdicts)?;
     Ok(publish
         .envelopes
@@ -187,6 +189,37 @@ fn check_acl(
         });
         if !allowed {
             *v = reject(ErrorCode::Forbidden, "not allowed to publish to this topic");
+        }
+    }
+}
+
+/// Topic payload rules: an `encrypted` topic refuses plaintext; a topic
+/// with a schema refuses payloads that do not fit it (schemas were compiled
+/// when the policy was loaded).
+fn check_payloads(
+    ctx: &IngestContext<'_>,
+    envelopes: &[Envelope],
+    verdicts: &mut [Option<Rejection>],
+) {
+    for (v, e) in verdicts.iter_mut().zip(envelopes) {
+        if v.is_some() {
+            continue;
+        }
+        let Some(settings) = ctx.policy.topic_settings(&e.topic) else {
+            continue;
+        };
+        if settings.encrypted && e.encryption.is_none() {
+            *v = reject(
+                ErrorCode::EncryptionRequired,
+                "this topic only accepts encrypted payloads",
+            );
+        } else if let Some(schema) = &settings.compiled
+            && let Err(violation) = schema.check(&e.content_type, &e.payload)
+        {
+            *v = Some(Rejection::new(
+                ErrorCode::SchemaViolation,
+                format!("schema violation {violation}"),
+            ));
         }
     }
 }

@@ -9,7 +9,8 @@
 //! - `session`: one connection, dispatching its streams;
 //! - `publish`: a pipelined publish stream;
 //! - [`ingest`]: the checks, in order, each able only to reject
-//!   ([`acl`], key binding, signature, [`replay`], clock);
+//!   ([`quota`], [`acl`], key binding, signature, schema and encryption
+//!   rules, [`replay`], clock);
 //! - [`commit`]: the group commit into [`store`];
 //! - [`fanout`] and `subscribe`: delivery from storage, stored then live;
 //! - [`quota`]: per-principal rates, stored bytes, connections, subscriptions;

@@ -10,6 +10,7 @@ use crate::verify::Verifier;
 use signet_proto::envelope::CONTENT_TYPE_OCTET;
 use signet_proto::frame::{ClientFrame, ServerFrame, StartAt, Subscribe};
 use signet_proto::limits::FRAME_BYTES_MAX_DEFAULT;
+use signet_proto::schema::Schema;
 use signet_proto::stream::{read_frame, write_frame};
 use signet_proto::{ErrorCode, Header, KeyId, SigningKey};
 use std::future::Future;
@@ -105,6 +106,7 @@ pub struct Client {
     frame_bytes_max: u32,
     quota_retries: u32,
     quota_retry_max: std::time::Duration,
+    schemas: Vec<(String, Schema)>,
 }
 
 async fn resolve(broker: &str) -> Result<SocketAddr, Error> {
@@ -129,6 +131,13 @@ impl Client {
             }
             None => None,
         };
+        let schemas = config
+            .schemas
+            .iter()
+            .map(|(pattern, path)| {
+                Ok((pattern.clone(), Schema::load(path).map_err(Error::Config)?))
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
         let quic = tls::client_config(&config)?;
         let addr = resolve(&config.broker).await?;
         let bind: SocketAddr = if addr.is_ipv6() {
@@ -172,6 +181,7 @@ impl Client {
             publisher,
             trust: Verifier::new(config.trust),
             frame_bytes_max,
+            schemas,
             quota_retries: config.quota_retries,
             quota_retry_max: config.quota_retry_max,
         })
@@ -215,12 +225,32 @@ impl Client {
     /// order they are queued; many can be in flight on one connection.
     pub async fn enqueue(&self, message: OutgoingMessage) -> Result<PendingAck, Error> {
         let queue = self.publisher.as_ref().ok_or(Error::NoSigningKey)?;
+        self.validate(&message)?;
         let (reply, ack) = oneshot::channel();
         queue
             .send(Request { message, reply })
             .await
             .map_err(|_| Error::ConnectionLost("publisher stopped".into()))?;
         Ok(PendingAck(ack))
+    }
+
+    /// Checks a message against the client file's schema for its topic, if
+    /// any, with the broker's rules: `Error::Invalid { code:
+    /// SchemaViolation, .. }` names the path and keyword of the first error.
+    pub fn validate(&self, message: &OutgoingMessage) -> Result<(), Error> {
+        let schema = self
+            .schemas
+            .iter()
+            .find(|(pattern, _)| signet_proto::topic::matches(pattern, &message.topic));
+        match schema {
+            Some((_, schema)) => schema
+                .check(&message.content_type, &message.payload)
+                .map_err(|v| Error::Invalid {
+                    code: ErrorCode::SchemaViolation,
+                    detail: format!("schema violation {v}"),
+                }),
+            None => Ok(()),
+        }
     }
 
     /// Subscribes to a topic from `start`. Every message is verified

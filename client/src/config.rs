@@ -24,6 +24,8 @@ struct ClientFile {
     max_inflight_batches: Option<usize>,
     quota_retries: Option<u32>,
     quota_retry_max_ms: Option<u64>,
+    #[serde(default)]
+    schemas: HashMap<String, PathBuf>,
     encryption: Option<toml::Table>,
 }
 
@@ -55,6 +57,10 @@ pub struct ClientConfig {
     pub quota_retries: u32,
     /// The longest single wait of such a retry. Default 5 s.
     pub quota_retry_max: Duration,
+    /// JSON Schema files by topic name or pattern (first match wins, in
+    /// name order): publishes are validated before they are sent, with the
+    /// broker's own rules, so a publisher learns early.
+    pub schemas: Vec<(String, PathBuf)>,
 }
 
 impl ClientConfig {
@@ -108,6 +114,19 @@ impl ClientConfig {
             trust,
             linger: Duration::from_micros(file.linger_us.unwrap_or(500).min(100_000)),
             max_inflight_batches,
+            schemas: {
+                let mut schemas: Vec<(String, PathBuf)> = file
+                    .schemas
+                    .iter()
+                    .map(|(t, p)| (t.clone(), resolve(p)))
+                    .collect();
+                schemas.sort();
+                for (pattern, _) in &schemas {
+                    signet_proto::topic::validate_pattern(pattern)
+                        .map_err(|e| format!("schemas: pattern {pattern:?}: {e}"))?;
+                }
+                schemas
+            },
             quota_retries: file.quota_retries.unwrap_or(0).min(100),
             quota_retry_max: Duration::from_millis(
                 file.quota_retry_max_ms.unwrap_or(5_000).min(60_000),

@@ -18,6 +18,8 @@ pub mod frame;
 pub mod keys;
 pub mod limits;
 pub mod merkle;
+#[cfg(feature = "schema")]
+pub mod schema;
 #[cfg(feature = "stream")]
 pub mod stream;
 pub mod topic;

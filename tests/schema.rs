@@ -1,0 +1,232 @@
+//! Payloads you can trust (THREATS T9): JSON Schema on ingest for JSON and
+//! MessagePack, limits before parsing, schemas compiled per policy load, the
+//! same check in the client, and encrypted topics refusing plaintext.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use signet::sandbox::{PrincipalSpec, Sandbox};
+use signet_client::{Client, Error, OutgoingMessage};
+use signet_proto::ErrorCode;
+
+fn schema_source() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/orders.created.json")
+}
+
+async fn schema_sandbox() -> Sandbox {
+    let mut sandbox = Sandbox::new(&[
+        PrincipalSpec::new("alice")
+            .publish("orders.>")
+            .publish("payroll.>"),
+        PrincipalSpec::new("auditor").subscribe(">"),
+    ])
+    .unwrap();
+    let schema = sandbox.path().join("orders.created.json");
+    std::fs::copy(schema_source(), &schema).unwrap();
+    sandbox.set_extra_policy(&format!(
+        "[[topic]]\nname = \"orders.created\"\nschema = {:?}\n\n[[topic]]\nname = \"payroll.>\"\nencrypted = true\n",
+        schema.display().to_string()
+    ));
+    sandbox.start().await.unwrap();
+    sandbox
+}
+
+fn json_message(value: &Value) -> OutgoingMessage {
+    OutgoingMessage::new("orders.created", value.to_string().into_bytes())
+        .content_type("application/json")
+}
+
+fn refusal(result: Result<u64, Error>) -> (ErrorCode, String) {
+    let e = result.expect_err("refused");
+    (e.code().expect("typed"), e.to_string())
+}
+
+fn valid_order() -> Value {
+    json!({
+        "id": 42, "status": "paid", "customer_id": "C12345", "currency": "EUR",
+        "total_cents": 1999, "priority": 3, "gift": false, "coupon": null,
+        "tags": ["web"], "shipping": { "city": "Lyon", "country": "FR", "zip": "69001" },
+        "items": [{ "sku": "ABC-1", "qty": 2, "price_cents": 999 }],
+        "metadata": { "source": "test" }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn valid_json_and_msgpack_payloads_are_accepted() {
+    let mut sandbox = schema_sandbox().await;
+    let alice = client(&sandbox, "alice").await;
+    assert_eq!(
+        within(alice.publish_message(json_message(&valid_order())))
+            .await
+            .unwrap(),
+        0
+    );
+    let packed = rmp_serde::to_vec_named(&valid_order()).unwrap();
+    let m = OutgoingMessage::new("orders.created", packed).content_type("application/msgpack");
+    assert_eq!(within(alice.publish_message(m)).await.unwrap(), 1);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_violated_keyword_is_refused_with_its_path_and_nothing_is_stored() {
+    let mut sandbox = schema_sandbox().await;
+    let alice = client(&sandbox, "alice").await;
+    let cases: Vec<(Value, &str, &str)> = vec![
+        (json!({ "id": "42" }), "/id", "type"),
+        (json!({ "status": "new" }), "/", "required"),
+        (json!({ "id": 1, "status": "lost" }), "/status", "enum"),
+        (
+            json!({ "id": 1, "customer_id": "X1" }),
+            "/customer_id",
+            "pattern",
+        ),
+        (json!({ "id": 0 }), "/id", "minimum"),
+        (json!({ "id": 1, "priority": 10 }), "/priority", "maximum"),
+        (
+            json!({ "id": 1, "bogus": true }),
+            "/",
+            "additionalProperties",
+        ),
+        (
+            json!({ "id": 1, "items": [{ "sku": "ABC-1", "qty": 1 }, { "sku": "ABC-2", "qty": 0 }] }),
+            "/items/1/qty",
+            "minimum",
+        ),
+        (
+            json!({ "id": 1, "items": [{ "sku": "ABC-1", "qty": 1, "x": 1 }] }),
+            "/items/0",
+            "additionalProperties",
+        ),
+        (
+            json!({ "id": 1, "shipping": { "city": "Lyon" } }),
+            "/shipping",
+            "required",
+        ),
+    ];
+    for (payload, path, keyword) in &cases {
+        let (code, text) = refusal(within(alice.publish_message(json_message(payload))).await);
+        assert_eq!(code, ErrorCode::SchemaViolation, "{payload}: {text}");
+        assert!(
+            text.contains(&format!("at {path}: {keyword}")),
+            "{payload}: {text}"
+        );
+        // MessagePack payloads get the same verdict.
+        let packed = rmp_serde::to_vec_named(payload).unwrap();
+        let m = OutgoingMessage::new("orders.created", packed).content_type("application/msgpack");
+        let (code, text) = refusal(within(alice.publish_message(m)).await);
+        assert_eq!(code, ErrorCode::SchemaViolation, "{payload}: {text}");
+        assert!(
+            text.contains(&format!("at {path}: {keyword}")),
+            "{payload}: {text}"
+        );
+    }
+    let other =
+        OutgoingMessage::new("orders.created", br#"{"id":1}"#.to_vec()).content_type("text/plain");
+    let (code, text) = refusal(within(alice.publish_message(other)).await);
+    assert_eq!(
+        (code, text.contains("contentType")),
+        (ErrorCode::SchemaViolation, true),
+        "{text}"
+    );
+    assert_eq!(stored_count(&sandbox, "orders.created").await, 0);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_or_huge_payloads_are_refused_before_parsing() {
+    let mut sandbox = schema_sandbox().await;
+    let alice = client(&sandbox, "alice").await;
+    let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+    let m =
+        OutgoingMessage::new("orders.created", deep.into_bytes()).content_type("application/json");
+    let (code, text) = refusal(within(alice.publish_message(m)).await);
+    assert_eq!(code, ErrorCode::SchemaViolation);
+    assert!(text.contains("depth"), "{text}");
+    let huge = format!("{{\"id\":1,\"note\":\"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let m =
+        OutgoingMessage::new("orders.created", huge.into_bytes()).content_type("application/json");
+    assert_eq!(
+        refusal(within(alice.publish_message(m)).await).0,
+        ErrorCode::TooLarge
+    );
+    assert_eq!(stored_count(&sandbox, "orders.created").await, 0);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_schema_fails_the_reload_and_the_old_schema_stays() {
+    let mut sandbox = schema_sandbox().await;
+    let alice = client(&sandbox, "alice").await;
+    std::fs::write(
+        sandbox.path().join("orders.created.json"),
+        r#"{"type": "nonsense-type"}"#,
+    )
+    .unwrap();
+    let err = sandbox.reload().unwrap_err();
+    assert!(
+        format!("{err:#}").contains("orders.created.json"),
+        "{err:#}"
+    );
+    assert_eq!(
+        within(alice.publish_message(json_message(&valid_order())))
+            .await
+            .unwrap(),
+        0
+    );
+    let (code, _) =
+        refusal(within(alice.publish_message(json_message(&json!({ "id": "x" })))).await);
+    assert_eq!(
+        code,
+        ErrorCode::SchemaViolation,
+        "old schema still enforced"
+    );
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_validates_before_sending_with_the_same_verdict() {
+    let mut sandbox = schema_sandbox().await;
+    let mut config = sandbox.client_config("alice").unwrap();
+    config.schemas = vec![("orders.created".into(), schema_source())];
+    let checked = within(Client::connect(config)).await.unwrap();
+    let unchecked = client(&sandbox, "alice").await;
+    let bad = json_message(&json!({ "id": 1, "items": [{ "sku": "ABC-1", "qty": 0 }] }));
+    let local = checked.validate(&bad).unwrap_err();
+    assert!(matches!(
+        local,
+        Error::Invalid {
+            code: ErrorCode::SchemaViolation,
+            ..
+        }
+    ));
+    let remote = within(unchecked.publish_message(bad.clone()))
+        .await
+        .unwrap_err();
+    let detail = |e: &Error| match e {
+        Error::Invalid { detail, .. } | Error::Rejected { detail, .. } => detail.clone(),
+        other => panic!("{other}"),
+    };
+    assert_eq!(detail(&local), detail(&remote));
+    assert!(matches!(
+        within(checked.publish_message(bad)).await,
+        Err(Error::Invalid { .. })
+    ));
+    assert_eq!(
+        within(checked.publish_message(json_message(&valid_order())))
+            .await
+            .unwrap(),
+        0
+    );
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_publish_to_encrypted_topic_is_refused() {
+    let mut sandbox = schema_sandbox().await;
+    let alice = client(&sandbox, "alice").await;
+    let (code, _) = refusal(within(alice.publish("payroll.march", b"salary".to_vec())).await);
+    assert_eq!(code, ErrorCode::EncryptionRequired);
+    assert_eq!(stored_count(&sandbox, "payroll.march").await, 0);
+    sandbox.stop().await;
+}
