@@ -39,5 +39,14 @@ fn main() -> anyhow::Result<()> {
         env_or("SIGNET_BENCH_FLOOD_QUOTA", 5_000) as u32,
     ))?;
     print!("{flood}");
+    let (plain, schema) =
+        runtime.block_on(signet::bench::schema_topic(signet::bench::BenchArgs {
+            messages: env_or("SIGNET_BENCH_MESSAGES", 200_000) / 2,
+            size: 0,
+            inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
+            subscribe: false,
+        }))?;
+    print!("json     plain topic, 1 KiB orders: {plain}");
+    print!("json     schema topic (15-field schema), 1 KiB orders: {schema}");
     Ok(())
 }

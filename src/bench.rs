@@ -166,7 +166,18 @@ async fn publish_load(
     args: &BenchArgs,
     sent_at: Option<&Mutex<Vec<Instant>>>,
 ) -> Result<Histogram<u64>> {
-    let payload = vec![0x5a_u8; args.size];
+    let template = OutgoingMessage::new(topic, vec![0x5a_u8; args.size]);
+    publish_messages(client, &template, args, sent_at).await
+}
+
+/// Publishes `args.messages` copies of `template` with at most
+/// `args.inflight` unacknowledged; returns the publish→ack histogram.
+async fn publish_messages(
+    client: &Client,
+    template: &OutgoingMessage,
+    args: &BenchArgs,
+    sent_at: Option<&Mutex<Vec<Instant>>>,
+) -> Result<Histogram<u64>> {
     let (acks_tx, mut acks_rx) = mpsc::channel::<(Instant, PendingAck)>(args.inflight);
     let collector = tokio::spawn(async move {
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
@@ -181,9 +192,7 @@ async fn publish_load(
         if let Some(sent_at) = sent_at {
             sent_at.lock().await.push(now);
         }
-        let ack = client
-            .enqueue(OutgoingMessage::new(topic, payload.clone()))
-            .await?;
+        let ack = client.enqueue(template.clone()).await?;
         if acks_tx.send((now, ack)).await.is_err() {
             break;
         }
@@ -380,4 +389,64 @@ pub async fn flood(args: BenchArgs, flood_quota: u32) -> Result<FloodReport> {
         flood_accepted,
         flood_refused,
     })
+}
+
+/// A realistic order (15 fields, nested items) padded to about 1 KiB,
+/// valid against `schemas/orders.created.json`.
+pub fn order_payload() -> Vec<u8> {
+    let order = serde_json::json!({
+        "id": 123456, "status": "paid", "customer_id": "C00012345", "currency": "EUR",
+        "total_cents": 125_990, "created_at": "2026-11-24T10:00:00Z", "channel": "web",
+        "priority": 3, "gift": false, "coupon": "WINTER-10",
+        "tags": ["web", "returning", "newsletter"],
+        "shipping": { "street": "12 rue de la Paix", "city": "Paris", "zip": "75002", "country": "FR" },
+        "items": [
+            { "sku": "SKU-000001", "qty": 2, "price_cents": 19_990 },
+            { "sku": "SKU-000002", "qty": 1, "price_cents": 45_000 },
+            { "sku": "SKU-000003", "qty": 3, "price_cents": 13_670 }
+        ],
+        "metadata": { "campaign": "winter", "referrer": "newsletter-2026-11" },
+        "note": "x".repeat(480)
+    });
+    order.to_string().into_bytes()
+}
+
+/// Throughput of 1 KiB JSON orders on a plain topic and on a topic with
+/// the example schema (validated on ingest), one after the other.
+pub async fn schema_topic(args: BenchArgs) -> Result<(Report, Report)> {
+    let mut sandbox = Sandbox::new(&[PrincipalSpec::new("bench")
+        .publish("plain.>")
+        .publish("orders.>")
+        .quota("{ msgs_per_sec = 4000000000, bytes_per_sec = 4000000000, stored_bytes = 1000000000000 }")])?;
+    let schema = sandbox.path().join("orders.created.json");
+    std::fs::write(&schema, crate::dev::EXAMPLE_SCHEMA)?;
+    sandbox.set_extra_policy(&format!(
+        "[[topic]]\nname = \"orders.created\"\nschema = {:?}\n",
+        schema.display().to_string()
+    ));
+    sandbox.start().await?;
+    let client = Client::connect(sandbox.client_config("bench")?).await?;
+    let payload = order_payload();
+    let mut reports = Vec::new();
+    for topic in ["plain.orders", "orders.created"] {
+        let template =
+            OutgoingMessage::new(topic, payload.clone()).content_type("application/json");
+        let started = Instant::now();
+        let hist = publish_messages(&client, &template, &args, None).await?;
+        reports.push(Report {
+            messages: args.messages,
+            size: payload.len(),
+            inflight: args.inflight,
+            publish_elapsed: started.elapsed(),
+            ack_us: percentiles(&hist),
+            delivery_elapsed: None,
+            delivery_us: None,
+            stages: Vec::new(),
+        });
+    }
+    client.close().await;
+    sandbox.stop().await;
+    let schema_report = reports.pop().context("schema report")?;
+    let plain_report = reports.pop().context("plain report")?;
+    Ok((plain_report, schema_report))
 }
