@@ -17,16 +17,16 @@ build: deps
 run: deps
 	$(CARGO) run --release --bin signet -- dev --dir dev-data
 
-# Every test in the workspace: unit, end-to-end (real QUIC, mutual TLS,
-# RocksDB), CLI and doc tests.
+# Every test in the workspace: doc tests, then unit, end-to-end (real QUIC,
+# mutual TLS, RocksDB) and CLI tests (nextest's summary closes the output).
 test: deps
+	$(CARGO) test --release --workspace --doc
 	@profile=default; if [ -n "$${CI:-}" ]; then profile=ci; fi; \
 	if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --release --workspace --all-targets --no-fail-fast --profile $$profile; \
 	else \
 		$(CARGO) test --release --workspace --lib --bins --tests --no-fail-fast; \
 	fi
-	$(CARGO) test --release --workspace --doc
 
 lint: deps
 	$(CARGO) fmt --all -- --check
