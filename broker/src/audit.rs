@@ -467,6 +467,6 @@ mod tests {
         let summary: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
         assert_eq!(summary["event"], "suppressed");
         assert_eq!(summary["count"], 1000 - NOISY_PER_SEC as u64);
-        verify(&[s.path.clone()]).unwrap();
+        verify(std::slice::from_ref(&s.path)).unwrap();
     }
 }

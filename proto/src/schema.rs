@@ -267,10 +267,7 @@ mod tests {
         let bytes = rmp_serde::to_vec(&nested).unwrap();
         assert_eq!(msgpack_shape(&bytes).depth, 5);
         assert_eq!(json_depth(nested.to_string().as_bytes()), 5);
-        let mut deep = Vec::new();
-        for _ in 0..100 {
-            deep.push(0x91);
-        }
+        let mut deep = vec![0x91; 100];
         deep.push(0x01);
         assert!(msgpack_shape(&deep).depth > DEPTH_MAX);
         assert!(
