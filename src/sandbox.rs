@@ -268,6 +268,12 @@ impl Sandbox {
         self.start().await
     }
 
+    /// Sets the address clients use and a later `start` listens on (for a
+    /// broker run as a separate process on this sandbox's files).
+    pub fn set_addr(&mut self, addr: SocketAddr) {
+        self.addr = Some(addr);
+    }
+
     /// The broker's address (after `start`).
     pub fn addr(&self) -> Result<SocketAddr> {
         self.addr.ok_or_else(|| anyhow!("broker not started"))
