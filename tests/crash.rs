@@ -1,6 +1,7 @@
-//! Data loss (THREATS T17): the broker process is killed with SIGKILL while
-//! pipelined publishes are in flight; after a restart every acknowledged
-//! message is there, with its offset and payload.
+//! The broker as a separate process. Data loss (THREATS T17): it is killed
+//! with SIGKILL while pipelined publishes are in flight; after a restart
+//! every acknowledged message is there, with its offset and payload. Leaking
+//! logs (T15): with every log level on, no payload and no key material.
 
 mod common;
 
@@ -24,9 +25,12 @@ fn listening_port(line: &str) -> Option<u16> {
     digits.parse().ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_acked_message_survives_kill_9() {
-    let mut sandbox = Sandbox::new(&principals()).unwrap();
+/// Runs `signet broker` on the sandbox's policy with `RUST_LOG=filter`;
+/// returns the process and a task collecting its log lines.
+async fn spawn_broker(
+    sandbox: &mut Sandbox,
+    filter: &str,
+) -> (tokio::process::Child, tokio::task::JoinHandle<Vec<String>>) {
     sandbox.write_policy().unwrap();
     let mut broker = Command::new(SIGNET)
         .args([
@@ -34,24 +38,95 @@ async fn every_acked_message_survives_kill_9() {
             "--config",
             sandbox.policy_path().to_str().unwrap(),
         ])
-        .env("RUST_LOG", "info")
+        .env("RUST_LOG", filter)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut log = BufReader::new(broker.stderr.take().unwrap()).lines();
+    let mut lines = Vec::new();
     let port = loop {
         let line = within(log.next_line())
             .await
             .unwrap()
             .expect("broker starts");
-        if line.contains("broker listening") {
-            break listening_port(&line).expect("port in the log line");
+        let port = line
+            .contains("broker listening")
+            .then(|| listening_port(&line));
+        lines.push(line);
+        if let Some(port) = port {
+            break port.expect("port in the log line");
         }
     };
-    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
+    let collector = tokio::spawn(async move {
+        while let Ok(Some(line)) = log.next_line().await {
+            lines.push(line);
+        }
+        lines
+    });
     sandbox.set_addr(([127, 0, 0, 1], port).into());
+    (broker, collector)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_hold_no_payloads_and_no_key_material() {
+    let mut sandbox = Sandbox::new(&principals()).unwrap();
+    let (mut broker, log) = spawn_broker(&mut sandbox, "trace").await;
+    let marker = "PAYLOAD-MARKER-7f3a9c";
+    let alice = within(Client::connect(sandbox.client_config("alice").unwrap()))
+        .await
+        .unwrap();
+    let bob = within(Client::connect(sandbox.client_config("bob").unwrap()))
+        .await
+        .unwrap();
+    within(alice.publish("orders.logs", marker.as_bytes().to_vec()))
+        .await
+        .unwrap();
+    let _ = within(bob.publish("orders.logs", marker.as_bytes().to_vec())).await;
+    let mut sub = within(alice.subscribe("orders.logs", StartAt::Earliest))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut sub).await.unwrap().payload, marker.as_bytes());
+    drop(sub);
+    alice.close().await;
+    bob.close().await;
+    broker.start_kill().unwrap();
+    within(broker.wait()).await.unwrap();
+    let text = within(log).await.unwrap().join("\n");
+    assert!(text.contains("connection accepted"), "the broker did log");
+    assert!(!text.contains(marker), "a payload reached the logs");
+    let hex_marker: String = marker.bytes().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        !text.contains(&hex_marker),
+        "payload bytes in hex reached the logs"
+    );
+    let key_pem = std::fs::read_to_string(sandbox.pki_dir().join("clients/alice.key")).unwrap();
+    for line in key_pem
+        .lines()
+        .filter(|l| l.len() > 20 && !l.starts_with("-----"))
+    {
+        assert!(
+            !text.contains(line),
+            "TLS private key material reached the logs"
+        );
+    }
+    assert!(
+        !text.contains("PRIVATE KEY"),
+        "a PEM private key reached the logs"
+    );
+    let signing = std::fs::read(sandbox.signing_key_path("alice").unwrap()).unwrap();
+    let signing_hex: String = signing.iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        !text.contains(&signing_hex[signing_hex.len() - 40..]),
+        "signing key bytes reached the logs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acked_message_survives_kill_9() {
+    let mut sandbox = Sandbox::new(&principals()).unwrap();
+    let (mut broker, _log) = spawn_broker(&mut sandbox, "info").await;
 
     let alice = within(Client::connect(sandbox.client_config("alice").unwrap()))
         .await
