@@ -14,6 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc};
 
+/// A quota far above what a benchmark principal can reach on one machine.
+const UNLIMITED_QUOTA: &str =
+    "{ msgs_per_sec = 4000000000, bytes_per_sec = 4000000000, stored_bytes = 1000000000000 }";
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchArgs {
@@ -39,6 +43,27 @@ pub struct Report {
     pub delivery_us: Option<[u64; 3]>,
     /// Broker-side stage figures (Prometheus summary lines of the group commit).
     pub stages: Vec<String>,
+}
+
+impl Report {
+    /// A report of a publish run without a subscriber.
+    fn publish_only(
+        args: &BenchArgs,
+        size: usize,
+        publish_elapsed: Duration,
+        hist: &Histogram<u64>,
+    ) -> Report {
+        Report {
+            messages: args.messages,
+            size,
+            inflight: args.inflight,
+            publish_elapsed,
+            ack_us: percentiles(hist),
+            delivery_elapsed: None,
+            delivery_us: None,
+            stages: Vec::new(),
+        }
+    }
 }
 
 fn percentiles(h: &Histogram<u64>) -> [u64; 3] {
@@ -119,7 +144,7 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
     let mut sandbox = Sandbox::new(&[PrincipalSpec::new("bench")
         .publish("bench.>")
         .subscribe("bench.>")
-        .quota("{ msgs_per_sec = 4000000000, bytes_per_sec = 4000000000, stored_bytes = 1000000000000 }")])?;
+        .quota(UNLIMITED_QUOTA)])?;
     sandbox.start().await?;
     let publisher = Client::connect(sandbox.client_config("bench")?).await?;
     let subscriber = Client::connect(sandbox.client_config("bench")?).await?;
@@ -326,7 +351,7 @@ pub async fn flood(args: BenchArgs, flood_quota: u32) -> Result<FloodReport> {
     let mut sandbox = Sandbox::new(&[
         PrincipalSpec::new("calm")
             .publish("calm.>")
-            .quota("{ msgs_per_sec = 4000000000, bytes_per_sec = 4000000000, stored_bytes = 1000000000000 }"),
+            .quota(UNLIMITED_QUOTA),
         PrincipalSpec::new("flood")
             .publish("flood.>")
             .quota(&format!("{{ msgs_per_sec = {flood_quota} }}")),
@@ -374,16 +399,7 @@ pub async fn flood(args: BenchArgs, flood_quota: u32) -> Result<FloodReport> {
     calm.close().await;
     sandbox.stop().await;
     Ok(FloodReport {
-        calm: Report {
-            messages: args.messages,
-            size: args.size,
-            inflight: args.inflight,
-            publish_elapsed,
-            ack_us: percentiles(&hist),
-            delivery_elapsed: None,
-            delivery_us: None,
-            stages: Vec::new(),
-        },
+        calm: Report::publish_only(&args, args.size, publish_elapsed, &hist),
         flood_quota,
         flood_attempted,
         flood_accepted,
@@ -417,7 +433,7 @@ pub async fn schema_topic(args: BenchArgs) -> Result<(Report, Report)> {
     let mut sandbox = Sandbox::new(&[PrincipalSpec::new("bench")
         .publish("plain.>")
         .publish("orders.>")
-        .quota("{ msgs_per_sec = 4000000000, bytes_per_sec = 4000000000, stored_bytes = 1000000000000 }")])?;
+        .quota(UNLIMITED_QUOTA)])?;
     let schema = sandbox.path().join("orders.created.json");
     std::fs::write(&schema, crate::dev::EXAMPLE_SCHEMA)?;
     sandbox.set_extra_policy(&format!(
@@ -433,16 +449,12 @@ pub async fn schema_topic(args: BenchArgs) -> Result<(Report, Report)> {
             OutgoingMessage::new(topic, payload.clone()).content_type("application/json");
         let started = Instant::now();
         let hist = publish_messages(&client, &template, &args, None).await?;
-        reports.push(Report {
-            messages: args.messages,
-            size: payload.len(),
-            inflight: args.inflight,
-            publish_elapsed: started.elapsed(),
-            ack_us: percentiles(&hist),
-            delivery_elapsed: None,
-            delivery_us: None,
-            stages: Vec::new(),
-        });
+        reports.push(Report::publish_only(
+            &args,
+            payload.len(),
+            started.elapsed(),
+            &hist,
+        ));
     }
     client.close().await;
     sandbox.stop().await;
