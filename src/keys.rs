@@ -13,6 +13,15 @@ pub fn generate_ed25519(out: &Path) -> Result<PublicKey> {
     Ok(key.public_key().clone())
 }
 
+/// Generates an X25519 encryption key into `out` (32 raw bytes, mode
+/// 0600) and returns its public key.
+pub fn generate_x25519(out: &Path) -> Result<signet_proto::crypt::RecipientKey> {
+    let (bytes, key) =
+        signet_proto::crypt::DecryptionKey::generate().context("generating an X25519 key")?;
+    write_secret(out, &bytes)?;
+    Ok(key.public_key().clone())
+}
+
 /// Reads a signing key's public half from its PKCS#8 file.
 pub fn public_of(path: &Path) -> Result<PublicKey> {
     let der = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;

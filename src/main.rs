@@ -33,12 +33,13 @@ enum Command {
         #[command(subcommand)]
         command: PkiCommand,
     },
-    /// Generate a signing key (PKCS#8, mode 0600); prints its id and public key.
+    /// Generate a key (mode 0600): an Ed25519 signing key (PKCS#8) or an
+    /// X25519 encryption key (32 raw bytes); prints its id and public key.
     Keygen {
         /// Where to write the key.
         #[arg(long)]
         out: PathBuf,
-        /// Key kind.
+        /// Key kind: ed25519 (signing) or x25519 (encryption).
         #[arg(long, default_value = "ed25519")]
         kind: String,
     },
@@ -197,12 +198,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Keygen { out, kind } => {
             init_logs("warn");
-            if kind != "ed25519" {
-                bail!("unknown key kind {kind:?} (supported: ed25519)");
+            match kind.as_str() {
+                "ed25519" => {
+                    let public = keys::generate_ed25519(&out)?;
+                    println!("key_id: {}", public.id().to_hex());
+                    println!("public_key: {public}");
+                }
+                "x25519" => {
+                    let public = keys::generate_x25519(&out)?;
+                    println!("key_id: {}", public.id().to_hex());
+                    println!("public_key: {public}");
+                }
+                other => bail!("unknown key kind {other:?} (supported: ed25519, x25519)"),
             }
-            let public = keys::generate_ed25519(&out)?;
-            println!("key_id: {}", public.id().to_hex());
-            println!("public_key: {public}");
         }
         Command::Broker {
             check: Some(path), ..

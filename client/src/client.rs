@@ -2,11 +2,13 @@
 
 use crate::config::ClientConfig;
 use crate::error::Error;
+use crate::payload::Payloads;
 use crate::publisher::{self, PublisherSettings, Request};
 use crate::seq::SeqAllocator;
 use crate::subscription::Subscription;
 use crate::tls;
 use crate::verify::Verifier;
+use signet_proto::crypt::DecryptionKey;
 use signet_proto::envelope::CONTENT_TYPE_OCTET;
 use signet_proto::frame::{ClientFrame, ServerFrame, StartAt, Subscribe};
 use signet_proto::limits::FRAME_BYTES_MAX_DEFAULT;
@@ -106,7 +108,31 @@ pub struct Client {
     frame_bytes_max: u32,
     quota_retries: u32,
     quota_retry_max: std::time::Duration,
-    schemas: Vec<(String, Schema)>,
+    payloads: Arc<Payloads>,
+}
+
+/// Reads the client file's decryption keys and schemas.
+fn load_payloads(config: &ClientConfig) -> Result<Payloads, Error> {
+    let schemas = config
+        .schemas
+        .iter()
+        .map(|(pattern, path)| Ok((pattern.clone(), Schema::load(path).map_err(Error::Config)?)))
+        .collect::<Result<Vec<_>, Error>>()?;
+    let keys = config
+        .private_keys
+        .iter()
+        .map(|path| {
+            let bytes = std::fs::read(path)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            DecryptionKey::from_bytes(&bytes)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
+    Ok(Payloads {
+        keys,
+        recipients: config.recipients.clone(),
+        schemas,
+    })
 }
 
 async fn resolve(broker: &str) -> Result<SocketAddr, Error> {
@@ -131,13 +157,7 @@ impl Client {
             }
             None => None,
         };
-        let schemas = config
-            .schemas
-            .iter()
-            .map(|(pattern, path)| {
-                Ok((pattern.clone(), Schema::load(path).map_err(Error::Config)?))
-            })
-            .collect::<Result<Vec<_>, Error>>()?;
+        let payloads = Arc::new(load_payloads(&config)?);
         let quic = tls::client_config(&config)?;
         let addr = resolve(&config.broker).await?;
         let bind: SocketAddr = if addr.is_ipv6() {
@@ -172,6 +192,7 @@ impl Client {
                     linger: config.linger,
                     max_inflight_batches: config.max_inflight_batches,
                     frame_bytes_max,
+                    payloads: payloads.clone(),
                 },
             )
         });
@@ -181,7 +202,7 @@ impl Client {
             publisher,
             trust: Verifier::new(config.trust),
             frame_bytes_max,
-            schemas,
+            payloads,
             quota_retries: config.quota_retries,
             quota_retry_max: config.quota_retry_max,
         })
@@ -238,19 +259,12 @@ impl Client {
     /// any, with the broker's rules: `Error::Invalid { code:
     /// SchemaViolation, .. }` names the path and keyword of the first error.
     pub fn validate(&self, message: &OutgoingMessage) -> Result<(), Error> {
-        let schema = self
-            .schemas
-            .iter()
-            .find(|(pattern, _)| signet_proto::topic::matches(pattern, &message.topic));
-        match schema {
-            Some((_, schema)) => schema
-                .check(&message.content_type, &message.payload)
-                .map_err(|v| Error::Invalid {
-                    code: ErrorCode::SchemaViolation,
-                    detail: format!("schema violation {v}"),
-                }),
-            None => Ok(()),
-        }
+        self.payloads
+            .validate(&message.topic, &message.content_type, &message.payload)
+            .map_err(|detail| Error::Invalid {
+                code: ErrorCode::SchemaViolation,
+                detail,
+            })
     }
 
     /// Subscribes to a topic from `start`. Every message is verified
@@ -281,6 +295,7 @@ impl Client {
                 send,
                 recv,
                 self.trust.clone(),
+                self.payloads.clone(),
                 self.frame_bytes_max,
             )),
             Ok(Some(ServerFrame::Error(r))) => Err(Error::rejected(r)),

@@ -4,6 +4,7 @@
 
 use crate::error::Error;
 use serde::Deserialize;
+use signet_proto::crypt::RecipientKey;
 use signet_proto::{KeyId, PublicKey};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -26,7 +27,16 @@ struct ClientFile {
     quota_retry_max_ms: Option<u64>,
     #[serde(default)]
     schemas: HashMap<String, PathBuf>,
-    encryption: Option<toml::Table>,
+    encryption: Option<EncryptionSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncryptionSection {
+    #[serde(default)]
+    private_keys: Vec<PathBuf>,
+    #[serde(default)]
+    recipients: HashMap<String, Vec<String>>,
 }
 
 /// What one client needs to connect, publish and verify.
@@ -57,6 +67,12 @@ pub struct ClientConfig {
     pub quota_retries: u32,
     /// The longest single wait of such a retry. Default 5 s.
     pub quota_retry_max: Duration,
+    /// X25519 private key files (32 raw bytes) this client decrypts with;
+    /// several during a key rotation.
+    pub private_keys: Vec<PathBuf>,
+    /// Recipients to encrypt to, by topic name or pattern (first match wins,
+    /// in name order). Come from this file only, never from the broker.
+    pub recipients: Vec<(String, Vec<RecipientKey>)>,
     /// JSON Schema files by topic name or pattern (first match wins, in
     /// name order): publishes are validated before they are sent, with the
     /// broker's own rules, so a publisher learns early.
@@ -97,9 +113,35 @@ impl ClientConfig {
             }
             trust.insert(id, key);
         }
-        if file.encryption.is_some() {
-            return Err("[encryption] is not supported by this version".into());
-        }
+        let (private_keys, recipients) = match &file.encryption {
+            None => (Vec::new(), Vec::new()),
+            Some(e) => {
+                let mut recipients = Vec::new();
+                for (pattern, keys) in &e.recipients {
+                    signet_proto::topic::validate_pattern(pattern).map_err(|err| {
+                        format!("encryption.recipients: pattern {pattern:?}: {err}")
+                    })?;
+                    let keys = keys
+                        .iter()
+                        .map(|k| {
+                            k.parse::<RecipientKey>()
+                                .map_err(|err| format!("recipient {k:?}: {err}"))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if keys.is_empty() {
+                        return Err(format!(
+                            "encryption.recipients: {pattern:?} names no recipient"
+                        ));
+                    }
+                    recipients.push((pattern.clone(), keys));
+                }
+                recipients.sort_by(|a, b| a.0.cmp(&b.0));
+                (
+                    e.private_keys.iter().map(|p| resolve(p)).collect(),
+                    recipients,
+                )
+            }
+        };
         let max_inflight_batches = file.max_inflight_batches.unwrap_or(64);
         if !(1..=4096).contains(&max_inflight_batches) {
             return Err("max_inflight_batches must be between 1 and 4096".into());
@@ -127,6 +169,8 @@ impl ClientConfig {
                 }
                 schemas
             },
+            private_keys,
+            recipients,
             quota_retries: file.quota_retries.unwrap_or(0).min(100),
             quota_retry_max: Duration::from_millis(
                 file.quota_retry_max_ms.unwrap_or(5_000).min(60_000),

@@ -22,6 +22,7 @@
 mod client;
 mod config;
 mod error;
+mod payload;
 mod publisher;
 mod seq;
 mod subscription;

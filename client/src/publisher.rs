@@ -9,6 +9,7 @@
 
 use crate::client::OutgoingMessage;
 use crate::error::Error;
+use crate::payload::Payloads;
 use crate::seq::SeqAllocator;
 use signet_proto::envelope::ENVELOPE_VERSION;
 use signet_proto::frame::{ClientFrame, Outcome, Publish, ServerFrame};
@@ -47,6 +48,8 @@ pub(crate) struct PublisherSettings {
     pub linger: Duration,
     pub max_inflight_batches: usize,
     pub frame_bytes_max: u32,
+    /// Recipients to encrypt to, per topic.
+    pub payloads: Arc<Payloads>,
 }
 
 /// Starts the publishing tasks; returns the queue to send requests into.
@@ -100,7 +103,9 @@ async fn run(
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             break;
         };
-        if let Some((publish_frame, replies)) = build(&key, &mut seq, waiting, &mut request_id) {
+        if let Some((publish_frame, replies)) =
+            build(&key, &mut seq, &settings.payloads, waiting, &mut request_id)
+        {
             let in_flight = InFlight {
                 request_id,
                 replies,
@@ -160,6 +165,7 @@ async fn gather(
 fn build(
     key: &SigningKey,
     seq: &mut SeqAllocator,
+    payloads: &Payloads,
     waiting: Vec<Request>,
     request_id: &mut u64,
 ) -> Option<(Publish, Vec<Reply>)> {
@@ -188,7 +194,7 @@ fn build(
                 continue;
             }
         };
-        envelopes.push(Envelope {
+        let mut envelope = Envelope {
             version: ENVELOPE_VERSION,
             topic: message.topic,
             key_id: key.id(),
@@ -198,7 +204,12 @@ fn build(
             headers: message.headers,
             encryption: None,
             payload: message.payload,
-        });
+        };
+        if let Err(e) = payloads.seal(&mut envelope) {
+            let _ = reply.send(Err(e));
+            continue;
+        }
+        envelopes.push(envelope);
         replies.push(reply);
     }
     let signed = batch::sign(key, &envelopes)?;

@@ -8,12 +8,14 @@
 
 use crate::client::Message;
 use crate::error::Error;
+use crate::payload::Payloads;
 use crate::verify::Verifier;
 use futures_core::Stream;
+use signet_proto::ErrorCode;
 use signet_proto::frame::ServerFrame;
 use signet_proto::stream::read_frame;
-use signet_proto::{ErrorCode, StoredRecord};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
@@ -36,17 +38,17 @@ impl Subscription {
         send: quinn::SendStream,
         recv: quinn::RecvStream,
         verifier: Verifier,
+        payloads: Arc<Payloads>,
         frame_bytes_max: u32,
     ) -> Subscription {
         let (tx, messages) = mpsc::channel(BUFFER_MESSAGES_MAX);
-        let task = tokio::spawn(read_deliveries(
+        let reader = Reader {
             topic,
-            send,
-            recv,
             verifier,
+            payloads,
             frame_bytes_max,
-            tx,
-        ));
+        };
+        let task = tokio::spawn(read_deliveries(reader, send, recv, tx));
         Subscription {
             messages,
             task,
@@ -74,29 +76,26 @@ impl Stream for Subscription {
     }
 }
 
-fn message(offset: u64, record: StoredRecord) -> Message {
-    let e = record.envelope;
-    Message {
-        offset,
-        topic: e.topic,
-        key_id: e.key_id,
-        seq: e.seq,
-        timestamp_ms: e.timestamp_ms,
-        received_ms: record.received_ms,
-        content_type: e.content_type,
-        headers: e.headers.into_iter().map(|h| (h.name, h.value)).collect(),
-        payload: e.payload,
-    }
+/// What the reading task checks deliveries with.
+struct Reader {
+    topic: String,
+    verifier: Verifier,
+    payloads: Arc<Payloads>,
+    frame_bytes_max: u32,
 }
 
 async fn read_deliveries(
-    topic: String,
+    reader: Reader,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    mut verifier: Verifier,
-    frame_bytes_max: u32,
     tx: mpsc::Sender<Result<Message, Error>>,
 ) {
+    let Reader {
+        topic,
+        mut verifier,
+        payloads,
+        frame_bytes_max,
+    } = reader;
     let mut last_offset: Option<u64> = None;
     loop {
         let item = match read_frame::<ServerFrame, _>(&mut recv, frame_bytes_max).await {
@@ -112,12 +111,12 @@ async fn read_deliveries(
                         last_offset = Some(d.offset);
                         verifier
                             .verify(&topic, &d.record)
-                            .map(|record| message(d.offset, record))
                             .map_err(|r| Error::Verify {
                                 offset: d.offset,
                                 code: r.code,
                                 detail: r.detail.into(),
                             })
+                            .and_then(|record| payloads.open(d.offset, record))
                     };
                     if tx.send(verdict).await.is_err() {
                         let _ = send.finish();

@@ -12,6 +12,8 @@
 pub mod batch;
 pub mod code;
 pub mod codec;
+#[cfg(feature = "encrypt")]
+pub mod crypt;
 pub mod envelope;
 mod fixed;
 pub mod frame;

@@ -1,0 +1,87 @@
+//! What the client does to payloads besides signing: encrypt to the
+//! recipients its client file names for a topic, decrypt with its own
+//! X25519 keys, and check payloads against its own copies of schemas
+//! (before sending; for encrypted topics also after decrypting, since the
+//! broker cannot see those payloads).
+
+use crate::client::Message;
+use crate::error::Error;
+use signet_proto::crypt::{self, CryptError, DecryptionKey, RecipientKey};
+use signet_proto::schema::Schema;
+use signet_proto::{Envelope, ErrorCode, StoredRecord, topic};
+
+/// Keys and schemas from the client file.
+#[derive(Default)]
+pub(crate) struct Payloads {
+    /// This client's X25519 private keys (several during a rotation).
+    pub keys: Vec<DecryptionKey>,
+    /// Recipients per topic pattern (first match wins, in name order).
+    pub recipients: Vec<(String, Vec<RecipientKey>)>,
+    /// Schemas per topic pattern (first match wins, in name order).
+    pub schemas: Vec<(String, Schema)>,
+}
+
+fn first_match<'a, T>(list: &'a [(String, T)], name: &str) -> Option<&'a T> {
+    list.iter()
+        .find(|(p, _)| topic::matches(p, name))
+        .map(|(_, t)| t)
+}
+
+impl Payloads {
+    /// Checks a payload against this client's schema for the topic, if any.
+    pub fn validate(&self, topic: &str, content_type: &str, payload: &[u8]) -> Result<(), String> {
+        match first_match(&self.schemas, topic) {
+            Some(schema) => schema
+                .check(content_type, payload)
+                .map_err(|v| format!("schema violation {v}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Encrypts the envelope's payload when the client file names
+    /// recipients for its topic.
+    pub fn seal(&self, envelope: &mut Envelope) -> Result<(), Error> {
+        match first_match(&self.recipients, &envelope.topic) {
+            Some(recipients) => crypt::encrypt(envelope, recipients).map_err(|e| Error::Invalid {
+                code: ErrorCode::EncryptionRequired,
+                detail: e.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Turns a verified record into a message: decrypts an encrypted payload
+    /// (a typed `NotARecipient` when this client holds none of its keys) and
+    /// validates it against the client's schema for the topic.
+    pub fn open(&self, offset: u64, record: StoredRecord) -> Result<Message, Error> {
+        let e = record.envelope;
+        let failed = |code: ErrorCode, detail: String| Error::Verify {
+            offset,
+            code,
+            detail,
+        };
+        let payload = match &e.encryption {
+            None => e.payload,
+            Some(_) => {
+                let plaintext = crypt::decrypt(&e, &self.keys).map_err(|err| match err {
+                    CryptError::NotARecipient => failed(ErrorCode::NotARecipient, err.to_string()),
+                    other => failed(ErrorCode::BadSignature, other.to_string()),
+                })?;
+                self.validate(&e.topic, &e.content_type, &plaintext)
+                    .map_err(|detail| failed(ErrorCode::SchemaViolation, detail))?;
+                plaintext
+            }
+        };
+        Ok(Message {
+            offset,
+            topic: e.topic,
+            key_id: e.key_id,
+            seq: e.seq,
+            timestamp_ms: e.timestamp_ms,
+            received_ms: record.received_ms,
+            content_type: e.content_type,
+            headers: e.headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            payload,
+        })
+    }
+}

@@ -1,0 +1,316 @@
+//! End-to-end payload encryption: HPKE (RFC 9180) base mode with
+//! DHKEM(X25519, HKDF-SHA256), HKDF-SHA256 and ChaCha20-Poly1305.
+//!
+//! The publisher draws a fresh 32-byte content key per message, encrypts
+//! the payload with ChaCha20-Poly1305 under it (a single-use key, so a zero
+//! nonce), with the canonical bytes of the envelope *without its payload*
+//! as associated data (topic, key id, seq, timestamp, content type, headers
+//! and the sealed keys are all bound), and seals the content key to every
+//! recipient's X25519 public key with HPKE. The batch signature then covers
+//! the ciphertext: a subscriber verifies first, then decrypts.
+//!
+//! Key text forms: a recipient public key is `x25519:<base64>`; a private
+//! key file holds the 32 raw bytes (mode 0600). A key's id is the first 16
+//! bytes of SHA-256 of its public key, as for signing keys.
+
+use crate::envelope::{Encryption, Envelope, SealedKey};
+use crate::keys::KeyId;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hpke::aead::ChaCha20Poly1305;
+use hpke::kdf::HkdfSha256;
+use hpke::kem::X25519HkdfSha256;
+use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
+use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use ring::rand::{SecureRandom, SystemRandom};
+
+/// The suite id carried in [`Encryption::suite`].
+pub const SUITE_X25519_SHA256_CHACHA20: u16 = 1;
+
+/// HPKE `info` for sealing content keys.
+pub const CONTENT_KEY_INFO: &[u8] = b"signet/v1/content-key";
+
+/// Why encryption or decryption failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptError {
+    #[error("public key must look like `x25519:<base64>` of 32 bytes")]
+    BadPublicKey,
+    #[error("private key must be 32 bytes")]
+    BadPrivateKey,
+    #[error("no recipients to encrypt to")]
+    NoRecipients,
+    #[error("this client holds no key the payload was encrypted to")]
+    NotARecipient,
+    #[error("the payload does not decrypt")]
+    Corrupt,
+    #[error("unsupported encryption suite")]
+    UnsupportedSuite,
+    #[error("encryption failed")]
+    Failed,
+}
+
+/// A recipient's X25519 public key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecipientKey {
+    public: <X25519HkdfSha256 as Kem>::PublicKey,
+    id: KeyId,
+}
+
+impl std::fmt::Debug for RecipientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RecipientKey({})", self.id)
+    }
+}
+
+impl RecipientKey {
+    /// From the 32 raw bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<RecipientKey, CryptError> {
+        let public = <X25519HkdfSha256 as Kem>::PublicKey::from_bytes(bytes)
+            .map_err(|_| CryptError::BadPublicKey)?;
+        Ok(RecipientKey {
+            public,
+            id: KeyId::of(bytes),
+        })
+    }
+
+    /// The key's id.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+}
+
+impl std::str::FromStr for RecipientKey {
+    type Err = CryptError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let b64 = s
+            .trim()
+            .strip_prefix("x25519:")
+            .ok_or(CryptError::BadPublicKey)?;
+        let bytes = B64.decode(b64).map_err(|_| CryptError::BadPublicKey)?;
+        RecipientKey::from_bytes(&bytes)
+    }
+}
+
+impl std::fmt::Display for RecipientKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "x25519:{}", B64.encode(self.public.to_bytes()))
+    }
+}
+
+/// A subscriber's X25519 private key. Never printed.
+pub struct DecryptionKey {
+    private: <X25519HkdfSha256 as Kem>::PrivateKey,
+    public: RecipientKey,
+}
+
+impl std::fmt::Debug for DecryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DecryptionKey({}, <secret>)", self.public.id)
+    }
+}
+
+impl DecryptionKey {
+    /// From the 32 raw bytes of a private key file.
+    pub fn from_bytes(bytes: &[u8]) -> Result<DecryptionKey, CryptError> {
+        let private = <X25519HkdfSha256 as Kem>::PrivateKey::from_bytes(bytes)
+            .map_err(|_| CryptError::BadPrivateKey)?;
+        let public = X25519HkdfSha256::sk_to_pk(&private);
+        let id = KeyId::of(&public.to_bytes());
+        Ok(DecryptionKey {
+            private,
+            public: RecipientKey { public, id },
+        })
+    }
+
+    /// A fresh key: the 32 private bytes to store, and the key.
+    pub fn generate() -> Result<(Vec<u8>, DecryptionKey), CryptError> {
+        let mut ikm = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut ikm)
+            .map_err(|_| CryptError::Failed)?;
+        let (private, _) = X25519HkdfSha256::derive_keypair(&ikm);
+        let bytes = private.to_bytes().to_vec();
+        let key = DecryptionKey::from_bytes(&bytes)?;
+        Ok((bytes, key))
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> &RecipientKey {
+        &self.public
+    }
+}
+
+/// The associated data of the payload: the envelope's canonical bytes with
+/// an empty payload.
+fn payload_aad(envelope: &mut Envelope) -> Vec<u8> {
+    let payload = std::mem::take(&mut envelope.payload);
+    let aad = envelope.canonical_bytes();
+    envelope.payload = payload;
+    aad
+}
+
+fn content_cipher(key: &[u8; 32]) -> Result<LessSafeKey, CryptError> {
+    let key = UnboundKey::new(&CHACHA20_POLY1305, key).map_err(|_| CryptError::Failed)?;
+    Ok(LessSafeKey::new(key))
+}
+
+/// Encrypts `envelope.payload` in place to `recipients` and records the
+/// sealed content keys in `envelope.encryption`. Call before signing.
+pub fn encrypt(envelope: &mut Envelope, recipients: &[RecipientKey]) -> Result<(), CryptError> {
+    if recipients.is_empty() {
+        return Err(CryptError::NoRecipients);
+    }
+    let mut content_key = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut content_key)
+        .map_err(|_| CryptError::Failed)?;
+    let mut rng = rand::rng();
+    let mut sealed = Vec::with_capacity(recipients.len());
+    for r in recipients {
+        let (enc, sealed_key) =
+            hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256, _>(
+                &OpModeS::Base,
+                &r.public,
+                CONTENT_KEY_INFO,
+                &content_key,
+                &[],
+                &mut rng,
+            )
+            .map_err(|_| CryptError::Failed)?;
+        sealed.push(SealedKey {
+            key_id: r.id,
+            enc: enc.to_bytes().to_vec(),
+            sealed_key,
+        });
+    }
+    envelope.encryption = Some(Encryption {
+        suite: SUITE_X25519_SHA256_CHACHA20,
+        recipients: sealed,
+    });
+    let aad = payload_aad(envelope);
+    content_cipher(&content_key)?
+        .seal_in_place_append_tag(
+            Nonce::assume_unique_for_key([0; 12]),
+            Aad::from(aad),
+            &mut envelope.payload,
+        )
+        .map_err(|_| CryptError::Failed)
+}
+
+/// Decrypts a verified envelope's payload with the first of `keys` it was
+/// sealed to.
+pub fn decrypt(envelope: &Envelope, keys: &[DecryptionKey]) -> Result<Vec<u8>, CryptError> {
+    let Some(encryption) = &envelope.encryption else {
+        return Ok(envelope.payload.clone());
+    };
+    if encryption.suite != SUITE_X25519_SHA256_CHACHA20 {
+        return Err(CryptError::UnsupportedSuite);
+    }
+    let (key, sealed) = keys
+        .iter()
+        .find_map(|k| {
+            encryption
+                .recipients
+                .iter()
+                .find(|r| r.key_id == k.public.id)
+                .map(|r| (k, r))
+        })
+        .ok_or(CryptError::NotARecipient)?;
+    let enc = <X25519HkdfSha256 as Kem>::EncappedKey::from_bytes(&sealed.enc)
+        .map_err(|_| CryptError::Corrupt)?;
+    let content_key = hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256>(
+        &OpModeR::Base,
+        &key.private,
+        &enc,
+        CONTENT_KEY_INFO,
+        &sealed.sealed_key,
+        &[],
+    )
+    .map_err(|_| CryptError::Corrupt)?;
+    let content_key: [u8; 32] = content_key.try_into().map_err(|_| CryptError::Corrupt)?;
+    let mut without_payload = envelope.clone();
+    let mut ciphertext = std::mem::take(&mut without_payload.payload);
+    let aad = without_payload.canonical_bytes();
+    let plaintext = content_cipher(&content_key)?
+        .open_in_place(
+            Nonce::assume_unique_for_key([0; 12]),
+            Aad::from(aad),
+            &mut ciphertext,
+        )
+        .map_err(|_| CryptError::Corrupt)?;
+    Ok(plaintext.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope() -> Envelope {
+        Envelope {
+            version: 1,
+            topic: "payroll.march".into(),
+            key_id: KeyId([1; 16]),
+            seq: 7,
+            timestamp_ms: 1,
+            content_type: "application/json".into(),
+            headers: vec![],
+            encryption: None,
+            payload: br#"{"salary":1}"#.to_vec(),
+        }
+    }
+
+    #[test]
+    fn every_recipient_decrypts_and_others_cannot() {
+        let (_, a) = DecryptionKey::generate().unwrap();
+        let (_, b) = DecryptionKey::generate().unwrap();
+        let (_, c) = DecryptionKey::generate().unwrap();
+        let mut e = envelope();
+        encrypt(&mut e, &[a.public_key().clone(), b.public_key().clone()]).unwrap();
+        assert_ne!(e.payload, envelope().payload);
+        assert_eq!(
+            decrypt(&e, std::slice::from_ref(&a)).unwrap(),
+            envelope().payload
+        );
+        assert_eq!(
+            decrypt(&e, std::slice::from_ref(&b)).unwrap(),
+            envelope().payload
+        );
+        assert_eq!(
+            decrypt(&e, std::slice::from_ref(&c)),
+            Err(CryptError::NotARecipient)
+        );
+        // Rotation: a holder of old and new keys decrypts with either.
+        assert_eq!(decrypt(&e, &[c, a]).unwrap(), envelope().payload);
+    }
+
+    #[test]
+    fn header_and_ciphertext_are_bound() {
+        let (_, a) = DecryptionKey::generate().unwrap();
+        let mut e = envelope();
+        encrypt(&mut e, &[a.public_key().clone()]).unwrap();
+        let mut moved = e.clone();
+        moved.topic = "payroll.april".into();
+        assert_eq!(
+            decrypt(&moved, std::slice::from_ref(&a)),
+            Err(CryptError::Corrupt)
+        );
+        let mut flipped = e.clone();
+        flipped.payload[0] ^= 1;
+        assert_eq!(
+            decrypt(&flipped, std::slice::from_ref(&a)),
+            Err(CryptError::Corrupt)
+        );
+    }
+
+    #[test]
+    fn key_text_round_trips() {
+        let (bytes, a) = DecryptionKey::generate().unwrap();
+        let text = a.public_key().to_string();
+        assert!(text.starts_with("x25519:"));
+        assert_eq!(&text.parse::<RecipientKey>().unwrap(), a.public_key());
+        assert_eq!(
+            DecryptionKey::from_bytes(&bytes).unwrap().public_key(),
+            a.public_key()
+        );
+    }
+}
