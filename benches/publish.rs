@@ -48,5 +48,17 @@ fn main() -> anyhow::Result<()> {
         }))?;
     print!("json     plain topic, 1 KiB orders: {plain}");
     print!("json     schema topic (15-field schema), 1 KiB orders: {schema}");
+    for recipients in [1, 3] {
+        let encrypted = runtime.block_on(signet::bench::encrypted_topic(
+            signet::bench::BenchArgs {
+                messages: env_or("SIGNET_BENCH_MESSAGES", 200_000) / 2,
+                size: 0,
+                inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
+                subscribe: false,
+            },
+            recipients,
+        ))?;
+        print!("json     encrypted topic, {recipients} recipient(s), 1 KiB orders: {encrypted}");
+    }
     Ok(())
 }

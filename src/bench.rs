@@ -462,3 +462,32 @@ pub async fn schema_topic(args: BenchArgs) -> Result<(Report, Report)> {
     let plain_report = reports.pop().context("plain report")?;
     Ok((plain_report, schema_report))
 }
+
+/// Throughput of 1 KiB JSON orders encrypted end to end to `recipients`
+/// X25519 keys (the publisher seals a content key to each), no subscriber.
+pub async fn encrypted_topic(args: BenchArgs, recipients: usize) -> Result<Report> {
+    let mut sandbox = Sandbox::new(&[PrincipalSpec::new("bench")
+        .publish("payroll.>")
+        .quota(UNLIMITED_QUOTA)])?;
+    sandbox.set_extra_policy("[[topic]]\nname = \"payroll.>\"\nencrypted = true\n");
+    sandbox.start().await?;
+    let mut config = sandbox.client_config("bench")?;
+    let keys = (0..recipients)
+        .map(|_| {
+            signet_proto::crypt::DecryptionKey::generate()
+                .map(|(_, k)| k.public_key().clone())
+                .map_err(anyhow::Error::from)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    config.recipients = vec![("payroll.>".into(), keys)];
+    let client = Client::connect(config).await?;
+    let payload = order_payload();
+    let template =
+        OutgoingMessage::new("payroll.orders", payload.clone()).content_type("application/json");
+    let started = Instant::now();
+    let hist = publish_messages(&client, &template, &args, None).await?;
+    let report = Report::publish_only(&args, payload.len(), started.elapsed(), &hist);
+    client.close().await;
+    sandbox.stop().await;
+    Ok(report)
+}

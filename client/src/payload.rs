@@ -6,7 +6,10 @@
 
 use crate::client::Message;
 use crate::error::Error;
-use signet_proto::crypt::{self, CryptError, DecryptionKey, RecipientKey};
+use signet_proto::crypt::{self, ContentKey, CryptError, DecryptionKey, RecipientKey};
+
+/// Content keys of one batch, by recipient set.
+pub(crate) type BatchKeys = std::collections::HashMap<usize, ContentKey>;
 use signet_proto::schema::Schema;
 use signet_proto::{Envelope, ErrorCode, StoredRecord, topic};
 
@@ -39,14 +42,26 @@ impl Payloads {
     }
 
     /// Encrypts the envelope's payload when the client file names
-    /// recipients for its topic.
-    pub fn seal(&self, envelope: &mut Envelope) -> Result<(), Error> {
-        match first_match(&self.recipients, &envelope.topic) {
-            Some(recipients) => crypt::encrypt(envelope, recipients).map_err(|e| Error::Invalid {
-                code: ErrorCode::EncryptionRequired,
-                detail: e.to_string(),
-            }),
-            None => Ok(()),
+    /// recipients for its topic. `batch_keys` holds this batch's content
+    /// keys, one per recipient set, drawn on first use.
+    pub fn seal(&self, envelope: &mut Envelope, batch_keys: &mut BatchKeys) -> Result<(), Error> {
+        let failed = |e: CryptError| Error::Invalid {
+            code: ErrorCode::EncryptionRequired,
+            detail: e.to_string(),
+        };
+        let Some(index) = self
+            .recipients
+            .iter()
+            .position(|(p, _)| topic::matches(p, &envelope.topic))
+        else {
+            return Ok(());
+        };
+        if let std::collections::hash_map::Entry::Vacant(slot) = batch_keys.entry(index) {
+            slot.insert(ContentKey::seal_to(&self.recipients[index].1).map_err(failed)?);
+        }
+        match batch_keys.get(&index) {
+            Some(key) => key.encrypt(envelope).map_err(failed),
+            None => Err(failed(CryptError::Failed)),
         }
     }
 

@@ -170,6 +170,7 @@ fn build(
     request_id: &mut u64,
 ) -> Option<(Publish, Vec<Reply>)> {
     let timestamp_ms = now_ms();
+    let mut batch_keys = crate::payload::BatchKeys::new();
     let mut envelopes = Vec::with_capacity(waiting.len());
     let mut replies = Vec::with_capacity(waiting.len());
     for Request { message, reply } in waiting {
@@ -205,7 +206,7 @@ fn build(
             encryption: None,
             payload: message.payload,
         };
-        if let Err(e) = payloads.seal(&mut envelope) {
+        if let Err(e) = payloads.seal(&mut envelope, &mut batch_keys) {
             let _ = reply.send(Err(e));
             continue;
         }

@@ -1,12 +1,16 @@
 //! End-to-end payload encryption: HPKE (RFC 9180) base mode with
 //! DHKEM(X25519, HKDF-SHA256), HKDF-SHA256 and ChaCha20-Poly1305.
 //!
-//! The publisher draws a fresh 32-byte content key per message, encrypts
-//! the payload with ChaCha20-Poly1305 under it (a single-use key, so a zero
-//! nonce), with the canonical bytes of the envelope *without its payload*
-//! as associated data (topic, key id, seq, timestamp, content type, headers
-//! and the sealed keys are all bound), and seals the content key to every
-//! recipient's X25519 public key with HPKE. The batch signature then covers
+//! The publisher draws a fresh random 32-byte content key per signed batch
+//! (per recipient set within it), seals it to every recipient's X25519
+//! public key with HPKE, and encrypts each payload with ChaCha20-Poly1305
+//! under that key with the envelope's `seq` as nonce, and the canonical
+//! bytes of the envelope *without its payload* as associated data (topic,
+//! key id, seq, timestamp, content type, headers and the sealed keys are all
+//! bound). Why per batch is safe: the key is random and never used after its
+//! batch, and seqs within a batch are distinct (strictly increasing per
+//! signing key), so no (key, nonce) pair repeats; each envelope still
+//! carries the sealed keys and decrypts alone. The batch signature covers
 //! the ciphertext: a subscriber verifies first, then decrypts.
 //!
 //! Key text forms: a recipient public key is `x25519:<base64>`; a private
@@ -154,47 +158,76 @@ fn content_cipher(key: &[u8; 32]) -> Result<LessSafeKey, CryptError> {
     Ok(LessSafeKey::new(key))
 }
 
-/// Encrypts `envelope.payload` in place to `recipients` and records the
-/// sealed content keys in `envelope.encryption`. Call before signing.
-pub fn encrypt(envelope: &mut Envelope, recipients: &[RecipientKey]) -> Result<(), CryptError> {
-    if recipients.is_empty() {
-        return Err(CryptError::NoRecipients);
-    }
-    let mut content_key = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut content_key)
-        .map_err(|_| CryptError::Failed)?;
-    let mut rng = rand::rng();
-    let mut sealed = Vec::with_capacity(recipients.len());
-    for r in recipients {
-        let (enc, sealed_key) =
-            hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256, _>(
-                &OpModeS::Base,
-                &r.public,
-                CONTENT_KEY_INFO,
-                &content_key,
-                &[],
-                &mut rng,
-            )
+/// The payload nonce of an envelope: its seq, big-endian, in 12 bytes.
+fn nonce_for(seq: u64) -> Nonce {
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&seq.to_be_bytes());
+    Nonce::assume_unique_for_key(nonce)
+}
+
+/// A fresh content key sealed to a set of recipients, for one batch.
+pub struct ContentKey {
+    key: [u8; 32],
+    encryption: Encryption,
+}
+
+impl ContentKey {
+    /// Draws a key and seals it to each recipient with HPKE.
+    pub fn seal_to(recipients: &[RecipientKey]) -> Result<ContentKey, CryptError> {
+        if recipients.is_empty() {
+            return Err(CryptError::NoRecipients);
+        }
+        let mut key = [0u8; 32];
+        SystemRandom::new()
+            .fill(&mut key)
             .map_err(|_| CryptError::Failed)?;
-        sealed.push(SealedKey {
-            key_id: r.id,
-            enc: enc.to_bytes().to_vec(),
-            sealed_key,
-        });
+        let mut rng = rand::rng();
+        let mut sealed = Vec::with_capacity(recipients.len());
+        for r in recipients {
+            let (enc, sealed_key) =
+                hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, X25519HkdfSha256, _>(
+                    &OpModeS::Base,
+                    &r.public,
+                    CONTENT_KEY_INFO,
+                    &key,
+                    &[],
+                    &mut rng,
+                )
+                .map_err(|_| CryptError::Failed)?;
+            sealed.push(SealedKey {
+                key_id: r.id,
+                enc: enc.to_bytes().to_vec(),
+                sealed_key,
+            });
+        }
+        Ok(ContentKey {
+            key,
+            encryption: Encryption {
+                suite: SUITE_X25519_SHA256_CHACHA20,
+                recipients: sealed,
+            },
+        })
     }
-    envelope.encryption = Some(Encryption {
-        suite: SUITE_X25519_SHA256_CHACHA20,
-        recipients: sealed,
-    });
-    let aad = payload_aad(envelope);
-    content_cipher(&content_key)?
-        .seal_in_place_append_tag(
-            Nonce::assume_unique_for_key([0; 12]),
-            Aad::from(aad),
-            &mut envelope.payload,
-        )
-        .map_err(|_| CryptError::Failed)
+
+    /// Encrypts `envelope.payload` in place and records the sealed keys in
+    /// `envelope.encryption`. Call before signing; within one batch, each
+    /// envelope must have a distinct seq (the nonce).
+    pub fn encrypt(&self, envelope: &mut Envelope) -> Result<(), CryptError> {
+        envelope.encryption = Some(self.encryption.clone());
+        let aad = payload_aad(envelope);
+        content_cipher(&self.key)?
+            .seal_in_place_append_tag(
+                nonce_for(envelope.seq),
+                Aad::from(aad),
+                &mut envelope.payload,
+            )
+            .map_err(|_| CryptError::Failed)
+    }
+}
+
+/// Encrypts one envelope to `recipients` with a content key of its own.
+pub fn encrypt(envelope: &mut Envelope, recipients: &[RecipientKey]) -> Result<(), CryptError> {
+    ContentKey::seal_to(recipients)?.encrypt(envelope)
 }
 
 /// Decrypts a verified envelope's payload with the first of `keys` it was
@@ -232,11 +265,7 @@ pub fn decrypt(envelope: &Envelope, keys: &[DecryptionKey]) -> Result<Vec<u8>, C
     let mut ciphertext = std::mem::take(&mut without_payload.payload);
     let aad = without_payload.canonical_bytes();
     let plaintext = content_cipher(&content_key)?
-        .open_in_place(
-            Nonce::assume_unique_for_key([0; 12]),
-            Aad::from(aad),
-            &mut ciphertext,
-        )
+        .open_in_place(nonce_for(envelope.seq), Aad::from(aad), &mut ciphertext)
         .map_err(|_| CryptError::Corrupt)?;
     Ok(plaintext.to_vec())
 }
@@ -298,6 +327,34 @@ mod tests {
         flipped.payload[0] ^= 1;
         assert_eq!(
             decrypt(&flipped, std::slice::from_ref(&a)),
+            Err(CryptError::Corrupt)
+        );
+    }
+
+    #[test]
+    fn one_content_key_serves_a_batch_and_each_envelope_decrypts_alone() {
+        let (_, a) = DecryptionKey::generate().unwrap();
+        let key = ContentKey::seal_to(&[a.public_key().clone()]).unwrap();
+        let mut batch: Vec<Envelope> = (0..4u64)
+            .map(|i| Envelope {
+                seq: 100 + i,
+                ..envelope()
+            })
+            .collect();
+        for e in &mut batch {
+            key.encrypt(e).unwrap();
+        }
+        assert_ne!(batch[0].payload, batch[1].payload, "distinct nonces");
+        for e in &batch {
+            assert_eq!(
+                decrypt(e, std::slice::from_ref(&a)).unwrap(),
+                envelope().payload
+            );
+        }
+        let mut swapped = batch[0].clone();
+        swapped.payload = batch[1].payload.clone();
+        assert_eq!(
+            decrypt(&swapped, std::slice::from_ref(&a)),
             Err(CryptError::Corrupt)
         );
     }
