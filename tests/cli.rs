@@ -95,6 +95,21 @@ async fn pki_and_keygen_write_secrets_0600_and_print_key_id() {
         .find_map(|l| l.strip_prefix("key_id: "))
         .expect("key id line");
     assert_eq!(key_id, public.id().to_hex());
+    // An X25519 encryption key: 32 raw bytes, 0600, printed as x25519:<base64>.
+    let x = dir.path().join("keys/reader.x25519");
+    let run = signet(&["keygen", "--kind", "x25519", "--out", x.to_str().unwrap()]).await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(mode(&x), 0o600);
+    let public: signet_proto::crypt::RecipientKey = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("public_key: "))
+        .expect("public key line")
+        .parse()
+        .unwrap();
+    let private =
+        signet_proto::crypt::DecryptionKey::from_bytes(&std::fs::read(&x).unwrap()).unwrap();
+    assert_eq!(private.public_key(), &public);
     // Never overwrite a key.
     let again = signet(&["keygen", "--out", key.to_str().unwrap()]).await;
     assert!(!again.status.success());

@@ -316,3 +316,33 @@ mod tests {
         assert!(parse("application/json; charset=utf-8", b"{}").is_ok());
     }
 }
+
+#[cfg(test)]
+mod draft_tests {
+    use super::*;
+
+    #[test]
+    fn draft7_and_2020_12_schemas_both_compile_and_validate() {
+        let dir = std::env::temp_dir().join(format!("signet-schema-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, draft) in [
+            ("d7.json", "http://json-schema.org/draft-07/schema#"),
+            ("d2020.json", "https://json-schema.org/draft/2020-12/schema"),
+        ] {
+            let path = dir.join(name);
+            let text = format!(
+                r#"{{"$schema":"{draft}","type":"object","required":["id"],"properties":{{"id":{{"type":"integer"}}}}}}"#
+            );
+            std::fs::write(&path, text).unwrap();
+            let schema = Schema::load(&path).unwrap();
+            assert!(schema.check("application/json", br#"{"id":1}"#).is_ok());
+            assert_eq!(
+                schema
+                    .check("application/json", br#"{"id":"x"}"#)
+                    .unwrap_err(),
+                violation("/id", "type")
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
