@@ -33,6 +33,14 @@ fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+/// The value of a `name: value` line `signet` printed.
+fn printed<'a>(run: &'a Run, name: &str) -> &'a str {
+    run.stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(": ")))
+        .unwrap_or_else(|| panic!("no {name} line in {}", run.stdout))
+}
+
 fn json_lines(text: &str) -> Vec<Value> {
     text.lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
@@ -82,31 +90,15 @@ async fn pki_and_keygen_write_secrets_0600_and_print_key_id() {
     let run = signet(&["keygen", "--out", key.to_str().unwrap()]).await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!(mode(&key), 0o600);
-    let public: signet_proto::PublicKey = run
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("public_key: "))
-        .expect("public key line")
-        .parse()
-        .unwrap();
-    let key_id = run
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("key_id: "))
-        .expect("key id line");
+    let public: signet_proto::PublicKey = printed(&run, "public_key").parse().unwrap();
+    let key_id = printed(&run, "key_id");
     assert_eq!(key_id, public.id().to_hex());
     // An X25519 encryption key: 32 raw bytes, 0600, printed as x25519:<base64>.
     let x = dir.path().join("keys/reader.x25519");
     let run = signet(&["keygen", "--kind", "x25519", "--out", x.to_str().unwrap()]).await;
     assert!(run.status.success(), "{}", run.stderr);
     assert_eq!(mode(&x), 0o600);
-    let public: signet_proto::crypt::RecipientKey = run
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("public_key: "))
-        .expect("public key line")
-        .parse()
-        .unwrap();
+    let public: signet_proto::crypt::RecipientKey = printed(&run, "public_key").parse().unwrap();
     let private =
         signet_proto::crypt::DecryptionKey::from_bytes(&std::fs::read(&x).unwrap()).unwrap();
     assert_eq!(private.public_key(), &public);

@@ -63,8 +63,12 @@ impl Shared {
 
     /// A principal's quota state under the policy in force.
     pub fn quota(&self, principal: &str) -> Arc<PrincipalQuota> {
-        let limits = self.policy().quota(principal);
-        self.quotas.get(principal, limits, || {
+        self.quota_under(&self.policy(), principal)
+    }
+
+    /// A principal's quota state under `policy` (a policy already read).
+    pub fn quota_under(&self, policy: &Policy, principal: &str) -> Arc<PrincipalQuota> {
+        self.quotas.get(principal, policy.quota(principal), || {
             self.store.usage(principal).unwrap_or(0)
         })
     }

@@ -191,7 +191,7 @@ impl Session {
         let request_id = publish.request_id;
         let now_ms = now_ms();
         let policy = self.policy();
-        let quota = self.shared.quota(&self.principal);
+        let quota = self.shared.quota_under(&policy, &self.principal);
         let verdicts = {
             let mut decisions = self.decisions.lock().unwrap_or_else(|p| p.into_inner());
             let mut ctx = IngestContext {

@@ -135,8 +135,16 @@ impl Store {
 
     /// The highest accepted seq of a signing key, if any.
     pub fn replay_mark(&self, key: &KeyId) -> Result<Option<u64>, BrokerError> {
-        let replay = self.cf(CF_REPLAY)?;
-        match self.db.get_pinned_cf(replay, key.0).map_err(storage)? {
+        self.read_u64(CF_REPLAY, &key.0)
+    }
+
+    /// A big-endian `u64` value, if the key is present.
+    fn read_u64(&self, family: &str, key: &[u8]) -> Result<Option<u64>, BrokerError> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(family)?, key)
+            .map_err(storage)?
+        {
             Some(v) => {
                 let v: [u8; 8] = v.as_ref().try_into().map_err(storage)?;
                 Ok(Some(u64::from_be_bytes(v)))
@@ -223,18 +231,7 @@ impl Store {
 
     /// Payload bytes stored for a principal (0 if none).
     pub fn usage(&self, principal: &str) -> Result<u64, BrokerError> {
-        let usage = self.cf(CF_USAGE)?;
-        match self
-            .db
-            .get_pinned_cf(usage, principal.as_bytes())
-            .map_err(storage)?
-        {
-            Some(v) => {
-                let v: [u8; 8] = v.as_ref().try_into().map_err(storage)?;
-                Ok(u64::from_be_bytes(v))
-            }
-            None => Ok(0),
-        }
+        Ok(self.read_u64(CF_USAGE, principal.as_bytes())?.unwrap_or(0))
     }
 
     /// Adds a principal's stored-bytes total to a write batch.

@@ -146,11 +146,8 @@ impl DecryptionKey {
 
 /// The associated data of the payload: the envelope's canonical bytes with
 /// an empty payload.
-fn payload_aad(envelope: &mut Envelope) -> Vec<u8> {
-    let payload = std::mem::take(&mut envelope.payload);
-    let aad = envelope.canonical_bytes();
-    envelope.payload = payload;
-    aad
+fn payload_aad(envelope: &Envelope) -> Vec<u8> {
+    envelope.canonical_bytes_with(&[])
 }
 
 fn content_cipher(key: &[u8; 32]) -> Result<LessSafeKey, CryptError> {
@@ -261,9 +258,8 @@ pub fn decrypt(envelope: &Envelope, keys: &[DecryptionKey]) -> Result<Vec<u8>, C
     )
     .map_err(|_| CryptError::Corrupt)?;
     let content_key: [u8; 32] = content_key.try_into().map_err(|_| CryptError::Corrupt)?;
-    let mut without_payload = envelope.clone();
-    let mut ciphertext = std::mem::take(&mut without_payload.payload);
-    let aad = without_payload.canonical_bytes();
+    let mut ciphertext = envelope.payload.clone();
+    let aad = payload_aad(envelope);
     let plaintext = content_cipher(&content_key)?
         .open_in_place(nonce_for(envelope.seq), Aad::from(aad), &mut ciphertext)
         .map_err(|_| CryptError::Corrupt)?;

@@ -179,7 +179,14 @@ impl Envelope {
 
     /// The bytes a publisher signs (through the batch's Merkle tree).
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.canonical_len());
+        self.canonical_bytes_with(&self.payload)
+    }
+
+    /// The canonical bytes with `payload` in place of the envelope's own
+    /// (end-to-end encryption binds the header with an empty payload).
+    pub fn canonical_bytes_with(&self, payload: &[u8]) -> Vec<u8> {
+        let len = self.canonical_len() - self.payload.len() + payload.len();
+        let mut out = Vec::with_capacity(len);
         out.extend_from_slice(ENVELOPE_CONTEXT);
         out.push(self.version);
         put_bytes(&mut out, self.topic.as_bytes());
@@ -205,8 +212,8 @@ impl Envelope {
                 }
             }
         }
-        put_bytes(&mut out, &self.payload);
-        debug_assert_eq!(out.len(), self.canonical_len());
+        put_bytes(&mut out, payload);
+        debug_assert_eq!(out.len(), len);
         out
     }
 
