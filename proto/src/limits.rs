@@ -32,3 +32,14 @@ pub const DETAIL_BYTES_MAX: usize = 256;
 
 /// Largest number of messages in one `Deliver` frame.
 pub const DELIVER_MESSAGES_MAX: usize = 512;
+
+/// The largest payload limit a broker may be configured with
+/// (`broker.max_message_bytes`), in bytes. A client checks payloads against
+/// this, never against a smaller guess, so it is never stricter than a
+/// broker it talks to.
+pub const PAYLOAD_BYTES_MAX_CEILING: usize = 64 * 1024 * 1024;
+
+/// The largest frame limit a broker may be configured with
+/// (`broker.max_frame_bytes`), in bytes. A client reads broker frames up to
+/// this size; the body buffer grows only as bytes arrive.
+pub const FRAME_BYTES_MAX_CEILING: u32 = 256 * 1024 * 1024;

@@ -17,6 +17,10 @@ pub enum ReadError {
     Io(#[from] std::io::Error),
 }
 
+/// Most bytes a frame read asks for at once; the body buffer grows by at
+/// most this much ahead of the bytes actually received.
+pub const READ_CHUNK_BYTES: usize = 64 * 1024;
+
 /// Reads one frame. `Ok(None)` is a clean end of stream between frames.
 pub async fn read_frame<T, R>(reader: &mut R, frame_bytes_max: u32) -> Result<Option<T>, ReadError>
 where
@@ -37,14 +41,19 @@ where
         filled += n;
     }
     let len = codec::body_len(prefix, frame_bytes_max)?;
-    let mut body = vec![0u8; len];
-    reader
-        .read_exact(&mut body)
-        .await
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => ReadError::Truncated,
-            _ => ReadError::Io(e),
-        })?;
+    // The buffer grows as bytes arrive, never ahead of them: a peer that
+    // announces a large frame and sends little pins little.
+    let mut body = Vec::with_capacity(len.min(READ_CHUNK_BYTES));
+    while body.len() < len {
+        let want = (len - body.len()).min(READ_CHUNK_BYTES);
+        let n = (&mut *reader)
+            .take(want as u64)
+            .read_to_end(&mut body)
+            .await?;
+        if n == 0 {
+            return Err(ReadError::Truncated);
+        }
+    }
     Ok(Some(codec::decode(&body)?))
 }
 
