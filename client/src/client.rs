@@ -2,112 +2,38 @@
 
 use crate::config::ClientConfig;
 use crate::error::Error;
+use crate::limits::FRAME_BYTES_MAX;
+use crate::message::{OutgoingMessage, PendingAck, Request};
 use crate::payload::Payloads;
-use crate::publisher::{self, PublisherSettings, Request};
+use crate::publisher::{self, PublisherSettings};
 use crate::seq::SeqAllocator;
 use crate::subscription::Subscription;
 use crate::tls;
 use crate::verify::Verifier;
 use signet_proto::crypt::DecryptionKey;
-use signet_proto::envelope::CONTENT_TYPE_OCTET;
 use signet_proto::frame::{ClientFrame, ServerFrame, StartAt, Subscribe};
-use signet_proto::limits::FRAME_BYTES_MAX_DEFAULT;
 use signet_proto::schema::Schema;
 use signet_proto::stream::{read_frame, write_frame};
-use signet_proto::{ErrorCode, Header, KeyId, SigningKey};
-use std::future::Future;
+use signet_proto::{ErrorCode, SigningKey};
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot};
-
-/// A message to publish.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutgoingMessage {
-    /// Topic name.
-    pub topic: String,
-    /// Payload bytes.
-    pub payload: Vec<u8>,
-    /// MIME type (default `application/octet-stream`).
-    pub content_type: String,
-    /// Signed headers.
-    pub headers: Vec<Header>,
-}
-
-impl OutgoingMessage {
-    /// An `application/octet-stream` message with no headers.
-    pub fn new(topic: impl Into<String>, payload: impl Into<Vec<u8>>) -> OutgoingMessage {
-        OutgoingMessage {
-            topic: topic.into(),
-            payload: payload.into(),
-            content_type: CONTENT_TYPE_OCTET.into(),
-            headers: Vec::new(),
-        }
-    }
-
-    /// Sets the content type.
-    pub fn content_type(mut self, content_type: impl Into<String>) -> OutgoingMessage {
-        self.content_type = content_type.into();
-        self
-    }
-
-    /// Adds a signed header.
-    pub fn header(mut self, name: impl Into<String>, value: impl Into<Vec<u8>>) -> OutgoingMessage {
-        self.headers.push(Header {
-            name: name.into(),
-            value: value.into(),
-        });
-        self
-    }
-}
-
-/// A message that verified end to end.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    /// Offset in its topic.
-    pub offset: u64,
-    /// Topic name.
-    pub topic: String,
-    /// Id of the key that signed it (one this client trusts).
-    pub key_id: KeyId,
-    /// The publisher's sequence number.
-    pub seq: u64,
-    /// Publisher clock, ms since the Unix epoch (signed).
-    pub timestamp_ms: u64,
-    /// Broker clock at acceptance, ms since the Unix epoch (not signed).
-    pub received_ms: u64,
-    /// MIME type of the payload.
-    pub content_type: String,
-    /// Signed headers, in order.
-    pub headers: Vec<(String, Vec<u8>)>,
-    /// Payload bytes.
-    pub payload: Vec<u8>,
-}
-
-/// An acknowledgement to come: resolves to the offset once the message is
-/// durable, or to the broker's typed rejection.
-pub struct PendingAck(oneshot::Receiver<Result<u64, Error>>);
-
-impl Future for PendingAck {
-    type Output = Result<u64, Error>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0)
-            .poll(cx)
-            .map(|r| r.unwrap_or_else(|_| Err(Error::ConnectionLost("publisher stopped".into()))))
-    }
-}
 
 /// A connection to a broker.
 pub struct Client {
+    /// The QUIC endpoint the connection runs on.
     endpoint: quinn::Endpoint,
+    /// The mutually authenticated connection to the broker.
     conn: quinn::Connection,
+    /// The publishing task's queue; `None` without a signing key.
     publisher: Option<mpsc::Sender<Request>>,
+    /// The publisher keys this client trusts; each subscription gets a copy.
     trust: Verifier,
-    frame_bytes_max: u32,
+    /// How many times a `QuotaExceeded` refusal is retried (0: never).
     quota_retries: u32,
+    /// The longest single wait before such a retry.
     quota_retry_max: std::time::Duration,
+    /// Decryption keys, recipients and schemas from the client file.
     payloads: Arc<Payloads>,
 }
 
@@ -182,7 +108,6 @@ impl Client {
             .map_err(|e| Error::Connect(e.to_string()))?
             .await
             .map_err(|e| Error::Connect(e.to_string()))?;
-        let frame_bytes_max = FRAME_BYTES_MAX_DEFAULT;
         let publisher = signer.map(|(key, seq)| {
             publisher::start(
                 conn.clone(),
@@ -191,7 +116,6 @@ impl Client {
                 PublisherSettings {
                     linger: config.linger,
                     max_inflight_batches: config.max_inflight_batches,
-                    frame_bytes_max,
                     payloads: payloads.clone(),
                 },
             )
@@ -201,7 +125,6 @@ impl Client {
             conn,
             publisher,
             trust: Verifier::new(config.trust),
-            frame_bytes_max,
             payloads,
             quota_retries: config.quota_retries,
             quota_retry_max: config.quota_retry_max,
@@ -252,7 +175,7 @@ impl Client {
             .send(Request { message, reply })
             .await
             .map_err(|_| Error::ConnectionLost("publisher stopped".into()))?;
-        Ok(PendingAck(ack))
+        Ok(PendingAck::new(ack))
     }
 
     /// Checks a message against the client file's schema for its topic, if
@@ -288,7 +211,7 @@ impl Client {
         write_frame(&mut send, &request)
             .await
             .map_err(|e| Error::ConnectionLost(e.to_string()))?;
-        match read_frame::<ServerFrame, _>(&mut recv, self.frame_bytes_max).await {
+        match read_frame::<ServerFrame, _>(&mut recv, FRAME_BYTES_MAX).await {
             Ok(Some(ServerFrame::Subscribed { next_offset })) => Ok(Subscription::start(
                 topic.to_owned(),
                 next_offset,
@@ -296,7 +219,6 @@ impl Client {
                 recv,
                 self.trust.clone(),
                 self.payloads.clone(),
-                self.frame_bytes_max,
             )),
             Ok(Some(ServerFrame::Error(r))) => Err(Error::rejected(r)),
             Ok(Some(_)) => Err(Error::Protocol("unexpected answer to subscribe".into())),

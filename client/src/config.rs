@@ -3,6 +3,9 @@
 //! resolve against the file's folder.
 
 use crate::error::Error;
+use crate::limits::{
+    INFLIGHT_BATCHES_MAX, LINGER_US_MAX, QUOTA_RETRIES_MAX, QUOTA_RETRY_WAIT_MS_MAX,
+};
 use serde::Deserialize;
 use signet_proto::crypt::RecipientKey;
 use signet_proto::{KeyId, PublicKey};
@@ -13,28 +16,44 @@ use std::time::Duration;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientFile {
+    /// Broker address, `host:port`.
     broker: String,
+    /// Name the broker certificate must carry.
     server_name: String,
+    /// CA certificate file (PEM).
     ca: PathBuf,
+    /// This client's certificate file (PEM).
     cert: PathBuf,
+    /// This client's TLS private key file (PEM).
     key: PathBuf,
+    /// Ed25519 signing key file (PKCS#8 DER), needed to publish.
     signing_key: Option<PathBuf>,
+    /// Trusted publisher keys: key id to public key, both as text.
     #[serde(default)]
     trust: HashMap<String, String>,
+    /// Publisher linger, in µs (at most [`LINGER_US_MAX`]).
     linger_us: Option<u64>,
+    /// Batches in flight (at most [`INFLIGHT_BATCHES_MAX`]).
     max_inflight_batches: Option<usize>,
+    /// Retries of a `QuotaExceeded` publish (at most [`QUOTA_RETRIES_MAX`]).
     quota_retries: Option<u32>,
+    /// Longest wait before such a retry, in ms (at most
+    /// [`QUOTA_RETRY_WAIT_MS_MAX`]).
     quota_retry_max_ms: Option<u64>,
+    /// Schema files by topic name or pattern.
     #[serde(default)]
     schemas: HashMap<String, PathBuf>,
+    /// The `[encryption]` table.
     encryption: Option<EncryptionSection>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EncryptionSection {
+    /// X25519 private key files this client decrypts with.
     #[serde(default)]
     private_keys: Vec<PathBuf>,
+    /// Recipient keys (as text) by topic name or pattern.
     #[serde(default)]
     recipients: HashMap<String, Vec<String>>,
 }
@@ -143,8 +162,10 @@ impl ClientConfig {
             }
         };
         let max_inflight_batches = file.max_inflight_batches.unwrap_or(64);
-        if !(1..=4096).contains(&max_inflight_batches) {
-            return Err("max_inflight_batches must be between 1 and 4096".into());
+        if !(1..=INFLIGHT_BATCHES_MAX).contains(&max_inflight_batches) {
+            return Err(format!(
+                "max_inflight_batches must be between 1 and {INFLIGHT_BATCHES_MAX}"
+            ));
         }
         Ok(ClientConfig {
             broker: file.broker,
@@ -154,7 +175,7 @@ impl ClientConfig {
             key: resolve(&file.key),
             signing_key: file.signing_key.as_deref().map(resolve),
             trust,
-            linger: Duration::from_micros(file.linger_us.unwrap_or(500).min(100_000)),
+            linger: Duration::from_micros(file.linger_us.unwrap_or(500).min(LINGER_US_MAX)),
             max_inflight_batches,
             schemas: {
                 let mut schemas: Vec<(String, PathBuf)> = file
@@ -171,9 +192,11 @@ impl ClientConfig {
             },
             private_keys,
             recipients,
-            quota_retries: file.quota_retries.unwrap_or(0).min(100),
+            quota_retries: file.quota_retries.unwrap_or(0).min(QUOTA_RETRIES_MAX),
             quota_retry_max: Duration::from_millis(
-                file.quota_retry_max_ms.unwrap_or(5_000).min(60_000),
+                file.quota_retry_max_ms
+                    .unwrap_or(5_000)
+                    .min(QUOTA_RETRY_WAIT_MS_MAX),
             ),
         })
     }

@@ -19,18 +19,29 @@ pub enum Error {
     /// The broker refused the request with a typed code.
     #[error("rejected by broker: {code}: {detail}")]
     Rejected {
+        /// The broker's code.
         code: ErrorCode,
+        /// The broker's short explanation.
         detail: String,
+        /// For `QuotaExceeded`: when to try again, in ms.
         retry_after_ms: Option<u64>,
     },
     /// The client refused to send something invalid (same codes as the broker).
     #[error("invalid: {code}: {detail}")]
-    Invalid { code: ErrorCode, detail: String },
+    Invalid {
+        /// The code the broker would have answered.
+        code: ErrorCode,
+        /// What is wrong.
+        detail: String,
+    },
     /// A delivered message failed end-to-end verification; it is not yielded.
     #[error("message at offset {offset} failed verification: {code}: {detail}")]
     Verify {
+        /// The message's offset in its topic.
         offset: u64,
+        /// Why it failed.
         code: ErrorCode,
+        /// What failed.
         detail: String,
     },
     /// The client file names no signing key, so this client cannot publish.

@@ -22,6 +22,8 @@
 mod client;
 mod config;
 mod error;
+mod limits;
+mod message;
 mod payload;
 mod publisher;
 mod seq;
@@ -29,9 +31,10 @@ mod subscription;
 mod tls;
 mod verify;
 
-pub use client::{Client, Message, OutgoingMessage, PendingAck};
+pub use client::Client;
 pub use config::ClientConfig;
 pub use error::Error;
+pub use message::{Message, OutgoingMessage, PendingAck};
 pub use signet_proto::ErrorCode;
 pub use signet_proto::frame::StartAt;
 pub use subscription::Subscription;

@@ -4,8 +4,8 @@
 //! (before sending; for encrypted topics also after decrypting, since the
 //! broker cannot see those payloads).
 
-use crate::client::Message;
 use crate::error::Error;
+use crate::message::Message;
 use signet_proto::crypt::{self, ContentKey, CryptError, DecryptionKey, RecipientKey};
 
 /// Content keys of one batch, by recipient set.

@@ -19,8 +19,11 @@ pub const RESERVE_BLOCK: u64 = 1 << 24;
 /// Hands out strictly increasing seqs for one signing key.
 #[derive(Debug)]
 pub struct SeqAllocator {
+    /// The reservation file, `<signing key>.seq`.
     path: PathBuf,
+    /// The seq handed out next.
     next: u64,
+    /// The first seq not covered by the reservation on disk.
     reserved: u64,
 }
 

@@ -6,8 +6,9 @@
 //! stream, and flow control makes the broker wait. Dropping the
 //! subscription ends it.
 
-use crate::client::Message;
 use crate::error::Error;
+use crate::limits::{FRAME_BYTES_MAX, SUBSCRIPTION_BUFFER_MESSAGES_MAX};
+use crate::message::Message;
 use crate::payload::Payloads;
 use crate::verify::Verifier;
 use futures_core::Stream;
@@ -19,15 +20,15 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
-/// Messages buffered between the reading task and the application.
-pub const BUFFER_MESSAGES_MAX: usize = 256;
-
 /// A live subscription. Yields `Ok(message)` for every message that
 /// verified, `Err(Error::Verify { .. })` for one that did not (its content
 /// is never yielded), and ends after a connection or broker error.
 pub struct Subscription {
+    /// Verdicts from the reading task, in offset order.
     messages: mpsc::Receiver<Result<Message, Error>>,
+    /// The reading task; aborted when the subscription is dropped.
     task: tokio::task::JoinHandle<()>,
+    /// The topic's next offset when the subscription opened.
     next_offset: u64,
 }
 
@@ -39,14 +40,12 @@ impl Subscription {
         recv: quinn::RecvStream,
         verifier: Verifier,
         payloads: Arc<Payloads>,
-        frame_bytes_max: u32,
     ) -> Subscription {
-        let (tx, messages) = mpsc::channel(BUFFER_MESSAGES_MAX);
+        let (tx, messages) = mpsc::channel(SUBSCRIPTION_BUFFER_MESSAGES_MAX);
         let reader = Reader {
             topic,
             verifier,
             payloads,
-            frame_bytes_max,
         };
         let task = tokio::spawn(read_deliveries(reader, send, recv, tx));
         Subscription {
@@ -78,10 +77,12 @@ impl Stream for Subscription {
 
 /// What the reading task checks deliveries with.
 struct Reader {
+    /// The topic name or pattern subscribed to.
     topic: String,
+    /// The publisher keys this client trusts.
     verifier: Verifier,
+    /// Decryption keys and schemas from the client file.
     payloads: Arc<Payloads>,
-    frame_bytes_max: u32,
 }
 
 async fn read_deliveries(
@@ -94,11 +95,10 @@ async fn read_deliveries(
         topic,
         mut verifier,
         payloads,
-        frame_bytes_max,
     } = reader;
     let mut last_offset: Option<u64> = None;
     loop {
-        let item = match read_frame::<ServerFrame, _>(&mut recv, frame_bytes_max).await {
+        let item = match read_frame::<ServerFrame, _>(&mut recv, FRAME_BYTES_MAX).await {
             Ok(Some(ServerFrame::Deliver(deliveries))) => {
                 for d in deliveries {
                     let verdict = if last_offset.is_some_and(|last| d.offset <= last) {

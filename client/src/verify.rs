@@ -10,13 +10,10 @@
 //! that names key B. Leaf and node hashes are domain separated, so a leaf
 //! can only match a leaf.
 
+use crate::limits::{BATCH_ENVELOPES_MAX, KNOWN_NODES_MAX};
 use signet_proto::merkle::{self, Hash};
 use signet_proto::{ErrorCode, KeyId, PublicKey, StoredRecord, batch, codec, topic};
 use std::collections::{HashMap, HashSet};
-
-/// Authenticated tree nodes remembered (all keys) before the memory is
-/// cleared. Bounds memory at about 32 bytes × this.
-pub const KNOWN_NODES_MAX: usize = 64 * 1024;
 
 /// Why a delivered record is not good.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,9 +31,11 @@ fn rejected(code: ErrorCode, detail: &'static str) -> Rejected {
 /// Checks stored records against trusted keys.
 #[derive(Debug, Clone)]
 pub struct Verifier {
+    /// The publisher keys trusted, by key id.
     trust: HashMap<KeyId, PublicKey>,
     /// Nodes of trees a trusted key signed, per key.
     known: HashMap<KeyId, HashSet<Hash>>,
+    /// Nodes in `known`, all keys together (at most [`KNOWN_NODES_MAX`]).
     known_count: usize,
 }
 
@@ -69,9 +68,7 @@ impl Verifier {
             .get(&envelope.key_id)
             .ok_or_else(|| rejected(ErrorCode::UnknownKey, "signing key is not trusted"))?;
         let proof = &record.proof;
-        if !proof.shape_ok()
-            || proof.leaf_count as usize > signet_proto::limits::BATCH_ENVELOPES_MAX
-        {
+        if !proof.shape_ok() || proof.leaf_count as usize > BATCH_ENVELOPES_MAX {
             return Err(rejected(ErrorCode::BadSignature, "malformed proof"));
         }
         let leaf = merkle::leaf_hash(&envelope.canonical_bytes());

@@ -1,0 +1,58 @@
+//! The client's limits, in one place. Each bounds memory or work, or
+//! keeps the client from being stricter than a broker it talks to.
+//!
+//! Limits the client shares with the broker (frame and payload ceilings,
+//! envelopes per batch) come from [`signet_proto::limits`]; the client never
+//! checks against a smaller guess of what a broker allows, since a broker
+//! answers `TooLarge` for anything above its own configured limit.
+
+/// Largest broker frame body the client reads, in bytes: 256 MiB, the
+/// largest `broker.max_frame_bytes` a broker may be configured with
+/// ([`signet_proto::limits::FRAME_BYTES_MAX_CEILING`]), so every record a
+/// broker accepts can be delivered. Costs nothing until bytes arrive: the
+/// read buffer grows with them.
+pub const FRAME_BYTES_MAX: u32 = signet_proto::limits::FRAME_BYTES_MAX_CEILING;
+
+/// Largest payload the client sends, in bytes: 64 MiB, the largest
+/// `broker.max_message_bytes` a broker may be configured with
+/// ([`signet_proto::limits::PAYLOAD_BYTES_MAX_CEILING`]). A broker
+/// configured lower answers `TooLarge` itself.
+pub const PAYLOAD_BYTES_MAX: usize = signet_proto::limits::PAYLOAD_BYTES_MAX_CEILING;
+
+/// Most payload bytes gathered into one signed batch: 1 MiB. Keeps a batch
+/// (one `Publish` frame) small next to a broker's frame limit; a payload
+/// larger than this goes in a batch of its own.
+pub const BATCH_BYTES_MAX: usize = 1024 * 1024;
+
+/// Most envelopes in one signed batch: 256 (the protocol's limit, which
+/// bounds a Merkle path at 8 hashes).
+pub use signet_proto::limits::BATCH_ENVELOPES_MAX;
+
+/// Most publishes queued, in messages, before `publish` and `enqueue` wait:
+/// 16 Ki. Bounds what waits for the publishing task.
+pub const PUBLISH_QUEUE_MESSAGES_MAX: usize = 16 * 1024;
+
+/// Most verified messages buffered between a subscription's reading task
+/// and the application: 256. When full, the task stops reading and QUIC
+/// flow control makes the broker wait.
+pub const SUBSCRIPTION_BUFFER_MESSAGES_MAX: usize = 256;
+
+/// Most authenticated Merkle tree nodes a verifier remembers (all keys)
+/// before it clears them: 64 Ki nodes, about 32 bytes each (about 2 MiB).
+pub const KNOWN_NODES_MAX: usize = 64 * 1024;
+
+/// Most batches in flight (sent, not yet acknowledged) the client file may
+/// ask for (`max_inflight_batches`): 4096. Bounds the acks waited for.
+pub const INFLIGHT_BATCHES_MAX: usize = 4096;
+
+/// Longest linger the client file may ask for (`linger_us`), in µs:
+/// 100 000 (100 ms). Bounds the latency batching adds.
+pub const LINGER_US_MAX: u64 = 100_000;
+
+/// Most retries of a publish refused with `QuotaExceeded` the client file
+/// may ask for (`quota_retries`): 100. Bounds how long a publish can retry.
+pub const QUOTA_RETRIES_MAX: u32 = 100;
+
+/// Longest single wait before such a retry the client file may ask for
+/// (`quota_retry_max_ms`), in ms: 60 000 (1 minute).
+pub const QUOTA_RETRY_WAIT_MS_MAX: u64 = 60_000;
