@@ -153,19 +153,36 @@ impl Grants {
     }
 }
 
-/// Most decisions a connection caches before the cache is cleared.
-/// Bounds memory a client can make us hold by naming many topics.
-pub const DECISION_CACHE_ENTRIES_MAX: usize = 1024;
-
 /// A per-connection cache of ACL decisions, valid for one policy version
-/// (a reload empties it).
-#[derive(Debug, Default)]
+/// (a reload empties it), holding at most `entries_max` decisions (then it
+/// is cleared: bounds the memory a client can make us hold by naming many
+/// topics; `limits.acl_cache_entries_max`).
+#[derive(Debug)]
 pub struct DecisionCache {
     policy_version: u64,
+    entries_max: usize,
     decisions: HashMap<(Action, String), bool>,
 }
 
+impl Default for DecisionCache {
+    /// A cache of the default size.
+    fn default() -> DecisionCache {
+        DecisionCache::new(crate::limits::Limits::usize(
+            crate::limits::Limits::default().acl_cache_entries_max,
+        ))
+    }
+}
+
 impl DecisionCache {
+    /// An empty cache of at most `entries_max` decisions.
+    pub fn new(entries_max: usize) -> DecisionCache {
+        DecisionCache {
+            policy_version: 0,
+            entries_max: entries_max.max(1),
+            decisions: HashMap::new(),
+        }
+    }
+
     /// The decision for `action` on `name` under policy `version`.
     pub fn allows(&mut self, version: u64, grants: &Grants, action: Action, name: &str) -> bool {
         if version != self.policy_version {
@@ -176,7 +193,7 @@ impl DecisionCache {
             return allowed;
         }
         let allowed = grants.allows(action, name);
-        if self.decisions.len() >= DECISION_CACHE_ENTRIES_MAX {
+        if self.decisions.len() >= self.entries_max {
             self.decisions.clear();
         }
         self.decisions.insert((action, name.to_owned()), allowed);

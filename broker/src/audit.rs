@@ -8,11 +8,11 @@
 //! Recording never blocks the broker: records go through a bounded queue
 //! to one writer thread; what does not fit is counted and reported in an
 //! `audit_overflow` record. Noisy events (publish denials, quota breaches)
-//! are written at most [`NOISY_PER_SEC`] times a second per principal and
-//! kind; the rest are counted in a `suppressed` summary record.
+//! are written at most `limits.audit_noisy_per_sec_max` times a second per
+//! principal and kind; the rest are counted in a `suppressed` summary record.
 
-use crate::config::AuditSettings;
 use crate::error::BrokerError;
+use crate::settings::AuditSettings;
 use serde_json::{Map, Value, json};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -23,10 +23,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Records queued for the writer before new ones are dropped (and counted).
-pub const QUEUE_RECORDS_MAX: usize = 8192;
-/// Noisy records written per principal and kind per second.
-pub const NOISY_PER_SEC: u32 = 10;
 /// `prev` of the very first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -84,7 +80,7 @@ impl Audit {
         settings: &AuditSettings,
     ) -> Result<(Audit, std::thread::JoinHandle<()>), BrokerError> {
         let writer = Writer::open(settings)?;
-        let (queue, records) = sync_channel(QUEUE_RECORDS_MAX);
+        let (queue, records) = sync_channel(settings.queue_records_max);
         let inner = Arc::new(Inner {
             queue,
             dropped: AtomicU64::new(0),
@@ -93,7 +89,10 @@ impl Audit {
         let thread = std::thread::Builder::new()
             .name("signet-audit".into())
             .spawn(move || writer.run(records, weak))
-            .map_err(|e| BrokerError::Storage(format!("audit writer: {e}")))?;
+            .map_err(|source| BrokerError::Thread {
+                what: "audit writer",
+                source,
+            })?;
         Ok((Audit { inner: Some(inner) }, thread))
     }
 
@@ -113,7 +112,10 @@ impl Audit {
 /// The writer thread's state.
 struct Writer {
     path: PathBuf,
-    max_bytes: u64,
+    /// Size at which the file is rotated.
+    file_bytes_max: u64,
+    /// Noisy records written per principal and kind per second.
+    noisy_per_sec_max: u32,
     file: File,
     size: u64,
     next_seq: u64,
@@ -212,7 +214,8 @@ impl Writer {
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Writer {
             path,
-            max_bytes: settings.max_bytes,
+            file_bytes_max: settings.file_bytes_max,
+            noisy_per_sec_max: settings.noisy_per_sec_max,
             file,
             size,
             next_seq,
@@ -256,7 +259,7 @@ impl Writer {
                     written: 0,
                     suppressed: 0,
                 });
-            if window.written >= NOISY_PER_SEC {
+            if window.written >= self.noisy_per_sec_max {
                 window.suppressed += 1;
                 return;
             }
@@ -302,7 +305,7 @@ impl Writer {
         self.size += line.len() as u64;
         self.prev = hash;
         self.next_seq += 1;
-        if self.size >= self.max_bytes {
+        if self.size >= self.file_bytes_max {
             self.rotate();
         }
     }
@@ -421,7 +424,9 @@ mod tests {
     fn settings(dir: &Path, max_bytes: u64) -> AuditSettings {
         AuditSettings {
             path: dir.join("audit.log"),
-            max_bytes,
+            file_bytes_max: max_bytes,
+            queue_records_max: 8192,
+            noisy_per_sec_max: 10,
         }
     }
 
@@ -463,10 +468,10 @@ mod tests {
             .lines()
             .filter(|l| l.contains("\"publish_denied\"") && !l.contains("\"suppressed\""))
             .count();
-        assert_eq!(denied, NOISY_PER_SEC as usize);
+        assert_eq!(denied, s.noisy_per_sec_max as usize);
         let summary: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
         assert_eq!(summary["event"], "suppressed");
-        assert_eq!(summary["count"], 1000 - NOISY_PER_SEC as u64);
+        assert_eq!(summary["count"], 1000 - u64::from(s.noisy_per_sec_max));
         verify(std::slice::from_ref(&s.path)).unwrap();
     }
 }

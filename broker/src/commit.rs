@@ -2,9 +2,12 @@
 //! connection, writes as many as are waiting (bounded) in one RocksDB
 //! `WriteBatch` with `sync = true`, assigns offsets (per topic, dense, from
 //! 0), and only then answers each request. An ack therefore always means
-//! "on disk". Replay marks go into the same write.
+//! "on disk". Replay marks and stored-bytes usage go into the same write.
+//! Queue and group sizes are `limits.commit_*`.
 
+use crate::error::StoreError;
 use crate::fanout::{Head, Registry};
+use crate::limits::Limits;
 use crate::metrics;
 use crate::quota::Quotas;
 use crate::store::{Store, StoredTopic};
@@ -14,16 +17,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
-
-/// Most commit requests waiting for the writer. Bounds queued memory; a
-/// full queue makes publish streams wait (backpressure).
-pub const QUEUE_REQUESTS_MAX: usize = 1024;
-
-/// Most envelopes in one group commit.
-pub const GROUP_ENVELOPES_MAX: usize = 16 * 1024;
-
-/// Most record bytes in one group commit.
-pub const GROUP_BYTES_MAX: usize = 32 * 1024 * 1024;
 
 /// One accepted envelope, encoded as it will be stored.
 #[derive(Debug)]
@@ -64,6 +57,10 @@ pub struct Committer {
 
 struct Writer {
     store: Arc<Store>,
+    /// Most envelopes in one group commit.
+    group_envelopes_max: usize,
+    /// Most record bytes in one group commit.
+    group_bytes_max: usize,
     registry: Arc<Registry>,
     /// Topic name → (id, next offset), as committed.
     topics: HashMap<String, (u32, u64)>,
@@ -81,10 +78,13 @@ pub fn spawn(
     registry: Arc<Registry>,
     quotas: Arc<Quotas>,
     topics: &[StoredTopic],
+    limits: &Limits,
 ) -> std::io::Result<Committer> {
-    let (sender, receiver) = mpsc::channel(QUEUE_REQUESTS_MAX);
+    let (sender, receiver) = mpsc::channel(Limits::usize(limits.commit_queue_requests_max));
     let writer = Writer {
         store,
+        group_envelopes_max: Limits::usize(limits.commit_group_envelopes_max),
+        group_bytes_max: Limits::usize(limits.commit_group_bytes_max),
         registry,
         next_topic_id: topics.iter().map(|t| t.id + 1).max().unwrap_or(1),
         topics: topics
@@ -117,7 +117,7 @@ impl Writer {
             let mut envelopes = first.entries.len();
             let mut bytes: usize = first.entries.iter().map(|e| e.record.len()).sum();
             let mut group = vec![first];
-            while envelopes < GROUP_ENVELOPES_MAX && bytes < GROUP_BYTES_MAX {
+            while envelopes < self.group_envelopes_max && bytes < self.group_bytes_max {
                 match receiver.try_recv() {
                     Ok(request) => {
                         envelopes += request.entries.len();
@@ -137,49 +137,19 @@ impl Writer {
 
     fn commit(&mut self, group: Vec<CommitRequest>, envelopes: usize) {
         let started = Instant::now();
-        let mut batch = WriteBatch::default();
         let mut staged = Staged::default();
-        let mut offsets = Vec::with_capacity(group.len());
-        let mut failed = false;
-        for request in &group {
-            let mut request_offsets = Vec::with_capacity(request.entries.len());
-            for entry in &request.entries {
-                match self.stage(&mut batch, &mut staged, entry) {
-                    Ok(offset) => request_offsets.push(offset),
-                    Err(()) => failed = true,
-                }
-            }
-            offsets.push(request_offsets);
-        }
-        for (key, seq) in &staged.marks {
-            if self.persisted_mark(key) < *seq
-                && self.store.put_replay_mark(&mut batch, key, *seq).is_err()
-            {
-                failed = true;
-            }
-        }
-        for (principal, added) in &staged.usage {
-            let total = self.persisted_usage(principal).saturating_add(*added);
-            if self.store.put_usage(&mut batch, principal, total).is_err() {
-                failed = true;
-            }
-        }
-        let result = if failed {
-            Err(())
-        } else {
-            self.store.write_synced(batch).map_err(|e| {
-                tracing::error!(error = %e, "group commit failed; nothing acked");
-            })
-        };
+        let result = self.write(&group, &mut staged).inspect_err(|e| {
+            tracing::error!(error = %e, "group commit failed; nothing acked");
+        });
         metrics::commit(envelopes, staged.bytes, started.elapsed(), result.is_ok());
         match result {
-            Ok(()) => {
+            Ok(offsets) => {
                 self.apply(staged);
                 for (request, offsets) in group.into_iter().zip(offsets) {
                     let _ = request.reply.send(Ok(offsets));
                 }
             }
-            Err(()) => {
+            Err(_) => {
                 for request in group {
                     let _ = request.reply.send(Err(ErrorCode::Unavailable));
                 }
@@ -187,25 +157,62 @@ impl Writer {
         }
     }
 
-    fn persisted_mark(&mut self, key: &KeyId) -> u64 {
+    /// Stages every entry of the group, the replay marks and the usage it
+    /// moves, and writes them in one synced batch; returns the offsets per
+    /// request. Nothing is applied in memory here.
+    fn write(
+        &mut self,
+        group: &[CommitRequest],
+        staged: &mut Staged,
+    ) -> Result<Vec<Vec<u64>>, StoreError> {
+        let mut batch = WriteBatch::default();
+        let mut offsets = Vec::with_capacity(group.len());
+        for request in group {
+            let mut request_offsets = Vec::with_capacity(request.entries.len());
+            for entry in &request.entries {
+                request_offsets.push(self.stage(&mut batch, staged, entry)?);
+            }
+            offsets.push(request_offsets);
+        }
+        for (key, seq) in &staged.marks {
+            if self.persisted_mark(key)? < *seq {
+                self.store.put_replay_mark(&mut batch, key, *seq)?;
+            }
+        }
+        for (principal, added) in &staged.usage {
+            let total = self.persisted_usage(principal)?.saturating_add(*added);
+            self.store.put_usage(&mut batch, principal, total)?;
+        }
+        self.store.write_synced(batch)?;
+        Ok(offsets)
+    }
+
+    fn persisted_mark(&mut self, key: &KeyId) -> Result<u64, StoreError> {
         if let Some(mark) = self.marks.get(key) {
-            return *mark;
+            return Ok(*mark);
         }
-        let mark = self.store.replay_mark(key).ok().flatten().unwrap_or(0);
+        let mark = self.store.replay_mark(key)?.unwrap_or(0);
         self.marks.insert(*key, mark);
-        mark
+        Ok(mark)
     }
 
-    fn persisted_usage(&mut self, principal: &Arc<str>) -> u64 {
+    /// Stored bytes of `principal` as persisted. A read error fails the
+    /// commit: writing `0 + added` would reset the principal's quota.
+    fn persisted_usage(&mut self, principal: &Arc<str>) -> Result<u64, StoreError> {
         if let Some(bytes) = self.usage.get(principal) {
-            return *bytes;
+            return Ok(*bytes);
         }
-        let bytes = self.store.usage(principal).ok().unwrap_or(0);
+        let bytes = self.store.usage(principal)?;
         self.usage.insert(principal.clone(), bytes);
-        bytes
+        Ok(bytes)
     }
 
-    fn stage(&self, batch: &mut WriteBatch, staged: &mut Staged, entry: &Entry) -> Result<u64, ()> {
+    fn stage(
+        &self,
+        batch: &mut WriteBatch,
+        staged: &mut Staged,
+        entry: &Entry,
+    ) -> Result<u64, StoreError> {
         let (id, next) = match staged.topics.get(&entry.topic) {
             Some(t) => *t,
             None => match self.topics.get(&entry.topic) {
@@ -213,16 +220,12 @@ impl Writer {
                 None => {
                     let id = self.next_topic_id + staged.new_topic_ids;
                     staged.new_topic_ids += 1;
-                    self.store
-                        .put_topic(batch, &entry.topic, id)
-                        .map_err(|_| ())?;
+                    self.store.put_topic(batch, &entry.topic, id)?;
                     (id, 0)
                 }
             },
         };
-        self.store
-            .put_message(batch, id, next, &entry.record)
-            .map_err(|_| ())?;
+        self.store.put_message(batch, id, next, &entry.record)?;
         staged.topics.insert(entry.topic.clone(), (id, next + 1));
         staged.bytes += entry.record.len();
         let mark = staged.marks.entry(entry.key_id).or_insert(0);

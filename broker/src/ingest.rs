@@ -1,19 +1,32 @@
-//! The ingest checks for one `Publish` batch, in order, each able only to
-//! reject: batch shape → quota (messages/s, bytes/s, stored bytes: no
-//! crypto, no disk) → envelope shape (size, topic, version) → publish ACL
-//! → key bound to this principal → batch signature → topic payload rules
-//! (encryption required, JSON Schema) → sequence above the key's mark →
-//! timestamp within the skew window. What passes goes to the
-//! group commit ([`crate::commit`]). Plain functions over values: no socket,
-//! no runtime.
+//! The ingest checks for one `Publish` batch, as plain functions over
+//! values: no socket, no runtime, no storage, no wall clock. The caller
+//! passes the policy, the principal's quota state (whose buckets read an
+//! injected clock), the broker time, and the replay marks
+//! ([`ReplayMarks`]). Each step can only refuse, and they run in this
+//! order, cheap before expensive:
+//!
+//! 1. [`check_batch_size`]: 1 to 256 envelopes (else the frame is unusable);
+//! 2. [`check_quota`]: messages/s, bytes/s, stored bytes (no crypto, no disk);
+//! 3. [`check_envelope_shapes`]: one signing key per batch, version, topic
+//!    name, payload size, content type, headers;
+//! 4. [`check_acl`]: the principal may publish to the topic;
+//! 5. [`check_key_binding`]: the key is known and bound to this principal;
+//! 6. [`check_signature`]: the batch signature over the Merkle root;
+//! 7. [`check_payload_rules`]: encrypted topics refuse plaintext, schemas;
+//! 8. [`check_replay_and_clock`]: seq above the key's mark, timestamp within
+//!    the skew window; accepting moves the mark, so this runs last.
+//!
+//! What passes goes to the group commit ([`crate::commit`]).
 
 use crate::acl::{Action, DecisionCache};
-use crate::config::Policy;
-use crate::quota::{Breach, PrincipalQuota};
-use crate::replay::ReplayGuard;
+use crate::policy::Policy;
+use crate::quota::{Breach, DefaultClock, PrincipalQuota};
+use governor::clock::Clock;
+use signet_proto::batch::{self, SignedBatch};
 use signet_proto::frame::{Publish, Rejection};
 use signet_proto::limits::BATCH_ENVELOPES_MAX;
-use signet_proto::{Envelope, ErrorCode, Proof, batch};
+use signet_proto::{Envelope, ErrorCode, KeyId, Proof, PublicKey};
+use std::collections::HashMap;
 
 /// What the checks decided for one envelope.
 #[derive(Debug)]
@@ -30,7 +43,7 @@ pub enum Verdict {
 }
 
 /// What the ingest checks need besides the batch.
-pub struct IngestContext<'a> {
+pub struct IngestContext<'a, C: Clock = DefaultClock> {
     /// The policy in force.
     pub policy: &'a Policy,
     /// The connection's principal (from its certificate).
@@ -38,34 +51,116 @@ pub struct IngestContext<'a> {
     /// The connection's ACL decision cache.
     pub decisions: &'a mut DecisionCache,
     /// The principal's quota state.
-    pub quota: &'a PrincipalQuota,
-    /// Replay marks.
-    pub replay: &'a ReplayGuard,
+    pub quota: &'a PrincipalQuota<C>,
     /// Largest payload, in bytes.
-    pub payload_bytes_max: usize,
+    pub message_bytes_max: usize,
     /// Accepted clock skew, in ms.
-    pub clock_skew_ms: u64,
+    pub clock_skew_ms_max: u64,
     /// Broker clock, ms since the Unix epoch.
     pub now_ms: u64,
 }
 
-fn reject(code: ErrorCode, detail: &str) -> Option<Rejection> {
-    Some(Rejection::new(code, detail))
+/// The highest accepted seq per signing key, read and moved by
+/// [`check_replay_and_clock`]. The broker's implementation reads storage
+/// and locks on first use ([`crate::replay`]); tests use a `HashMap`.
+pub trait ReplayMarks {
+    /// Why a mark could not be read.
+    type Error: std::fmt::Display;
+    /// The highest accepted seq of `key` (0 when none: seqs start at 1).
+    fn mark(&mut self, key: &KeyId) -> Result<u64, Self::Error>;
+    /// Records `seq` as accepted for `key` (the caller checked it is above the mark).
+    fn accept(&mut self, key: &KeyId, seq: u64);
 }
 
-/// Rejects every still-undecided envelope with the same code.
-fn reject_rest(verdicts: &mut [Option<Rejection>], code: ErrorCode, detail: &str) {
-    for v in verdicts.iter_mut().filter(|v| v.is_none()) {
-        *v = reject(code, detail);
+impl ReplayMarks for HashMap<KeyId, u64> {
+    type Error = std::convert::Infallible;
+
+    fn mark(&mut self, key: &KeyId) -> Result<u64, Self::Error> {
+        Ok(self.get(key).copied().unwrap_or(0))
+    }
+
+    fn accept(&mut self, key: &KeyId, seq: u64) {
+        self.insert(*key, seq);
+    }
+}
+
+/// A batch under check: its envelopes and, per envelope, the first
+/// refusal (`None` while it still passes).
+struct Checking {
+    envelopes: Vec<Envelope>,
+    refused: Vec<Option<Rejection>>,
+}
+
+impl Checking {
+    fn new(envelopes: Vec<Envelope>) -> Checking {
+        Checking {
+            refused: vec![None; envelopes.len()],
+            envelopes,
+        }
+    }
+
+    /// The envelopes still passing, with their verdict slots.
+    fn passing(&mut self) -> impl Iterator<Item = (&mut Option<Rejection>, &Envelope)> {
+        self.refused
+            .iter_mut()
+            .zip(&self.envelopes)
+            .filter(|(refused, _)| refused.is_none())
+    }
+
+    fn any_passing(&self) -> bool {
+        self.refused.iter().any(Option::is_none)
+    }
+
+    /// Refuses every envelope still passing.
+    fn refuse_rest(&mut self, code: ErrorCode, detail: &str) {
+        for (refused, _) in self.passing() {
+            *refused = Some(Rejection::new(code, detail));
+        }
+    }
+
+    /// One verdict per envelope; the accepted ones take their proof from
+    /// the verified batch.
+    fn verdicts(self, signed: Option<SignedBatch>) -> Vec<Verdict> {
+        self.envelopes
+            .into_iter()
+            .zip(self.refused)
+            .enumerate()
+            .map(|(i, (envelope, refused))| match (refused, &signed) {
+                (None, Some(signed)) => Verdict::Accepted(Box::new((envelope, signed.proof(i)))),
+                (refused, _) => Verdict::Rejected {
+                    rejection: refused
+                        .unwrap_or_else(|| Rejection::new(ErrorCode::Internal, "unverified")),
+                    topic: envelope.topic,
+                },
+            })
+            .collect()
     }
 }
 
 /// Checks a batch. Returns `Err` when the frame itself is unusable (the
-/// stream is then closed with `BadFrame`); otherwise one verdict per envelope.
-pub fn check_publish(
-    ctx: &mut IngestContext<'_>,
+/// stream is then closed with `BadFrame`) or the replay marks cannot be
+/// read (`Unavailable`); otherwise one verdict per envelope, in order.
+pub fn check_publish<C: Clock, M: ReplayMarks>(
+    ctx: &mut IngestContext<'_, C>,
     publish: Publish,
+    marks: &mut M,
 ) -> Result<Vec<Verdict>, Rejection> {
+    check_batch_size(&publish)?;
+    if let Err(rejection) = check_quota(ctx, &publish) {
+        return Ok(refuse_all(publish.envelopes, &rejection));
+    }
+    let mut batch = Checking::new(publish.envelopes);
+    check_envelope_shapes(ctx, &mut batch);
+    check_acl(ctx, &mut batch);
+    let key = check_key_binding(ctx, &mut batch);
+    let signed = check_signature(key, &publish.signature, &mut batch);
+    check_payload_rules(ctx, &mut batch);
+    check_replay_and_clock(ctx, &mut batch, marks)?;
+    Ok(batch.verdicts(signed))
+}
+
+/// Step 1: a batch holds 1 to [`BATCH_ENVELOPES_MAX`] envelopes.
+pub fn check_batch_size(publish: &Publish) -> Result<(), Rejection> {
     let n = publish.envelopes.len();
     if n == 0 || n > BATCH_ENVELOPES_MAX {
         return Err(Rejection::new(
@@ -73,13 +168,24 @@ pub fn check_publish(
             "a batch holds 1 to 256 envelopes",
         ));
     }
+    Ok(())
+}
+
+/// Step 2: the batch fits the principal's message, byte and stored-bytes
+/// quotas (the whole batch is refused otherwise, with a retry hint for rates).
+pub fn check_quota<C: Clock>(
+    ctx: &IngestContext<'_, C>,
+    publish: &Publish,
+) -> Result<(), Rejection> {
+    let n = u32::try_from(publish.envelopes.len()).unwrap_or(u32::MAX);
     let bytes: u64 = publish
         .envelopes
         .iter()
         .map(|e| e.payload.len() as u64)
         .sum();
-    if let Err(breach) = ctx.quota.check_publish(n as u32, bytes) {
-        let rejection = match breach {
+    ctx.quota
+        .check_publish(n, bytes)
+        .map_err(|breach| match breach {
             Breach::Rate { retry_after_ms } => Rejection {
                 retry_after_ms: Some(retry_after_ms),
                 ..Rejection::new(
@@ -90,45 +196,66 @@ pub fn check_publish(
             Breach::Stored => {
                 Rejection::new(ErrorCode::QuotaExceeded, "stored bytes quota exceeded")
             }
-        };
-        return Ok(publish
-            .envelopes
-            .into_iter()
-            .map(|e| Verdict::Rejected {
-                rejection: rejection.clone(),
-                topic: e.topic,
-            })
-            .collect());
-    }
-    let key_id = publish.envelopes[0].key_id;
-    let mut verdicts: Vec<Option<Rejection>> = vec![None; n];
-    if publish.envelopes.iter().any(|e| e.key_id != key_id) {
-        reject_rest(
-            &mut verdicts,
+        })
+}
+
+fn refuse_all(envelopes: Vec<Envelope>, rejection: &Rejection) -> Vec<Verdict> {
+    envelopes
+        .into_iter()
+        .map(|e| Verdict::Rejected {
+            rejection: rejection.clone(),
+            topic: e.topic,
+        })
+        .collect()
+}
+
+/// Step 3: every envelope is signed by the batch's one key and is well
+/// formed (version, topic name, payload size, content type, headers).
+fn check_envelope_shapes<C: Clock>(ctx: &IngestContext<'_, C>, batch: &mut Checking) {
+    let key_id = batch.envelopes[0].key_id;
+    if batch.envelopes.iter().any(|e| e.key_id != key_id) {
+        batch.refuse_rest(
             ErrorCode::BadFrame,
             "all envelopes of a batch share one key",
         );
     }
-    for (v, e) in verdicts.iter_mut().zip(&publish.envelopes) {
-        if v.is_none()
-            && let Err((code, detail)) = e.check_shape(ctx.payload_bytes_max)
-        {
-            *v = reject(code, detail);
+    for (refused, e) in batch.passing() {
+        if let Err((code, detail)) = e.check_shape(ctx.message_bytes_max) {
+            *refused = Some(Rejection::new(code, detail));
         }
     }
-    check_acl(ctx, &publish.envelopes, &mut verdicts);
-    let key = match ctx.policy.key_owners.get(&key_id) {
+}
+
+/// Step 4: the principal may publish to each envelope's topic.
+fn check_acl<C: Clock>(ctx: &mut IngestContext<'_, C>, batch: &mut Checking) {
+    let grants = ctx.policy.principal(ctx.principal).map(|p| &p.grants);
+    for (refused, e) in batch.passing() {
+        let allowed = grants.is_some_and(|g| {
+            ctx.decisions
+                .allows(ctx.policy.version, g, Action::Publish, &e.topic)
+        });
+        if !allowed {
+            *refused = Some(Rejection::new(
+                ErrorCode::Forbidden,
+                "not allowed to publish to this topic",
+            ));
+        }
+    }
+}
+
+/// Step 5: the batch's key is known and bound to this principal; returns it.
+fn check_key_binding<C: Clock>(
+    ctx: &IngestContext<'_, C>,
+    batch: &mut Checking,
+) -> Option<PublicKey> {
+    let key_id = batch.envelopes[0].key_id;
+    match ctx.policy.key_owners.get(&key_id) {
         None => {
-            reject_rest(
-                &mut verdicts,
-                ErrorCode::UnknownKey,
-                "signing key is not known",
-            );
+            batch.refuse_rest(ErrorCode::UnknownKey, "signing key is not known");
             None
         }
         Some(owner) if owner != ctx.principal => {
-            reject_rest(
-                &mut verdicts,
+            batch.refuse_rest(
                 ErrorCode::KeyNotBound,
                 "signing key is not bound to this principal",
             );
@@ -139,84 +266,42 @@ pub fn check_publish(
             .principal(owner)
             .and_then(|p| p.keys.get(&key_id))
             .cloned(),
-    };
-    let signed = match key {
-        Some(key) if verdicts.iter().any(Option::is_none) => {
-            let signed =
-                batch::verify_leaves(&key, batch::leaves(&publish.envelopes), &publish.signature);
-            if signed.is_none() {
-                reject_rest(
-                    &mut verdicts,
-                    ErrorCode::BadSignature,
-                    "batch signature does not verify",
-                );
-            }
-            signed
-        }
-        _ => None,
-    };
-    check_payloads(ctx, &publish.envelopes, &mut verdicts);
-    check_replay_and_clock(ctx, &publish.envelopes, &mut verdicts)?;
-    Ok(publish
-        .envelopes
-        .into_iter()
-        .zip(verdicts)
-        .enumerate()
-        .map(|(i, (envelope, verdict))| match (verdict, &signed) {
-            (None, Some(signed)) => Verdict::Accepted(Box::new((envelope, signed.proof(i)))),
-            (rejection, _) => Verdict::Rejected {
-                rejection: rejection
-                    .unwrap_or_else(|| Rejection::new(ErrorCode::Internal, "unverified")),
-                topic: envelope.topic,
-            },
-        })
-        .collect())
-}
-
-fn check_acl(
-    ctx: &mut IngestContext<'_>,
-    envelopes: &[Envelope],
-    verdicts: &mut [Option<Rejection>],
-) {
-    let grants = ctx.policy.principal(ctx.principal).map(|p| &p.grants);
-    for (v, e) in verdicts.iter_mut().zip(envelopes) {
-        if v.is_some() {
-            continue;
-        }
-        let allowed = grants.is_some_and(|g| {
-            ctx.decisions
-                .allows(ctx.policy.version, g, Action::Publish, &e.topic)
-        });
-        if !allowed {
-            *v = reject(ErrorCode::Forbidden, "not allowed to publish to this topic");
-        }
     }
 }
 
-/// Topic payload rules: an `encrypted` topic refuses plaintext; a topic
-/// with a schema refuses payloads that do not fit it (schemas were compiled
-/// when the policy was loaded).
-fn check_payloads(
-    ctx: &IngestContext<'_>,
-    envelopes: &[Envelope],
-    verdicts: &mut [Option<Rejection>],
-) {
-    for (v, e) in verdicts.iter_mut().zip(envelopes) {
-        if v.is_some() {
-            continue;
-        }
+/// Step 6: the batch signature verifies over the Merkle root of all the
+/// batch's envelopes (checked only if something still passes). A bad
+/// signature refuses the whole batch.
+fn check_signature(
+    key: Option<PublicKey>,
+    signature: &[u8],
+    batch: &mut Checking,
+) -> Option<SignedBatch> {
+    let key = key.filter(|_| batch.any_passing())?;
+    let signed = batch::verify_leaves(&key, batch::leaves(&batch.envelopes), signature);
+    if signed.is_none() {
+        batch.refuse_rest(ErrorCode::BadSignature, "batch signature does not verify");
+    }
+    signed
+}
+
+/// Step 7: topic payload rules: an `encrypted` topic refuses plaintext; a
+/// topic with a schema refuses payloads that do not fit it (schemas were
+/// compiled when the policy was loaded).
+fn check_payload_rules<C: Clock>(ctx: &IngestContext<'_, C>, batch: &mut Checking) {
+    for (refused, e) in batch.passing() {
         let Some(settings) = ctx.policy.topic_settings(&e.topic) else {
             continue;
         };
         if settings.encrypted && e.encryption.is_none() {
-            *v = reject(
+            *refused = Some(Rejection::new(
                 ErrorCode::EncryptionRequired,
                 "this topic only accepts encrypted payloads",
-            );
+            ));
         } else if let Some(schema) = &settings.compiled
             && let Err(violation) = schema.check(&e.content_type, &e.payload)
         {
-            *v = Some(Rejection::new(
+            *refused = Some(Rejection::new(
                 ErrorCode::SchemaViolation,
                 format!("schema violation {violation}"),
             ));
@@ -224,33 +309,488 @@ fn check_payloads(
     }
 }
 
-fn check_replay_and_clock(
-    ctx: &mut IngestContext<'_>,
-    envelopes: &[Envelope],
-    verdicts: &mut [Option<Rejection>],
+/// Step 8: each seq is above its key's mark and each timestamp within the
+/// skew window; each envelope that passes moves the mark. Marks are read
+/// only if something still passes (so only for keys bound in the policy).
+fn check_replay_and_clock<C: Clock, M: ReplayMarks>(
+    ctx: &IngestContext<'_, C>,
+    batch: &mut Checking,
+    marks: &mut M,
 ) -> Result<(), Rejection> {
-    if verdicts.iter().all(Option::is_some) {
-        return Ok(());
-    }
-    let mut lock = ctx.replay.lock();
-    for (v, e) in verdicts.iter_mut().zip(envelopes) {
-        if v.is_some() {
-            continue;
-        }
-        let mark = lock.mark(&e.key_id).map_err(|err| {
+    for (refused, e) in batch.passing() {
+        let mark = marks.mark(&e.key_id).map_err(|err| {
             tracing::error!(error = %err, "replay mark unreadable");
             Rejection::new(ErrorCode::Unavailable, "storage unavailable")
         })?;
         if e.seq <= mark {
-            *v = reject(ErrorCode::Replay, "sequence number already used");
-        } else if e.timestamp_ms.abs_diff(ctx.now_ms) > ctx.clock_skew_ms {
-            *v = reject(
+            *refused = Some(Rejection::new(
+                ErrorCode::Replay,
+                "sequence number already used",
+            ));
+        } else if e.timestamp_ms.abs_diff(ctx.now_ms) > ctx.clock_skew_ms_max {
+            *refused = Some(Rejection::new(
                 ErrorCode::StaleTimestamp,
                 "timestamp outside the accepted clock skew",
-            );
+            ));
         } else {
-            lock.accept(&e.key_id, e.seq);
+            marks.accept(&e.key_id, e.seq);
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy_file::PolicyFile;
+    use crate::quota::Quotas;
+    use governor::clock::FakeRelativeClock;
+    use signet_proto::envelope::{CONTENT_TYPE_JSON, Encryption};
+    use signet_proto::{Header, SigningKey};
+    use std::time::Duration;
+
+    const NOW_MS: u64 = 1_700_000_000_000;
+
+    /// A policy, three keys and a fake clock: `alice` may publish
+    /// `orders.>` (10 messages/s, 2,000 stored bytes), `bob` everything.
+    struct World {
+        policy: Policy,
+        alice: SigningKey,
+        bob: SigningKey,
+        stranger: SigningKey,
+        quotas: Quotas<FakeRelativeClock>,
+        clock: FakeRelativeClock,
+        decisions: DecisionCache,
+        marks: HashMap<KeyId, u64>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn key() -> SigningKey {
+        SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().unwrap()).unwrap()
+    }
+
+    fn world() -> World {
+        let (alice, bob, stranger) = (key(), key(), key());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("order.json"),
+            r#"{"type":"object","required":["id"]}"#,
+        )
+        .unwrap();
+        let text = format!(
+            r#"
+[broker]
+listen = "127.0.0.1:0"
+data_dir = "data"
+[tls]
+ca = "ca.crt"
+cert = "b.crt"
+key = "b.key"
+[[principal]]
+name = "alice"
+keys = ["{}"]
+publish = ["orders.>"]
+quota = {{ msgs_per_sec = 10, stored_bytes = 2000 }}
+[[principal]]
+name = "bob"
+keys = ["{}"]
+publish = [">"]
+[[topic]]
+name = "orders.secret"
+encrypted = true
+[[topic]]
+name = "orders.checked"
+schema = "order.json"
+"#,
+            alice.public_key(),
+            bob.public_key()
+        );
+        let policy =
+            Policy::from_file(PolicyFile::parse(&text).unwrap(), &text, dir.path()).unwrap();
+        let clock = FakeRelativeClock::default();
+        World {
+            policy,
+            alice,
+            bob,
+            stranger,
+            quotas: Quotas::with_clock(1 << 20, clock.clone()),
+            clock,
+            decisions: DecisionCache::default(),
+            marks: HashMap::new(),
+            _dir: dir,
+        }
+    }
+
+    fn envelope(key: &SigningKey, topic: &str, seq: u64, payload: &[u8]) -> Envelope {
+        Envelope {
+            version: 1,
+            topic: topic.into(),
+            key_id: key.id(),
+            seq,
+            timestamp_ms: NOW_MS,
+            content_type: CONTENT_TYPE_JSON.into(),
+            headers: vec![],
+            encryption: None,
+            payload: payload.to_vec(),
+        }
+    }
+
+    fn signed(key: &SigningKey, envelopes: Vec<Envelope>) -> Publish {
+        Publish {
+            request_id: 1,
+            signature: batch::sign(key, &envelopes).unwrap().signature,
+            envelopes,
+        }
+    }
+
+    impl World {
+        /// Runs the checks as `principal` and returns one code per
+        /// envelope (`None` for accepted).
+        fn check(
+            &mut self,
+            principal: &str,
+            publish: Publish,
+        ) -> Result<Vec<Option<ErrorCode>>, Rejection> {
+            let quota = self
+                .quotas
+                .get(principal, self.policy.quota(principal), || Ok::<u64, ()>(0))
+                .unwrap();
+            let mut ctx = IngestContext {
+                policy: &self.policy,
+                principal,
+                decisions: &mut self.decisions,
+                quota: &quota,
+                message_bytes_max: 1024,
+                clock_skew_ms_max: 60_000,
+                now_ms: NOW_MS,
+            };
+            let verdicts = check_publish(&mut ctx, publish, &mut self.marks)?;
+            Ok(verdicts
+                .into_iter()
+                .map(|v| match v {
+                    Verdict::Accepted(_) => None,
+                    Verdict::Rejected { rejection, .. } => Some(rejection.code),
+                })
+                .collect())
+        }
+
+        /// One envelope by alice on `topic`, checked as alice.
+        fn alice_one(&mut self, topic: &str, seq: u64, payload: &[u8]) -> Option<ErrorCode> {
+            let publish = signed(
+                &self.alice,
+                vec![envelope(&self.alice, topic, seq, payload)],
+            );
+            self.check("alice", publish).unwrap()[0]
+        }
+    }
+
+    #[test]
+    fn accepts_a_well_signed_batch_and_moves_the_mark() {
+        let mut w = world();
+        let envelopes = (1..=3)
+            .map(|seq| envelope(&w.alice, "orders.created", seq, b"{}"))
+            .collect();
+        let publish = signed(&w.alice, envelopes);
+        let quota = w
+            .quotas
+            .get("alice", w.policy.quota("alice"), || Ok::<u64, ()>(0))
+            .unwrap();
+        let mut ctx = IngestContext {
+            policy: &w.policy,
+            principal: "alice",
+            decisions: &mut w.decisions,
+            quota: &quota,
+            message_bytes_max: 1024,
+            clock_skew_ms_max: 60_000,
+            now_ms: NOW_MS,
+        };
+        let verdicts = check_publish(&mut ctx, publish, &mut w.marks).unwrap();
+        for (i, verdict) in verdicts.iter().enumerate() {
+            let Verdict::Accepted(accepted) = verdict else {
+                panic!("envelope {i} refused: {verdict:?}");
+            };
+            let (envelope, proof) = accepted.as_ref();
+            assert_eq!(proof.leaf_index as usize, i);
+            assert!(batch::verify_record(w.alice.public_key(), envelope, proof));
+        }
+        assert_eq!(w.marks.get(&w.alice.id()), Some(&3));
+    }
+
+    #[test]
+    fn rejects_an_empty_or_oversized_batch_as_an_unusable_frame() {
+        let mut w = world();
+        let empty = Publish {
+            request_id: 1,
+            signature: vec![0; 64],
+            envelopes: vec![],
+        };
+        assert_eq!(
+            w.check("alice", empty).unwrap_err().code,
+            ErrorCode::BadFrame
+        );
+        let many = Publish {
+            request_id: 1,
+            signature: vec![0; 64],
+            envelopes: (1..=257)
+                .map(|s| envelope(&w.alice, "orders.a", s, b"{}"))
+                .collect(),
+        };
+        assert_eq!(
+            w.check("alice", many).unwrap_err().code,
+            ErrorCode::BadFrame
+        );
+    }
+
+    #[test]
+    fn rejects_mixed_keys_as_bad_frame() {
+        let mut w = world();
+        let envelopes = vec![
+            envelope(&w.alice, "orders.a", 1, b"{}"),
+            envelope(&w.bob, "orders.a", 2, b"{}"),
+        ];
+        let publish = signed(&w.alice, envelopes);
+        assert_eq!(
+            w.check("alice", publish).unwrap(),
+            [Some(ErrorCode::BadFrame), Some(ErrorCode::BadFrame)]
+        );
+    }
+
+    #[test]
+    fn rejects_bad_shapes_with_their_codes() {
+        let mut w = world();
+        let mut version = envelope(&w.alice, "orders.a", 1, b"{}");
+        version.version = 2;
+        let bad_topic = envelope(&w.alice, "orders..a", 2, b"{}");
+        let too_large = envelope(&w.alice, "orders.a", 3, &[b'x'; 1025]);
+        let mut content_type = envelope(&w.alice, "orders.a", 4, b"{}");
+        content_type.content_type = String::new();
+        let mut header = envelope(&w.alice, "orders.a", 5, b"{}");
+        header.headers.push(Header {
+            name: String::new(),
+            value: vec![],
+        });
+        let good = envelope(&w.alice, "orders.a", 6, b"{}");
+        let publish = signed(
+            &w.alice,
+            vec![version, bad_topic, too_large, content_type, header, good],
+        );
+        assert_eq!(
+            w.check("alice", publish).unwrap(),
+            [
+                Some(ErrorCode::UnsupportedVersion),
+                Some(ErrorCode::BadTopic),
+                Some(ErrorCode::TooLarge),
+                Some(ErrorCode::BadFrame),
+                Some(ErrorCode::BadFrame),
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn rejects_a_topic_outside_the_grants_as_forbidden() {
+        let mut w = world();
+        assert_eq!(
+            w.alice_one("billing.a", 1, b"{}"),
+            Some(ErrorCode::Forbidden)
+        );
+        assert!(w.marks.is_empty(), "no mark read or moved");
+    }
+
+    #[test]
+    fn rejects_unknown_and_foreign_keys() {
+        let mut w = world();
+        let stranger = signed(
+            &w.stranger,
+            vec![envelope(&w.stranger, "orders.a", 1, b"{}")],
+        );
+        assert_eq!(
+            w.check("alice", stranger).unwrap(),
+            [Some(ErrorCode::UnknownKey)]
+        );
+        let bobs = signed(&w.bob, vec![envelope(&w.bob, "orders.a", 1, b"{}")]);
+        assert_eq!(
+            w.check("alice", bobs).unwrap(),
+            [Some(ErrorCode::KeyNotBound)]
+        );
+    }
+
+    #[test]
+    fn rejects_a_bad_signature_for_the_whole_batch() {
+        let mut w = world();
+        let mut publish = signed(
+            &w.alice,
+            vec![
+                envelope(&w.alice, "orders.a", 1, b"{}"),
+                envelope(&w.alice, "orders.a", 2, b"{}"),
+            ],
+        );
+        publish.envelopes[1].payload = b"[]".to_vec();
+        assert_eq!(
+            w.check("alice", publish).unwrap(),
+            [Some(ErrorCode::BadSignature), Some(ErrorCode::BadSignature)]
+        );
+    }
+
+    #[test]
+    fn rejects_plaintext_on_an_encrypted_topic_and_schema_violations() {
+        let mut w = world();
+        assert_eq!(
+            w.alice_one("orders.secret", 1, b"{}"),
+            Some(ErrorCode::EncryptionRequired)
+        );
+        assert_eq!(
+            w.alice_one("orders.checked", 2, b"{}"),
+            Some(ErrorCode::SchemaViolation)
+        );
+        assert_eq!(w.alice_one("orders.checked", 3, br#"{"id":1}"#), None);
+        let mut sealed = envelope(&w.alice, "orders.secret", 4, b"\x01");
+        sealed.encryption = Some(Encryption {
+            suite: 1,
+            recipients: vec![],
+        });
+        let publish = signed(&w.alice, vec![sealed]);
+        assert_eq!(w.check("alice", publish).unwrap(), [None]);
+    }
+
+    #[test]
+    fn rejects_a_used_seq_as_replay_and_a_skewed_clock_as_stale() {
+        let mut w = world();
+        assert_eq!(w.alice_one("orders.a", 5, b"{}"), None);
+        assert_eq!(w.alice_one("orders.a", 5, b"{}"), Some(ErrorCode::Replay));
+        assert_eq!(w.alice_one("orders.a", 4, b"{}"), Some(ErrorCode::Replay));
+        let mut late = envelope(&w.alice, "orders.a", 6, b"{}");
+        late.timestamp_ms = NOW_MS - 60_001;
+        let publish = signed(&w.alice, vec![late]);
+        assert_eq!(
+            w.check("alice", publish).unwrap(),
+            [Some(ErrorCode::StaleTimestamp)]
+        );
+        assert_eq!(
+            w.marks.get(&w.alice.id()),
+            Some(&5),
+            "a refusal moves no mark"
+        );
+    }
+
+    #[test]
+    fn rate_quota_refuses_the_whole_batch_with_an_exact_retry_hint() {
+        let mut w = world();
+        let ten = (1..=10)
+            .map(|seq| envelope(&w.alice, "orders.a", seq, b"{}"))
+            .collect();
+        let publish = signed(&w.alice, ten);
+        assert_eq!(w.check("alice", publish).unwrap(), [None; 10]);
+        let quota = w
+            .quotas
+            .get("alice", w.policy.quota("alice"), || Ok::<u64, ()>(0))
+            .unwrap();
+        let ctx = IngestContext {
+            policy: &w.policy,
+            principal: "alice",
+            decisions: &mut w.decisions,
+            quota: &quota,
+            message_bytes_max: 1024,
+            clock_skew_ms_max: 60_000,
+            now_ms: NOW_MS,
+        };
+        let two = signed(
+            &w.alice,
+            vec![
+                envelope(&w.alice, "orders.a", 11, b"{}"),
+                envelope(&w.alice, "orders.a", 12, b"{}"),
+            ],
+        );
+        let refusal = check_quota(&ctx, &two).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::QuotaExceeded);
+        assert_eq!(refusal.retry_after_ms, Some(200));
+        w.clock.advance(Duration::from_millis(199));
+        assert_eq!(
+            w.check("alice", two.clone()).unwrap(),
+            [Some(ErrorCode::QuotaExceeded); 2]
+        );
+        w.clock.advance(Duration::from_millis(1));
+        assert_eq!(w.check("alice", two).unwrap(), [None, None]);
+    }
+
+    #[test]
+    fn stored_bytes_quota_refuses_before_any_other_check() {
+        let mut w = world();
+        let quota = w
+            .quotas
+            .get("alice", w.policy.quota("alice"), || Ok::<u64, ()>(0))
+            .unwrap();
+        quota.add_stored(1999);
+        // Forbidden topic and a bad signature too: the quota answers first.
+        let mut publish = signed(&w.alice, vec![envelope(&w.alice, "billing.a", 1, b"{}")]);
+        publish.signature = vec![0; 64];
+        assert_eq!(
+            w.check("alice", publish).unwrap(),
+            [Some(ErrorCode::QuotaExceeded)]
+        );
+    }
+
+    #[test]
+    fn checks_run_in_order_so_the_first_failed_step_names_the_refusal() {
+        let mut w = world();
+        // Forbidden and badly signed: Forbidden (the ACL runs before the signature).
+        let mut publish = signed(&w.alice, vec![envelope(&w.alice, "billing.a", 1, b"{}")]);
+        publish.signature = vec![0; 64];
+        assert_eq!(
+            w.check("alice", publish).unwrap(),
+            [Some(ErrorCode::Forbidden)]
+        );
+        // Unknown key and a bad signature: UnknownKey.
+        let mut publish = signed(
+            &w.stranger,
+            vec![envelope(&w.stranger, "orders.a", 1, b"{}")],
+        );
+        publish.signature = vec![0; 64];
+        assert_eq!(
+            w.check("alice", publish).unwrap(),
+            [Some(ErrorCode::UnknownKey)]
+        );
+        // Badly signed replay: BadSignature (replay is checked last).
+        assert_eq!(w.alice_one("orders.a", 7, b"{}"), None);
+        let mut publish = signed(&w.alice, vec![envelope(&w.alice, "orders.a", 7, b"{}")]);
+        publish.signature = vec![0; 64];
+        assert_eq!(
+            w.check("alice", publish).unwrap(),
+            [Some(ErrorCode::BadSignature)]
+        );
+        // Schema violation with a used seq: SchemaViolation.
+        assert_eq!(
+            w.alice_one("orders.checked", 7, b"{}"),
+            Some(ErrorCode::SchemaViolation)
+        );
+    }
+
+    #[test]
+    fn unreadable_marks_make_the_batch_unavailable() {
+        struct Broken;
+        impl ReplayMarks for Broken {
+            type Error = &'static str;
+            fn mark(&mut self, _: &KeyId) -> Result<u64, &'static str> {
+                Err("disk gone")
+            }
+            fn accept(&mut self, _: &KeyId, _: u64) {}
+        }
+        let mut w = world();
+        let quota = w
+            .quotas
+            .get("alice", w.policy.quota("alice"), || Ok::<u64, ()>(0))
+            .unwrap();
+        let mut ctx = IngestContext {
+            policy: &w.policy,
+            principal: "alice",
+            decisions: &mut w.decisions,
+            quota: &quota,
+            message_bytes_max: 1024,
+            clock_skew_ms_max: 60_000,
+            now_ms: NOW_MS,
+        };
+        let publish = signed(&w.alice, vec![envelope(&w.alice, "orders.a", 1, b"{}")]);
+        let refusal = check_publish(&mut ctx, publish, &mut Broken).unwrap_err();
+        assert_eq!(refusal.code, ErrorCode::Unavailable);
+    }
 }

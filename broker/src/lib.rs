@@ -3,17 +3,21 @@
 //! commits, and delivers them to subscribers in order.
 //!
 //! Read top to bottom, following a message:
-//! - [`config`]: the policy file → a validated [`Config`];
+//! - [`config`]: a policy file ([`policy_file`]) → start-only [`settings`]
+//!   (with the [`limits`] table) and the hot-reloadable [`policy`];
+//! - [`server`]: start-up, the accept loop (connection cap, address
+//!   validation, handshake deadline) and shutdown;
 //! - [`tls`]: TLS 1.3, mandatory client certificates, principal from cert;
-//! - [`server`]: the accept loop (connection cap, address validation);
-//! - `session`: one connection, dispatching its streams;
-//! - `publish`: a pipelined publish stream;
+//! - [`session`]: one connection, dispatching its streams by first frame;
+//! - [`publish`]: a pipelined publish stream: permit → [`ingest`] → commit
+//!   → answer;
 //! - [`ingest`]: the checks, in order, each able only to reject
-//!   ([`quota`], [`acl`], key binding, signature, schema and encryption
-//!   rules, [`replay`], clock);
+//!   ([`quota`], [`acl`], key binding, signature, payload rules,
+//!   [`replay`] and clock);
 //! - [`commit`]: the group commit into [`store`];
-//! - [`fanout`] and `subscribe`: delivery from storage, stored then live;
-//! - [`quota`]: per-principal rates, stored bytes, connections, subscriptions;
+//! - [`subscribe`] and [`fanout`]: delivery from storage, stored then live;
+//! - [`state`]: what tasks share (broker-wide and per connection);
+//! - [`answer`]: typed refusals written to peers;
 //! - [`reload`]: hot reload of the policy (SIGHUP, file watch);
 //! - [`audit`]: the hash-chained audit log;
 //! - [`metrics`]: counters for every acceptance and rejection.
@@ -21,25 +25,30 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod acl;
+pub mod answer;
 pub mod audit;
 pub mod commit;
 pub mod config;
 pub mod error;
 pub mod fanout;
 pub mod ingest;
+pub mod limits;
 pub mod metrics;
-mod publish;
+pub mod policy;
+pub mod policy_file;
+pub mod publish;
 pub mod quota;
 pub mod reload;
 pub mod replay;
 pub mod server;
-mod session;
+pub mod session;
+pub mod settings;
+pub mod state;
 pub mod store;
-mod subscribe;
+pub mod subscribe;
 pub mod tls;
 
 pub use config::Config;
 pub use error::BrokerError;
 pub use reload::Reloaded;
-pub(crate) use server::Shared;
 pub use server::{Broker, start};

@@ -1,16 +1,37 @@
 //! A publish stream: pipelined `Publish` frames in, one `Results` frame out
-//! per batch, in order. Reading and checking run ahead of the answers by at
-//! most `limits.max_inflight_batches` batches per connection (all its
-//! publish streams together); past that the stream stops being read, and
-//! QUIC flow control pushes back on the publisher.
+//! per batch, in order. For each batch: take an in-flight permit, run the
+//! [`crate::ingest`] checks, record refusals (metrics, audit), hand what
+//! passed to the group commit ([`crate::commit`]), and answer once the
+//! commit says the envelopes are on disk.
+//!
+//! Reading and checking run ahead of the answers by at most
+//! `limits.inflight_batches_max` batches per connection (all its publish
+//! streams together); past that the stream stops being read, and QUIC flow
+//! control pushes back on the publisher.
 
-use crate::session::{PendingBatch, Session};
-use signet_proto::ErrorCode;
-use signet_proto::frame::{ClientFrame, Publish, Rejection, ServerFrame};
-use signet_proto::stream::{read_frame, write_frame};
+use crate::answer;
+use crate::audit::Event;
+use crate::commit::{CommitReply, CommitRequest, Entry};
+use crate::ingest::{self, IngestContext, Verdict};
+use crate::limits::Limits;
+use crate::metrics;
+use crate::state::ConnectionState;
+use serde_json::json;
+use signet_proto::frame::{ClientFrame, Outcome, Publish, Rejection, Results, ServerFrame};
+use signet_proto::stream::{ReadError, read_frame, write_frame};
+use signet_proto::{ErrorCode, StoredRecord, codec};
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 
+/// Milliseconds since the Unix epoch (the broker's receive time).
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What the reader hands the writer, in stream order.
 enum Pending {
     Batch(PendingBatch),
     /// The stream ends with this error after the batches before it.
@@ -18,79 +39,274 @@ enum Pending {
 }
 
 /// Serves one publish stream, starting with its first batch.
-pub(crate) async fn run(
-    session: Arc<Session>,
+pub async fn run(
+    conn: Arc<ConnectionState>,
     first: Publish,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
 ) {
-    let (queue, mut pending) =
-        mpsc::channel::<Pending>(session.shared.config.limits.max_inflight_batches);
-    let reader = {
-        let session = session.clone();
-        async move {
-            let mut next = Some(first);
-            loop {
-                let publish = match next.take() {
-                    Some(p) => p,
-                    None => match read_frame::<ClientFrame, _>(
-                        &mut recv,
-                        session.shared.config.frame_bytes_max,
-                    )
-                    .await
-                    {
-                        Ok(Some(ClientFrame::Publish(p))) => p,
-                        Ok(Some(ClientFrame::Subscribe(_))) => {
-                            let r = Rejection::new(
-                                ErrorCode::BadFrame,
-                                "subscribe on a publish stream",
-                            );
-                            let _ = queue.send(Pending::Fail(r)).await;
-                            return None;
-                        }
-                        Ok(None) => return None,
-                        Err(e) => return Some(e),
-                    },
-                };
-                let Ok(permit) = session.inflight.clone().acquire_owned().await else {
-                    return None;
-                };
-                let item = match session.ingest(publish, permit).await {
-                    Ok(batch) => Pending::Batch(batch),
-                    Err(rejection) => Pending::Fail(rejection),
-                };
-                let fail = matches!(item, Pending::Fail(_));
-                if queue.send(item).await.is_err() || fail {
-                    return None;
-                }
-            }
-        }
-    };
-    let writer = async move {
-        while let Some(item) = pending.recv().await {
-            match item {
-                Pending::Batch(batch) => {
-                    let (results, permit) = batch.resolve().await;
-                    let written = write_frame(&mut send, &ServerFrame::Results(results)).await;
-                    drop(permit);
-                    if written.is_err() {
-                        break;
-                    }
-                }
-                Pending::Fail(rejection) => {
-                    crate::metrics::rejected(rejection.code);
-                    let _ = write_frame(&mut send, &ServerFrame::Error(rejection)).await;
-                    break;
-                }
-            }
-        }
-        send
-    };
+    let depth = Limits::usize(conn.broker.limits().inflight_batches_max);
+    let (queue, pending) = mpsc::channel::<Pending>(depth);
+    let reader = read_batches(conn.clone(), first, recv, queue);
+    let writer = write_results(send, pending);
     let (read_error, mut send) = tokio::join!(reader, writer);
     match read_error {
-        Some(e) => session.frame_error(&mut send, e).await,
+        Some(e) => answer::frame_error(&conn, &mut send, e).await,
         None => {
             let _ = send.finish();
         }
+    }
+}
+
+/// Reads batches, checks them and queues them for the writer; returns the
+/// read error that ended the stream, if any.
+async fn read_batches(
+    conn: Arc<ConnectionState>,
+    first: Publish,
+    mut recv: quinn::RecvStream,
+    queue: mpsc::Sender<Pending>,
+) -> Option<ReadError> {
+    let frame_bytes_max = conn.broker.limits().frame_bytes_max_u32();
+    let mut next = Some(first);
+    loop {
+        let publish = match next.take() {
+            Some(p) => p,
+            None => match read_frame::<ClientFrame, _>(&mut recv, frame_bytes_max).await {
+                Ok(Some(ClientFrame::Publish(p))) => p,
+                Ok(Some(ClientFrame::Subscribe(_))) => {
+                    let r = Rejection::new(ErrorCode::BadFrame, "subscribe on a publish stream");
+                    let _ = queue.send(Pending::Fail(r)).await;
+                    return None;
+                }
+                Ok(None) => return None,
+                Err(e) => return Some(e),
+            },
+        };
+        let Ok(permit) = conn.inflight.clone().acquire_owned().await else {
+            return None;
+        };
+        let item = match ingest_batch(&conn, publish, permit).await {
+            Ok(batch) => Pending::Batch(batch),
+            Err(rejection) => Pending::Fail(rejection),
+        };
+        let fail = matches!(item, Pending::Fail(_));
+        if queue.send(item).await.is_err() || fail {
+            return None;
+        }
+    }
+}
+
+/// Writes one `Results` per batch, in order, once its commit answered.
+async fn write_results(
+    mut send: quinn::SendStream,
+    mut pending: mpsc::Receiver<Pending>,
+) -> quinn::SendStream {
+    while let Some(item) = pending.recv().await {
+        match item {
+            Pending::Batch(batch) => {
+                let (results, permit) = batch.resolve().await;
+                let written = write_frame(&mut send, &ServerFrame::Results(results)).await;
+                drop(permit);
+                if written.is_err() {
+                    break;
+                }
+            }
+            Pending::Fail(rejection) => {
+                metrics::rejected(rejection.code);
+                let _ = write_frame(&mut send, &ServerFrame::Error(rejection)).await;
+                break;
+            }
+        }
+    }
+    send
+}
+
+/// Runs the ingest checks on a batch and hands what passed to the group
+/// commit. `Err` ends the stream (an unusable frame, or storage down).
+async fn ingest_batch(
+    conn: &ConnectionState,
+    publish: Publish,
+    permit: OwnedSemaphorePermit,
+) -> Result<PendingBatch, Rejection> {
+    let request_id = publish.request_id;
+    let now_ms = now_ms();
+    let verdicts = check(conn, publish, now_ms)?;
+    let mut outcomes = Vec::with_capacity(verdicts.len());
+    let mut entries = Vec::new();
+    let mut accepted = Vec::new();
+    let mut quota_breach = false;
+    for (i, verdict) in verdicts.into_iter().enumerate() {
+        match verdict {
+            Verdict::Rejected { rejection, topic } => {
+                quota_breach |= rejection.code == ErrorCode::QuotaExceeded;
+                record_refusal(conn, &rejection, &topic);
+                outcomes.push(Some(Outcome::Nack(rejection)));
+            }
+            Verdict::Accepted(accepted_envelope) => {
+                entries.push(entry(conn, *accepted_envelope, now_ms)?);
+                accepted.push(i);
+                outcomes.push(None);
+            }
+        }
+    }
+    if quota_breach {
+        record_quota_breach(conn);
+    }
+    let commit = send_to_commit(conn, entries).await;
+    if commit.is_none() {
+        for i in &accepted {
+            outcomes[*i] = Some(Outcome::Nack(Rejection::new(
+                ErrorCode::Unavailable,
+                "broker shutting down",
+            )));
+        }
+    }
+    Ok(PendingBatch {
+        request_id,
+        outcomes,
+        accepted,
+        commit,
+        _permit: permit,
+    })
+}
+
+/// The ingest checks with this connection's policy, quota, ACL cache and
+/// the broker's replay marks.
+fn check(conn: &ConnectionState, publish: Publish, now_ms: u64) -> Result<Vec<Verdict>, Rejection> {
+    let broker = &conn.broker;
+    let policy = broker.policy();
+    let quota = broker.quota(&policy, &conn.principal).map_err(|e| {
+        tracing::error!(error = %e, "usage unreadable");
+        Rejection::new(ErrorCode::Unavailable, "storage unavailable")
+    })?;
+    let limits = broker.limits();
+    let mut decisions = conn.decisions();
+    let mut ctx = IngestContext {
+        policy: &policy,
+        principal: &conn.principal,
+        decisions: &mut decisions,
+        quota: &quota,
+        message_bytes_max: Limits::usize(limits.message_bytes_max),
+        clock_skew_ms_max: limits.clock_skew_ms_max,
+        now_ms,
+    };
+    ingest::check_publish(&mut ctx, publish, &mut broker.replay.lock())
+}
+
+/// Counts and audits one refused envelope (quota breaches are audited once
+/// per batch by [`record_quota_breach`]).
+fn record_refusal(conn: &ConnectionState, rejection: &Rejection, topic: &str) {
+    metrics::rejected(rejection.code);
+    tracing::debug!(principal = %conn.principal, code = %rejection.code, "envelope rejected");
+    if rejection.code != ErrorCode::QuotaExceeded {
+        conn.broker.audit.record(
+            Event::new(
+                "publish_denied",
+                json!({ "principal": &*conn.principal, "topic": topic, "code": rejection.code.to_string() }),
+            )
+            .noisy(&conn.principal),
+        );
+    }
+}
+
+fn record_quota_breach(conn: &ConnectionState) {
+    metrics::quota_hit("publish");
+    conn.broker.audit.record(
+        Event::new(
+            "quota_breach",
+            json!({ "principal": &*conn.principal, "kind": "publish" }),
+        )
+        .noisy(&conn.principal),
+    );
+}
+
+/// An accepted envelope as the commit stores it.
+fn entry(
+    conn: &ConnectionState,
+    (envelope, proof): (signet_proto::Envelope, signet_proto::Proof),
+    received_ms: u64,
+) -> Result<Entry, Rejection> {
+    let (topic, key_id, seq) = (envelope.topic.clone(), envelope.key_id, envelope.seq);
+    let payload_bytes = envelope.payload.len() as u64;
+    let record = StoredRecord {
+        received_ms,
+        envelope,
+        proof,
+    };
+    let record = codec::encode_body(&record)
+        .map_err(|_| Rejection::new(ErrorCode::Internal, "internal error"))?;
+    Ok(Entry {
+        topic,
+        record,
+        key_id,
+        seq,
+        principal: conn.principal.clone(),
+        payload_bytes,
+    })
+}
+
+/// Queues accepted entries for the group commit; `None` when there is
+/// nothing to commit or the writer has stopped (shutdown).
+async fn send_to_commit(
+    conn: &ConnectionState,
+    entries: Vec<Entry>,
+) -> Option<oneshot::Receiver<CommitReply>> {
+    if entries.is_empty() {
+        return None;
+    }
+    let (reply, receiver) = oneshot::channel();
+    let request = CommitRequest { entries, reply };
+    conn.broker.commits.send(request).await.ok()?;
+    Some(receiver)
+}
+
+/// A batch whose refusals are known and whose accepted envelopes wait for
+/// their group commit.
+struct PendingBatch {
+    request_id: u64,
+    /// One per envelope; `None` where the commit decides.
+    outcomes: Vec<Option<Outcome>>,
+    /// Indexes of the envelopes sent to the commit, in order.
+    accepted: Vec<usize>,
+    /// The commit's answer, if anything was sent to it.
+    commit: Option<oneshot::Receiver<CommitReply>>,
+    /// This batch's place in the connection's in-flight cap, held until
+    /// its results are written.
+    _permit: OwnedSemaphorePermit,
+}
+
+impl PendingBatch {
+    /// Waits for the commit and returns one outcome per envelope.
+    async fn resolve(self) -> (Results, OwnedSemaphorePermit) {
+        let mut outcomes = self.outcomes;
+        if let Some(commit) = self.commit {
+            match commit.await.unwrap_or(Err(ErrorCode::Unavailable)) {
+                Ok(offsets) => {
+                    for (i, offset) in self.accepted.iter().zip(offsets) {
+                        outcomes[*i] = Some(Outcome::Ack(offset));
+                    }
+                }
+                Err(code) => {
+                    metrics::rejected(code);
+                    for i in &self.accepted {
+                        outcomes[*i] =
+                            Some(Outcome::Nack(Rejection::new(code, "message not stored")));
+                    }
+                }
+            }
+        }
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    Outcome::Nack(Rejection::new(ErrorCode::Internal, "internal error"))
+                })
+            })
+            .collect();
+        let results = Results {
+            request_id: self.request_id,
+            outcomes,
+        };
+        (results, self._permit)
     }
 }

@@ -7,9 +7,16 @@
 //! before any signature check or disk work; the connection stays open.
 //! A reload that changes a principal's quota applies at once: its buckets
 //! are rebuilt with the new rates.
+//!
+//! The buckets read an injected clock ([`governor::clock::Clock`]): the
+//! broker's monotonic [`DefaultClock`], or a `FakeRelativeClock` in tests,
+//! so quota decisions can be checked exactly.
 
 use governor::clock::Clock;
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+pub use governor::clock::DefaultClock;
+use governor::middleware::NoOpMiddleware;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -60,18 +67,21 @@ struct Counters {
     subscriptions: AtomicU64,
 }
 
+/// A token bucket on clock `C`.
+type Bucket<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
 /// Live quota state of one principal.
-pub struct PrincipalQuota {
+pub struct PrincipalQuota<C: Clock = DefaultClock> {
     limits: QuotaLimits,
-    msgs: DefaultDirectRateLimiter,
-    bytes: DefaultDirectRateLimiter,
+    msgs: Bucket<C>,
+    bytes: Bucket<C>,
     counters: Arc<Counters>,
 }
 
-fn limiter(per_sec: u32, burst: u32) -> DefaultDirectRateLimiter {
+fn limiter<C: Clock>(per_sec: u32, burst: u32, clock: C) -> Bucket<C> {
     let rate = NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
     let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    RateLimiter::direct(Quota::per_second(rate).allow_burst(burst))
+    RateLimiter::direct_with_clock(Quota::per_second(rate).allow_burst(burst), clock)
 }
 
 fn retry_after_ms<C: Clock>(not_until: &governor::NotUntil<C::Instant>, clock: &C) -> u64 {
@@ -80,19 +90,27 @@ fn retry_after_ms<C: Clock>(not_until: &governor::NotUntil<C::Instant>, clock: &
         .max(1)
 }
 
-impl PrincipalQuota {
-    fn new(limits: QuotaLimits, frame_bytes_max: u32, counters: Arc<Counters>) -> PrincipalQuota {
+impl<C: Clock + Clone> PrincipalQuota<C> {
+    fn new(
+        limits: QuotaLimits,
+        frame_bytes_max: u32,
+        counters: Arc<Counters>,
+        clock: &C,
+    ) -> PrincipalQuota<C> {
         PrincipalQuota {
             limits,
-            msgs: limiter(limits.msgs_per_sec, limits.msgs_per_sec),
+            msgs: limiter(limits.msgs_per_sec, limits.msgs_per_sec, clock.clone()),
             bytes: limiter(
                 limits.bytes_per_sec,
                 limits.bytes_per_sec.max(frame_bytes_max),
+                clock.clone(),
             ),
             counters,
         }
     }
+}
 
+impl<C: Clock> PrincipalQuota<C> {
     /// The limits in force.
     pub fn limits(&self) -> QuotaLimits {
         self.limits
@@ -105,7 +123,8 @@ impl PrincipalQuota {
         if stored.saturating_add(bytes) > self.limits.stored_bytes {
             return Err(Breach::Stored);
         }
-        // The limiter's own clock: building a new one calibrates it (~15 µs).
+        // The limiter's own clock (building a new quanta clock calibrates
+        // it, ~15 µs).
         let clock = self.msgs.clock();
         let msgs = NonZeroU32::new(msgs.max(1)).unwrap_or(NonZeroU32::MIN);
         match self.msgs.check_n(msgs) {
@@ -199,16 +218,27 @@ impl Drop for Slot {
 }
 
 /// Quota state of every principal seen, shared by all connections.
-pub struct Quotas {
+pub struct Quotas<C: Clock = DefaultClock> {
     frame_bytes_max: u32,
-    principals: Mutex<HashMap<String, Arc<PrincipalQuota>>>,
+    /// The clock every bucket reads (cloned into each).
+    clock: C,
+    principals: Mutex<HashMap<String, Arc<PrincipalQuota<C>>>>,
 }
 
-impl Quotas {
-    /// Empty state; `frame_bytes_max` sets the least byte burst.
+impl Quotas<DefaultClock> {
+    /// Empty state on the broker's clock; `frame_bytes_max` sets the least
+    /// byte burst.
     pub fn new(frame_bytes_max: u32) -> Quotas {
+        Quotas::with_clock(frame_bytes_max, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> Quotas<C> {
+    /// Empty state whose buckets read `clock`.
+    pub fn with_clock(frame_bytes_max: u32, clock: C) -> Quotas<C> {
         Quotas {
             frame_bytes_max,
+            clock,
             principals: Mutex::new(HashMap::new()),
         }
     }
@@ -216,34 +246,35 @@ impl Quotas {
     /// The principal's state under `limits`. When the limits changed (a
     /// reload), the buckets are rebuilt with them at once; stored bytes and
     /// open slots carry over. `stored` loads the persisted usage the first
-    /// time a principal is seen.
-    pub fn get(
+    /// time a principal is seen; if it fails, nothing is remembered and the
+    /// error is returned (a failed read never becomes 0).
+    pub fn get<E>(
         &self,
         principal: &str,
         limits: QuotaLimits,
-        stored: impl FnOnce() -> u64,
-    ) -> Arc<PrincipalQuota> {
+        stored: impl FnOnce() -> Result<u64, E>,
+    ) -> Result<Arc<PrincipalQuota<C>>, E> {
         let mut map = self.principals.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(q) = map.get(principal)
             && q.limits == limits
         {
-            return q.clone();
+            return Ok(q.clone());
         }
         let counters = match map.get(principal) {
             Some(old) => old.counters.clone(),
             None => Arc::new(Counters {
-                stored: AtomicU64::new(stored()),
+                stored: AtomicU64::new(stored()?),
                 ..Counters::default()
             }),
         };
-        let fresh = PrincipalQuota::new(limits, self.frame_bytes_max, counters);
+        let fresh = PrincipalQuota::new(limits, self.frame_bytes_max, counters, &self.clock);
         let fresh = Arc::new(fresh);
         map.insert(principal.to_owned(), fresh.clone());
-        fresh
+        Ok(fresh)
     }
 
     /// The principal's state if it was seen.
-    pub fn existing(&self, principal: &str) -> Option<Arc<PrincipalQuota>> {
+    pub fn existing(&self, principal: &str) -> Option<Arc<PrincipalQuota<C>>> {
         let map = self.principals.lock().unwrap_or_else(|p| p.into_inner());
         map.get(principal).cloned()
     }
@@ -252,6 +283,21 @@ impl Quotas {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
+    use std::time::Duration;
+
+    fn ok(bytes: u64) -> impl FnOnce() -> Result<u64, ()> {
+        move || Ok(bytes)
+    }
+
+    #[test]
+    fn a_failed_usage_read_is_an_error_never_zero() {
+        let quotas = Quotas::new(1 << 20);
+        assert!(quotas.get("a", limits(10), || Err("disk")).is_err());
+        assert!(quotas.existing("a").is_none(), "nothing remembered");
+        let q = quotas.get("a", limits(10), ok(7)).unwrap();
+        assert_eq!(q.stored(), 7);
+    }
 
     fn limits(msgs: u32) -> QuotaLimits {
         QuotaLimits {
@@ -262,14 +308,22 @@ mod tests {
 
     #[test]
     fn burst_then_refusal_with_retry_hint() {
-        let q = Quotas::new(1 << 20).get("a", limits(10), || 0);
+        let clock = FakeRelativeClock::default();
+        let q = Quotas::with_clock(1 << 20, clock.clone())
+            .get("a", limits(10), ok(0))
+            .unwrap();
         for _ in 0..10 {
             q.check_publish(1, 10).unwrap();
         }
-        match q.check_publish(1, 10) {
-            Err(Breach::Rate { retry_after_ms }) => assert!((1..=1000).contains(&retry_after_ms)),
-            other => panic!("{other:?}"),
-        }
+        assert_eq!(
+            q.check_publish(1, 10),
+            Err(Breach::Rate {
+                retry_after_ms: 100
+            })
+        );
+        clock.advance(Duration::from_millis(100));
+        q.check_publish(1, 10).unwrap();
+        assert!(q.check_publish(1, 10).is_err());
     }
 
     #[test]
@@ -278,21 +332,21 @@ mod tests {
             stored_bytes: 100,
             ..QuotaLimits::DEFAULT
         };
-        let q = Quotas::new(1 << 20).get("a", l, || 90);
+        let q = Quotas::new(1 << 20).get("a", l, ok(90)).unwrap();
         assert_eq!(q.check_publish(1, 11), Err(Breach::Stored));
         q.check_publish(1, 10).unwrap();
     }
 
     #[test]
     fn lowered_quota_applies_at_once_and_keeps_counters() {
-        let quotas = Quotas::new(1 << 20);
-        let q = quotas.get("a", limits(1000), || 5);
+        let quotas = Quotas::with_clock(1 << 20, FakeRelativeClock::default());
+        let q = quotas.get("a", limits(1000), ok(5)).unwrap();
         let l = QuotaLimits {
             max_connections: 1,
             ..limits(1)
         };
         let slot = q.open_connection().unwrap();
-        let lowered = quotas.get("a", l, || 0);
+        let lowered = quotas.get("a", l, ok(0)).unwrap();
         assert_eq!(lowered.stored(), 5);
         lowered.check_publish(1, 1).unwrap();
         assert!(lowered.check_publish(1, 1).is_err());
@@ -310,7 +364,7 @@ mod tests {
             max_connections: 2,
             ..QuotaLimits::DEFAULT
         };
-        let q = Quotas::new(1 << 20).get("a", l, || 0);
+        let q = Quotas::new(1 << 20).get("a", l, ok(0)).unwrap();
         let a = q.open_connection().unwrap();
         let _b = q.open_connection().unwrap();
         assert!(q.open_connection().is_none());

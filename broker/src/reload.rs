@@ -6,8 +6,12 @@
 //! changes them applies the policy part and logs that a restart is needed.
 
 use crate::audit::Event;
-use crate::config::Config;
-use crate::{Shared, metrics};
+use crate::config;
+use crate::error::{BrokerError, ConfigError};
+use crate::metrics;
+use crate::policy::Policy;
+use crate::policy_file::{PolicyFile, StartOnly};
+use crate::state::BrokerState;
 use notify::{RecursiveMode, Watcher};
 use serde_json::json;
 use std::collections::HashSet;
@@ -25,70 +29,75 @@ pub enum Reloaded {
 }
 
 /// Reads the policy file again and swaps the policy in if it is valid.
-pub(crate) fn reload(shared: &Shared) -> Result<Reloaded, String> {
-    let Some(path) = shared.config.source.clone() else {
-        return Err("the broker was not started from a policy file".into());
-    };
-    let current = shared.policy();
-    let loaded = Config::load(&path).map_err(|e| e.to_string());
-    let new = match loaded {
-        Ok(new) => new,
-        Err(reason) => {
+/// Only the policy is built; the start-only sections are compared with
+/// the running ones, and a change to them is logged (it needs a restart).
+pub fn reload(broker: &BrokerState) -> Result<Reloaded, BrokerError> {
+    let path = broker
+        .settings
+        .source
+        .clone()
+        .ok_or(BrokerError::NoPolicyFile)?;
+    let current = broker.policy();
+    let (start_only, policy) = match read_policy(&path) {
+        Ok(read) => read,
+        Err(error) => {
+            let error = BrokerError::config(&path, error);
+            let reason = error.to_string();
             tracing::error!(policy = %path.display(), %reason, "policy reload failed; keeping the old policy");
             metrics::reload(false);
-            shared.audit.record(Event::new(
+            broker.audit.record(Event::new(
                 "policy_reload",
                 json!({ "outcome": "failed", "reason": reason, "kept_sha256": current.sha256 }),
             ));
-            return Err(reason);
+            return Err(error);
         }
     };
-    if new.policy.sha256 == current.sha256 {
+    if policy.sha256 == current.sha256 {
         return Ok(Reloaded::Unchanged);
     }
-    warn_static_changes(&shared.config, &new);
-    let mut policy = new.policy;
-    policy.version = current.version + 1;
+    if start_only != broker.settings.as_written {
+        tracing::warn!(
+            "listener, TLS, storage, audit or limit settings changed: they apply after a restart"
+        );
+    }
+    let policy = Policy {
+        version: current.version + 1,
+        ..policy
+    };
     let sha256 = policy.sha256.clone();
-    shared.set_policy(policy);
+    broker.set_policy(policy);
     metrics::reload(true);
     tracing::info!(policy = %path.display(), %sha256, "policy reloaded");
-    shared.audit.record(Event::new(
+    broker.audit.record(Event::new(
         "policy_reload",
         json!({ "outcome": "applied", "sha256": sha256 }),
     ));
     Ok(Reloaded::Applied { sha256 })
 }
 
-fn warn_static_changes(old: &Config, new: &Config) {
-    if old.listen != new.listen
-        || old.data_dir != new.data_dir
-        || old.tls.ca != new.tls.ca
-        || old.tls.cert != new.tls.cert
-        || old.tls.key != new.tls.key
-        || old.payload_bytes_max != new.payload_bytes_max
-        || old.frame_bytes_max != new.frame_bytes_max
-    {
-        tracing::warn!(
-            "listener, TLS, storage or size settings changed: they apply after a restart"
-        );
-    }
+/// The file's start-only sections as written, and the policy it holds.
+fn read_policy(path: &Path) -> Result<(StartOnly, Policy), ConfigError> {
+    let text = config::read(path)?;
+    let file = PolicyFile::parse(&text)?;
+    let start_only = file.start_only();
+    let policy = Policy::from_file(file, &text, config::base_of(path))?;
+    Ok((start_only, policy))
 }
 
 /// The files whose change triggers a reload.
-fn watched_files(shared: &Shared) -> HashSet<PathBuf> {
-    let mut files: HashSet<PathBuf> = shared
+fn watched_files(broker: &BrokerState) -> HashSet<PathBuf> {
+    let mut files: HashSet<PathBuf> = broker
         .policy()
         .schema_files()
         .map(Path::to_path_buf)
         .collect();
-    files.extend(shared.config.source.clone());
+    files.extend(broker.settings.source.clone());
     files
 }
 
 /// Reloads on SIGHUP and on file changes until shutdown.
-pub(crate) fn spawn(
-    shared: Arc<Shared>,
+pub fn spawn(
+    broker: Arc<BrokerState>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -103,7 +112,7 @@ pub(crate) fn spawn(
                 |e| tracing::warn!(error = %e, "file watching unavailable; reload with SIGHUP"),
             )
             .ok();
-        let mut files = watched_files(&shared);
+        let mut files = watched_files(&broker);
         let mut watched_dirs = HashSet::new();
         watch_dirs(watcher.as_mut(), &files, &mut watched_dirs);
         let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
@@ -117,8 +126,8 @@ pub(crate) fn spawn(
                 }
                 _ = shutdown.changed() => break,
             }
-            let _ = reload(&shared);
-            let now = watched_files(&shared);
+            let _ = reload(&broker);
+            let now = watched_files(&broker);
             if now != files {
                 files = now;
                 watch_dirs(watcher.as_mut(), &files, &mut watched_dirs);

@@ -4,9 +4,12 @@
 //! commit), so two batches in flight cannot both pass with the same seq. The
 //! group-commit writer persists the mark in the same synced write as the
 //! messages, so it holds across restarts; a mark is loaded from storage the
-//! first time its key is seen.
+//! first time its key is seen. Ingest reads and moves marks through
+//! [`ReplayMarks`]; the lock is taken only when the first mark is read,
+//! after the signature check, so signature checks run in parallel.
 
-use crate::error::BrokerError;
+use crate::error::StoreError;
+use crate::ingest::ReplayMarks;
 use crate::store::Store;
 use signet_proto::KeyId;
 use std::collections::HashMap;
@@ -14,14 +17,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The highest accepted seq per key, shared by all connections.
 pub struct ReplayGuard {
+    /// Where marks not yet in memory are read from.
     store: Arc<Store>,
+    /// Marks of every key seen since start (only keys bound in the policy
+    /// reach this: ingest reads marks after the signature check).
     marks: Mutex<HashMap<KeyId, u64>>,
 }
 
-/// Exclusive access to the marks while one batch is checked.
+/// Access to the marks for one batch: locked on the first read, released
+/// when dropped.
 pub struct ReplayLock<'a> {
     store: &'a Store,
-    marks: MutexGuard<'a, HashMap<KeyId, u64>>,
+    guard: &'a Mutex<HashMap<KeyId, u64>>,
+    marks: Option<MutexGuard<'a, HashMap<KeyId, u64>>>,
 }
 
 impl ReplayGuard {
@@ -33,28 +41,37 @@ impl ReplayGuard {
         }
     }
 
-    /// Locks the marks for one batch.
+    /// Access for one batch (the lock is taken on first use).
     pub fn lock(&self) -> ReplayLock<'_> {
         ReplayLock {
             store: &self.store,
-            marks: self.marks.lock().unwrap_or_else(|p| p.into_inner()),
+            guard: &self.marks,
+            marks: None,
         }
     }
 }
 
 impl ReplayLock<'_> {
-    /// The highest accepted seq of `key` (0 when none: seqs start at 1).
-    pub fn mark(&mut self, key: &KeyId) -> Result<u64, BrokerError> {
-        if let Some(mark) = self.marks.get(key) {
+    fn marks(&mut self) -> &mut HashMap<KeyId, u64> {
+        let guard = self.guard;
+        self.marks
+            .get_or_insert_with(|| guard.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+impl ReplayMarks for ReplayLock<'_> {
+    type Error = StoreError;
+
+    fn mark(&mut self, key: &KeyId) -> Result<u64, StoreError> {
+        if let Some(mark) = self.marks().get(key) {
             return Ok(*mark);
         }
         let mark = self.store.replay_mark(key)?.unwrap_or(0);
-        self.marks.insert(*key, mark);
+        self.marks().insert(*key, mark);
         Ok(mark)
     }
 
-    /// Records `seq` as accepted for `key`. The caller checked it is above the mark.
-    pub fn accept(&mut self, key: &KeyId, seq: u64) {
-        self.marks.insert(*key, seq);
+    fn accept(&mut self, key: &KeyId, seq: u64) {
+        self.marks().insert(*key, seq);
     }
 }

@@ -10,7 +10,7 @@
 //! Only the group-commit writer ([`crate::commit`]) writes, always with
 //! `sync = true`; readers read ranges by offset.
 
-use crate::error::BrokerError;
+use crate::error::{BrokerError, StoreError};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
     WriteBatch, WriteOptions,
@@ -52,10 +52,6 @@ fn parse_message_key(key: &[u8]) -> Option<(u32, u64)> {
     ))
 }
 
-fn storage(e: impl std::fmt::Display) -> BrokerError {
-    BrokerError::Storage(e.to_string())
-}
-
 /// A topic as found on disk at start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredTopic {
@@ -87,24 +83,28 @@ impl Store {
         let families = FAMILIES
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, dir, families).map_err(storage)?;
+        let db = DB::open_cf_descriptors(&opts, dir, families).map_err(StoreError::from)?;
         Ok(Store { db })
     }
 
-    fn cf(&self, name: &str) -> Result<&ColumnFamily, BrokerError> {
+    fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {
         self.db
             .cf_handle(name)
-            .ok_or_else(|| BrokerError::Storage(format!("column family {name} missing")))
+            .ok_or(StoreError::MissingFamily(name))
     }
 
     /// Every topic with its id and next offset.
-    pub fn load_topics(&self) -> Result<Vec<StoredTopic>, BrokerError> {
+    pub fn load_topics(&self) -> Result<Vec<StoredTopic>, StoreError> {
         let topics = self.cf(CF_TOPICS)?;
+        let corrupt = |what| StoreError::Corrupt {
+            family: CF_TOPICS,
+            what,
+        };
         let mut out = Vec::new();
         for item in self.db.iterator_cf(topics, IteratorMode::Start) {
-            let (name, id) = item.map_err(storage)?;
-            let name = String::from_utf8(name.to_vec()).map_err(storage)?;
-            let id: [u8; 4] = id.as_ref().try_into().map_err(storage)?;
+            let (name, id) = item?;
+            let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt("topic name"))?;
+            let id: [u8; 4] = id.as_ref().try_into().map_err(|_| corrupt("topic id"))?;
             let id = u32::from_be_bytes(id);
             let next_offset = self.last_offset(id)?.map_or(0, |o| o + 1);
             out.push(StoredTopic {
@@ -116,7 +116,7 @@ impl Store {
         Ok(out)
     }
 
-    fn last_offset(&self, topic_id: u32) -> Result<Option<u64>, BrokerError> {
+    fn last_offset(&self, topic_id: u32) -> Result<Option<u64>, StoreError> {
         let messages = self.cf(CF_MESSAGES)?;
         let upper = message_key(topic_id, u64::MAX);
         let mut iter = self
@@ -124,7 +124,7 @@ impl Store {
             .iterator_cf(messages, IteratorMode::From(&upper, Direction::Reverse));
         match iter.next() {
             Some(item) => {
-                let (key, _) = item.map_err(storage)?;
+                let (key, _) = item?;
                 Ok(parse_message_key(&key)
                     .filter(|(tid, _)| *tid == topic_id)
                     .map(|(_, o)| o))
@@ -134,19 +134,18 @@ impl Store {
     }
 
     /// The highest accepted seq of a signing key, if any.
-    pub fn replay_mark(&self, key: &KeyId) -> Result<Option<u64>, BrokerError> {
+    pub fn replay_mark(&self, key: &KeyId) -> Result<Option<u64>, StoreError> {
         self.read_u64(CF_REPLAY, &key.0)
     }
 
     /// A big-endian `u64` value, if the key is present.
-    fn read_u64(&self, family: &str, key: &[u8]) -> Result<Option<u64>, BrokerError> {
-        match self
-            .db
-            .get_pinned_cf(self.cf(family)?, key)
-            .map_err(storage)?
-        {
+    fn read_u64(&self, family: &'static str, key: &[u8]) -> Result<Option<u64>, StoreError> {
+        match self.db.get_pinned_cf(self.cf(family)?, key)? {
             Some(v) => {
-                let v: [u8; 8] = v.as_ref().try_into().map_err(storage)?;
+                let v: [u8; 8] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+                    family,
+                    what: "u64 value",
+                })?;
                 Ok(Some(u64::from_be_bytes(v)))
             }
             None => Ok(None),
@@ -163,7 +162,7 @@ impl Store {
         end: u64,
         count_max: usize,
         bytes_max: usize,
-    ) -> Result<Vec<Delivery>, BrokerError> {
+    ) -> Result<Vec<Delivery>, StoreError> {
         let messages = self.cf(CF_MESSAGES)?;
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(message_key(topic_id, end).to_vec());
@@ -176,7 +175,7 @@ impl Store {
         let mut out = Vec::new();
         let mut bytes = 0usize;
         for item in iter {
-            let (key, value) = item.map_err(storage)?;
+            let (key, value) = item?;
             let Some((tid, offset)) = parse_message_key(&key) else {
                 break;
             };
@@ -202,7 +201,7 @@ impl Store {
         topic_id: u32,
         offset: u64,
         record: &[u8],
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), StoreError> {
         batch.put_cf(self.cf(CF_MESSAGES)?, message_key(topic_id, offset), record);
         Ok(())
     }
@@ -213,7 +212,7 @@ impl Store {
         batch: &mut WriteBatch,
         name: &str,
         topic_id: u32,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), StoreError> {
         batch.put_cf(self.cf(CF_TOPICS)?, name.as_bytes(), topic_id.to_be_bytes());
         Ok(())
     }
@@ -224,13 +223,13 @@ impl Store {
         batch: &mut WriteBatch,
         key: &KeyId,
         seq: u64,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), StoreError> {
         batch.put_cf(self.cf(CF_REPLAY)?, key.0, seq.to_be_bytes());
         Ok(())
     }
 
     /// Payload bytes stored for a principal (0 if none).
-    pub fn usage(&self, principal: &str) -> Result<u64, BrokerError> {
+    pub fn usage(&self, principal: &str) -> Result<u64, StoreError> {
         Ok(self.read_u64(CF_USAGE, principal.as_bytes())?.unwrap_or(0))
     }
 
@@ -240,7 +239,7 @@ impl Store {
         batch: &mut WriteBatch,
         principal: &str,
         bytes: u64,
-    ) -> Result<(), BrokerError> {
+    ) -> Result<(), StoreError> {
         batch.put_cf(
             self.cf(CF_USAGE)?,
             principal.as_bytes(),
@@ -250,10 +249,10 @@ impl Store {
     }
 
     /// Writes a batch and syncs it to disk before returning.
-    pub fn write_synced(&self, batch: WriteBatch) -> Result<(), BrokerError> {
+    pub fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
-        self.db.write_opt(batch, &opts).map_err(storage)
+        Ok(self.db.write_opt(batch, &opts)?)
     }
 }
 

@@ -3,17 +3,18 @@
 //!
 //! Delivery always reads from storage by offset, up to the topic's head
 //! ([`crate::fanout`]), then waits for the head to move. At most one chunk
-//! (`DELIVER_MESSAGES_MAX` messages or `CHUNK_BYTES_MAX` bytes) is held per
-//! subscription, and each write waits for QUIC flow control, so a slow
-//! subscriber holds the broker's memory to one chunk.
+//! (`DELIVER_MESSAGES_MAX` messages or `limits.deliver_chunk_bytes_max`
+//! bytes) is held per subscription, and each write waits for QUIC flow
+//! control, so a slow subscriber holds the broker's memory to one chunk.
 //! The subscriber ends the subscription by finishing or resetting its side.
 
-use crate::acl::Action;
+use crate::answer;
 use crate::audit::Event;
-use crate::config::Policy;
 use crate::fanout::Head;
+use crate::limits::Limits;
 use crate::metrics;
-use crate::session::Session;
+use crate::policy::Policy;
+use crate::state::ConnectionState;
 use serde_json::json;
 use signet_proto::frame::{Rejection, ServerFrame, StartAt, Subscribe};
 use signet_proto::limits::DELIVER_MESSAGES_MAX;
@@ -22,31 +23,16 @@ use signet_proto::{ErrorCode, topic};
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// Most record bytes read into one `Deliver` frame.
-pub const CHUNK_BYTES_MAX: usize = 1024 * 1024;
-
 type HeadWatch = watch::Receiver<Head>;
 type PolicyWatch = watch::Receiver<Arc<Policy>>;
 
 async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, detail: &str) {
-    metrics::rejected(code);
-    let _ = write_frame(send, &ServerFrame::Error(Rejection::new(code, detail))).await;
-    let _ = send.finish();
-}
-
-/// Whether the connection's principal may subscribe to `topic` under the
-/// policy in force.
-fn may_subscribe(session: &Session, topic: &str) -> bool {
-    let policy = session.policy();
-    policy.principal(&session.principal).is_some_and(|p| {
-        let mut decisions = session.decisions.lock().unwrap_or_else(|e| e.into_inner());
-        decisions.allows(policy.version, &p.grants, Action::Subscribe, topic)
-    })
+    answer::refuse(send, Rejection::new(code, detail)).await;
 }
 
 /// Serves one subscription.
-pub(crate) async fn run(
-    session: Arc<Session>,
+pub async fn run(
+    conn: Arc<ConnectionState>,
     sub: Subscribe,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
@@ -54,12 +40,12 @@ pub(crate) async fn run(
     if topic::validate_name(&sub.topic).is_err() {
         return refuse(&mut send, ErrorCode::BadTopic, "invalid topic name").await;
     }
-    let mut policy_changes = session.shared.watch_policy();
-    if !may_subscribe(&session, &sub.topic) {
-        tracing::info!(principal = %session.principal, topic = %sub.topic, "subscribe denied");
-        session.shared.audit.record(Event::new(
+    let mut policy_changes = conn.broker.watch_policy();
+    if !conn.may_subscribe(&sub.topic) {
+        tracing::info!(principal = %conn.principal, topic = %sub.topic, "subscribe denied");
+        conn.broker.audit.record(Event::new(
             "subscribe_denied",
-            json!({ "principal": session.principal, "topic": sub.topic, "code": ErrorCode::Forbidden.to_string() }),
+            json!({ "principal": &*conn.principal, "topic": sub.topic, "code": ErrorCode::Forbidden.to_string() }),
         ));
         return refuse(
             &mut send,
@@ -68,14 +54,21 @@ pub(crate) async fn run(
         )
         .await;
     }
-    let Some(_slot) = session.shared.quota(&session.principal).open_subscription() else {
+    let quota = match conn.broker.quota(&conn.broker.policy(), &conn.principal) {
+        Ok(quota) => quota,
+        Err(e) => {
+            tracing::error!(error = %e, "usage unreadable");
+            return refuse(&mut send, ErrorCode::Unavailable, "storage unavailable").await;
+        }
+    };
+    let Some(_slot) = quota.open_subscription() else {
         metrics::quota_hit("subscriptions");
-        session.shared.audit.record(
+        conn.broker.audit.record(
             Event::new(
                 "quota_breach",
-                json!({ "principal": session.principal, "kind": "subscriptions" }),
+                json!({ "principal": &*conn.principal, "kind": "subscriptions" }),
             )
-            .noisy(&session.principal),
+            .noisy(&conn.principal),
         );
         return refuse(
             &mut send,
@@ -84,7 +77,7 @@ pub(crate) async fn run(
         )
         .await;
     };
-    let mut head = session.shared.registry.watch(&sub.topic);
+    let mut head = conn.broker.registry.watch(&sub.topic);
     let next_offset = head.borrow_and_update().next_offset;
     let cursor = match sub.start {
         StartAt::Earliest => 0,
@@ -97,34 +90,34 @@ pub(crate) async fn run(
     {
         return;
     }
-    tracing::info!(principal = %session.principal, topic = %sub.topic, cursor, "subscription opened");
-    session.shared.audit.record(Event::new(
+    tracing::info!(principal = %conn.principal, topic = %sub.topic, cursor, "subscription opened");
+    conn.broker.audit.record(Event::new(
         "subscription_opened",
-        json!({ "principal": session.principal, "topic": sub.topic, "from": cursor }),
+        json!({ "principal": &*conn.principal, "topic": sub.topic, "from": cursor }),
     ));
-    let mut live = Live::open(&session, &sub.topic);
+    let mut live = Live::open(&conn, &sub.topic);
     let mut stream = Streams {
         send: &mut send,
         recv: &mut recv,
         head: &mut head,
         policy: &mut policy_changes,
     };
-    live.reason = deliver(&session, &sub.topic, cursor, &mut stream).await;
+    live.reason = deliver(&conn, &sub.topic, cursor, &mut stream).await;
 }
 
 /// A live subscription: counted in the gauge, and its closing logged and
 /// audited however it ends (also when the connection's task is aborted).
 struct Live<'a> {
-    session: &'a Session,
+    conn: &'a ConnectionState,
     topic: &'a str,
     reason: &'static str,
 }
 
 impl<'a> Live<'a> {
-    fn open(session: &'a Session, topic: &'a str) -> Live<'a> {
+    fn open(conn: &'a ConnectionState, topic: &'a str) -> Live<'a> {
         metrics::gauge_add(metrics::SUBSCRIPTIONS_LIVE, 1.0);
         Live {
-            session,
+            conn,
             topic,
             reason: "connection closed",
         }
@@ -134,9 +127,9 @@ impl<'a> Live<'a> {
 impl Drop for Live<'_> {
     fn drop(&mut self) {
         metrics::gauge_add(metrics::SUBSCRIPTIONS_LIVE, -1.0);
-        let (principal, topic, reason) = (&self.session.principal, self.topic, self.reason);
+        let (principal, topic, reason) = (&*self.conn.principal, self.topic, self.reason);
         tracing::info!(%principal, %topic, reason, "subscription closed");
-        self.session.shared.audit.record(Event::new(
+        self.conn.broker.audit.record(Event::new(
             "subscription_closed",
             json!({ "principal": principal, "topic": topic, "reason": reason }),
         ));
@@ -153,7 +146,7 @@ struct Streams<'a> {
 
 /// Delivers from `cursor` on until the subscription ends; returns why.
 async fn deliver(
-    session: &Session,
+    conn: &ConnectionState,
     topic: &str,
     mut cursor: u64,
     s: &mut Streams<'_>,
@@ -164,10 +157,11 @@ async fn deliver(
         if let Some(topic_id) = now.topic_id
             && cursor < now.next_offset
         {
-            let store = session.shared.store.clone();
+            let store = conn.broker.store.clone();
             let end = now.next_offset;
+            let chunk_bytes_max = Limits::usize(conn.broker.limits().deliver_chunk_bytes_max);
             let read = tokio::task::spawn_blocking(move || {
-                store.read_range(topic_id, cursor, end, DELIVER_MESSAGES_MAX, CHUNK_BYTES_MAX)
+                store.read_range(topic_id, cursor, end, DELIVER_MESSAGES_MAX, chunk_bytes_max)
             })
             .await;
             let Ok(Ok(chunk)) = read else {
@@ -196,7 +190,7 @@ async fn deliver(
                 if changed.is_err() {
                     return "broker stopping";
                 }
-                if !may_subscribe(session, topic) {
+                if !conn.may_subscribe(topic) {
                     refuse(s.send, ErrorCode::Forbidden, "subscription revoked by a policy reload").await;
                     return "revoked";
                 }

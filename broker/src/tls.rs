@@ -2,8 +2,9 @@
 //! mandatory (there is no listener without a client CA), and the principal
 //! taken from the verified client certificate.
 
-use crate::config::{Limits, TlsPaths};
 use crate::error::BrokerError;
+use crate::limits::Limits;
+use crate::settings::TlsPaths;
 use quinn::crypto::rustls::QuicServerConfig;
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
@@ -80,17 +81,19 @@ pub fn server_config(
     let crypto = QuicServerConfig::try_from(tls).map_err(|e| BrokerError::Tls(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();
+    let varint =
+        |value: u64| quinn::VarInt::from_u64(value).map_err(|e| BrokerError::Tls(e.to_string()));
     transport
-        .max_concurrent_bidi_streams(limits.max_streams_per_connection.into())
+        .max_concurrent_bidi_streams(varint(limits.streams_per_connection_max)?)
         .max_concurrent_uni_streams(0u32.into())
         .max_idle_timeout(Some(
-            quinn::IdleTimeout::try_from(limits.idle_timeout)
+            quinn::IdleTimeout::try_from(std::time::Duration::from_millis(limits.idle_ms_max))
                 .map_err(|e| BrokerError::Tls(e.to_string()))?,
         ))
         .keep_alive_interval(None)
-        .stream_receive_window((8u32 * 1024 * 1024).into())
-        .receive_window((32u32 * 1024 * 1024).into())
-        .send_window(32 * 1024 * 1024);
+        .stream_receive_window(varint(limits.quic_stream_window_bytes_max)?)
+        .receive_window(varint(limits.quic_connection_window_bytes_max)?)
+        .send_window(limits.quic_send_window_bytes_max);
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

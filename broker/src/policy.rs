@@ -1,0 +1,279 @@
+//! The hot-reloadable policy: principals with their keys, grants and
+//! quotas, roles merged in, and per-topic settings (schema, encryption).
+//! Built from the policy file's `[[role]]`, `[[principal]]` and `[[topic]]`
+//! sections and validated whole; a reload builds a new one and swaps it in.
+
+use crate::acl::{Grants, PatternSet};
+use crate::policy_file::{GrantFields, PolicyFile, QuotaSection};
+use crate::quota::QuotaLimits;
+use crate::settings::resolve;
+use signet_proto::schema::Schema;
+use signet_proto::{KeyId, PublicKey, topic};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Why the policy sections are invalid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    /// A topic pattern in a grant is malformed.
+    #[error("{owner}: pattern {pattern:?}: {reason}")]
+    BadPattern {
+        owner: String,
+        pattern: String,
+        reason: String,
+    },
+    /// Two roles or principals share a name.
+    #[error("{kind} {name:?} is defined twice")]
+    Duplicate { kind: &'static str, name: String },
+    /// A principal's name cannot be a certificate's principal.
+    #[error("principal name {0:?} is empty, too long or has control characters")]
+    BadPrincipalName(String),
+    /// A principal names a role that does not exist.
+    #[error("principal {principal:?} names unknown role {role:?}")]
+    UnknownRole { principal: String, role: String },
+    /// A key is not `ed25519:<base64>` of a valid key.
+    #[error("principal {principal:?}: key {key:?}: {reason}")]
+    BadKey {
+        principal: String,
+        key: String,
+        reason: String,
+    },
+    /// A key is bound to two principals.
+    #[error("key {key} is bound to both {first:?} and {second:?}; a key belongs to one principal")]
+    KeyBoundTwice {
+        key: KeyId,
+        first: String,
+        second: String,
+    },
+    /// A quota value is zero.
+    #[error(
+        "principal {0:?}: quota values must be at least 1 (use deny rules to shut a principal out)"
+    )]
+    ZeroQuota(String),
+    /// A topic entry is malformed or inconsistent.
+    #[error("topic {topic:?}: {reason}")]
+    Topic { topic: String, reason: String },
+}
+
+/// One principal's keys and grants.
+#[derive(Debug, Clone)]
+pub struct PrincipalPolicy {
+    /// Signing keys bound to this principal.
+    pub keys: HashMap<KeyId, PublicKey>,
+    /// Grants merged from the principal and its roles.
+    pub grants: Grants,
+    /// Quotas (explicit or the defaults).
+    pub quota: QuotaLimits,
+}
+
+/// Per-topic settings (schema, encryption, retention) keyed by pattern.
+#[derive(Debug, Clone)]
+pub struct TopicPolicy {
+    /// Exact name or pattern.
+    pub pattern: String,
+    /// JSON Schema file, resolved.
+    pub schema: Option<PathBuf>,
+    /// That schema, compiled once per policy load.
+    pub compiled: Option<Arc<Schema>>,
+    /// Whether plaintext publishes are refused.
+    pub encrypted: bool,
+}
+
+/// Who may do what, and with which keys.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Increases with every successful reload; caches compare it.
+    pub version: u64,
+    /// SHA-256 (hex) of the policy file this came from.
+    pub sha256: String,
+    /// Principals by name.
+    pub principals: HashMap<String, PrincipalPolicy>,
+    /// Every bound key, to tell `UnknownKey` from `KeyNotBound`.
+    pub key_owners: HashMap<KeyId, String>,
+    /// Topic settings, in file order.
+    pub topics: Vec<TopicPolicy>,
+}
+
+impl Policy {
+    /// The principal's policy, if it is known.
+    pub fn principal(&self, name: &str) -> Option<&PrincipalPolicy> {
+        self.principals.get(name)
+    }
+
+    /// The settings of a topic: the first `[[topic]]` entry, in file
+    /// order, whose name or pattern matches it.
+    pub fn topic_settings(&self, name: &str) -> Option<&TopicPolicy> {
+        self.topics
+            .iter()
+            .find(|t| topic::matches(&t.pattern, name))
+    }
+
+    /// A principal's quota: its own, or the defaults for one the policy
+    /// does not name.
+    pub fn quota(&self, name: &str) -> QuotaLimits {
+        self.principal(name)
+            .map_or(QuotaLimits::DEFAULT, |p| p.quota)
+    }
+
+    /// Schema files the policy names (a change to one triggers a reload).
+    pub fn schema_files(&self) -> impl Iterator<Item = &Path> {
+        self.topics.iter().filter_map(|t| t.schema.as_deref())
+    }
+
+    /// Builds the policy from a parsed file whose text was `text`; schema
+    /// paths resolve against `base`. The version is 1; a reload raises it.
+    pub fn from_file(file: PolicyFile, text: &str, base: &Path) -> Result<Policy, PolicyError> {
+        let roles = role_grants(file.roles)?;
+        let mut policy = Policy {
+            version: 1,
+            sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes())),
+            ..Policy::default()
+        };
+        for p in file.principals {
+            policy.add_principal(p, &roles)?;
+        }
+        for t in file.topics {
+            policy.topics.push(topic_policy(t, base)?);
+        }
+        Ok(policy)
+    }
+
+    fn add_principal(
+        &mut self,
+        p: crate::policy_file::PrincipalSection,
+        roles: &HashMap<String, Grants>,
+    ) -> Result<(), PolicyError> {
+        if p.name.is_empty() || p.name.len() > 128 || p.name.chars().any(|c| c.is_control()) {
+            return Err(PolicyError::BadPrincipalName(p.name));
+        }
+        let owner = format!("principal {:?}", p.name);
+        let mut grants = compile_grants(&p.grants, &owner)?;
+        let quota = quota_limits(p.quota.as_ref(), &p.name)?;
+        for role in &p.roles {
+            let g = roles.get(role).ok_or_else(|| PolicyError::UnknownRole {
+                principal: p.name.clone(),
+                role: role.clone(),
+            })?;
+            grants.extend(g);
+        }
+        let mut keys = HashMap::new();
+        for text in &p.keys {
+            let key: PublicKey =
+                text.parse()
+                    .map_err(|e: signet_proto::keys::KeyError| PolicyError::BadKey {
+                        principal: p.name.clone(),
+                        key: text.clone(),
+                        reason: e.to_string(),
+                    })?;
+            if let Some(first) = self.key_owners.insert(key.id(), p.name.clone()) {
+                return Err(PolicyError::KeyBoundTwice {
+                    key: key.id(),
+                    first,
+                    second: p.name,
+                });
+            }
+            keys.insert(key.id(), key);
+        }
+        let entry = PrincipalPolicy {
+            keys,
+            grants,
+            quota,
+        };
+        if self.principals.insert(p.name.clone(), entry).is_some() {
+            return Err(PolicyError::Duplicate {
+                kind: "principal",
+                name: p.name,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Validates every pattern and compiles the four sets.
+fn compile_grants(fields: &GrantFields, owner: &str) -> Result<Grants, PolicyError> {
+    let set = |patterns: &[String]| -> Result<PatternSet, PolicyError> {
+        let mut set = PatternSet::default();
+        for p in patterns {
+            topic::validate_pattern(p).map_err(|e| PolicyError::BadPattern {
+                owner: owner.to_owned(),
+                pattern: p.clone(),
+                reason: e.to_string(),
+            })?;
+            set.insert(p);
+        }
+        Ok(set)
+    };
+    Ok(Grants {
+        publish: set(&fields.publish)?,
+        subscribe: set(&fields.subscribe)?,
+        deny_publish: set(&fields.deny_publish)?,
+        deny_subscribe: set(&fields.deny_subscribe)?,
+    })
+}
+
+fn role_grants(
+    roles: Vec<crate::policy_file::RoleSection>,
+) -> Result<HashMap<String, Grants>, PolicyError> {
+    let mut out = HashMap::new();
+    for role in roles {
+        let grants = compile_grants(&role.grants, &format!("role {:?}", role.name))?;
+        if out.insert(role.name.clone(), grants).is_some() {
+            return Err(PolicyError::Duplicate {
+                kind: "role",
+                name: role.name,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// A principal's quotas: the section's values over the defaults.
+fn quota_limits(section: Option<&QuotaSection>, owner: &str) -> Result<QuotaLimits, PolicyError> {
+    let d = QuotaLimits::DEFAULT;
+    let Some(q) = section else {
+        return Ok(d);
+    };
+    let limits = QuotaLimits {
+        msgs_per_sec: q.msgs_per_sec.unwrap_or(d.msgs_per_sec),
+        bytes_per_sec: q.bytes_per_sec.unwrap_or(d.bytes_per_sec),
+        stored_bytes: q.stored_bytes.unwrap_or(d.stored_bytes),
+        max_connections: q.max_connections.unwrap_or(d.max_connections),
+        max_subscriptions: q.max_subscriptions.unwrap_or(d.max_subscriptions),
+    };
+    if limits.msgs_per_sec == 0
+        || limits.bytes_per_sec == 0
+        || limits.max_connections == 0
+        || limits.stored_bytes == 0
+    {
+        return Err(PolicyError::ZeroQuota(owner.to_owned()));
+    }
+    Ok(limits)
+}
+
+fn topic_policy(
+    t: crate::policy_file::TopicSection,
+    base: &Path,
+) -> Result<TopicPolicy, PolicyError> {
+    let invalid = |reason: String| PolicyError::Topic {
+        topic: t.name.clone(),
+        reason,
+    };
+    topic::validate_pattern(&t.name).map_err(|e| invalid(e.to_string()))?;
+    if t.encrypted && t.schema.is_some() {
+        return Err(invalid(
+            "a topic cannot have both a broker-side schema and encryption".into(),
+        ));
+    }
+    let schema = t.schema.as_deref().map(|p| resolve(base, p));
+    let compiled = match &schema {
+        Some(path) => Some(Arc::new(Schema::load(path).map_err(invalid)?)),
+        None => None,
+    };
+    Ok(TopicPolicy {
+        pattern: t.name,
+        schema,
+        compiled,
+        encrypted: t.encrypted,
+    })
+}

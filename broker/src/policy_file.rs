@@ -1,0 +1,183 @@
+//! The policy file as written: TOML → these serde structs, nothing more.
+//! Unknown fields are errors everywhere (a typo in `deny_publish` must not
+//! silently grant). [`crate::settings`] turns the start-only sections into
+//! [`crate::settings::Settings`]; [`crate::policy`] turns the rest into a
+//! [`crate::policy::Policy`].
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    /// Listener, storage and size settings.
+    pub broker: BrokerSection,
+    /// TLS material.
+    pub tls: TlsSection,
+    /// The audit log, if any.
+    pub audit: Option<AuditSection>,
+    /// Limit overrides by key (see [`crate::limits`]).
+    #[serde(default)]
+    pub limits: BTreeMap<String, u64>,
+    /// Named sets of grants.
+    #[serde(default, rename = "role")]
+    pub roles: Vec<RoleSection>,
+    /// Who may connect, with which keys and grants.
+    #[serde(default, rename = "principal")]
+    pub principals: Vec<PrincipalSection>,
+    /// Per-topic settings.
+    #[serde(default, rename = "topic")]
+    pub topics: Vec<TopicSection>,
+}
+
+impl PolicyFile {
+    /// Parses policy text.
+    pub fn parse(text: &str) -> Result<PolicyFile, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// The sections read only at start, to tell whether a reload changed them.
+    pub fn start_only(&self) -> StartOnly {
+        StartOnly {
+            broker: self.broker.clone(),
+            tls: self.tls.clone(),
+            audit: self.audit.clone(),
+            limits: self.limits.clone(),
+        }
+    }
+}
+
+/// The sections that take effect only at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartOnly {
+    /// `[broker]`.
+    pub broker: BrokerSection,
+    /// `[tls]`.
+    pub tls: TlsSection,
+    /// `[audit]`.
+    pub audit: Option<AuditSection>,
+    /// `[limits]`.
+    pub limits: BTreeMap<String, u64>,
+}
+
+/// `[broker]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerSection {
+    /// UDP address of the QUIC listener.
+    pub listen: SocketAddr,
+    /// RocksDB folder.
+    pub data_dir: PathBuf,
+    /// Limit `message_bytes_max`, under its original key.
+    pub max_message_bytes: Option<u64>,
+    /// Limit `frame_bytes_max`, under its original key.
+    pub max_frame_bytes: Option<u64>,
+    /// Prometheus endpoint.
+    pub metrics: Option<SocketAddr>,
+    /// Limit `clock_skew_ms_max`, under its original key.
+    pub clock_skew_ms: Option<u64>,
+}
+
+/// `[tls]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// CA of client certificates.
+    pub ca: PathBuf,
+    /// The broker's certificate chain.
+    pub cert: PathBuf,
+    /// The broker's private key.
+    pub key: PathBuf,
+}
+
+/// `[audit]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSection {
+    /// The current log file.
+    pub path: PathBuf,
+    /// Limit `audit_file_bytes_max`, under its original key.
+    pub max_bytes: Option<u64>,
+}
+
+/// Topic patterns granted or denied, on a role or a principal.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantFields {
+    /// Patterns that may be published to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Patterns that may be subscribed to.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Patterns never published to (beats `publish`).
+    #[serde(default)]
+    pub deny_publish: Vec<String>,
+    /// Patterns never subscribed to (beats `subscribe`).
+    #[serde(default)]
+    pub deny_subscribe: Vec<String>,
+}
+
+/// `[[role]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSection {
+    /// Its name, referenced by principals.
+    pub name: String,
+    /// What it grants.
+    #[serde(flatten)]
+    pub grants: GrantFields,
+}
+
+/// `[[principal]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrincipalSection {
+    /// The name its client certificate carries.
+    pub name: String,
+    /// Signing keys, `ed25519:<base64>`.
+    #[serde(default)]
+    pub keys: Vec<String>,
+    /// Roles it holds.
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Grants on the principal itself.
+    #[serde(flatten)]
+    pub grants: GrantFields,
+    /// Its quotas, if not the defaults.
+    pub quota: Option<QuotaSection>,
+}
+
+/// Per-principal quotas as written; a missing field takes its default.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaSection {
+    /// Messages per second.
+    pub msgs_per_sec: Option<u32>,
+    /// Payload bytes per second.
+    pub bytes_per_sec: Option<u32>,
+    /// Payload bytes stored.
+    pub stored_bytes: Option<u64>,
+    /// Open connections.
+    pub max_connections: Option<u32>,
+    /// Open subscriptions.
+    pub max_subscriptions: Option<u32>,
+}
+
+/// `[[topic]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicSection {
+    /// Exact name or pattern.
+    pub name: String,
+    /// JSON Schema file for payloads.
+    pub schema: Option<PathBuf>,
+    /// Whether plaintext is refused.
+    #[serde(default)]
+    pub encrypted: bool,
+    /// Retention (parsed, not enforced yet).
+    pub retention: Option<toml::Table>,
+}

@@ -1,0 +1,109 @@
+//! Settings read once at start: the listener, storage, TLS paths, the audit
+//! log, metrics and the [`Limits`]. A reload never changes them (it warns
+//! when the file's start-only sections changed; they apply after a restart).
+
+use crate::limits::{LimitError, Limits};
+use crate::policy_file::{PolicyFile, StartOnly};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Paths of the broker's TLS material.
+#[derive(Debug, Clone)]
+pub struct TlsPaths {
+    /// CA certificate(s) that sign client certificates (PEM).
+    pub ca: PathBuf,
+    /// The broker's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The broker's private key (PEM, not world-readable).
+    pub key: PathBuf,
+}
+
+/// Where the audit log goes and how it is bounded.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    /// The current log file; rotated files sit beside it as `<name>.<n>`.
+    pub path: PathBuf,
+    /// Size at which the file is rotated, in bytes.
+    pub file_bytes_max: u64,
+    /// Records queued for the writer before new ones are dropped (and counted).
+    pub queue_records_max: usize,
+    /// Noisy records written per principal and kind per second.
+    pub noisy_per_sec_max: u32,
+}
+
+/// The start-only part of a policy file, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// UDP address the QUIC listener binds.
+    pub listen: SocketAddr,
+    /// RocksDB directory.
+    pub data_dir: PathBuf,
+    /// Prometheus endpoint, if any.
+    pub metrics: Option<SocketAddr>,
+    /// TLS material.
+    pub tls: TlsPaths,
+    /// The audit log, if any.
+    pub audit: Option<AuditSettings>,
+    /// Every bound on what peers can make the broker hold.
+    pub limits: Limits,
+    /// The policy file these came from (for reloads), if any.
+    pub source: Option<PathBuf>,
+    /// The start-only sections as written, to tell a reload that changed them.
+    pub(crate) as_written: StartOnly,
+}
+
+/// Resolves `path` against `base` unless it is absolute.
+pub fn resolve(base: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        base.join(path)
+    }
+}
+
+impl Settings {
+    /// Builds the settings from a parsed file; relative paths resolve
+    /// against `base`.
+    pub fn from_file(file: &PolicyFile, base: &Path) -> Result<Settings, LimitError> {
+        let b = &file.broker;
+        let old_keys = [
+            ("broker.max_message_bytes", b.max_message_bytes),
+            ("broker.max_frame_bytes", b.max_frame_bytes),
+            ("broker.clock_skew_ms", b.clock_skew_ms),
+            (
+                "audit.max_bytes",
+                file.audit.as_ref().and_then(|a| a.max_bytes),
+            ),
+        ];
+        let pairs: Vec<(String, u64)> = old_keys
+            .iter()
+            .filter_map(|(key, value)| value.map(|v| ((*key).to_owned(), v)))
+            .chain(
+                file.limits
+                    .iter()
+                    .map(|(key, value)| (format!("limits.{key}"), *value)),
+            )
+            .collect();
+        let limits = Limits::from_pairs(pairs.iter().map(|(k, v)| (k.as_str(), *v)))?;
+        Ok(Settings {
+            listen: b.listen,
+            data_dir: resolve(base, &b.data_dir),
+            metrics: b.metrics,
+            tls: TlsPaths {
+                ca: resolve(base, &file.tls.ca),
+                cert: resolve(base, &file.tls.cert),
+                key: resolve(base, &file.tls.key),
+            },
+            audit: file.audit.as_ref().map(|a| AuditSettings {
+                path: resolve(base, &a.path),
+                file_bytes_max: limits.audit_file_bytes_max,
+                queue_records_max: Limits::usize(limits.audit_queue_records_max),
+                noisy_per_sec_max: u32::try_from(limits.audit_noisy_per_sec_max)
+                    .unwrap_or(u32::MAX),
+            }),
+            limits,
+            source: None,
+            as_written: file.start_only(),
+        })
+    }
+}
