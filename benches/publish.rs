@@ -6,6 +6,8 @@
 //! at 10 and 1,000 rules; one principal publishing while another floods
 //! at 10x its quota.
 
+use signet_testkit::bench;
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -17,7 +19,7 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    let args = signet::bench::BenchArgs {
+    let args = bench::BenchArgs {
         messages: env_or("SIGNET_BENCH_MESSAGES", 200_000),
         size: env_or("SIGNET_BENCH_SIZE", 256),
         inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
@@ -26,31 +28,30 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let report = runtime.block_on(signet::bench::run(args.clone()))?;
+    let report = runtime.block_on(bench::run(args.clone()))?;
     print!("{report}");
     for rules in [10, 1000] {
-        print!("{}", signet::bench::policy_costs(rules));
+        print!("{}", bench::policy_costs(rules)?);
     }
-    let flood = runtime.block_on(signet::bench::flood(
-        signet::bench::BenchArgs {
+    let flood = runtime.block_on(bench::flood(
+        bench::BenchArgs {
             subscribe: false,
             ..args
         },
         env_or("SIGNET_BENCH_FLOOD_QUOTA", 5_000) as u32,
     ))?;
     print!("{flood}");
-    let (plain, schema) =
-        runtime.block_on(signet::bench::schema_topic(signet::bench::BenchArgs {
-            messages: env_or("SIGNET_BENCH_MESSAGES", 200_000) / 2,
-            size: 0,
-            inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
-            subscribe: false,
-        }))?;
+    let (plain, schema) = runtime.block_on(bench::schema_topic(bench::BenchArgs {
+        messages: env_or("SIGNET_BENCH_MESSAGES", 200_000) / 2,
+        size: 0,
+        inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
+        subscribe: false,
+    }))?;
     print!("json     plain topic, 1 KiB orders: {plain}");
     print!("json     schema topic (15-field schema), 1 KiB orders: {schema}");
     for recipients in [1, 3] {
-        let encrypted = runtime.block_on(signet::bench::encrypted_topic(
-            signet::bench::BenchArgs {
+        let encrypted = runtime.block_on(bench::encrypted_topic(
+            bench::BenchArgs {
                 messages: env_or("SIGNET_BENCH_MESSAGES", 200_000) / 2,
                 size: 0,
                 inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),

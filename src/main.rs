@@ -1,19 +1,23 @@
 //! The `signet` command: run a broker, bootstrap a PKI and keys, publish
 //! and subscribe from a shell, benchmark.
+#![forbid(unsafe_code)]
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 use serde_json::json;
-use signet::{bench, dev, keys, output, pki};
+use signet_admin::{dev, keys, pki};
 use signet_broker::Config;
 use signet_client::{
     Client, ClientConfig, Error as ClientError, OutgoingMessage, PendingAck, StartAt,
 };
+use signet_testkit::bench;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::io::AsyncWriteExt;
+
+mod output;
 
 #[derive(Parser)]
 #[command(
@@ -236,8 +240,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let metrics: SocketAddr = dev::DEFAULT_METRICS.parse()?;
             let files = dev::ensure(&dir, listen, Some(metrics))?;
             let config = Config::load(&files.policy)?;
-            let metrics = config.metrics;
-            let data_dir = config.data_dir.clone();
+            let metrics = config.settings.metrics;
+            let data_dir = config.settings.data_dir.clone();
             // Start first, so whoever reads the lines below can connect at once.
             let broker = signet_broker::start(config).await?;
             println!("signet dev broker");

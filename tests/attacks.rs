@@ -3,25 +3,12 @@
 
 mod common;
 
+use common::codes::nack_codes;
 use common::*;
 use signet_client::StartAt;
-use signet_proto::frame::{ClientFrame, Outcome, ServerFrame};
+use signet_proto::frame::{ClientFrame, ServerFrame};
 use signet_proto::stream::{read_frame, write_frame};
 use signet_proto::{ErrorCode, SigningKey};
-
-fn nack_codes(frame: ServerFrame) -> Vec<Option<ErrorCode>> {
-    match frame {
-        ServerFrame::Results(r) => r
-            .outcomes
-            .into_iter()
-            .map(|o| match o {
-                Outcome::Ack(_) => None,
-                Outcome::Nack(r) => Some(r.code),
-            })
-            .collect(),
-        other => panic!("expected results, got {other:?}"),
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_outside_acl_is_forbidden_and_nothing_is_stored_or_delivered() {

@@ -344,7 +344,7 @@ async fn audit_verify_passes_on_a_real_log_and_catches_tampering() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_check_validates_a_policy_without_starting() {
-    let sandbox = signet::sandbox::Sandbox::new(&principals()).unwrap();
+    let sandbox = sandbox(&principals());
     sandbox.write_policy().unwrap();
     let policy = sandbox.policy_path();
     let run = signet(&["broker", "--check", policy.to_str().unwrap()]).await;

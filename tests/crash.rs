@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use signet::sandbox::Sandbox;
 use signet_client::{Client, OutgoingMessage, StartAt};
 use std::process::Stdio;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -71,7 +70,7 @@ async fn spawn_broker(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_hold_no_payloads_and_no_key_material() {
-    let mut sandbox = Sandbox::new(&principals()).unwrap();
+    let mut sandbox = sandbox(&principals());
     let (mut broker, log) = spawn_broker(&mut sandbox, "trace").await;
     let marker = "PAYLOAD-MARKER-7f3a9c";
     let alice = within(Client::connect(sandbox.client_config("alice").unwrap()))
@@ -125,7 +124,7 @@ async fn logs_hold_no_payloads_and_no_key_material() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_acked_message_survives_kill_9() {
-    let mut sandbox = Sandbox::new(&principals()).unwrap();
+    let mut sandbox = sandbox(&principals());
     let (mut broker, _log) = spawn_broker(&mut sandbox, "info").await;
 
     let alice = within(Client::connect(sandbox.client_config("alice").unwrap()))

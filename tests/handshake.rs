@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use signet::pki;
+use signet_admin::pki;
 use signet_client::{Client, ClientConfig, Error};
 use std::sync::Arc;
 use time::{Duration, OffsetDateTime};
@@ -129,7 +129,7 @@ async fn client_refuses_broker_with_wrong_name() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_refuses_to_start_with_world_readable_key() {
     use std::os::unix::fs::PermissionsExt;
-    let mut sandbox = signet::sandbox::Sandbox::new(&principals()).unwrap();
+    let mut sandbox = sandbox(&principals());
     let key = sandbox.pki_dir().join("broker.key");
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = sandbox.start().await.unwrap_err();

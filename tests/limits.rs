@@ -4,22 +4,14 @@
 mod common;
 
 use common::*;
-use signet::sandbox::Sandbox;
 use signet_client::{Client, StartAt};
 use signet_proto::frame::{ClientFrame, Outcome, ServerFrame};
 use signet_proto::stream::{read_frame, write_frame};
 use std::time::Duration;
 
-async fn limited(limits: &str) -> Sandbox {
-    let mut sandbox = Sandbox::new(&principals()).expect("sandbox");
-    sandbox.set_extra_policy(&format!("[limits]\n{limits}\n"));
-    sandbox.start().await.expect("broker starts");
-    sandbox
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn global_connection_cap_refuses_extra_connections() {
-    let mut sandbox = limited("max_connections = 2").await;
+    let mut sandbox = start_with(&principals(), "[limits]\nmax_connections = 2\n").await;
     let a = client(&sandbox, "alice").await;
     let b = client(&sandbox, "auditor").await;
     within(a.publish("orders.cap", b"1".to_vec()))
@@ -44,7 +36,7 @@ async fn global_connection_cap_refuses_extra_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_cap_per_connection_holds_extra_streams_back() {
-    let mut sandbox = limited("max_streams_per_connection = 2").await;
+    let mut sandbox = start_with(&principals(), "[limits]\nmax_streams_per_connection = 2\n").await;
     let reader = client(&sandbox, "auditor").await;
     let s1 = within(reader.subscribe("orders.a", StartAt::Latest))
         .await
@@ -74,7 +66,7 @@ async fn stream_cap_per_connection_holds_extra_streams_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connection_is_closed_by_the_broker() {
-    let mut sandbox = limited("idle_timeout_ms = 300").await;
+    let mut sandbox = start_with(&principals(), "[limits]\nidle_timeout_ms = 300\n").await;
     let idle = client(&sandbox, "alice").await;
     let closed = within(idle.connection().closed()).await;
     assert!(
@@ -90,7 +82,7 @@ async fn idle_connection_is_closed_by_the_broker() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn junk_datagrams_and_half_handshakes_do_not_hurt() {
-    let mut sandbox = limited("handshake_timeout_ms = 500").await;
+    let mut sandbox = start_with(&principals(), "[limits]\nhandshake_timeout_ms = 500\n").await;
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for i in 0..200u32 {
         let mut junk = vec![0xc0 | (i as u8 & 0x3f); 1200];
@@ -109,7 +101,7 @@ async fn junk_datagrams_and_half_handshakes_do_not_hurt() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inflight_cap_backpressures_without_losing_anything() {
-    let mut sandbox = limited("max_inflight_batches = 1").await;
+    let mut sandbox = start_with(&principals(), "[limits]\nmax_inflight_batches = 1\n").await;
     let alice = client(&sandbox, "alice").await;
     let key = signing_key(&sandbox, "alice");
     let (mut send, mut recv) = within(alice.connection().open_bi()).await.unwrap();

@@ -4,9 +4,9 @@
 
 mod common;
 
+use common::codes::code;
 use common::*;
 use serde_json::{Value, json};
-use signet::sandbox::{PrincipalSpec, Sandbox};
 use signet_client::{Client, Error, OutgoingMessage};
 use signet_proto::ErrorCode;
 
@@ -14,32 +14,27 @@ fn schema_source() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/orders.created.json")
 }
 
+/// `alice` publishes `orders.>` and `payroll.>`; `orders.created` has a
+/// copy of the example schema (tests may break it), `payroll.>` is encrypted.
 async fn schema_sandbox() -> Sandbox {
-    let mut sandbox = Sandbox::new(&[
+    let sandbox = sandbox(&[
         PrincipalSpec::new("alice")
             .publish("orders.>")
             .publish("payroll.>"),
         PrincipalSpec::new("auditor").subscribe(">"),
-    ])
-    .unwrap();
+    ]);
     let schema = sandbox.path().join("orders.created.json");
     std::fs::copy(schema_source(), &schema).unwrap();
-    sandbox.set_extra_policy(&format!(
+    let policy = format!(
         "[[topic]]\nname = \"orders.created\"\nschema = {:?}\n\n[[topic]]\nname = \"payroll.>\"\nencrypted = true\n",
         schema.display().to_string()
-    ));
-    sandbox.start().await.unwrap();
-    sandbox
+    );
+    launch(sandbox, &policy).await
 }
 
 fn json_message(value: &Value) -> OutgoingMessage {
     OutgoingMessage::new("orders.created", value.to_string().into_bytes())
         .content_type("application/json")
-}
-
-fn refusal(result: Result<u64, Error>) -> (ErrorCode, String) {
-    let e = result.expect_err("refused");
-    (e.code().expect("typed"), e.to_string())
 }
 
 fn valid_order() -> Value {
@@ -105,8 +100,13 @@ async fn each_violated_keyword_is_refused_with_its_path_and_nothing_is_stored() 
         ),
     ];
     for (payload, path, keyword) in &cases {
-        let (code, text) = refusal(within(alice.publish_message(json_message(payload))).await);
-        assert_eq!(code, ErrorCode::SchemaViolation, "{payload}: {text}");
+        let refused = within(alice.publish_message(json_message(payload))).await;
+        assert_eq!(
+            code(&refused),
+            Some(ErrorCode::SchemaViolation),
+            "{payload}: {refused:?}"
+        );
+        let text = refused.unwrap_err().to_string();
         assert!(
             text.contains(&format!("at {path}: {keyword}")),
             "{payload}: {text}"
@@ -114,8 +114,13 @@ async fn each_violated_keyword_is_refused_with_its_path_and_nothing_is_stored() 
         // MessagePack payloads get the same verdict.
         let packed = rmp_serde::to_vec_named(payload).unwrap();
         let m = OutgoingMessage::new("orders.created", packed).content_type("application/msgpack");
-        let (code, text) = refusal(within(alice.publish_message(m)).await);
-        assert_eq!(code, ErrorCode::SchemaViolation, "{payload}: {text}");
+        let refused = within(alice.publish_message(m)).await;
+        assert_eq!(
+            code(&refused),
+            Some(ErrorCode::SchemaViolation),
+            "{payload}: {refused:?}"
+        );
+        let text = refused.unwrap_err().to_string();
         assert!(
             text.contains(&format!("at {path}: {keyword}")),
             "{payload}: {text}"
@@ -123,12 +128,14 @@ async fn each_violated_keyword_is_refused_with_its_path_and_nothing_is_stored() 
     }
     let other =
         OutgoingMessage::new("orders.created", br#"{"id":1}"#.to_vec()).content_type("text/plain");
-    let (code, text) = refusal(within(alice.publish_message(other)).await);
+    let refused = within(alice.publish_message(other)).await;
     assert_eq!(
-        (code, text.contains("contentType")),
-        (ErrorCode::SchemaViolation, true),
-        "{text}"
+        code(&refused),
+        Some(ErrorCode::SchemaViolation),
+        "{refused:?}"
     );
+    let text = refused.unwrap_err().to_string();
+    assert!(text.contains("contentType"), "{text}");
     assert_eq!(stored_count(&sandbox, "orders.created").await, 0);
     sandbox.stop().await;
 }
@@ -140,15 +147,20 @@ async fn deep_or_huge_payloads_are_refused_before_parsing() {
     let deep = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
     let m =
         OutgoingMessage::new("orders.created", deep.into_bytes()).content_type("application/json");
-    let (code, text) = refusal(within(alice.publish_message(m)).await);
-    assert_eq!(code, ErrorCode::SchemaViolation);
+    let refused = within(alice.publish_message(m)).await;
+    assert_eq!(
+        code(&refused),
+        Some(ErrorCode::SchemaViolation),
+        "{refused:?}"
+    );
+    let text = refused.unwrap_err().to_string();
     assert!(text.contains("depth"), "{text}");
     let huge = format!("{{\"id\":1,\"note\":\"{}\"}}", "x".repeat(2 * 1024 * 1024));
     let m =
         OutgoingMessage::new("orders.created", huge.into_bytes()).content_type("application/json");
     assert_eq!(
-        refusal(within(alice.publish_message(m)).await).0,
-        ErrorCode::TooLarge
+        code(&within(alice.publish_message(m)).await),
+        Some(ErrorCode::TooLarge)
     );
     assert_eq!(stored_count(&sandbox, "orders.created").await, 0);
     sandbox.stop().await;
@@ -174,11 +186,9 @@ async fn broken_schema_fails_the_reload_and_the_old_schema_stays() {
             .unwrap(),
         0
     );
-    let (code, _) =
-        refusal(within(alice.publish_message(json_message(&json!({ "id": "x" })))).await);
     assert_eq!(
-        code,
-        ErrorCode::SchemaViolation,
+        code(&within(alice.publish_message(json_message(&json!({ "id": "x" })))).await),
+        Some(ErrorCode::SchemaViolation),
         "old schema still enforced"
     );
     sandbox.stop().await;
@@ -225,8 +235,10 @@ async fn client_validates_before_sending_with_the_same_verdict() {
 async fn plaintext_publish_to_encrypted_topic_is_refused() {
     let mut sandbox = schema_sandbox().await;
     let alice = client(&sandbox, "alice").await;
-    let (code, _) = refusal(within(alice.publish("payroll.march", b"salary".to_vec())).await);
-    assert_eq!(code, ErrorCode::EncryptionRequired);
+    assert_eq!(
+        code(&within(alice.publish("payroll.march", b"salary".to_vec())).await),
+        Some(ErrorCode::EncryptionRequired)
+    );
     assert_eq!(stored_count(&sandbox, "payroll.march").await, 0);
     sandbox.stop().await;
 }

@@ -1,14 +1,17 @@
 //! Helpers for end-to-end tests: a real broker in a sandbox, real clients,
-//! raw frames for attacks, and timeouts instead of sleeps.
+//! raw frames for attacks, typed error codes ([`codes`]), and timeouts
+//! instead of sleeps.
 #![allow(dead_code)]
 
+pub mod codes;
+
 use futures_util::StreamExt;
-use signet::sandbox::{PrincipalSpec, Sandbox};
 use signet_client::{Client, Message, StartAt, Subscription};
 use signet_proto::envelope::CONTENT_TYPE_JSON;
 use signet_proto::frame::{ClientFrame, Publish, ServerFrame};
 use signet_proto::stream::{read_frame, write_frame};
 use signet_proto::{Envelope, KeyId, SigningKey, batch};
+pub use signet_testkit::sandbox::{PrincipalSpec, Sandbox};
 use std::future::Future;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,11 +37,30 @@ pub fn principals() -> Vec<PrincipalSpec> {
     ]
 }
 
-/// A started sandbox with [`principals`].
-pub async fn started() -> Sandbox {
-    let mut sandbox = Sandbox::new(&principals()).expect("sandbox");
+/// A sandbox for `specs` (PKI, keys), broker not started: to prepare
+/// files first, or to run the broker as a separate process.
+pub fn sandbox(specs: &[PrincipalSpec]) -> Sandbox {
+    Sandbox::new(specs).expect("sandbox")
+}
+
+/// Starts `sandbox`'s broker with `extra_policy` (TOML: `[limits]`,
+/// `[[role]]`, `[[topic]]`…) appended to the generated policy; relative
+/// paths in it resolve against the sandbox folder.
+pub async fn launch(mut sandbox: Sandbox, extra_policy: &str) -> Sandbox {
+    sandbox.set_extra_policy(extra_policy);
     sandbox.start().await.expect("broker starts");
     sandbox
+}
+
+/// A started sandbox for `specs` with `extra_policy`: [`sandbox`] then
+/// [`launch`].
+pub async fn start_with(specs: &[PrincipalSpec], extra_policy: &str) -> Sandbox {
+    launch(sandbox(specs), extra_policy).await
+}
+
+/// A started sandbox with [`principals`] and the generated policy only.
+pub async fn started() -> Sandbox {
+    start_with(&principals(), "").await
 }
 
 /// A connected client for `name`.

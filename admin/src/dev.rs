@@ -2,8 +2,8 @@
 //! one folder: a PKI, signing keys for a `publisher` and a `subscriber`,
 //! an example policy, and the two client files. Then the broker runs on it.
 
-use crate::{keys, pki};
-use anyhow::{Context, Result};
+use crate::files::write_public;
+use crate::{AdminError, keys, pki};
 use signet_proto::PublicKey;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,7 +16,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
 pub const DEFAULT_METRICS: &str = "127.0.0.1:9464";
 
 /// The example schema the dev policy puts on `orders.created`.
-pub const EXAMPLE_SCHEMA: &str = include_str!("../schemas/orders.created.json");
+pub const EXAMPLE_SCHEMA: &str = include_str!("../../schemas/orders.created.json");
 
 /// What `ensure` produced.
 #[derive(Debug, Clone)]
@@ -120,9 +120,15 @@ name = "orders.>"
 }
 
 /// Generates what is missing in `dir` and returns the paths.
-pub fn ensure(dir: &Path, listen: SocketAddr, metrics: Option<SocketAddr>) -> Result<DevFiles> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let dir = dir.canonicalize()?;
+pub fn ensure(
+    dir: &Path,
+    listen: SocketAddr,
+    metrics: Option<SocketAddr>,
+) -> Result<DevFiles, AdminError> {
+    std::fs::create_dir_all(dir).map_err(AdminError::io("creating", dir))?;
+    let dir = dir
+        .canonicalize()
+        .map_err(AdminError::io("resolving", dir))?;
     let pki_dir = dir.join("pki");
     if !pki_dir.join("ca.crt").exists() {
         pki::init(&pki_dir, &[])?;
@@ -146,11 +152,11 @@ pub fn ensure(dir: &Path, listen: SocketAddr, metrics: Option<SocketAddr>) -> Re
     }
     let schema = dir.join("schemas").join("orders.created.json");
     if !schema.exists() {
-        crate::files::write_public(&schema, EXAMPLE_SCHEMA.as_bytes())?;
+        write_public(&schema, EXAMPLE_SCHEMA.as_bytes())?;
     }
     let policy = dir.join("signet.toml");
     if !policy.exists() {
-        crate::files::write_public(
+        write_public(
             &policy,
             dev_policy(listen, metrics, &keys[0], &keys[1]).as_bytes(),
         )?;
@@ -168,7 +174,7 @@ pub fn ensure(dir: &Path, listen: SocketAddr, metrics: Option<SocketAddr>) -> Re
                 Some(&Path::new("keys").join(format!("{principal}.ed25519"))),
                 &keys,
             );
-            crate::files::write_public(&path, text.as_bytes())?;
+            write_public(&path, text.as_bytes())?;
         }
         client_files.push(path);
     }

@@ -6,8 +6,8 @@
 //! Layout of a PKI folder: `ca.crt`, `ca.key`, `broker.crt`, `broker.key`,
 //! `clients/<principal>.crt`, `clients/<principal>.key`.
 
+use crate::AdminError;
 use crate::files::{write_public, write_secret};
-use anyhow::{Context, Result, bail};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
@@ -34,16 +34,18 @@ fn validity(params: &mut CertificateParams, days: i64) {
 }
 
 /// Creates a CA and a broker certificate for `broker_names` in `dir`.
-pub fn init(dir: &Path, broker_names: &[String]) -> Result<()> {
+pub fn init(dir: &Path, broker_names: &[String]) -> Result<(), AdminError> {
     if dir.join("ca.crt").exists() {
-        bail!("{} already holds a CA; not overwriting it", dir.display());
+        return Err(AdminError::CaExists {
+            dir: dir.to_owned(),
+        });
     }
     let names: Vec<String> = if broker_names.is_empty() {
         vec!["localhost".into(), "127.0.0.1".into()]
     } else {
         broker_names.to_vec()
     };
-    let ca_key = KeyPair::generate().context("generating the CA key")?;
+    let ca_key = KeyPair::generate().map_err(AdminError::cert("generating the CA key"))?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name.push(DnType::CommonName, "Signet CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
@@ -53,12 +55,15 @@ pub fn init(dir: &Path, broker_names: &[String]) -> Result<()> {
         KeyUsagePurpose::DigitalSignature,
     ];
     validity(&mut ca, CA_VALIDITY_DAYS);
-    let ca_cert = ca.self_signed(&ca_key).context("self-signing the CA")?;
+    let ca_cert = ca
+        .self_signed(&ca_key)
+        .map_err(AdminError::cert("self-signing the CA"))?;
     write_secret(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes())?;
     write_public(&dir.join("ca.crt"), ca_cert.pem().as_bytes())?;
 
     let broker_key = KeyPair::generate()?;
-    let mut broker = CertificateParams::new(names.clone()).context("broker names")?;
+    let mut broker =
+        CertificateParams::new(names.clone()).map_err(AdminError::cert("broker names"))?;
     broker
         .distinguished_name
         .push(DnType::CommonName, names[0].as_str());
@@ -75,7 +80,7 @@ pub fn init(dir: &Path, broker_names: &[String]) -> Result<()> {
 }
 
 /// Issues a client certificate for `principal`, signed by the CA in `dir`.
-pub fn issue(dir: &Path, principal: &str) -> Result<ClientFiles> {
+pub fn issue(dir: &Path, principal: &str) -> Result<ClientFiles, AdminError> {
     let now = OffsetDateTime::now_utc();
     issue_with_validity(
         dir,
@@ -92,22 +97,22 @@ pub fn issue_with_validity(
     principal: &str,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
-) -> Result<ClientFiles> {
+) -> Result<ClientFiles, AdminError> {
     if principal.is_empty()
         || principal.len() > 128
         || !principal
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.@".contains(&b))
     {
-        bail!("principal {principal:?} must be 1 to 128 of [A-Za-z0-9-_.@]");
+        return Err(AdminError::BadPrincipal(principal.to_owned()));
     }
     let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))
-        .with_context(|| format!("reading {}/ca.crt", dir.display()))?;
+        .map_err(AdminError::io("reading", dir.join("ca.crt")))?;
     let ca_key_pem = std::fs::read_to_string(dir.join("ca.key"))
-        .with_context(|| format!("reading {}/ca.key", dir.display()))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).context("reading the CA key")?;
+        .map_err(AdminError::io("reading", dir.join("ca.key")))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(AdminError::cert("reading the CA key"))?;
     let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)
-        .context("reading the CA certificate")?
+        .map_err(AdminError::cert("reading the CA certificate"))?
         .self_signed(&ca_key)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
@@ -117,7 +122,7 @@ pub fn issue_with_validity(
     params.subject_alt_names = vec![SanType::URI(
         format!("signet://principal/{principal}")
             .try_into()
-            .context("principal URI")?,
+            .map_err(AdminError::cert("principal URI"))?,
     )];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

@@ -2,8 +2,8 @@
 //! per principal, a policy, and a real broker on an ephemeral loopback port
 //! with its own RocksDB folder. Nothing is mocked.
 
-use crate::{dev, keys, pki};
 use anyhow::{Context, Result, anyhow};
+use signet_admin::{dev, keys, pki};
 use signet_broker::{Broker, Config};
 use signet_client::ClientConfig;
 use signet_proto::PublicKey;
