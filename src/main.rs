@@ -187,34 +187,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Pki { command } => {
             init_logs("warn");
-            match command {
-                PkiCommand::Init { dir, broker_names } => {
-                    pki::init(&dir, &broker_names)?;
-                    println!("CA: {}", dir.join("ca.crt").display());
-                    println!("broker certificate: {}", dir.join("broker.crt").display());
-                }
-                PkiCommand::Issue { dir, principal } => {
-                    let files = pki::issue(&dir, &principal)?;
-                    println!("certificate: {}", files.cert.display());
-                    println!("key: {}", files.key.display());
-                }
-            }
+            pki_command(command)?;
         }
         Command::Keygen { out, kind } => {
             init_logs("warn");
-            match kind.as_str() {
-                "ed25519" => {
-                    let public = keys::generate_ed25519(&out)?;
-                    println!("key_id: {}", public.id().to_hex());
-                    println!("public_key: {public}");
-                }
-                "x25519" => {
-                    let public = keys::generate_x25519(&out)?;
-                    println!("key_id: {}", public.id().to_hex());
-                    println!("public_key: {public}");
-                }
-                other => bail!("unknown key kind {other:?} (supported: ed25519, x25519)"),
-            }
+            keygen(&out, &kind)?;
         }
         Command::Broker {
             check: Some(path), ..
@@ -237,41 +214,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Dev { dir, listen } => {
             init_logs("info");
-            let metrics: SocketAddr = dev::DEFAULT_METRICS.parse()?;
-            let files = dev::ensure(&dir, listen, Some(metrics))?;
-            let config = Config::load(&files.policy)?;
-            let metrics = config.settings.metrics;
-            let data_dir = config.settings.data_dir.clone();
-            // Start first, so whoever reads the lines below can connect at once.
-            let broker = signet_broker::start(config).await?;
-            println!("signet dev broker");
-            println!(
-                "  listening:  {} (UDP, QUIC + mutual TLS)",
-                broker.local_addr()
-            );
-            if let Some(m) = metrics {
-                println!("  metrics:    http://{m}/metrics");
-            }
-            println!("  policy:     {}", files.policy.display());
-            println!("  data:       {}", data_dir.display());
-            println!(
-                "  publisher:  {}  (may publish to orders.>)",
-                files.publisher.display()
-            );
-            println!(
-                "  subscriber: {}  (may subscribe to orders.>)",
-                files.subscriber.display()
-            );
-            println!("try:");
-            println!(
-                "  signet pub --client {} --topic orders.created --data '{{\"id\":1}}'",
-                files.publisher.display()
-            );
-            println!(
-                "  signet sub --client {} --topic orders.created --from-offset 0 --count 1",
-                files.subscriber.display()
-            );
-            run_until_signal(broker).await?;
+            dev_command(&dir, listen).await?;
         }
         Command::Pub(args) => {
             init_logs("warn");
@@ -299,6 +242,80 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `signet pki init|issue`.
+fn pki_command(command: PkiCommand) -> Result<()> {
+    match command {
+        PkiCommand::Init { dir, broker_names } => {
+            pki::init(&dir, &broker_names)?;
+            println!("CA: {}", dir.join("ca.crt").display());
+            println!("broker certificate: {}", dir.join("broker.crt").display());
+        }
+        PkiCommand::Issue { dir, principal } => {
+            let files = pki::issue(&dir, &principal)?;
+            println!("certificate: {}", files.cert.display());
+            println!("key: {}", files.key.display());
+        }
+    }
+    Ok(())
+}
+
+/// `signet keygen`: writes the key and prints its id and public key.
+fn keygen(out: &std::path::Path, kind: &str) -> Result<()> {
+    match kind {
+        "ed25519" => {
+            let public = keys::generate_ed25519(out)?;
+            println!("key_id: {}", public.id().to_hex());
+            println!("public_key: {public}");
+        }
+        "x25519" => {
+            let public = keys::generate_x25519(out)?;
+            println!("key_id: {}", public.id().to_hex());
+            println!("public_key: {public}");
+        }
+        other => bail!("unknown key kind {other:?} (supported: ed25519, x25519)"),
+    }
+    Ok(())
+}
+
+/// `signet dev`: generates what is missing, starts the broker, prints how to use it.
+async fn dev_command(dir: &std::path::Path, listen: SocketAddr) -> Result<()> {
+    let metrics: SocketAddr = dev::DEFAULT_METRICS.parse()?;
+    let files = dev::ensure(dir, listen, Some(metrics))?;
+    let config = Config::load(&files.policy)?;
+    let metrics = config.settings.metrics;
+    let data_dir = config.settings.data_dir.clone();
+    // Start first, so whoever reads the lines below can connect at once.
+    let broker = signet_broker::start(config).await?;
+    println!("signet dev broker");
+    println!(
+        "  listening:  {} (UDP, QUIC + mutual TLS)",
+        broker.local_addr()
+    );
+    if let Some(m) = metrics {
+        println!("  metrics:    http://{m}/metrics");
+    }
+    println!("  policy:     {}", files.policy.display());
+    println!("  data:       {}", data_dir.display());
+    println!(
+        "  publisher:  {}  (may publish to orders.>)",
+        files.publisher.display()
+    );
+    println!(
+        "  subscriber: {}  (may subscribe to orders.>)",
+        files.subscriber.display()
+    );
+    println!("try:");
+    println!(
+        "  signet pub --client {} --topic orders.created --data '{{\"id\":1}}'",
+        files.publisher.display()
+    );
+    println!(
+        "  signet sub --client {} --topic orders.created --from-offset 0 --count 1",
+        files.subscriber.display()
+    );
+    run_until_signal(broker).await
 }
 
 fn check_policy(path: &std::path::Path) -> ExitCode {
