@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod codes;
+pub mod process;
+pub mod raw;
 
 use futures_util::StreamExt;
 use signet_client::{Client, Message, StartAt, Subscription};
