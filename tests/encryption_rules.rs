@@ -92,7 +92,11 @@ async fn plaintext_dressed_as_encryption_is_refused_on_an_encrypted_topic() {
     let seq = fresh_seq();
     let dressed = |seq: u64, suite: u16, recipients: Vec<SealedKey>| {
         let mut e = envelope(key.id(), "payroll.march", seq, b"salary=5200");
-        e.encryption = Some(Encryption { suite, recipients });
+        e.encryption = Some(Encryption {
+            suite,
+            key_commitment: [0; 32],
+            recipients,
+        });
         e
     };
     let envelopes = vec![
@@ -128,6 +132,7 @@ async fn encryption_block_on_a_plain_topic_is_refused_and_unknown_suites_everywh
     let mut unknown = envelope(key.id(), "orders.plain", seq + 1, b"{}");
     unknown.encryption = Some(Encryption {
         suite: 2,
+        key_commitment: [0; 32],
         recipients: vec![sealed_to(&r1, &[1; 32])],
     });
     let plain = envelope(key.id(), "orders.plain", seq + 2, b"{}");
@@ -255,19 +260,34 @@ fn open(key: &[u8; 32], nonce: &[u8; 12], aad: &[u8], payload: &[u8]) -> Option<
     let cipher = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, key).unwrap());
     let mut buf = payload.to_vec();
     let plain = cipher
-        .open_in_place(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), &mut buf)
+        .open_in_place(
+            Nonce::assume_unique_for_key(*nonce),
+            Aad::from(aad),
+            &mut buf,
+        )
         .ok()?;
     Some(plain.to_vec())
 }
 
-/// An envelope on `payroll.march` sealing `k1` to `r1` and `k2` to `r2`,
-/// whose one ciphertext opens under both keys (to different plaintexts).
-fn equivocating_envelope(key: KeyId, r1: &Recipient, r2: &Recipient) -> Envelope {
-    let (k1, k2) = ([0x11u8; 32], [0x22u8; 32]);
-    let mut e = envelope(key, "payroll.march", fresh_seq(), b"");
+const K1: [u8; 32] = [0x11; 32];
+const K2: [u8; 32] = [0x22; 32];
+
+/// An envelope on `topic` sealing [`K1`] to `r1` and [`K2`] to `r2`, whose
+/// one ciphertext opens under both keys (to different plaintexts), with
+/// the key commitment the publisher chose to write.
+fn equivocating_envelope(
+    key: KeyId,
+    topic: &str,
+    r1: &Recipient,
+    r2: &Recipient,
+    key_commitment: [u8; 32],
+) -> Envelope {
+    let (k1, k2) = (K1, K2);
+    let mut e = envelope(key, topic, fresh_seq(), b"");
     e.content_type = CONTENT_TYPE_OCTET.into();
     e.encryption = Some(Encryption {
         suite: 1,
+        key_commitment,
         recipients: vec![sealed_to(r1, &k1), sealed_to(r2, &k2)],
     });
     let aad = e.canonical_bytes_with(&[]);
@@ -281,11 +301,16 @@ fn equivocating_envelope(key: KeyId, r1: &Recipient, r2: &Recipient) -> Envelope
     e
 }
 
-async fn first(sandbox: &Sandbox, name: &str, r: &Recipient) -> Result<signet_client::Message, Error> {
+async fn first(
+    sandbox: &Sandbox,
+    name: &str,
+    r: &Recipient,
+    topic: &str,
+) -> Result<signet_client::Message, Error> {
     let mut config = sandbox.client_config(name).unwrap();
     config.private_keys = vec![r.path.clone()];
     let client = within(Client::connect(config)).await.unwrap();
-    let mut sub = within(client.subscribe("payroll.march", StartAt::Earliest))
+    let mut sub = within(client.subscribe(topic, StartAt::Earliest))
         .await
         .unwrap();
     next(&mut sub).await
@@ -297,14 +322,15 @@ async fn one_ciphertext_under_two_content_keys_is_an_error_for_both_recipients()
     let alice = client(&sandbox, "alice").await;
     let key = signing_key(&sandbox, "alice");
     let (r1, r2) = (recipient(&sandbox, "r1"), recipient(&sandbox, "r2"));
-    let e = equivocating_envelope(key.id(), &r1, &r2);
+    // The commitment names neither key (what else could it name?).
+    let e = equivocating_envelope(key.id(), "payroll.march", &r1, &r2, [0; 32]);
     // The broker cannot see the content keys: it stores the envelope.
     assert_eq!(
         nack_codes(raw_publish(&alice, signed(&key, 1, vec![e])).await),
         vec![None]
     );
-    let got1 = first(&sandbox, "r1", &r1).await;
-    let got2 = first(&sandbox, "r2", &r2).await;
+    let got1 = first(&sandbox, "r1", &r1, "payroll.march").await;
+    let got2 = first(&sandbox, "r2", &r2, "payroll.march").await;
     if let (Ok(m1), Ok(m2)) = (&got1, &got2) {
         assert_eq!(
             m1.payload, m2.payload,
@@ -318,6 +344,31 @@ async fn one_ciphertext_under_two_content_keys_is_an_error_for_both_recipients()
             }
             other => panic!("an equivocating envelope was delivered: {other:?}"),
         }
+    }
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committing_to_one_of_two_content_keys_lets_only_that_recipient_read() {
+    let mut sandbox = world().await;
+    let alice = client(&sandbox, "alice").await;
+    let key = signing_key(&sandbox, "alice");
+    let (r1, r2) = (recipient(&sandbox, "r1"), recipient(&sandbox, "r2"));
+    let commitment = crypt::key_commitment(&K1);
+    let e = equivocating_envelope(key.id(), "payroll.april", &r1, &r2, commitment);
+    assert_eq!(
+        nack_codes(raw_publish(&alice, signed(&key, 1, vec![e])).await),
+        vec![None]
+    );
+    // r1 unsealed the committed key and reads the one plaintext there is;
+    // r2 unsealed another key and is told so instead of reading another.
+    let m1 = first(&sandbox, "r1", &r1, "payroll.april").await.unwrap();
+    assert_eq!(m1.payload.len(), 32);
+    match first(&sandbox, "r2", &r2, "payroll.april").await {
+        Err(Error::Verify { offset, code, .. }) => {
+            assert_eq!((offset, code), (0, ErrorCode::BadSignature));
+        }
+        other => panic!("a second plaintext was delivered: {other:?}"),
     }
     sandbox.stop().await;
 }

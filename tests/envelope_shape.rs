@@ -10,6 +10,9 @@ use common::codes::nack_codes;
 use common::raw::send_publish;
 use common::*;
 use signet_proto::envelope::{Encryption, SealedKey};
+use signet_proto::limits::{
+    ENC_BYTES, HEADER_VALUE_BYTES_MAX, HEADERS_BYTES_MAX, RECIPIENTS_MAX, SEALED_KEY_BYTES,
+};
 use signet_proto::{ErrorCode, Header, KeyId};
 
 const KIB: usize = 1024;
@@ -19,8 +22,8 @@ fn sealed_key(i: u32) -> SealedKey {
     key_id[..4].copy_from_slice(&i.to_be_bytes());
     SealedKey {
         key_id: KeyId(key_id),
-        enc: vec![7; 32],
-        sealed_key: vec![9; 48],
+        enc: vec![7; ENC_BYTES],
+        sealed_key: vec![9; SEALED_KEY_BYTES],
     }
 }
 
@@ -79,13 +82,14 @@ async fn long_header_values_and_too_many_header_bytes_are_bad_frames() {
     let mut long_value = envelope(key.id(), "orders.hv", seq, b"{}");
     long_value.headers = vec![Header {
         name: "trace".into(),
-        value: vec![b'v'; 4 * KIB + 1],
+        value: vec![b'v'; HEADER_VALUE_BYTES_MAX + 1],
     }];
     let mut many_bytes = envelope(key.id(), "orders.hv", seq + 1, b"{}");
-    many_bytes.headers = (0..5)
+    let each = HEADER_VALUE_BYTES_MAX;
+    many_bytes.headers = (0..HEADERS_BYTES_MAX / each + 1)
         .map(|i| Header {
             name: format!("h{i}"),
-            value: vec![b'v'; 4 * KIB],
+            value: vec![b'v'; each],
         })
         .collect();
     let fine = envelope(key.id(), "orders.hv", seq + 2, b"{}");
@@ -114,7 +118,8 @@ async fn thousands_of_recipients_are_a_bad_frame_and_nothing_is_stored() {
     let mut e = envelope(key.id(), "orders.sealed", fresh_seq(), &[1; 32]);
     e.encryption = Some(Encryption {
         suite: 1,
-        recipients: (0..5000).map(sealed_key).collect(),
+        key_commitment: [0; 32],
+        recipients: (0..50 * RECIPIENTS_MAX as u32).map(sealed_key).collect(),
     });
     let answer = send_publish(&alice, signed(&key, 1, vec![e])).await;
     assert!(answer.refused_with(ErrorCode::BadFrame), "{answer:?}");
@@ -132,6 +137,7 @@ async fn sealed_keys_of_the_wrong_length_are_bad_frames() {
         let mut e = envelope(key.id(), "orders.sealed", seq, &[1; 32]);
         e.encryption = Some(Encryption {
             suite: 1,
+            key_commitment: [0; 32],
             recipients: vec![SealedKey {
                 enc: vec![7; enc],
                 sealed_key: vec![9; sealed],
@@ -141,9 +147,9 @@ async fn sealed_keys_of_the_wrong_length_are_bad_frames() {
         e
     };
     let envelopes = vec![
-        with(seq, 64 * KIB, 48),
-        with(seq + 1, 32, 64 * KIB),
-        with(seq + 2, 32, 48),
+        with(seq, 64 * KIB, SEALED_KEY_BYTES),
+        with(seq + 1, ENC_BYTES, 64 * KIB),
+        with(seq + 2, ENC_BYTES, SEALED_KEY_BYTES),
     ];
     assert_eq!(
         nack_codes(raw_publish(&alice, signed(&key, 1, envelopes)).await),

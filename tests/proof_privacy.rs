@@ -11,8 +11,8 @@ use common::*;
 use signet_proto::codec;
 use signet_proto::envelope::StoredRecord;
 use signet_proto::frame::{ClientFrame, ServerFrame, StartAt, Subscribe};
-use signet_proto::merkle;
 use signet_proto::stream::{read_frame, write_frame};
+use signet_proto::{Salt, merkle};
 
 /// The secret amount, and the range the attacker knows it is in.
 const AMOUNT: u32 = 48_213;
@@ -80,13 +80,19 @@ async fn subscriber_of_one_topic_cannot_brute_force_a_neighbours_payload_from_th
 
     // The attack: every field of the neighbour is guessable (same key,
     // next seq, same timestamp, known topic and content type) but the
-    // amount; whatever the reader's record lets it copy, it copies.
+    // amount; whatever the reader's record lets it copy, it copies. The
+    // neighbour's salt it cannot know: it tries its own record's salt (as
+    // if salts were per batch) and none at all.
     let mut guess = record.envelope.clone();
     guess.topic = "payments.secret".into();
     guess.seq = record.envelope.seq + 1;
+    let salts = [record.envelope.salt, Salt([0; 16])];
     let found = (0..GUESSES).find(|n| {
         guess.payload = format!("amount={n}").into_bytes();
-        merkle::leaf_hash(&guess.canonical_bytes()) == sibling
+        salts.iter().any(|salt| {
+            guess.salt = *salt;
+            merkle::leaf_hash(&guess.canonical_bytes()) == sibling
+        })
     });
     assert_eq!(
         found,
