@@ -8,11 +8,13 @@
 //! 1. [`check_batch_size`]: 1 to 256 envelopes (else the frame is unusable);
 //! 2. [`check_quota`]: messages/s, bytes/s, stored bytes (no crypto, no disk);
 //! 3. [`check_envelope_shapes`]: one signing key per batch, version, topic
-//!    name, payload size, content type, headers;
+//!    name, the whole envelope's size, content type, headers, encryption
+//!    suite and sealed-key sizes;
 //! 4. [`check_acl`]: the principal may publish to the topic;
 //! 5. [`check_key_binding`]: the key is known and bound to this principal;
 //! 6. [`check_signature`]: the batch signature over the Merkle root;
-//! 7. [`check_payload_rules`]: encrypted topics refuse plaintext, schemas;
+//! 7. [`check_payload_rules`]: encrypted topics take only encrypted payloads
+//!    with recipients, other topics no encrypted ones; schemas;
 //! 8. [`check_replay_and_clock`]: seq above the key's mark, timestamp within
 //!    the skew window; accepting moves the mark, so this runs last.
 //!
@@ -52,7 +54,8 @@ pub struct IngestContext<'a, C: Clock = DefaultClock> {
     pub decisions: &'a mut DecisionCache,
     /// The principal's quota state.
     pub quota: &'a PrincipalQuota<C>,
-    /// Largest payload, in bytes.
+    /// Largest envelope, in bytes of its canonical encoding (payload,
+    /// headers, encryption block and all).
     pub message_bytes_max: usize,
     /// Accepted clock skew, in ms.
     pub clock_skew_ms_max: u64,
@@ -210,7 +213,8 @@ fn refuse_all(envelopes: Vec<Envelope>, rejection: &Rejection) -> Vec<Verdict> {
 }
 
 /// Step 3: every envelope is signed by the batch's one key and is well
-/// formed (version, topic name, payload size, content type, headers).
+/// formed (version, topic name, whole-envelope size, content type,
+/// headers, encryption suite and sealed-key sizes).
 fn check_envelope_shapes<C: Clock>(ctx: &IngestContext<'_, C>, batch: &mut Checking) {
     let key_id = batch.envelopes[0].key_id;
     if batch.envelopes.iter().any(|e| e.key_id != key_id) {
@@ -285,20 +289,17 @@ fn check_signature(
     signed
 }
 
-/// Step 7: topic payload rules: an `encrypted` topic refuses plaintext; a
-/// topic with a schema refuses payloads that do not fit it (schemas were
-/// compiled when the policy was loaded).
+/// Step 7: topic payload rules: an `encrypted` topic takes only encrypted
+/// payloads sealed to at least one recipient, any other topic refuses an
+/// encryption block; a topic with a schema refuses payloads that do not
+/// fit it (schemas were compiled when the policy was loaded).
 fn check_payload_rules<C: Clock>(ctx: &IngestContext<'_, C>, batch: &mut Checking) {
     for (refused, e) in batch.passing() {
-        let Some(settings) = ctx.policy.topic_settings(&e.topic) else {
-            continue;
-        };
-        if settings.encrypted && e.encryption.is_none() {
-            *refused = Some(Rejection::new(
-                ErrorCode::EncryptionRequired,
-                "this topic only accepts encrypted payloads",
-            ));
-        } else if let Some(schema) = &settings.compiled
+        let settings = ctx.policy.topic_settings(&e.topic);
+        let encrypted = settings.is_some_and(|s| s.encrypted);
+        if let Err(rejection) = check_encryption_rule(encrypted, e) {
+            *refused = Some(rejection);
+        } else if let Some(schema) = settings.and_then(|s| s.compiled.as_ref())
             && let Err(violation) = schema.check(&e.content_type, &e.payload)
         {
             *refused = Some(Rejection::new(
@@ -306,6 +307,27 @@ fn check_payload_rules<C: Clock>(ctx: &IngestContext<'_, C>, batch: &mut Checkin
                 format!("schema violation {violation}"),
             ));
         }
+    }
+}
+
+/// Whether an envelope's encryption block fits its topic: present with at
+/// least one recipient on an encrypted topic (the suite was checked with
+/// the shape), absent elsewhere.
+fn check_encryption_rule(encrypted: bool, e: &Envelope) -> Result<(), Rejection> {
+    match (&e.encryption, encrypted) {
+        (None, true) => Err(Rejection::new(
+            ErrorCode::EncryptionRequired,
+            "this topic only accepts encrypted payloads",
+        )),
+        (Some(enc), true) if enc.recipients.is_empty() => Err(Rejection::new(
+            ErrorCode::EncryptionRequired,
+            "an encrypted payload is sealed to at least one recipient",
+        )),
+        (Some(_), false) => Err(Rejection::new(
+            ErrorCode::EncryptionNotAllowed,
+            "this topic does not accept encrypted payloads",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -345,7 +367,7 @@ mod tests {
     use crate::policy_file::PolicyFile;
     use crate::quota::Quotas;
     use governor::clock::FakeRelativeClock;
-    use signet_proto::envelope::{CONTENT_TYPE_JSON, Encryption};
+    use signet_proto::envelope::{CONTENT_TYPE_JSON, Encryption, SealedKey};
     use signet_proto::{Header, SigningKey};
     use std::time::Duration;
 
@@ -424,6 +446,7 @@ schema = "order.json"
     fn envelope(key: &SigningKey, topic: &str, seq: u64, payload: &[u8]) -> Envelope {
         Envelope {
             version: 1,
+            salt: signet_proto::Salt::random().unwrap(),
             topic: topic.into(),
             key_id: key.id(),
             seq,
@@ -633,7 +656,7 @@ schema = "order.json"
     }
 
     #[test]
-    fn rejects_plaintext_on_an_encrypted_topic_and_schema_violations() {
+    fn encryption_blocks_must_fit_the_topic_and_schemas_are_checked() {
         let mut w = world();
         assert_eq!(
             w.alice_one("orders.secret", 1, b"{}"),
@@ -644,13 +667,42 @@ schema = "order.json"
             Some(ErrorCode::SchemaViolation)
         );
         assert_eq!(w.alice_one("orders.checked", 3, br#"{"id":1}"#), None);
-        let mut sealed = envelope(&w.alice, "orders.secret", 4, b"\x01");
-        sealed.encryption = Some(Encryption {
-            suite: 1,
-            recipients: vec![],
-        });
-        let publish = signed(&w.alice, vec![sealed]);
-        assert_eq!(w.check("alice", publish).unwrap(), [None]);
+        let sealed = |seq, topic: &str, suite, recipients| {
+            let mut e = envelope(&w.alice, topic, seq, b"\x01");
+            e.encryption = Some(Encryption {
+                suite,
+                key_commitment: [0; 32],
+                recipients: vec![
+                    SealedKey {
+                        key_id: KeyId([1; 16]),
+                        enc: vec![0; 32],
+                        sealed_key: vec![0; 48],
+                    };
+                    recipients
+                ],
+            });
+            e
+        };
+        let publish = signed(
+            &w.alice,
+            vec![
+                sealed(4, "orders.secret", 1, 1),
+                sealed(5, "orders.secret", 1, 0),
+                sealed(6, "orders.secret", 0, 0),
+                sealed(7, "orders.plain", 1, 1),
+                sealed(8, "orders.checked", 1, 1),
+            ],
+        );
+        assert_eq!(
+            w.check("alice", publish).unwrap(),
+            [
+                None,
+                Some(ErrorCode::EncryptionRequired),
+                Some(ErrorCode::UnsupportedSuite),
+                Some(ErrorCode::EncryptionNotAllowed),
+                Some(ErrorCode::EncryptionNotAllowed),
+            ]
+        );
     }
 
     #[test]

@@ -77,7 +77,7 @@ macro_rules! limits {
 
 // Each row: `name: "unit" = default, min, max, keys [policy-file keys];`
 limits! {
-    /// Largest payload accepted, after any encryption.
+    /// Largest envelope accepted, counted whole: payload (after any encryption), headers, encryption block and the rest of its canonical bytes.
     message_bytes_max: "bytes" = MIB, 1, PAYLOAD_BYTES_MAX_CEILING as u64,
         keys ["limits.message_bytes_max", "broker.max_message_bytes"];
     /// Largest frame accepted; the length prefix is checked before any allocation.

@@ -152,6 +152,12 @@ impl ClientConfig {
                             "encryption.recipients: {pattern:?} names no recipient"
                         ));
                     }
+                    let max = signet_proto::limits::RECIPIENTS_MAX;
+                    if keys.len() > max {
+                        return Err(format!(
+                            "encryption.recipients: {pattern:?} names more than {max} recipients"
+                        ));
+                    }
                     recipients.push((pattern.clone(), keys));
                 }
                 recipients.sort_by(|a, b| a.0.cmp(&b.0));

@@ -80,6 +80,11 @@ impl Payloads {
             Some(_) => {
                 let plaintext = crypt::decrypt(&e, &self.keys).map_err(|err| match err {
                     CryptError::NotARecipient => failed(ErrorCode::NotARecipient, err.to_string()),
+                    CryptError::UnsupportedSuite => {
+                        failed(ErrorCode::UnsupportedSuite, err.to_string())
+                    }
+                    // A key commitment mismatch included: a publisher
+                    // showing recipients different plaintexts.
                     other => failed(ErrorCode::BadSignature, other.to_string()),
                 })?;
                 self.validate(&e.topic, &e.content_type, &plaintext)

@@ -16,10 +16,10 @@ use crate::limits::{
 use crate::message::{OutgoingMessage, Reply, Request};
 use crate::payload::{BatchKeys, Payloads};
 use crate::seq::SeqAllocator;
-use signet_proto::envelope::ENVELOPE_VERSION;
+use signet_proto::envelope::{ENVELOPE_VERSION, check_headers};
 use signet_proto::frame::{ClientFrame, Outcome, Publish, ServerFrame};
 use signet_proto::stream::{read_frame, write_frame};
-use signet_proto::{Envelope, ErrorCode, SigningKey, batch, topic};
+use signet_proto::{Envelope, ErrorCode, Salt, SigningKey, batch, topic};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
@@ -176,10 +176,11 @@ async fn gather(
 }
 
 /// The client's own checks of a message before it is signed: a valid
-/// topic name (`BadTopic`) and a payload of at most [`PAYLOAD_BYTES_MAX`]
-/// bytes (`TooLarge`). Never stricter than a broker: the size limit is the
-/// largest any broker may be configured with, and a broker configured lower
-/// answers `TooLarge` itself.
+/// topic name (`BadTopic`), a payload of at most [`PAYLOAD_BYTES_MAX`]
+/// bytes (`TooLarge`) and headers within the protocol's caps (`BadFrame`).
+/// Never stricter than a broker: the size limit is the largest any broker
+/// may be configured with, and a broker configured lower answers
+/// `TooLarge` itself; the header caps are the same for every broker.
 pub(crate) fn check(message: &OutgoingMessage) -> Result<(), Error> {
     if let Err(e) = topic::validate_name(&message.topic) {
         return Err(Error::Invalid {
@@ -193,7 +194,10 @@ pub(crate) fn check(message: &OutgoingMessage) -> Result<(), Error> {
             detail: format!("payload larger than {PAYLOAD_BYTES_MAX} bytes"),
         });
     }
-    Ok(())
+    check_headers(&message.headers).map_err(|detail| Error::Invalid {
+        code: ErrorCode::BadFrame,
+        detail: detail.into(),
+    })
 }
 
 /// Turns waiting publishes into one signed `Publish` frame. Invalid
@@ -221,8 +225,21 @@ fn build(
                 continue;
             }
         };
+        // A fresh salt per envelope: batch-mates' proofs carry this
+        // envelope's leaf hash, which must not be guessable.
+        let salt = match Salt::random() {
+            Ok(salt) => salt,
+            Err(e) => {
+                let _ = reply.send(Err(Error::Invalid {
+                    code: ErrorCode::Internal,
+                    detail: e.to_string(),
+                }));
+                continue;
+            }
+        };
         let mut envelope = Envelope {
             version: ENVELOPE_VERSION,
+            salt,
             topic: message.topic,
             key_id: key.id(),
             seq,
@@ -329,6 +346,47 @@ mod tests {
         let mut m = message(PAYLOAD_BYTES_MAX + 1);
         m.topic = "bad..topic".into();
         assert_eq!(check(&m).unwrap_err().code(), Some(ErrorCode::BadTopic));
+    }
+
+    #[test]
+    fn every_envelope_gets_its_own_random_salt() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = SigningKey::from_seed(&[3; 32]).unwrap();
+        let mut seq = SeqAllocator::open(&dir.path().join("k.ed25519")).unwrap();
+        let (publish, _) = build(
+            &key,
+            &mut seq,
+            &Payloads::default(),
+            vec![request(8), request(8), request(8)],
+            &mut 0,
+        )
+        .unwrap();
+        let salts: Vec<_> = publish.envelopes.iter().map(|e| e.salt).collect();
+        assert_eq!(salts.len(), 3);
+        assert!(salts[0] != salts[1] && salts[1] != salts[2] && salts[0] != salts[2]);
+        assert!(salts.iter().all(|s| s.0 != [0; 16]));
+    }
+
+    #[test]
+    fn headers_past_the_protocol_caps_are_refused_before_sending() {
+        let mut m = message(8);
+        m.headers = vec![
+            signet_proto::Header {
+                name: "h".into(),
+                value: vec![0; signet_proto::limits::HEADER_VALUE_BYTES_MAX + 1],
+            },
+        ];
+        assert_eq!(check(&m).unwrap_err().code(), Some(ErrorCode::BadFrame));
+        m.headers = vec![
+            signet_proto::Header {
+                name: "h".into(),
+                value: vec![],
+            };
+            signet_proto::limits::HEADERS_MAX + 1
+        ];
+        assert_eq!(check(&m).unwrap_err().code(), Some(ErrorCode::BadFrame));
+        m.headers.truncate(signet_proto::limits::HEADERS_MAX);
+        assert!(check(&m).is_ok());
     }
 
     #[tokio::test]

@@ -122,6 +122,7 @@ mod tests {
     fn envelope(key_id: KeyId, i: usize) -> Envelope {
         Envelope {
             version: 1,
+            salt: signet_proto::Salt([i as u8; 16]),
             topic: "t.a".into(),
             key_id,
             seq: i as u64 + 1,

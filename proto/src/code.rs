@@ -68,6 +68,8 @@ codes! {
     EncryptionRequired(401) "the topic requires an encrypted payload";
     NotARecipient(402) "this client holds no key the payload was encrypted to";
     UnsupportedVersion(403) "the envelope or protocol version is not supported";
+    UnsupportedSuite(404) "the encryption suite is not supported";
+    EncryptionNotAllowed(405) "the topic does not accept encrypted payloads";
     // 5xx: broker
     Unavailable(500) "the broker cannot serve this now (storage or shutdown)";
     Internal(501) "internal broker error";

@@ -1,6 +1,8 @@
 //! The one frame codec: `u32` big-endian body length, then a MessagePack
 //! body. The length is checked against the limit before any allocation; a
-//! body must decode completely, with no trailing bytes.
+//! body must decode completely, with no trailing bytes; every list in it is
+//! capped while it is decoded (see `bounded`), so a body decodes into at
+//! most a small multiple of its size.
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -13,12 +13,22 @@
 //! carries the sealed keys and decrypts alone. The batch signature covers
 //! the ciphertext: a subscriber verifies first, then decrypts.
 //!
+//! Key commitment: ChaCha20-Poly1305 does not commit to its key, so a
+//! publisher could seal a different content key to each recipient and build
+//! one ciphertext that opens under both, showing each recipient another
+//! plaintext. The encryption block therefore carries
+//! `SHA-256("signet/v1/key-commitment\0" ‖ content key)`, inside the signed
+//! bytes; a subscriber checks the key it unsealed against it before
+//! decrypting, so every recipient that decrypts at all used the same key.
+//!
 //! Key text forms: a recipient public key is `x25519:<base64>`; a private
 //! key file holds the 32 raw bytes (mode 0600). A key's id is the first 16
 //! bytes of SHA-256 of its public key, as for signing keys.
 
-use crate::envelope::{Encryption, Envelope, SealedKey};
+pub use crate::envelope::SUITE_X25519_SHA256_CHACHA20;
+use crate::envelope::{Encryption, Envelope, KEY_COMMITMENT_BYTES, SealedKey};
 use crate::keys::KeyId;
+use crate::limits::RECIPIENTS_MAX;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use hpke::aead::ChaCha20Poly1305;
@@ -28,11 +38,27 @@ use hpke::{Deserializable, Kem, OpModeR, OpModeS, Serializable};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-/// The suite id carried in [`Encryption::suite`].
-pub const SUITE_X25519_SHA256_CHACHA20: u16 = 1;
-
 /// HPKE `info` for sealing content keys.
 pub const CONTENT_KEY_INFO: &[u8] = b"signet/v1/content-key";
+
+/// Domain-separation prefix of a content key's commitment.
+pub const KEY_COMMITMENT_CONTEXT: &[u8] = b"signet/v1/key-commitment\0";
+
+/// The commitment to a content key carried in [`Encryption::key_commitment`]:
+/// `SHA-256(KEY_COMMITMENT_CONTEXT ‖ key)`.
+pub fn key_commitment(key: &[u8; 32]) -> [u8; KEY_COMMITMENT_BYTES] {
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(KEY_COMMITMENT_CONTEXT);
+    ctx.update(key);
+    let mut out = [0u8; KEY_COMMITMENT_BYTES];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// Compares two commitments without an early exit.
+fn same_commitment(a: &[u8; KEY_COMMITMENT_BYTES], b: &[u8; KEY_COMMITMENT_BYTES]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// Why encryption or decryption failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,12 +69,16 @@ pub enum CryptError {
     BadPrivateKey,
     #[error("no recipients to encrypt to")]
     NoRecipients,
+    #[error("more than {RECIPIENTS_MAX} recipients")]
+    TooManyRecipients,
     #[error("this client holds no key the payload was encrypted to")]
     NotARecipient,
     #[error("the payload does not decrypt")]
     Corrupt,
     #[error("unsupported encryption suite")]
     UnsupportedSuite,
+    #[error("the content key does not match the envelope's key commitment")]
+    KeyCommitment,
     #[error("encryption failed")]
     Failed,
 }
@@ -174,6 +204,9 @@ impl ContentKey {
         if recipients.is_empty() {
             return Err(CryptError::NoRecipients);
         }
+        if recipients.len() > RECIPIENTS_MAX {
+            return Err(CryptError::TooManyRecipients);
+        }
         let mut key = [0u8; 32];
         SystemRandom::new()
             .fill(&mut key)
@@ -201,6 +234,7 @@ impl ContentKey {
             key,
             encryption: Encryption {
                 suite: SUITE_X25519_SHA256_CHACHA20,
+                key_commitment: key_commitment(&key),
                 recipients: sealed,
             },
         })
@@ -228,7 +262,8 @@ pub fn encrypt(envelope: &mut Envelope, recipients: &[RecipientKey]) -> Result<(
 }
 
 /// Decrypts a verified envelope's payload with the first of `keys` it was
-/// sealed to.
+/// sealed to, after checking the unsealed content key against the
+/// envelope's key commitment.
 pub fn decrypt(envelope: &Envelope, keys: &[DecryptionKey]) -> Result<Vec<u8>, CryptError> {
     let Some(encryption) = &envelope.encryption else {
         return Ok(envelope.payload.clone());
@@ -258,6 +293,9 @@ pub fn decrypt(envelope: &Envelope, keys: &[DecryptionKey]) -> Result<Vec<u8>, C
     )
     .map_err(|_| CryptError::Corrupt)?;
     let content_key: [u8; 32] = content_key.try_into().map_err(|_| CryptError::Corrupt)?;
+    if !same_commitment(&key_commitment(&content_key), &encryption.key_commitment) {
+        return Err(CryptError::KeyCommitment);
+    }
     let mut ciphertext = envelope.payload.clone();
     let aad = payload_aad(envelope);
     let plaintext = content_cipher(&content_key)?
@@ -273,6 +311,7 @@ mod tests {
     fn envelope() -> Envelope {
         Envelope {
             version: 1,
+            salt: crate::Salt([9; 16]),
             topic: "payroll.march".into(),
             key_id: KeyId([1; 16]),
             seq: 7,
@@ -353,6 +392,45 @@ mod tests {
             decrypt(&swapped, std::slice::from_ref(&a)),
             Err(CryptError::Corrupt)
         );
+    }
+
+    #[test]
+    fn a_content_key_other_than_the_committed_one_is_refused_before_decrypting() {
+        let (_, a) = DecryptionKey::generate().unwrap();
+        let mut e = envelope();
+        encrypt(&mut e, &[a.public_key().clone()]).unwrap();
+        let mut recommitted = e.clone();
+        if let Some(enc) = recommitted.encryption.as_mut() {
+            enc.key_commitment = key_commitment(&[0; 32]);
+        }
+        assert_eq!(
+            decrypt(&recommitted, std::slice::from_ref(&a)),
+            Err(CryptError::KeyCommitment)
+        );
+        assert_eq!(
+            decrypt(&e, std::slice::from_ref(&a)).unwrap(),
+            envelope().payload
+        );
+    }
+
+    #[test]
+    fn commitment_is_sha256_of_the_context_and_the_key() {
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let mut input = KEY_COMMITMENT_CONTEXT.to_vec();
+        input.extend_from_slice(&key);
+        let digest = ring::digest::digest(&ring::digest::SHA256, &input);
+        assert_eq!(&key_commitment(&key)[..], digest.as_ref());
+        assert_eq!(KEY_COMMITMENT_CONTEXT.len(), 25);
+    }
+
+    #[test]
+    fn too_many_recipients_are_refused_when_sealing() {
+        let (_, a) = DecryptionKey::generate().unwrap();
+        let many = vec![a.public_key().clone(); RECIPIENTS_MAX + 1];
+        assert!(matches!(
+            ContentKey::seal_to(&many),
+            Err(CryptError::TooManyRecipients)
+        ));
     }
 
     #[test]

@@ -8,23 +8,35 @@
 //! ```text
 //! "signet/v1/envelope\0"
 //! u8  version
+//! [16] salt
 //! u32 len ‖ topic (UTF-8)
 //! [16] key_id
 //! u64 seq
 //! u64 timestamp_ms
 //! u32 len ‖ content_type (UTF-8)
 //! u32 header count ‖ per header: u32 len ‖ name ‖ u32 len ‖ value
-//! u8  0 (no encryption) | 1 ‖ u16 suite ‖ u32 count ‖ per recipient:
-//!       [16] key_id ‖ u32 len ‖ enc ‖ u32 len ‖ sealed_key
+//! u8  0 (no encryption) | 1 ‖ u16 suite ‖ [32] key_commitment ‖ u32 count ‖
+//!       per recipient: [16] key_id ‖ u32 len ‖ enc ‖ u32 len ‖ sealed_key
 //! u32 len ‖ payload
 //! ```
+//!
+//! The salt is 16 random bytes the publisher draws for every envelope. A
+//! batch may mix topics and each stored proof carries its neighbours' leaf
+//! hashes; without the salt, a subscriber of one topic could hash guesses
+//! of a neighbour's low-entropy payload (every other field of it being
+//! guessable) and compare them with the leaf it was given.
 
 use crate::code::ErrorCode;
 use crate::keys::{KEY_ID_BYTES, KeyId, SIGNATURE_BYTES};
-use crate::limits::{CONTENT_TYPE_BYTES_MAX, HEADER_NAME_BYTES_MAX, HEADERS_MAX, PROOF_PATH_MAX};
+use crate::limits::{
+    BATCH_ENVELOPES_MAX, CONTENT_TYPE_BYTES_MAX, ENC_BYTES, HEADER_NAME_BYTES_MAX,
+    HEADER_VALUE_BYTES_MAX, HEADERS_BYTES_MAX, HEADERS_MAX, PROOF_PATH_MAX, RECIPIENTS_MAX,
+    SEALED_KEY_BYTES,
+};
 use crate::merkle::Hash;
 use crate::topic;
 use serde::{Deserialize, Serialize};
+use std::fmt;
 
 /// Domain-separation prefix of an envelope's canonical bytes.
 pub const ENVELOPE_CONTEXT: &[u8] = b"signet/v1/envelope\0";
@@ -40,6 +52,46 @@ pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
 pub const CONTENT_TYPE_OCTET: &str = "application/octet-stream";
 /// Content type for UTF-8 text.
 pub const CONTENT_TYPE_TEXT: &str = "text/plain";
+
+/// Length of an envelope's salt, in bytes.
+pub const SALT_BYTES: usize = 16;
+
+/// Length of an encryption block's key commitment, in bytes.
+pub const KEY_COMMITMENT_BYTES: usize = 32;
+
+/// The only encryption suite defined ([`Encryption::suite`]): HPKE base
+/// mode with DHKEM(X25519, HKDF-SHA256), HKDF-SHA256 and ChaCha20-Poly1305
+/// to seal the content key, ChaCha20-Poly1305 for the payload.
+pub const SUITE_X25519_SHA256_CHACHA20: u16 = 1;
+
+/// Why the system's random generator could not give a salt.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the system random generator failed")]
+pub struct RandomError;
+
+/// 16 random bytes inside an envelope's signed bytes, drawn by the
+/// publisher for every envelope, so that the envelope's leaf hash (which
+/// its batch-mates' proofs carry) cannot be matched against guesses.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Salt(#[serde(with = "crate::fixed")] pub [u8; SALT_BYTES]);
+
+impl Salt {
+    /// A fresh salt from the system's cryptographic random generator.
+    pub fn random() -> Result<Salt, RandomError> {
+        use ring::rand::SecureRandom;
+        let mut salt = [0u8; SALT_BYTES];
+        ring::rand::SystemRandom::new()
+            .fill(&mut salt)
+            .map_err(|_| RandomError)?;
+        Ok(Salt(salt))
+    }
+}
+
+impl fmt::Debug for Salt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Salt({})", hex::encode(self.0))
+    }
+}
 
 /// One signed header. Every header is inside the signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,9 +119,16 @@ pub struct SealedKey {
 /// How a payload is encrypted, when it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Encryption {
-    /// HPKE suite id.
+    /// Suite id ([`SUITE_X25519_SHA256_CHACHA20`] is the only one).
     pub suite: u16,
-    /// One sealed content key per recipient key.
+    /// SHA-256 of `"signet/v1/key-commitment\0" ‖ content key`: binds the
+    /// envelope to one content key, so a publisher cannot seal different
+    /// keys to different recipients and show each another plaintext. A
+    /// subscriber checks it after unsealing and before decrypting.
+    #[serde(with = "crate::fixed")]
+    pub key_commitment: [u8; KEY_COMMITMENT_BYTES],
+    /// One sealed content key per recipient key (at most [`RECIPIENTS_MAX`]).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, RECIPIENTS_MAX>")]
     pub recipients: Vec<SealedKey>,
 }
 
@@ -78,6 +137,8 @@ pub struct Encryption {
 pub struct Envelope {
     /// Envelope format version ([`ENVELOPE_VERSION`]).
     pub version: u8,
+    /// Random, drawn by the publisher for this envelope ([`Salt::random`]).
+    pub salt: Salt,
     /// Topic name (validated by [`topic::validate_name`]).
     pub topic: String,
     /// Id of the key that signed this envelope.
@@ -88,7 +149,8 @@ pub struct Envelope {
     pub timestamp_ms: u64,
     /// MIME type of the payload.
     pub content_type: String,
-    /// Signed headers, in order.
+    /// Signed headers, in order (at most [`HEADERS_MAX`]).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, HEADERS_MAX>")]
     pub headers: Vec<Header>,
     /// Present when the payload is ciphertext.
     pub encryption: Option<Encryption>,
@@ -107,7 +169,8 @@ pub struct Proof {
     pub leaf_index: u32,
     /// Number of leaves in the batch.
     pub leaf_count: u32,
-    /// Merkle audit path, leaf to root.
+    /// Merkle audit path, leaf to root (at most [`PROOF_PATH_MAX`] hashes).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, PROOF_PATH_MAX>")]
     pub path: Vec<Hash>,
 }
 
@@ -116,6 +179,7 @@ impl Proof {
     pub fn shape_ok(&self) -> bool {
         self.signature.len() == SIGNATURE_BYTES
             && self.leaf_index < self.leaf_count
+            && self.leaf_count as usize <= BATCH_ENVELOPES_MAX
             && self.path.len() <= PROOF_PATH_MAX
     }
 }
@@ -154,6 +218,7 @@ impl Envelope {
             None => 1,
             Some(e) => {
                 1 + 2
+                    + KEY_COMMITMENT_BYTES
                     + 4
                     + e.recipients
                         .iter()
@@ -163,6 +228,7 @@ impl Envelope {
         };
         ENVELOPE_CONTEXT.len()
             + 1
+            + SALT_BYTES
             + 4
             + self.topic.len()
             + KEY_ID_BYTES
@@ -189,6 +255,7 @@ impl Envelope {
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(ENVELOPE_CONTEXT);
         out.push(self.version);
+        out.extend_from_slice(&self.salt.0);
         put_bytes(&mut out, self.topic.as_bytes());
         out.extend_from_slice(&self.key_id.0);
         out.extend_from_slice(&self.seq.to_be_bytes());
@@ -204,6 +271,7 @@ impl Envelope {
             Some(e) => {
                 out.push(1);
                 out.extend_from_slice(&e.suite.to_be_bytes());
+                out.extend_from_slice(&e.key_commitment);
                 put_count(&mut out, e.recipients.len());
                 for r in &e.recipients {
                     out.extend_from_slice(&r.key_id.0);
@@ -217,9 +285,14 @@ impl Envelope {
         out
     }
 
-    /// Checks everything about the envelope that needs no key and no state:
-    /// version, topic, content type, headers, payload size.
-    pub fn check_shape(&self, payload_bytes_max: usize) -> Result<(), (ErrorCode, &'static str)> {
+    /// Checks everything about the envelope that needs no key and no state,
+    /// in this order: version (`UnsupportedVersion`), topic (`BadTopic`),
+    /// the whole envelope's size, i.e. its [`Envelope::canonical_len`],
+    /// against `message_bytes_max` (`TooLarge`), content type and headers
+    /// (`BadFrame`), then the encryption block: a known suite
+    /// (`UnsupportedSuite`), at most [`RECIPIENTS_MAX`] recipients with keys
+    /// of the suite's lengths (`BadFrame`).
+    pub fn check_shape(&self, message_bytes_max: usize) -> Result<(), (ErrorCode, &'static str)> {
         if self.version != ENVELOPE_VERSION {
             return Err((
                 ErrorCode::UnsupportedVersion,
@@ -229,21 +302,70 @@ impl Envelope {
         if topic::validate_name(&self.topic).is_err() {
             return Err((ErrorCode::BadTopic, "invalid topic name"));
         }
-        if self.payload.len() > payload_bytes_max {
-            return Err((ErrorCode::TooLarge, "payload larger than the broker allows"));
+        if self.canonical_len() > message_bytes_max {
+            return Err((
+                ErrorCode::TooLarge,
+                "envelope larger than the broker allows",
+            ));
         }
         if self.content_type.is_empty() || self.content_type.len() > CONTENT_TYPE_BYTES_MAX {
             return Err((ErrorCode::BadFrame, "invalid content type"));
         }
-        if self.headers.len() > HEADERS_MAX {
-            return Err((ErrorCode::BadFrame, "too many headers"));
+        check_headers(&self.headers).map_err(|detail| (ErrorCode::BadFrame, detail))?;
+        match &self.encryption {
+            None => Ok(()),
+            Some(e) => e.check_shape(),
+        }
+    }
+}
+
+/// Checks a header list against the protocol's caps: at most
+/// [`HEADERS_MAX`] headers, names of 1..=[`HEADER_NAME_BYTES_MAX`] bytes,
+/// values of at most [`HEADER_VALUE_BYTES_MAX`] bytes, and at most
+/// [`HEADERS_BYTES_MAX`] bytes of names and values together. Publishers
+/// check before sending, since a broker refuses more.
+pub fn check_headers(headers: &[Header]) -> Result<(), &'static str> {
+    if headers.len() > HEADERS_MAX {
+        return Err("too many headers");
+    }
+    if headers
+        .iter()
+        .any(|h| h.name.is_empty() || h.name.len() > HEADER_NAME_BYTES_MAX)
+    {
+        return Err("invalid header name");
+    }
+    if headers
+        .iter()
+        .any(|h| h.value.len() > HEADER_VALUE_BYTES_MAX)
+    {
+        return Err("header value too long");
+    }
+    let total: usize = headers.iter().map(|h| h.name.len() + h.value.len()).sum();
+    if total > HEADERS_BYTES_MAX {
+        return Err("headers too long altogether");
+    }
+    Ok(())
+}
+
+impl Encryption {
+    /// A known suite (`UnsupportedSuite`), at most [`RECIPIENTS_MAX`]
+    /// recipients, each with an `enc` of [`ENC_BYTES`] and a `sealed_key`
+    /// of [`SEALED_KEY_BYTES`] (`BadFrame`). Whether the topic wants an
+    /// encryption block at all, and at least one recipient, is the topic's
+    /// rule, checked by the broker with its policy.
+    pub fn check_shape(&self) -> Result<(), (ErrorCode, &'static str)> {
+        if self.suite != SUITE_X25519_SHA256_CHACHA20 {
+            return Err((ErrorCode::UnsupportedSuite, "unsupported encryption suite"));
+        }
+        if self.recipients.len() > RECIPIENTS_MAX {
+            return Err((ErrorCode::BadFrame, "too many recipients"));
         }
         if self
-            .headers
+            .recipients
             .iter()
-            .any(|h| h.name.is_empty() || h.name.len() > HEADER_NAME_BYTES_MAX)
+            .any(|r| r.enc.len() != ENC_BYTES || r.sealed_key.len() != SEALED_KEY_BYTES)
         {
-            return Err((ErrorCode::BadFrame, "invalid header name"));
+            return Err((ErrorCode::BadFrame, "sealed key of the wrong length"));
         }
         Ok(())
     }
@@ -256,6 +378,7 @@ mod tests {
     fn sample() -> Envelope {
         Envelope {
             version: 1,
+            salt: Salt([5; SALT_BYTES]),
             topic: "orders.created".into(),
             key_id: KeyId([7; 16]),
             seq: 42,
@@ -274,15 +397,23 @@ mod tests {
     fn canonical_len_is_exact() {
         let mut e = sample();
         assert_eq!(e.canonical_bytes().len(), e.canonical_len());
-        e.encryption = Some(Encryption {
-            suite: 1,
-            recipients: vec![SealedKey {
-                key_id: KeyId([1; 16]),
-                enc: vec![2; 32],
-                sealed_key: vec![3; 48],
-            }],
-        });
+        e.encryption = Some(sealed(1));
         assert_eq!(e.canonical_bytes().len(), e.canonical_len());
+    }
+
+    fn sealed(recipients: usize) -> Encryption {
+        Encryption {
+            suite: SUITE_X25519_SHA256_CHACHA20,
+            key_commitment: [4; KEY_COMMITMENT_BYTES],
+            recipients: vec![
+                SealedKey {
+                    key_id: KeyId([1; 16]),
+                    enc: vec![2; ENC_BYTES],
+                    sealed_key: vec![3; SEALED_KEY_BYTES],
+                };
+                recipients
+            ],
+        }
     }
 
     #[test]
@@ -309,6 +440,20 @@ mod tests {
         variants.push(e);
         let mut e = sample();
         e.payload = br#"{"id":2}"#.to_vec();
+        variants.push(e);
+        let mut e = sample();
+        e.salt.0[15] ^= 1;
+        variants.push(e);
+        let mut e = sample();
+        e.encryption = Some(sealed(1));
+        let base_sealed = e.canonical_bytes();
+        variants.push(e);
+        let mut e = sample();
+        e.encryption = Some(sealed(1));
+        if let Some(enc) = e.encryption.as_mut() {
+            enc.key_commitment[0] ^= 1;
+        }
+        assert_ne!(e.canonical_bytes(), base_sealed);
         variants.push(e);
         for v in variants {
             assert_ne!(v.canonical_bytes(), base);
@@ -341,5 +486,97 @@ mod tests {
         let e = sample();
         assert_eq!(e.check_shape(3).unwrap_err().0, ErrorCode::TooLarge);
         assert!(sample().check_shape(1024).is_ok());
+    }
+
+    #[test]
+    fn the_whole_envelope_counts_against_the_size_limit() {
+        let e = sample();
+        let exact = e.canonical_len();
+        assert!(e.check_shape(exact).is_ok());
+        assert_eq!(e.check_shape(exact - 1).unwrap_err().0, ErrorCode::TooLarge);
+        // An empty payload does not make headers free.
+        let mut headers = sample();
+        headers.payload.clear();
+        headers.headers = vec![
+            Header {
+                name: "h".into(),
+                value: vec![0; HEADER_VALUE_BYTES_MAX],
+            };
+            3
+        ];
+        assert!(check_headers(&headers.headers).is_ok());
+        assert_eq!(
+            headers
+                .check_shape(3 * HEADER_VALUE_BYTES_MAX)
+                .unwrap_err()
+                .0,
+            ErrorCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn header_caps_are_each_enforced() {
+        let header = |name: &str, value: usize| Header {
+            name: name.into(),
+            value: vec![0; value],
+        };
+        assert!(check_headers(&vec![header("h", 1); HEADERS_MAX]).is_ok());
+        assert!(check_headers(&vec![header("h", 1); HEADERS_MAX + 1]).is_err());
+        assert!(check_headers(&[header("", 1)]).is_err());
+        assert!(check_headers(&[header(&"n".repeat(HEADER_NAME_BYTES_MAX), 0)]).is_ok());
+        assert!(check_headers(&[header(&"n".repeat(HEADER_NAME_BYTES_MAX + 1), 0)]).is_err());
+        assert!(check_headers(&[header("h", HEADER_VALUE_BYTES_MAX)]).is_ok());
+        assert!(check_headers(&[header("h", HEADER_VALUE_BYTES_MAX + 1)]).is_err());
+        let fill = HEADERS_BYTES_MAX / 4 - 1;
+        assert!(check_headers(&vec![header("h", fill); 4]).is_ok());
+        assert!(check_headers(&vec![header("h", fill + 1); 4]).is_err());
+    }
+
+    #[test]
+    fn encryption_shape_wants_a_known_suite_and_suite_sized_keys() {
+        assert!(sealed(RECIPIENTS_MAX).check_shape().is_ok());
+        assert!(sealed(0).check_shape().is_ok(), "the topic rule decides");
+        assert_eq!(
+            sealed(RECIPIENTS_MAX + 1).check_shape().unwrap_err().0,
+            ErrorCode::BadFrame
+        );
+        let mut unknown = sealed(1);
+        unknown.suite = 0;
+        assert_eq!(
+            unknown.check_shape().unwrap_err().0,
+            ErrorCode::UnsupportedSuite
+        );
+        let mut short = sealed(1);
+        short.recipients[0].enc.pop();
+        assert_eq!(short.check_shape().unwrap_err().0, ErrorCode::BadFrame);
+        let mut long = sealed(1);
+        long.recipients[0].sealed_key.push(0);
+        assert_eq!(long.check_shape().unwrap_err().0, ErrorCode::BadFrame);
+    }
+
+    #[test]
+    fn salts_are_random() {
+        let (a, b) = (Salt::random().unwrap(), Salt::random().unwrap());
+        assert_ne!(a, b);
+        assert_ne!(a.0, [0; SALT_BYTES]);
+    }
+
+    #[test]
+    fn lists_are_capped_while_decoding() {
+        let mut e = sample();
+        e.headers = vec![e.headers[0].clone(); HEADERS_MAX];
+        e.encryption = Some(sealed(RECIPIENTS_MAX));
+        let bytes = crate::codec::encode_body(&e).unwrap();
+        assert_eq!(crate::codec::decode::<Envelope>(&bytes).unwrap(), e);
+        let mut over = e.clone();
+        over.headers.push(over.headers[0].clone());
+        let bytes = crate::codec::encode_body(&over).unwrap();
+        assert!(crate::codec::decode::<Envelope>(&bytes).is_err());
+        let mut over = e;
+        if let Some(enc) = over.encryption.as_mut() {
+            enc.recipients.push(enc.recipients[0].clone());
+        }
+        let bytes = crate::codec::encode_body(&over).unwrap();
+        assert!(crate::codec::decode::<Envelope>(&bytes).is_err());
     }
 }

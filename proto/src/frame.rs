@@ -11,6 +11,7 @@
 
 use crate::code::ErrorCode;
 use crate::envelope::Envelope;
+use crate::limits::{BATCH_ENVELOPES_MAX, DELIVER_MESSAGES_MAX};
 use serde::{Deserialize, Serialize};
 
 /// A batch of envelopes signed together. The broker rebuilds the Merkle
@@ -22,7 +23,9 @@ pub struct Publish {
     /// Ed25519 signature over the batch message of these envelopes.
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
-    /// 1..=256 envelopes, all signed by the same key.
+    /// 1..=256 envelopes, all signed by the same key (more are refused
+    /// while decoding).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, BATCH_ENVELOPES_MAX>")]
     pub envelopes: Vec<Envelope>,
 }
 
@@ -97,7 +100,8 @@ impl Rejection {
 pub struct Results {
     /// The [`Publish::request_id`] answered.
     pub request_id: u64,
-    /// One per envelope, in the batch's order.
+    /// One per envelope, in the batch's order (at most 256).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, BATCH_ENVELOPES_MAX>")]
     pub outcomes: Vec<Outcome>,
 }
 
@@ -119,8 +123,11 @@ pub enum ServerFrame {
     Subscribed {
         next_offset: u64,
     },
-    /// Messages in offset order, without gaps.
-    Deliver(Vec<Delivery>),
+    /// Messages in offset order, without gaps (at most 512).
+    Deliver(
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, DELIVER_MESSAGES_MAX>")]
+        Vec<Delivery>,
+    ),
     /// The stream is refused or closed for this reason.
     Error(Rejection),
 }

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+mod bounded;
 pub mod code;
 pub mod codec;
 #[cfg(feature = "encrypt")]
@@ -27,5 +28,5 @@ pub mod stream;
 pub mod topic;
 
 pub use code::ErrorCode;
-pub use envelope::{Envelope, Header, Proof, StoredRecord};
+pub use envelope::{Envelope, Header, Proof, Salt, StoredRecord};
 pub use keys::{KeyId, PublicKey, SigningKey};

@@ -5,11 +5,14 @@
 /// a smaller or larger value (`broker.max_frame_bytes`).
 pub const FRAME_BYTES_MAX_DEFAULT: u32 = 4 * 1024 * 1024;
 
-/// Largest number of envelopes in one signed batch (one `Publish` frame).
-/// Bounds the Merkle path at 8 hashes and the work one signature check buys.
+/// Largest number of envelopes in one signed batch (one `Publish` frame),
+/// and of outcomes in one `Results` frame. Bounds the Merkle path at 8
+/// hashes and the work one signature check buys. Also capped while
+/// decoding.
 pub const BATCH_ENVELOPES_MAX: usize = 256;
 
-/// Largest Merkle path, in hashes: log2 of [`BATCH_ENVELOPES_MAX`].
+/// Largest Merkle path, in hashes: log2 of [`BATCH_ENVELOPES_MAX`]. Also
+/// capped while decoding.
 pub const PROOF_PATH_MAX: usize = 8;
 
 /// Largest topic name, in bytes.
@@ -18,11 +21,32 @@ pub const TOPIC_BYTES_MAX: usize = 255;
 /// Largest number of dot-separated tokens in a topic name or pattern.
 pub const TOPIC_TOKENS_MAX: usize = 16;
 
-/// Largest number of headers on one envelope.
+/// Largest number of headers on one envelope. Also capped while decoding,
+/// so a frame cannot hold a longer list.
 pub const HEADERS_MAX: usize = 64;
 
 /// Largest header name, in bytes.
 pub const HEADER_NAME_BYTES_MAX: usize = 128;
+
+/// Largest header value, in bytes: headers are metadata (trace ids, tags);
+/// bulk belongs in the payload.
+pub const HEADER_VALUE_BYTES_MAX: usize = 4 * 1024;
+
+/// Largest sum of every header's name and value on one envelope, in bytes.
+pub const HEADERS_BYTES_MAX: usize = 16 * 1024;
+
+/// Largest number of recipients (sealed content keys) on one envelope.
+/// Also capped while decoding. With suite 1 a recipient costs 104 bytes, so
+/// the encryption block stays under 7 KiB.
+pub const RECIPIENTS_MAX: usize = 64;
+
+/// Length of `SealedKey.enc`, in bytes: suite 1's X25519 encapsulated key.
+/// No other length is accepted.
+pub const ENC_BYTES: usize = 32;
+
+/// Length of `SealedKey.sealed_key`, in bytes: suite 1's 32-byte content key
+/// and its 16-byte tag. No other length is accepted.
+pub const SEALED_KEY_BYTES: usize = 48;
 
 /// Largest content type string, in bytes.
 pub const CONTENT_TYPE_BYTES_MAX: usize = 128;
@@ -30,7 +54,8 @@ pub const CONTENT_TYPE_BYTES_MAX: usize = 128;
 /// Largest error detail sent to a peer, in bytes (details are short and safe).
 pub const DETAIL_BYTES_MAX: usize = 256;
 
-/// Largest number of messages in one `Deliver` frame.
+/// Largest number of messages in one `Deliver` frame. Also capped while
+/// decoding.
 pub const DELIVER_MESSAGES_MAX: usize = 512;
 
 /// The largest payload limit a broker may be configured with

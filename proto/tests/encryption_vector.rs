@@ -5,7 +5,8 @@
 //! The vector is built here from the protocol description, with the HPKE
 //! and AEAD primitives called directly and every random input fixed: the
 //! recipient key and the sender's ephemeral key come from the RFC 9180
-//! Appendix A.2 inputs, the content key is 00 01 .. 1f. `crypt::decrypt`
+//! Appendix A.2 inputs, the content key is 00 01 .. 1f, the salt a0 a1 .. af.
+//! `crypt::decrypt`
 //! must then open it, which ties the description to the crate's code. The
 //! envelope is the one `publish_frame.hex` carries.
 //! Regenerate (only when the format deliberately changes) with
@@ -18,10 +19,12 @@ use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable, Kem, OpModeS, Serializable};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use serde_json::{Value, json};
-use signet_proto::crypt::{self, CONTENT_KEY_INFO, DecryptionKey, SUITE_X25519_SHA256_CHACHA20};
+use signet_proto::crypt::{
+    self, CONTENT_KEY_INFO, DecryptionKey, KEY_COMMITMENT_CONTEXT, SUITE_X25519_SHA256_CHACHA20,
+};
 use signet_proto::envelope::{CONTENT_TYPE_JSON, Encryption, Envelope, Header, SealedKey};
 use signet_proto::frame::ClientFrame;
-use signet_proto::{KeyId, SigningKey, batch, codec, merkle};
+use signet_proto::{KeyId, Salt, SigningKey, batch, codec, merkle};
 
 /// The publisher's Ed25519 seed (the same key as `vectors.json`).
 const SIGNING_SEED: [u8; 32] = [7; 32];
@@ -60,6 +63,22 @@ fn content_key() -> [u8; 32] {
     std::array::from_fn(|i| i as u8)
 }
 
+/// The envelope's salt: a0 a1 .. af.
+fn salt() -> Salt {
+    Salt(std::array::from_fn(|i| 0xa0 + i as u8))
+}
+
+/// SHA-256 of the commitment context and the content key, computed here
+/// from the description (not with `crypt::key_commitment`).
+fn commitment() -> [u8; 32] {
+    let mut input = KEY_COMMITMENT_CONTEXT.to_vec();
+    input.extend_from_slice(&content_key());
+    ring::digest::digest(&ring::digest::SHA256, &input)
+        .as_ref()
+        .try_into()
+        .unwrap()
+}
+
 /// The recipient's private key bytes (what its key file holds) and public key.
 fn recipient() -> (Vec<u8>, Vec<u8>) {
     let (sk, pk) = X25519HkdfSha256::derive_keypair(&h(RECIPIENT_IKM));
@@ -71,6 +90,7 @@ fn plain_envelope() -> Envelope {
     let key = SigningKey::from_seed(&SIGNING_SEED).unwrap();
     Envelope {
         version: 1,
+        salt: salt(),
         topic: "payroll.march".into(),
         key_id: key.id(),
         seq: 42,
@@ -107,6 +127,7 @@ fn build() -> Value {
     let mut envelope = plain_envelope();
     envelope.encryption = Some(Encryption {
         suite: SUITE_X25519_SHA256_CHACHA20,
+        key_commitment: commitment(),
         recipients: vec![SealedKey {
             key_id: recipient_id,
             enc: enc.to_bytes().to_vec(),
@@ -131,7 +152,7 @@ fn build() -> Value {
     let canonical = envelope.canonical_bytes();
     let signed = batch::sign(&key, std::slice::from_ref(&envelope)).unwrap();
     json!({
-        "description": "Signet v1 end-to-end encryption vector: one envelope, one recipient. HPKE base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305; the sender's ephemeral IKM and the recipient's IKM are RFC 9180 A.2's ikmE and ikmR. The payload is ChaCha20-Poly1305 under content_key with nonce_hex and aad_hex. The envelope is the one in publish_frame.hex.",
+        "description": "Signet v1 end-to-end encryption vector: one envelope, one recipient. HPKE base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, ChaCha20-Poly1305; the sender's ephemeral IKM and the recipient's IKM are RFC 9180 A.2's ikmE and ikmR. The key commitment is SHA-256 of key_commitment_context_hex and content_key_hex. The payload is ChaCha20-Poly1305 under content_key with nonce_hex and aad_hex. The envelope is the one in publish_frame.hex.",
         "suite": SUITE_X25519_SHA256_CHACHA20,
         "hpke_info_hex": hex::encode(CONTENT_KEY_INFO),
         "recipient_private_key_hex": hex::encode(&recipient_sk),
@@ -141,10 +162,13 @@ fn build() -> Value {
         "ephemeral_ikm_hex": EPHEMERAL_IKM,
         "enc_hex": hex::encode(enc.to_bytes()),
         "content_key_hex": hex::encode(content_key()),
+        "key_commitment_context_hex": hex::encode(KEY_COMMITMENT_CONTEXT),
+        "key_commitment_hex": hex::encode(commitment()),
         "sealed_key_hex": hex::encode(&sealed_key),
         "signing_seed_hex": hex::encode(SIGNING_SEED),
         "envelope": {
             "version": envelope.version,
+            "salt_hex": hex::encode(envelope.salt.0),
             "topic": envelope.topic,
             "key_id": envelope.key_id.to_hex(),
             "seq": envelope.seq,
@@ -189,6 +213,7 @@ fn pinned_envelope(v: &Value) -> Envelope {
     let mut envelope = plain_envelope();
     envelope.encryption = Some(Encryption {
         suite: v["suite"].as_u64().unwrap() as u16,
+        key_commitment: h(&s("key_commitment_hex")).try_into().unwrap(),
         recipients: vec![SealedKey {
             key_id: s("recipient_key_id").parse().unwrap(),
             enc: h(&s("enc_hex")),
@@ -270,5 +295,20 @@ fn publish_golden_carries_the_encrypted_envelope_and_it_decrypts() {
     assert_eq!(
         crypt::decrypt(&publish.envelopes[0], &[key]).unwrap(),
         PLAINTEXT
+    );
+}
+
+#[test]
+fn pinned_vector_with_another_key_commitment_does_not_decrypt() {
+    let v = pinned();
+    let mut envelope = pinned_envelope(&v);
+    if let Some(e) = envelope.encryption.as_mut() {
+        e.key_commitment[31] ^= 1;
+    }
+    let sk = h(v["recipient_private_key_hex"].as_str().unwrap());
+    let key = DecryptionKey::from_bytes(&sk).unwrap();
+    assert_eq!(
+        crypt::decrypt(&envelope, &[key]),
+        Err(crypt::CryptError::KeyCommitment)
     );
 }

@@ -7,7 +7,7 @@ use signet_proto::envelope::{CONTENT_TYPE_JSON, Envelope};
 use signet_proto::frame::{
     ClientFrame, Delivery, Outcome, Publish, Rejection, Results, ServerFrame, StartAt, Subscribe,
 };
-use signet_proto::{ErrorCode, KeyId};
+use signet_proto::{ErrorCode, KeyId, Salt};
 
 fn publish() -> ClientFrame {
     ClientFrame::Publish(Publish {
@@ -15,6 +15,7 @@ fn publish() -> ClientFrame {
         signature: vec![1; 64],
         envelopes: vec![Envelope {
             version: 1,
+            salt: Salt([5; 16]),
             topic: "a.b".into(),
             key_id: KeyId([2; 16]),
             seq: 3,

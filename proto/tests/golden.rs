@@ -16,7 +16,7 @@ use signet_proto::envelope::{
 use signet_proto::frame::{
     ClientFrame, Delivery, Outcome, Publish, Rejection, Results, ServerFrame, StartAt, Subscribe,
 };
-use signet_proto::{ErrorCode, KeyId, SigningKey, batch};
+use signet_proto::{ErrorCode, KeyId, Salt, SigningKey, batch};
 use std::path::PathBuf;
 
 /// The publisher's Ed25519 seed: the key of `vectors.json`.
@@ -26,9 +26,11 @@ const SEED: [u8; 32] = [7; 32];
 // (recipient: RFC 9180 A.2's pkRm; checked by `tests/encryption_vector.rs`).
 const RECIPIENT_PUBLIC_KEY: &str =
     "4310ee97d88cc1f088a5576c77ab0cf5c3ac797f3d95139c6c84b5429c59662a";
+const SALT: &str = "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf";
+const KEY_COMMITMENT: &str = "9b28df054cf81e6b81e537fe459b662d0ed642f6ad865bb6c0f913f67f56323d";
 const ENC: &str = "1afa08d3dec047a643885163f1180476fa7ddb54c6a8029ea33f95796bf2ac4a";
 const SEALED_KEY: &str = "7a8f4345a7cca17dbea509bb62cf838dc93bcce93988cc9bfec1d6e5641b1b43e10b8be4a25cc59e18e279f01037af7d";
-const CIPHERTEXT: &str = "8573d8eb16533f870f5a4b583dc1d55a1fc6f65d527e1b953ff3d9c03ce899";
+const CIPHERTEXT: &str = "8573d8eb16533f870f5a4b583dc1d5a7504ea43b513403f360aec0647eaf1c";
 
 fn h(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap()
@@ -42,6 +44,7 @@ fn key() -> SigningKey {
 fn encrypted_envelope() -> Envelope {
     Envelope {
         version: 1,
+        salt: Salt(h(SALT).try_into().unwrap()),
         topic: "payroll.march".into(),
         key_id: key().id(),
         seq: 42,
@@ -53,6 +56,7 @@ fn encrypted_envelope() -> Envelope {
         }],
         encryption: Some(Encryption {
             suite: 1,
+            key_commitment: h(KEY_COMMITMENT).try_into().unwrap(),
             recipients: vec![SealedKey {
                 key_id: KeyId::of(&h(RECIPIENT_PUBLIC_KEY)),
                 enc: h(ENC),
@@ -104,6 +108,7 @@ fn results_frame() -> ServerFrame {
 fn vector_envelope(i: usize) -> Envelope {
     Envelope {
         version: 1,
+        salt: Salt(std::array::from_fn(|j| (16 * i + j) as u8)),
         topic: format!("vectors.t{}", i % 3),
         key_id: key().id(),
         seq: i as u64 + 1,

@@ -7,14 +7,20 @@
 use serde_json::{Value, json};
 use signet_proto::envelope::{CONTENT_TYPE_JSON, Envelope, Header};
 use signet_proto::merkle::{self, Hash};
-use signet_proto::{KeyId, SigningKey, batch};
+use signet_proto::{KeyId, Salt, SigningKey, batch};
 
 const SEED: [u8; 32] = [7; 32];
 const SIZES: [usize; 4] = [1, 2, 3, 256];
 
+/// Envelope `i`'s salt: byte `j` is `(16·i + j) mod 256`.
+fn salt(i: usize) -> Salt {
+    Salt(std::array::from_fn(|j| (16 * i + j) as u8))
+}
+
 fn envelope(key: KeyId, i: usize) -> Envelope {
     Envelope {
         version: 1,
+        salt: salt(i),
         topic: format!("vectors.t{}", i % 3),
         key_id: key,
         seq: i as u64 + 1,
@@ -54,6 +60,7 @@ fn build() -> Value {
                 let e = &envelopes[i];
                 json!({
                     "index": i,
+                    "salt_hex": hex::encode(e.salt.0),
                     "topic": e.topic,
                     "seq": e.seq,
                     "timestamp_ms": e.timestamp_ms,
@@ -75,7 +82,7 @@ fn build() -> Value {
         }));
     }
     json!({
-        "description": "Signet v1 vectors. Envelope i of every batch: topic vectors.t{i%3}, seq i+1, timestamp 1700000000000+i, content type application/json, header (\"h\", [i]) when i is even, payload {\"i\":i}, no encryption.",
+        "description": "Signet v1 vectors. Envelope i of every batch: salt bytes (16i+j) mod 256 for j = 0..15, topic vectors.t{i%3}, seq i+1, timestamp 1700000000000+i, content type application/json, header (\"h\", [i]) when i is even, payload {\"i\":i}, no encryption.",
         "seed_hex": hex::encode(SEED),
         "public_key": key.public_key().to_string(),
         "key_id": key.id().to_hex(),

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 pub mod codes;
+pub mod process;
+pub mod raw;
 
 use futures_util::StreamExt;
 use signet_client::{Client, Message, StartAt, Subscription};
@@ -95,10 +97,11 @@ pub fn fresh_seq() -> u64 {
         + (1 << 40)
 }
 
-/// An envelope as a publisher would build it.
+/// An envelope as a publisher would build it (with a fresh random salt).
 pub fn envelope(key: KeyId, topic: &str, seq: u64, payload: &[u8]) -> Envelope {
     Envelope {
         version: 1,
+        salt: signet_proto::Salt::random().expect("random salt"),
         topic: topic.into(),
         key_id: key,
         seq,
