@@ -23,6 +23,7 @@
 mod client;
 mod config;
 mod error;
+pub mod fuzzing;
 mod limits;
 mod message;
 mod order;
