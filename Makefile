@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: deps build run test lint bench fmt clean-dev
+.PHONY: deps build run test lint bench fuzz fmt clean-dev
 
 deps:
 	@bash scripts/install-deps.sh
@@ -35,6 +35,28 @@ lint: deps
 # Publish benchmark: SIGNET_BENCH_MESSAGES, SIGNET_BENCH_SIZE, SIGNET_BENCH_INFLIGHT.
 bench: deps
 	$(CARGO) bench --bench publish
+
+# Fuzzing (cargo-fuzz + libFuzzer, AddressSanitizer): every target in
+# fuzz/fuzz_targets for FUZZ_SECONDS each (default 60), built in fuzz/target
+# (not part of `make test`, which replays fuzz/corpus instead). Needs
+# `cargo install cargo-fuzz`; RUSTC_BOOTSTRAP=1 lets the stable toolchain
+# take the sanitizer flags. New inputs go to fuzz/target/corpus (scratch),
+# crashes to fuzz/artifacts/<target>. The RocksDB archive the release build
+# already compiled is linked instead of compiling RocksDB again.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= $(sort $(basename $(notdir $(wildcard fuzz/fuzz_targets/*.rs))))
+ROCKSDB_ARCHIVE := $(shell ls -t target/release/build/librocksdb-sys-*/out/librocksdb.a 2>/dev/null | head -1)
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || { echo "make fuzz needs cargo-fuzz: cargo install cargo-fuzz"; exit 1; }
+	@export RUSTC_BOOTSTRAP=1; \
+	$(if $(ROCKSDB_ARCHIVE),export ROCKSDB_LIB_DIR=$(abspath $(dir $(ROCKSDB_ARCHIVE))) ROCKSDB_STATIC=1;) \
+	for t in $(FUZZ_TARGETS); do \
+		mkdir -p fuzz/target/corpus/$$t && \
+		$(CARGO) fuzz run --fuzz-dir fuzz $$t fuzz/target/corpus/$$t fuzz/corpus/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
+			|| exit 1; \
+	done
 
 fmt:
 	$(CARGO) fmt --all

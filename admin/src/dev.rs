@@ -54,7 +54,10 @@ pub fn client_file_text(
             signing_key.display().to_string()
         ));
     }
-    text.push_str("\n# Publisher keys this client accepts: key id = public key.\n[trust]\n");
+    text.push_str(
+        "\n# Publisher keys this client accepts: key id = public key (every topic), or\n\
+         # key id = { key = \"ed25519:...\", topics = [\"orders.>\"] } (those topics only).\n[trust]\n",
+    );
     for key in trust {
         text.push_str(&format!(
             "{:?} = {:?}\n",

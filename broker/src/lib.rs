@@ -31,6 +31,7 @@ pub mod commit;
 pub mod config;
 pub mod error;
 pub mod fanout;
+pub mod fuzzing;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;

@@ -1,11 +1,14 @@
 //! The client file (TOML): where the broker is, the TLS material, the
-//! signing key, and the publisher keys this client trusts. Relative paths
-//! resolve against the file's folder.
+//! signing key, and the publisher keys this client trusts (each for every
+//! topic, or for the topics its entry names). Relative paths resolve
+//! against the file's folder.
 
 use crate::error::Error;
 use crate::limits::{
     INFLIGHT_BATCHES_MAX, LINGER_US_MAX, QUOTA_RETRIES_MAX, QUOTA_RETRY_WAIT_MS_MAX,
+    TRUST_KEYS_MAX, TRUST_TOPICS_PER_KEY_MAX,
 };
+use crate::verify::TrustedKey;
 use serde::Deserialize;
 use signet_proto::crypt::RecipientKey;
 use signet_proto::{KeyId, PublicKey};
@@ -28,9 +31,10 @@ struct ClientFile {
     key: PathBuf,
     /// Ed25519 signing key file (PKCS#8 DER), needed to publish.
     signing_key: Option<PathBuf>,
-    /// Trusted publisher keys: key id to public key, both as text.
+    /// Trusted publisher keys, by key id: the public key as text (every
+    /// topic), or a [`TrustEntry`] table.
     #[serde(default)]
-    trust: HashMap<String, String>,
+    trust: HashMap<String, toml::Value>,
     /// Publisher linger, in µs (at most [`LINGER_US_MAX`]).
     linger_us: Option<u64>,
     /// Batches in flight (at most [`INFLIGHT_BATCHES_MAX`]).
@@ -45,6 +49,16 @@ struct ClientFile {
     schemas: HashMap<String, PathBuf>,
     /// The `[encryption]` table.
     encryption: Option<EncryptionSection>,
+}
+
+/// The table form of a trust entry: `{ key = "ed25519:…", topics = [...] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrustEntry {
+    /// The public key as text.
+    key: String,
+    /// Topic patterns the key may write.
+    topics: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,8 +87,9 @@ pub struct ClientConfig {
     pub key: PathBuf,
     /// Ed25519 signing key (PKCS#8 DER), needed to publish.
     pub signing_key: Option<PathBuf>,
-    /// Publisher keys this client accepts, by key id.
-    pub trust: HashMap<KeyId, PublicKey>,
+    /// Publisher keys this client accepts, by key id, each with the topics
+    /// it may write.
+    pub trust: HashMap<KeyId, TrustedKey>,
     /// How long the publisher waits for more messages to fill a batch when
     /// batches are already in flight. Default 500 µs.
     pub linger: Duration,
@@ -98,6 +113,49 @@ pub struct ClientConfig {
     pub schemas: Vec<(String, PathBuf)>,
 }
 
+/// One `[trust]` entry: `"<key id>" = "ed25519:…"` (every topic) or
+/// `"<key id>" = { key = "ed25519:…", topics = ["orders.>"] }`.
+fn trust_entry(id: &str, entry: &toml::Value) -> Result<(KeyId, TrustedKey), String> {
+    let id: KeyId = id
+        .parse()
+        .map_err(|e| format!("trust key id {id:?}: {e}"))?;
+    let (key, topics) = match entry {
+        toml::Value::String(key) => (key.clone(), None),
+        toml::Value::Table(_) => {
+            let entry: TrustEntry = entry
+                .clone()
+                .try_into()
+                .map_err(|e| format!("trust entry {id}: {e}"))?;
+            (entry.key, Some(entry.topics))
+        }
+        _ => {
+            return Err(format!(
+                "trust entry {id}: expected \"ed25519:<key>\" or {{ key = \"ed25519:<key>\", topics = [...] }}"
+            ));
+        }
+    };
+    let key: PublicKey = key.parse().map_err(|e| format!("trust key {id}: {e}"))?;
+    if key.id() != id {
+        return Err(format!(
+            "trust entry {id} holds a key whose id is {}: the id must be the key's",
+            key.id()
+        ));
+    }
+    let Some(topics) = topics else {
+        return Ok((id, TrustedKey::all_topics(key)));
+    };
+    if topics.is_empty() || topics.len() > TRUST_TOPICS_PER_KEY_MAX {
+        return Err(format!(
+            "trust entry {id}: topics must name 1 to {TRUST_TOPICS_PER_KEY_MAX} patterns (remove the entry to trust the key for nothing)"
+        ));
+    }
+    for pattern in &topics {
+        signet_proto::topic::validate_pattern(pattern)
+            .map_err(|e| format!("trust entry {id}: pattern {pattern:?}: {e}"))?;
+    }
+    Ok((id, TrustedKey { key, topics }))
+}
+
 impl ClientConfig {
     /// Reads a client file.
     pub fn load(path: &Path) -> Result<ClientConfig, Error> {
@@ -118,19 +176,16 @@ impl ClientConfig {
                 base.join(p)
             }
         };
+        if file.trust.len() > TRUST_KEYS_MAX {
+            return Err(format!(
+                "trust: {} entries, at most {TRUST_KEYS_MAX}",
+                file.trust.len()
+            ));
+        }
         let mut trust = HashMap::new();
-        for (id, key) in &file.trust {
-            let id: KeyId = id
-                .parse()
-                .map_err(|e| format!("trust key id {id:?}: {e}"))?;
-            let key: PublicKey = key.parse().map_err(|e| format!("trust key {id}: {e}"))?;
-            if key.id() != id {
-                return Err(format!(
-                    "trust entry {id} holds a key whose id is {}: the id must be the key's",
-                    key.id()
-                ));
-            }
-            trust.insert(id, key);
+        for (id, entry) in &file.trust {
+            let (id, trusted) = trust_entry(id, entry)?;
+            trust.insert(id, trusted);
         }
         let (private_keys, recipients) = match &file.encryption {
             None => (Vec::new(), Vec::new()),
@@ -205,5 +260,63 @@ impl ClientConfig {
                     .min(QUOTA_RETRY_WAIT_MS_MAX),
             ),
         })
+    }
+}
+
+#[cfg(test)]
+mod trust_tests {
+    use super::*;
+
+    fn key() -> PublicKey {
+        let der = signet_proto::SigningKey::generate_pkcs8().unwrap();
+        signet_proto::SigningKey::from_pkcs8(&der)
+            .unwrap()
+            .public_key()
+            .clone()
+    }
+
+    fn parse_trust(entry: impl Fn(&PublicKey) -> String) -> Result<ClientConfig, String> {
+        let k = key();
+        let text = format!(
+            "broker = \"b:1\"\nserver_name = \"s\"\nca = \"ca\"\ncert = \"c\"\nkey = \"k\"\n[trust]\n{:?} = {}\n",
+            k.id().to_hex(),
+            entry(&k)
+        );
+        ClientConfig::parse(&text, Path::new("."))
+    }
+
+    #[test]
+    fn plain_entry_trusts_every_topic_and_table_entry_its_topics() {
+        let plain = parse_trust(|k| format!("{:?}", k.to_string())).unwrap();
+        let trusted = plain.trust.values().next().unwrap();
+        assert!(trusted.may_write("orders.a") && trusted.may_write("x"));
+        let scoped = parse_trust(|k| {
+            format!(
+                "{{ key = {:?}, topics = [\"orders.>\", \"a.*\"] }}",
+                k.to_string()
+            )
+        })
+        .unwrap();
+        let trusted = scoped.trust.values().next().unwrap();
+        assert!(trusted.may_write("orders.a.b") && trusted.may_write("a.b"));
+        assert!(!trusted.may_write("billing.a") && !trusted.may_write("a.b.c"));
+    }
+
+    #[test]
+    fn bad_table_entries_are_refused_with_their_reason() {
+        for (entry, reason) in [
+            ("{ key = {k:?}, topics = [] }", "1 to 64 patterns"),
+            ("{ key = {k:?}, topics = [\"a.>.b\"] }", "pattern \"a.>.b\""),
+            ("{ key = {k:?} }", "missing field `topics`"),
+            (
+                "{ key = {k:?}, topics = [\"a\"], x = 1 }",
+                "unknown field `x`",
+            ),
+            ("7", "expected"),
+        ] {
+            let err = parse_trust(|k| entry.replace("{k:?}", &format!("{:?}", k.to_string())))
+                .unwrap_err();
+            assert!(err.contains(reason), "{entry}: {err}");
+        }
     }
 }

@@ -14,16 +14,19 @@
 //! ```
 //!
 //! Every delivered message is verified against the publisher keys in the
-//! client file's `[trust]` table (never keys the broker sends) before it is
-//! yielded; one that does not verify is yielded as [`Error::Verify`], never
-//! as a message.
+//! client file's `[trust]` table (never keys the broker sends) and the
+//! topics each key may write, and its seq must be above every seq the
+//! subscription already yielded from that key, before it is yielded; one
+//! that fails is yielded as [`Error::Verify`], never as a message.
 #![forbid(unsafe_code)]
 
 mod client;
 mod config;
 mod error;
+pub mod fuzzing;
 mod limits;
 mod message;
+mod order;
 mod payload;
 mod publisher;
 mod seq;
@@ -38,4 +41,4 @@ pub use message::{Message, OutgoingMessage, PendingAck};
 pub use signet_proto::ErrorCode;
 pub use signet_proto::frame::StartAt;
 pub use subscription::Subscription;
-pub use verify::Verifier;
+pub use verify::{TrustedKey, Verifier};

@@ -41,6 +41,23 @@ pub const SUBSCRIPTION_BUFFER_MESSAGES_MAX: usize = 256;
 /// before it clears them: 64 Ki nodes, about 32 bytes each (about 2 MiB).
 pub const KNOWN_NODES_MAX: usize = 64 * 1024;
 
+/// Most publisher keys a client file may trust (`[trust]` entries): 4096.
+/// Bounds the per-subscription state kept per key (known tree nodes are
+/// capped separately; the seq marks below are not).
+pub const TRUST_KEYS_MAX: usize = 4096;
+
+/// Most topic patterns one trust entry may name (`topics = [...]`): 64.
+/// Bounds the matching each delivered record costs.
+pub const TRUST_TOPICS_PER_KEY_MAX: usize = 64;
+
+/// Most signing keys whose highest seq one subscription remembers, to
+/// report a repeated or backwards seq as `Replay`: [`TRUST_KEYS_MAX`]
+/// (4096 keys, 24 bytes each plus map overhead: at most about 200 KiB per
+/// subscription). Only trusted keys reach it, so a client file never meets
+/// the cap; a verifier built by hand with more keys refuses (never
+/// forgets) a key beyond it.
+pub const SEQ_KEYS_TRACKED_MAX: usize = TRUST_KEYS_MAX;
+
 /// Most batches in flight (sent, not yet acknowledged) the client file may
 /// ask for (`max_inflight_batches`): 4096. Bounds the acks waited for.
 pub const INFLIGHT_BATCHES_MAX: usize = 4096;

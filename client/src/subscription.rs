@@ -21,8 +21,11 @@ use std::task::{Context, Poll};
 use tokio::sync::mpsc;
 
 /// A live subscription. Yields `Ok(message)` for every message that
-/// verified, `Err(Error::Verify { .. })` for one that did not (its content
-/// is never yielded), and ends after a connection or broker error.
+/// verified (a key trusted for its topic signed it, and its seq is above
+/// every seq already yielded from that key), `Err(Error::Verify { .. })` for
+/// one that did not (its content is never yielded: a repeated or backwards
+/// seq is `Replay`, a key outside its trusted topics `Untrusted`), and ends
+/// after a connection or broker error.
 pub struct Subscription {
     /// Verdicts from the reading task, in offset order.
     messages: mpsc::Receiver<Result<Message, Error>>,

@@ -53,6 +53,7 @@ codes! {
     Forbidden(100) "the principal is not allowed to do this on this topic";
     UnknownKey(101) "the signing key is not known";
     KeyNotBound(102) "the signing key is not bound to this connection's principal";
+    Untrusted(103) "the signing key is trusted, but not for this topic (subscriber trust entry)";
     // 2xx: integrity
     BadSignature(200) "the signature or Merkle proof does not verify";
     Replay(201) "the sequence number is not above the last accepted one for this key";

@@ -250,6 +250,53 @@ fn count_nulls(v: &Value) -> usize {
     }
 }
 
+/// Entry points for fuzz targets (`fuzz/`) and the corpus replay test
+/// (`tests/fuzz_corpus.rs`): the depth scans must never let through a value
+/// nested deeper than [`DEPTH_MAX`], and the JSON scan measures valid JSON
+/// exactly. Each panics only on a bug.
+pub mod fuzzing {
+    use super::{DEPTH_MAX, Value, json_depth, parse};
+
+    /// Nesting of arrays and objects in a parsed value (scalars are 0).
+    fn depth(value: &Value) -> usize {
+        match value {
+            Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+            Value::Object(members) => 1 + members.values().map(depth).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// A JSON payload: the scan agrees with a full parse.
+    pub fn json(data: &[u8]) {
+        let scanned = json_depth(data);
+        let parsed = parse("application/json", data);
+        match serde_json::from_slice::<Value>(data) {
+            Ok(value) => {
+                assert_eq!(scanned, depth(&value), "scan measures valid JSON exactly");
+                assert_eq!(parsed.is_ok(), scanned <= DEPTH_MAX);
+            }
+            Err(_) => assert!(parsed.is_err(), "invalid JSON is refused"),
+        }
+        if let Ok(value) = parsed {
+            assert!(depth(&value) <= DEPTH_MAX);
+        }
+    }
+
+    /// A MessagePack payload: what is accepted is no deeper than the limit
+    /// and re-encodes to a payload accepted as the same value.
+    pub fn msgpack(data: &[u8]) {
+        if let Ok(value) = parse("application/msgpack", data) {
+            assert!(depth(&value) <= DEPTH_MAX);
+            let again = rmp_serde::to_vec(&value).expect("a JSON value encodes");
+            assert_eq!(
+                parse("application/msgpack", &again).ok(),
+                Some(value),
+                "accepted values round-trip"
+            );
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
