@@ -370,12 +370,10 @@ mod tests {
     #[test]
     fn headers_past_the_protocol_caps_are_refused_before_sending() {
         let mut m = message(8);
-        m.headers = vec![
-            signet_proto::Header {
-                name: "h".into(),
-                value: vec![0; signet_proto::limits::HEADER_VALUE_BYTES_MAX + 1],
-            },
-        ];
+        m.headers = vec![signet_proto::Header {
+            name: "h".into(),
+            value: vec![0; signet_proto::limits::HEADER_VALUE_BYTES_MAX + 1],
+        }];
         assert_eq!(check(&m).unwrap_err().code(), Some(ErrorCode::BadFrame));
         m.headers = vec![
             signet_proto::Header {
