@@ -14,10 +14,13 @@ use signet_proto::{SigningKey, StoredRecord, batch, codec};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// Each fuzz target: its name (the file `fuzz/fuzz_targets/<name>.rs` and
-/// the folder `fuzz/corpus/<name>/`), the entry point it calls, and that
-/// entry point.
-const TARGETS: &[(&str, &str, fn(&[u8]))] = &[
+/// A fuzz target: its name (the file `fuzz/fuzz_targets/<name>.rs` and the
+/// folder `fuzz/corpus/<name>/`), the entry point it calls, and that entry
+/// point.
+type Target = (&'static str, &'static str, fn(&[u8]));
+
+/// Every fuzz target.
+const TARGETS: &[Target] = &[
     (
         "client_frame",
         "signet_proto::codec::fuzzing::client_frame",

@@ -9,9 +9,9 @@ use common::*;
 use signet_client::{Client, ClientConfig, Error, StartAt, Subscription};
 use signet_proto::ErrorCode;
 
-/// Behind the stopped broker's back: appends copies of the records at
-/// `offsets` of `topic`'s stored records to the end of the topic, in order,
-/// as if the broker had stored them again at new offsets.
+/// Behind the stopped broker's back: appends copies of the stored records
+/// at `offsets` (of the topic whose records hold `payload_marker`) to the
+/// end of that topic, in order, as if the broker had stored them again.
 fn append_copies_on_disk(sandbox: &Sandbox, payload_marker: &[u8], offsets: &[u64]) {
     use signet_broker::store::{
         CF_MESSAGES, CF_REPLAY, CF_SUBS, CF_TOPICS, CF_USAGE, MESSAGE_KEY_BYTES, message_key,
@@ -38,11 +38,10 @@ fn append_copies_on_disk(sandbox: &Sandbox, payload_marker: &[u8], offsets: &[u6
         }
     }
     let topic_id = topic_id.expect("stored records found");
-    let mut next = records.keys().last().unwrap() + 1;
-    for offset in offsets {
-        db.put_cf(cf, message_key(topic_id, next), &records[offset])
+    let end = records.keys().last().unwrap() + 1;
+    for (at, offset) in (end..).zip(offsets) {
+        db.put_cf(cf, message_key(topic_id, at), &records[offset])
             .unwrap();
-        next += 1;
     }
     db.flush_cf(cf).unwrap();
 }

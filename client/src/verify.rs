@@ -240,8 +240,8 @@ mod tests {
                 "record {i}"
             );
         }
-        for i in 0..256 {
-            assert!(v.verify("t.a", &recs[i]).is_ok(), "record {i}");
+        for (i, record) in recs.iter().enumerate() {
+            assert!(v.verify("t.a", record).is_ok(), "record {i}");
         }
     }
 
