@@ -246,11 +246,13 @@ fn quota_limits(section: Option<&QuotaSection>, owner: &str) -> Result<QuotaLimi
         stored_bytes: q.stored_bytes.unwrap_or(d.stored_bytes),
         max_connections: q.max_connections.unwrap_or(d.max_connections),
         max_subscriptions: q.max_subscriptions.unwrap_or(d.max_subscriptions),
+        topics_per_sec: q.topics_per_sec.unwrap_or(d.topics_per_sec),
     };
     if limits.msgs_per_sec == 0
         || limits.bytes_per_sec == 0
         || limits.max_connections == 0
         || limits.stored_bytes == 0
+        || limits.topics_per_sec == 0
     {
         return Err(PolicyError::ZeroQuota(owner.to_owned()));
     }

@@ -8,13 +8,21 @@
 //! `limits.inflight_batches_max` batches per connection (all its publish
 //! streams together); past that the stream stops being read, and QUIC flow
 //! control pushes back on the publisher.
+//!
+//! Quota keeps a stream in order: the quota admits a prefix of a batch,
+//! and once an envelope of the stream was refused for quota every later
+//! envelope on it is refused too (`QuotaExceeded`, with the first
+//! refusal's hint), without any other check. A publisher resends the
+//! refused envelopes, in order, on a new stream; nothing it sent after a
+//! refusal can be stored ahead of what was refused.
 
 use crate::answer;
 use crate::audit::Event;
 use crate::commit::{CommitReply, CommitRequest, Entry};
-use crate::ingest::{self, IngestContext, Verdict};
+use crate::ingest::{self, Checked, IngestContext, Verdict};
 use crate::limits::Limits;
 use crate::metrics;
+use crate::quota::Reservation;
 use crate::state::ConnectionState;
 use serde_json::json;
 use signet_proto::frame::{ClientFrame, Outcome, Publish, Rejection, Results, ServerFrame};
@@ -68,6 +76,8 @@ async fn read_batches(
 ) -> Option<ReadError> {
     let frame_bytes_max = conn.broker.limits().frame_bytes_max_u32();
     let mut next = Some(first);
+    // The stream's first quota refusal; every later envelope gets it too.
+    let mut quota_stop: Option<Rejection> = None;
     loop {
         let publish = match next.take() {
             Some(p) => p,
@@ -85,9 +95,15 @@ async fn read_batches(
         let Ok(permit) = conn.inflight.clone().acquire_owned().await else {
             return None;
         };
-        let item = match ingest_batch(&conn, publish, permit).await {
-            Ok(batch) => Pending::Batch(batch),
-            Err(rejection) => Pending::Fail(rejection),
+        let item = match &quota_stop {
+            Some(stop) => Pending::Batch(refuse_after_quota(publish, stop, permit)),
+            None => match ingest_batch(&conn, publish, permit).await {
+                Ok(batch) => {
+                    quota_stop = batch.quota_stop();
+                    Pending::Batch(batch)
+                }
+                Err(rejection) => Pending::Fail(rejection),
+            },
         };
         let fail = matches!(item, Pending::Fail(_));
         if queue.send(item).await.is_err() || fail {
@@ -130,7 +146,7 @@ async fn ingest_batch(
 ) -> Result<PendingBatch, Rejection> {
     let request_id = publish.request_id;
     let now_ms = now_ms();
-    let verdicts = check(conn, publish, now_ms)?;
+    let Checked { verdicts, reserved } = check(conn, publish, now_ms)?;
     let mut outcomes = Vec::with_capacity(verdicts.len());
     let mut entries = Vec::new();
     let mut accepted = Vec::new();
@@ -152,7 +168,7 @@ async fn ingest_batch(
     if quota_breach {
         record_quota_breach(conn);
     }
-    let commit = send_to_commit(conn, entries).await;
+    let commit = send_to_commit(conn, entries, reserved).await;
     if commit.is_none() {
         for i in &accepted {
             outcomes[*i] = Some(Outcome::Nack(Rejection::new(
@@ -170,9 +186,40 @@ async fn ingest_batch(
     })
 }
 
+/// Refuses every envelope of a batch read after the stream's first quota
+/// refusal, with that refusal's hint; nothing is checked or charged.
+fn refuse_after_quota(
+    publish: Publish,
+    first: &Rejection,
+    permit: OwnedSemaphorePermit,
+) -> PendingBatch {
+    let rejection = Rejection {
+        retry_after_ms: first.retry_after_ms,
+        ..Rejection::new(
+            ErrorCode::QuotaExceeded,
+            "an earlier envelope on this stream was over quota; send again on a new stream",
+        )
+    };
+    let outcomes = publish
+        .envelopes
+        .iter()
+        .map(|_| {
+            metrics::rejected(ErrorCode::QuotaExceeded);
+            Some(Outcome::Nack(rejection.clone()))
+        })
+        .collect();
+    PendingBatch {
+        request_id: publish.request_id,
+        outcomes,
+        accepted: Vec::new(),
+        commit: None,
+        _permit: permit,
+    }
+}
+
 /// The ingest checks with this connection's policy, quota, ACL cache and
-/// the broker's replay marks.
-fn check(conn: &ConnectionState, publish: Publish, now_ms: u64) -> Result<Vec<Verdict>, Rejection> {
+/// the broker's replay marks; a topic exists once it has stored messages.
+fn check(conn: &ConnectionState, publish: Publish, now_ms: u64) -> Result<Checked, Rejection> {
     let broker = &conn.broker;
     let policy = broker.policy();
     let quota = broker.quota(&policy, &conn.principal).map_err(|e| {
@@ -189,6 +236,7 @@ fn check(conn: &ConnectionState, publish: Publish, now_ms: u64) -> Result<Vec<Ve
         message_bytes_max: Limits::usize(limits.message_bytes_max),
         clock_skew_ms_max: limits.clock_skew_ms_max,
         now_ms,
+        topic_exists: &|topic| broker.registry.has_messages(topic),
     };
     ingest::check_publish(&mut ctx, publish, &mut broker.replay.lock())
 }
@@ -227,7 +275,6 @@ fn entry(
     received_ms: u64,
 ) -> Result<Entry, Rejection> {
     let (topic, key_id, seq) = (envelope.topic.clone(), envelope.key_id, envelope.seq);
-    let payload_bytes = envelope.payload.len() as u64;
     let record = StoredRecord {
         received_ms,
         envelope,
@@ -241,21 +288,26 @@ fn entry(
         key_id,
         seq,
         principal: conn.principal.clone(),
-        payload_bytes,
     })
 }
 
-/// Queues accepted entries for the group commit; `None` when there is
-/// nothing to commit or the writer has stopped (shutdown).
+/// Queues accepted entries for the group commit, with the stored bytes
+/// reserved for them; `None` when there is nothing to commit or the writer
+/// has stopped (shutdown). The reservation ends with the request.
 async fn send_to_commit(
     conn: &ConnectionState,
     entries: Vec<Entry>,
+    reserved: Reservation,
 ) -> Option<oneshot::Receiver<CommitReply>> {
     if entries.is_empty() {
         return None;
     }
     let (reply, receiver) = oneshot::channel();
-    let request = CommitRequest { entries, reply };
+    let request = CommitRequest {
+        entries,
+        reply,
+        reserved,
+    };
     conn.broker.commits.send(request).await.ok()?;
     Some(receiver)
 }
@@ -276,6 +328,14 @@ struct PendingBatch {
 }
 
 impl PendingBatch {
+    /// The batch's first refusal for quota, if any: it stops the stream.
+    fn quota_stop(&self) -> Option<Rejection> {
+        self.outcomes.iter().find_map(|o| match o {
+            Some(Outcome::Nack(r)) if r.code == ErrorCode::QuotaExceeded => Some(r.clone()),
+            _ => None,
+        })
+    }
+
     /// Waits for the commit and returns one outcome per envelope.
     async fn resolve(self) -> (Results, OwnedSemaphorePermit) {
         let mut outcomes = self.outcomes;

@@ -54,6 +54,12 @@ impl Broker {
         reload::reload(&state)
     }
 
+    /// How many topic heads the broker holds in memory (topics with
+    /// messages, and names watched by live subscriptions); 0 once stopped.
+    pub fn topic_heads(&self) -> usize {
+        self.state.upgrade().map_or(0, |s| s.registry.len())
+    }
+
     /// Runs until the broker stops by itself (it only does on shutdown).
     pub async fn wait(self) {
         let _ = self.task.await;
