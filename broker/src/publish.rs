@@ -6,8 +6,12 @@
 //!
 //! Reading and checking run ahead of the answers by at most
 //! `limits.inflight_batches_max` batches per connection (all its publish
-//! streams together); past that the stream stops being read, and QUIC flow
-//! control pushes back on the publisher.
+//! streams together), and `limits.inflight_bytes_max` frame bytes: once a
+//! frame starts, the stream waits for a permit before reading it, and the
+//! frame waits for its bytes in the connection's frame budget before its
+//! body is read ([`crate::frames`]); past that the stream stops being
+//! read, and QUIC flow control pushes back on the publisher. A frame that
+//! started must arrive within `limits.frame_read_ms_max`.
 //!
 //! Quota keeps a stream in order: the quota admits a prefix of a batch,
 //! and once an envelope of the stream was refused for quota every later
@@ -19,6 +23,7 @@
 use crate::answer;
 use crate::audit::Event;
 use crate::commit::{CommitReply, CommitRequest, Entry};
+use crate::frames::{self, Budgeted, FrameError};
 use crate::ingest::{self, Checked, IngestContext, Verdict};
 use crate::limits::Limits;
 use crate::metrics;
@@ -26,7 +31,7 @@ use crate::quota::Reservation;
 use crate::state::ConnectionState;
 use serde_json::json;
 use signet_proto::frame::{ClientFrame, Outcome, Publish, Rejection, Results, ServerFrame};
-use signet_proto::stream::{ReadError, read_frame, write_frame};
+use signet_proto::stream::write_frame;
 use signet_proto::{ErrorCode, StoredRecord, codec};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -46,23 +51,63 @@ enum Pending {
     Fail(Rejection),
 }
 
-/// Serves one publish stream, starting with its first batch.
+/// What a batch holds until its results are written: its place among the
+/// connection's in-flight batches and its frame's bytes in the frame
+/// budget.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// Serves one publish stream, starting with its first batch (read with
+/// `budget` from the connection's frame budget).
 pub async fn run(
     conn: Arc<ConnectionState>,
     first: Publish,
+    budget: OwnedSemaphorePermit,
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    mut recv: quinn::RecvStream,
 ) {
     let depth = Limits::usize(conn.broker.limits().inflight_batches_max);
     let (queue, pending) = mpsc::channel::<Pending>(depth);
-    let reader = read_batches(conn.clone(), first, recv, queue);
+    let reader = read_batches(conn.clone(), (first, budget), &mut recv, queue);
     let writer = write_results(send, pending);
     let (read_error, mut send) = tokio::join!(reader, writer);
     match read_error {
-        Some(e) => answer::frame_error(&conn, &mut send, e).await,
+        Some(e) => answer::frame_failure(&conn, &mut send, &mut recv, e).await,
         None => {
             let _ = send.finish();
         }
+    }
+}
+
+/// The next batch of the stream and what it holds: the in-flight permit is
+/// taken once the frame starts and before it is read, so a connection
+/// reads no more frames than it may have in flight. `None` at the end of
+/// the stream; `Some(Err(rejection))` for a frame that is not a batch.
+async fn next_batch(
+    conn: &ConnectionState,
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<Result<(Publish, Held), Rejection>>, FrameError> {
+    let Some(first) = frames::wait_start(recv).await? else {
+        return Ok(None);
+    };
+    let Ok(permit) = conn.inflight.clone().acquire_owned().await else {
+        return Ok(None);
+    };
+    let Budgeted { frame, budget } = frames::read_started(conn, recv, first).await?;
+    match frame {
+        ClientFrame::Publish(p) => Ok(Some(Ok((
+            p,
+            Held {
+                _permit: permit,
+                _budget: budget,
+            },
+        )))),
+        ClientFrame::Subscribe(_) => Ok(Some(Err(Rejection::new(
+            ErrorCode::BadFrame,
+            "subscribe on a publish stream",
+        )))),
     }
 }
 
@@ -70,34 +115,42 @@ pub async fn run(
 /// read error that ended the stream, if any.
 async fn read_batches(
     conn: Arc<ConnectionState>,
-    first: Publish,
-    mut recv: quinn::RecvStream,
+    first: (Publish, OwnedSemaphorePermit),
+    recv: &mut quinn::RecvStream,
     queue: mpsc::Sender<Pending>,
-) -> Option<ReadError> {
-    let frame_bytes_max = conn.broker.limits().frame_bytes_max_u32();
+) -> Option<FrameError> {
     let mut next = Some(first);
     // The stream's first quota refusal; every later envelope gets it too.
     let mut quota_stop: Option<Rejection> = None;
     loop {
-        let publish = match next.take() {
-            Some(p) => p,
-            None => match read_frame::<ClientFrame, _>(&mut recv, frame_bytes_max).await {
-                Ok(Some(ClientFrame::Publish(p))) => p,
-                Ok(Some(ClientFrame::Subscribe(_))) => {
-                    let r = Rejection::new(ErrorCode::BadFrame, "subscribe on a publish stream");
-                    let _ = queue.send(Pending::Fail(r)).await;
+        let (publish, held) = match next.take() {
+            // The first frame was read by the dispatcher (which had to see
+            // its kind) within the frame budget; its permit is taken now.
+            Some((p, budget)) => {
+                let Ok(permit) = conn.inflight.clone().acquire_owned().await else {
+                    return None;
+                };
+                (
+                    p,
+                    Held {
+                        _permit: permit,
+                        _budget: budget,
+                    },
+                )
+            }
+            None => match next_batch(&conn, recv).await {
+                Ok(Some(Ok(batch))) => batch,
+                Ok(Some(Err(rejection))) => {
+                    let _ = queue.send(Pending::Fail(rejection)).await;
                     return None;
                 }
                 Ok(None) => return None,
                 Err(e) => return Some(e),
             },
         };
-        let Ok(permit) = conn.inflight.clone().acquire_owned().await else {
-            return None;
-        };
         let item = match &quota_stop {
-            Some(stop) => Pending::Batch(refuse_after_quota(publish, stop, permit)),
-            None => match ingest_batch(&conn, publish, permit).await {
+            Some(stop) => Pending::Batch(refuse_after_quota(publish, stop, held)),
+            None => match ingest_batch(&conn, publish, held).await {
                 Ok(batch) => {
                     quota_stop = batch.quota_stop();
                     Pending::Batch(batch)
@@ -120,9 +173,9 @@ async fn write_results(
     while let Some(item) = pending.recv().await {
         match item {
             Pending::Batch(batch) => {
-                let (results, permit) = batch.resolve().await;
+                let (results, held) = batch.resolve().await;
                 let written = write_frame(&mut send, &ServerFrame::Results(results)).await;
-                drop(permit);
+                drop(held);
                 if written.is_err() {
                     break;
                 }
@@ -142,7 +195,7 @@ async fn write_results(
 async fn ingest_batch(
     conn: &ConnectionState,
     publish: Publish,
-    permit: OwnedSemaphorePermit,
+    held: Held,
 ) -> Result<PendingBatch, Rejection> {
     let request_id = publish.request_id;
     let now_ms = now_ms();
@@ -182,17 +235,13 @@ async fn ingest_batch(
         outcomes,
         accepted,
         commit,
-        _permit: permit,
+        held,
     })
 }
 
 /// Refuses every envelope of a batch read after the stream's first quota
 /// refusal, with that refusal's hint; nothing is checked or charged.
-fn refuse_after_quota(
-    publish: Publish,
-    first: &Rejection,
-    permit: OwnedSemaphorePermit,
-) -> PendingBatch {
+fn refuse_after_quota(publish: Publish, first: &Rejection, held: Held) -> PendingBatch {
     let rejection = Rejection {
         retry_after_ms: first.retry_after_ms,
         ..Rejection::new(
@@ -213,7 +262,7 @@ fn refuse_after_quota(
         outcomes,
         accepted: Vec::new(),
         commit: None,
-        _permit: permit,
+        held,
     }
 }
 
@@ -322,9 +371,9 @@ struct PendingBatch {
     accepted: Vec<usize>,
     /// The commit's answer, if anything was sent to it.
     commit: Option<oneshot::Receiver<CommitReply>>,
-    /// This batch's place in the connection's in-flight cap, held until
-    /// its results are written.
-    _permit: OwnedSemaphorePermit,
+    /// Its in-flight permit and frame budget, held until its results are
+    /// written.
+    held: Held,
 }
 
 impl PendingBatch {
@@ -337,7 +386,7 @@ impl PendingBatch {
     }
 
     /// Waits for the commit and returns one outcome per envelope.
-    async fn resolve(self) -> (Results, OwnedSemaphorePermit) {
+    async fn resolve(self) -> (Results, Held) {
         let mut outcomes = self.outcomes;
         if let Some(commit) = self.commit {
             match commit.await.unwrap_or(Err(ErrorCode::Unavailable)) {
@@ -367,6 +416,6 @@ impl PendingBatch {
             request_id: self.request_id,
             outcomes,
         };
-        (results, self._permit)
+        (results, self.held)
     }
 }

@@ -102,7 +102,7 @@ pub async fn run(
     let mut stream = Streams {
         send: &mut send,
         recv: &mut recv,
-        head: &mut *head,
+        head: &mut head,
         policy: &mut policy_changes,
     };
     live.reason = deliver(&conn, &sub.topic, cursor, &mut stream).await;

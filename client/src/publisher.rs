@@ -284,9 +284,7 @@ impl Publisher {
                 // No more publishes: what is in flight may still come back
                 // to be sent again.
                 Wake::Request(None) => {
-                    if self.stream.is_none() {
-                        return None;
-                    }
+                    self.stream.as_ref()?;
                     self.retire(Vec::new()).await;
                     if self.source.again.is_empty() {
                         return None;
