@@ -283,7 +283,7 @@ static RECORD_OVERHEAD_BYTES_MAX: LazyLock<u64> = LazyLock::new(|| {
             path: vec![Hash([0xff; 32]); PROOF_PATH_MAX],
         },
     };
-    encoded_len(&record) - encoded_len(&empty)
+    encoded_len(&record).saturating_sub(encoded_len(&empty))
 });
 
 /// The most bytes `envelope`'s stored record can take: what quotas count

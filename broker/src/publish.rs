@@ -149,7 +149,10 @@ async fn read_batches(
             },
         };
         let item = match &quota_stop {
-            Some(stop) => Pending::Batch(refuse_after_quota(publish, stop, held)),
+            Some(stop) => match ingest::check_batch_size(&publish) {
+                Ok(()) => Pending::Batch(refuse_after_quota(publish, stop, held)),
+                Err(rejection) => Pending::Fail(rejection),
+            },
             None => match ingest_batch(&conn, publish, held).await {
                 Ok(batch) => {
                     quota_stop = batch.quota_stop();
