@@ -275,9 +275,12 @@ async fn lowered_quota_applies_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_bytes_quota_holds_across_a_restart() {
     let specs = [
+        // A message costs its stored record: the payload and about 150
+        // bytes of envelope and proof (up to 360 more are reserved while
+        // it is checked). 600 fits; 600 + 500 does not; 600 + 300 does.
         PrincipalSpec::new("small")
             .publish("small.>")
-            .quota("{ stored_bytes = 1000 }"),
+            .quota("{ stored_bytes = 1600 }"),
         PrincipalSpec::new("auditor").subscribe(">"),
     ];
     let mut sandbox = start_with(&specs, "").await;

@@ -242,3 +242,33 @@ async fn plaintext_publish_to_encrypted_topic_is_refused() {
     assert_eq!(stored_count(&sandbox, "payroll.march").await, 0);
     sandbox.stop().await;
 }
+
+/// Reproduction: tightening a schema file and reloading changed nothing,
+/// because the reload compared only the policy file's hash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tightened_schema_file_applies_on_reload() {
+    let mut sandbox = schema_sandbox().await;
+    let alice = client(&sandbox, "alice").await;
+    assert_eq!(
+        within(alice.publish_message(json_message(&valid_order())))
+            .await
+            .unwrap(),
+        0,
+        "the old schema accepts the order"
+    );
+    std::fs::write(
+        sandbox.path().join("orders.created.json"),
+        r#"{"type": "object", "required": ["id", "approved_by"]}"#,
+    )
+    .unwrap();
+    // The file watch may reload first; either way the new schema is in
+    // force once this returns.
+    sandbox.reload().unwrap();
+    assert_eq!(
+        code(&within(alice.publish_message(json_message(&valid_order()))).await),
+        Some(ErrorCode::SchemaViolation),
+        "the tightened schema refuses what the old one accepted"
+    );
+    assert_eq!(stored_count(&sandbox, "orders.created").await, 1);
+    sandbox.stop().await;
+}

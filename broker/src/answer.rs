@@ -1,6 +1,7 @@
 //! Refusals written to peers: a typed [`Rejection`] on the stream, counted
 //! in the metrics. Details are short and safe; internals go to the log.
 
+use crate::frames::FrameError;
 use crate::metrics;
 use crate::state::ConnectionState;
 use signet_proto::ErrorCode;
@@ -32,4 +33,30 @@ pub async fn frame_error(conn: &ConnectionState, send: &mut quinn::SendStream, e
     let (code, detail) = (rejection.code, rejection.detail.clone());
     refuse(send, rejection).await;
     conn.conn.close(code.0.into(), detail.as_bytes());
+}
+
+/// Answers a frame that could not be read: as [`frame_error`] for a bad
+/// frame (the connection is closed); a frame that did not arrive in time
+/// is refused on its stream alone, and the peer is told to stop sending.
+pub async fn frame_failure(
+    conn: &ConnectionState,
+    send: &mut quinn::SendStream,
+    recv: &mut quinn::RecvStream,
+    error: FrameError,
+) {
+    match error {
+        FrameError::Read(e) => frame_error(conn, send, e).await,
+        FrameError::TimedOut(deadline) => {
+            tracing::warn!(principal = %conn.principal, ?deadline, "frame not received in time; stream refused");
+            let _ = recv.stop(ErrorCode::BadFrame.0.into());
+            refuse(
+                send,
+                Rejection::new(
+                    ErrorCode::BadFrame,
+                    "frame not received within the broker's deadline",
+                ),
+            )
+            .await;
+        }
+    }
 }

@@ -2,14 +2,15 @@
 //! connection, writes as many as are waiting (bounded) in one RocksDB
 //! `WriteBatch` with `sync = true`, assigns offsets (per topic, dense, from
 //! 0), and only then answers each request. An ack therefore always means
-//! "on disk". Replay marks and stored-bytes usage go into the same write.
-//! Queue and group sizes are `limits.commit_*`.
+//! "on disk". Replay marks and stored-bytes usage (each record's exact
+//! size) go into the same write. Queue and group sizes are
+//! `limits.commit_*`.
 
 use crate::error::StoreError;
 use crate::fanout::{Head, Registry};
 use crate::limits::Limits;
 use crate::metrics;
-use crate::quota::Quotas;
+use crate::quota::{Quotas, Reservation};
 use crate::store::{Store, StoredTopic};
 use rocksdb::WriteBatch;
 use signet_proto::{ErrorCode, KeyId};
@@ -29,10 +30,9 @@ pub struct Entry {
     pub key_id: KeyId,
     /// Its sequence number, for the replay mark.
     pub seq: u64,
-    /// The publishing principal, for its stored-bytes quota.
+    /// The publishing principal; the record's bytes count against its
+    /// stored-bytes quota.
     pub principal: Arc<str>,
-    /// Payload bytes, counted against that quota.
-    pub payload_bytes: u64,
 }
 
 /// Offsets in request order, or why nothing was stored.
@@ -45,6 +45,9 @@ pub struct CommitRequest {
     pub entries: Vec<Entry>,
     /// Where the offsets (or the failure) go once the write returned.
     pub reply: oneshot::Sender<CommitReply>,
+    /// The stored bytes the quota reserved for the batch; dropped with the
+    /// request, after the stored bytes were added (or the write failed).
+    pub reserved: Reservation,
 }
 
 /// The sending side handed to sessions, and the writer thread.
@@ -67,7 +70,7 @@ struct Writer {
     next_topic_id: u32,
     /// Replay marks as persisted, so a late batch never lowers one.
     marks: HashMap<KeyId, u64>,
-    /// Stored payload bytes per principal, as persisted.
+    /// Stored record bytes per principal, as persisted.
     usage: HashMap<Arc<str>, u64>,
     quotas: Arc<Quotas>,
 }
@@ -146,7 +149,13 @@ impl Writer {
             Ok(offsets) => {
                 self.apply(staged);
                 for (request, offsets) in group.into_iter().zip(offsets) {
-                    let _ = request.reply.send(Ok(offsets));
+                    // The stored bytes are counted now: end the reservation
+                    // before the ack, so the next publish sees them once.
+                    let CommitRequest {
+                        reply, reserved, ..
+                    } = request;
+                    drop(reserved);
+                    let _ = reply.send(Ok(offsets));
                 }
             }
             Err(_) => {
@@ -230,7 +239,7 @@ impl Writer {
         staged.bytes += entry.record.len();
         let mark = staged.marks.entry(entry.key_id).or_insert(0);
         *mark = (*mark).max(entry.seq);
-        *staged.usage.entry(entry.principal.clone()).or_insert(0) += entry.payload_bytes;
+        *staged.usage.entry(entry.principal.clone()).or_insert(0) += entry.record.len() as u64;
         Ok(next)
     }
 

@@ -7,7 +7,7 @@
 
 use crate::store::StoredTopic;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::watch;
 
 /// Where a topic stands.
@@ -19,10 +19,48 @@ pub struct Head {
     pub next_offset: u64,
 }
 
-/// Heads of all topics that have messages or watchers.
+/// Heads of all topics that have messages, and of names without messages
+/// while a subscription watches them (the last watcher to go removes such
+/// a name, so subscribing to names never published leaves nothing behind).
 #[derive(Debug, Default)]
 pub struct Registry {
     heads: Mutex<HashMap<String, watch::Sender<Head>>>,
+}
+
+/// A subscription's watch on a topic's head; derefs to the receiver.
+#[derive(Debug)]
+pub struct TopicWatch {
+    registry: Arc<Registry>,
+    topic: String,
+    head: watch::Receiver<Head>,
+}
+
+impl std::ops::Deref for TopicWatch {
+    type Target = watch::Receiver<Head>;
+
+    fn deref(&self) -> &watch::Receiver<Head> {
+        &self.head
+    }
+}
+
+impl std::ops::DerefMut for TopicWatch {
+    fn deref_mut(&mut self) -> &mut watch::Receiver<Head> {
+        &mut self.head
+    }
+}
+
+impl Drop for TopicWatch {
+    fn drop(&mut self) {
+        // Watchers are only made and dropped under the lock, so a count of
+        // one is this watcher alone.
+        let mut heads = self.registry.lock();
+        if let Some(sender) = heads.get(&self.topic)
+            && sender.borrow().topic_id.is_none()
+            && sender.receiver_count() <= 1
+        {
+            heads.remove(&self.topic);
+        }
+    }
 }
 
 impl Registry {
@@ -43,10 +81,14 @@ impl Registry {
         }
     }
 
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<Head>>> {
+        self.heads.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Watches a topic's head (a topic with no messages yet starts at 0).
-    pub fn watch(&self, topic: &str) -> watch::Receiver<Head> {
-        let mut heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
-        heads
+    pub fn watch(self: &Arc<Self>, topic: &str) -> TopicWatch {
+        let mut heads = self.lock();
+        let head = heads
             .entry(topic.to_owned())
             .or_insert_with(|| {
                 watch::Sender::new(Head {
@@ -54,12 +96,36 @@ impl Registry {
                     next_offset: 0,
                 })
             })
-            .subscribe()
+            .subscribe();
+        TopicWatch {
+            registry: self.clone(),
+            topic: topic.to_owned(),
+            head,
+        }
+    }
+
+    /// Whether `topic` has stored messages (a publish to any other name
+    /// creates a topic).
+    pub fn has_messages(&self, topic: &str) -> bool {
+        self.lock()
+            .get(topic)
+            .is_some_and(|sender| sender.borrow().topic_id.is_some())
+    }
+
+    /// How many topic heads the registry holds (topics with messages, and
+    /// names watched by live subscriptions).
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether the registry holds no head.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Moves a topic's head after a synced write and wakes its watchers.
     pub fn advance(&self, topic: &str, head: Head) {
-        let mut heads = self.heads.lock().unwrap_or_else(|p| p.into_inner());
+        let mut heads = self.lock();
         match heads.get(topic) {
             Some(sender) => {
                 sender.send_replace(head);
@@ -68,5 +134,40 @@ impl Registry {
                 heads.insert(topic.to_owned(), watch::Sender::new(head));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_name_without_messages_leaves_with_its_last_watcher() {
+        let registry = Arc::new(Registry::default());
+        let a = registry.watch("ghost");
+        let b = registry.watch("ghost");
+        assert_eq!(registry.len(), 1);
+        drop(a);
+        assert_eq!(registry.len(), 1, "still watched");
+        drop(b);
+        assert!(registry.is_empty());
+    }
+
+    #[test]
+    fn a_topic_with_messages_stays() {
+        let registry = Arc::new(Registry::default());
+        let watch = registry.watch("real");
+        assert!(!registry.has_messages("real"));
+        registry.advance(
+            "real",
+            Head {
+                topic_id: Some(1),
+                next_offset: 1,
+            },
+        );
+        assert_eq!(watch.borrow().next_offset, 1);
+        drop(watch);
+        assert!(registry.has_messages("real"));
+        assert_eq!(registry.len(), 1);
     }
 }

@@ -6,7 +6,9 @@
 //! order, cheap before expensive:
 //!
 //! 1. [`check_batch_size`]: 1 to 256 envelopes (else the frame is unusable);
-//! 2. [`check_quota`]: messages/s, bytes/s, stored bytes (no crypto, no disk);
+//! 2. [`check_quota`]: messages/s, record bytes/s, new topics/s, stored
+//!    bytes (no crypto, no disk); the longest prefix that fits goes on, the
+//!    rest is refused;
 //! 3. [`check_envelope_shapes`]: one signing key per batch, version, topic
 //!    name, the whole envelope's size, content type, headers, encryption
 //!    suite and sealed-key sizes;
@@ -22,13 +24,15 @@
 
 use crate::acl::{Action, DecisionCache};
 use crate::policy::Policy;
-use crate::quota::{Breach, DefaultClock, PrincipalQuota};
+use crate::quota::{Admission, Breach, Cost, DefaultClock, PrincipalQuota, Reservation};
 use governor::clock::Clock;
 use signet_proto::batch::{self, SignedBatch};
 use signet_proto::frame::{Publish, Rejection};
-use signet_proto::limits::BATCH_ENVELOPES_MAX;
-use signet_proto::{Envelope, ErrorCode, KeyId, Proof, PublicKey};
-use std::collections::HashMap;
+use signet_proto::limits::{BATCH_ENVELOPES_MAX, PROOF_PATH_MAX};
+use signet_proto::merkle::Hash;
+use signet_proto::{Envelope, ErrorCode, KeyId, Proof, PublicKey, StoredRecord};
+use std::collections::{HashMap, HashSet};
+use std::sync::LazyLock;
 
 /// What the checks decided for one envelope.
 #[derive(Debug)]
@@ -61,6 +65,19 @@ pub struct IngestContext<'a, C: Clock = DefaultClock> {
     pub clock_skew_ms_max: u64,
     /// Broker clock, ms since the Unix epoch.
     pub now_ms: u64,
+    /// Whether a topic already has stored messages (a new one costs a
+    /// topic token). Called once per distinct topic of a batch.
+    pub topic_exists: &'a dyn Fn(&str) -> bool,
+}
+
+/// What the checks decided for a batch.
+#[derive(Debug)]
+pub struct Checked {
+    /// One verdict per envelope, in order.
+    pub verdicts: Vec<Verdict>,
+    /// Stored bytes reserved for the envelopes the quota admitted; keep it
+    /// until their commit has added what it stored (then drop it).
+    pub reserved: Reservation,
 }
 
 /// The highest accepted seq per signing key, read and moved by
@@ -142,24 +159,39 @@ impl Checking {
 
 /// Checks a batch. Returns `Err` when the frame itself is unusable (the
 /// stream is then closed with `BadFrame`) or the replay marks cannot be
-/// read (`Unavailable`); otherwise one verdict per envelope, in order.
+/// read (`Unavailable`); otherwise one verdict per envelope, in order, and
+/// the stored bytes reserved for what the quota admitted.
 pub fn check_publish<C: Clock, M: ReplayMarks>(
     ctx: &mut IngestContext<'_, C>,
     publish: Publish,
     marks: &mut M,
-) -> Result<Vec<Verdict>, Rejection> {
+) -> Result<Checked, Rejection> {
     check_batch_size(&publish)?;
-    if let Err(rejection) = check_quota(ctx, &publish) {
-        return Ok(refuse_all(publish.envelopes, &rejection));
-    }
     let mut batch = Checking::new(publish.envelopes);
+    let admission = check_quota(ctx, &batch.envelopes);
+    if let Some(breach) = admission.breach {
+        let rejection = quota_rejection(breach);
+        for refused in &mut batch.refused[admission.accepted..] {
+            *refused = Some(rejection.clone());
+        }
+    }
+    let reserved = admission.reserved;
+    if !batch.any_passing() {
+        return Ok(Checked {
+            verdicts: batch.verdicts(None),
+            reserved,
+        });
+    }
     check_envelope_shapes(ctx, &mut batch);
     check_acl(ctx, &mut batch);
     let key = check_key_binding(ctx, &mut batch);
     let signed = check_signature(key, &publish.signature, &mut batch);
     check_payload_rules(ctx, &mut batch);
     check_replay_and_clock(ctx, &mut batch, marks)?;
-    Ok(batch.verdicts(signed))
+    Ok(Checked {
+        verdicts: batch.verdicts(signed),
+        reserved,
+    })
 }
 
 /// Step 1: a batch holds 1 to [`BATCH_ENVELOPES_MAX`] envelopes.
@@ -174,42 +206,96 @@ pub fn check_batch_size(publish: &Publish) -> Result<(), Rejection> {
     Ok(())
 }
 
-/// Step 2: the batch fits the principal's message, byte and stored-bytes
-/// quotas (the whole batch is refused otherwise, with a retry hint for rates).
-pub fn check_quota<C: Clock>(
-    ctx: &IngestContext<'_, C>,
-    publish: &Publish,
-) -> Result<(), Rejection> {
-    let n = u32::try_from(publish.envelopes.len()).unwrap_or(u32::MAX);
-    let bytes: u64 = publish
-        .envelopes
+/// Step 2: the longest prefix of the batch that fits the principal's
+/// message, byte, new-topic and stored-bytes quotas is admitted (and
+/// charged); the caller refuses the rest. An envelope costs
+/// [`record_bytes_max`] bytes and, when its topic has no stored message
+/// and no earlier envelope of the batch names it, one new topic.
+pub fn check_quota<C: Clock>(ctx: &IngestContext<'_, C>, envelopes: &[Envelope]) -> Admission {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let costs: Vec<Cost> = envelopes
         .iter()
-        .map(|e| e.payload.len() as u64)
-        .sum();
-    ctx.quota
-        .check_publish(n, bytes)
-        .map_err(|breach| match breach {
-            Breach::Rate { retry_after_ms } => Rejection {
-                retry_after_ms: Some(retry_after_ms),
-                ..Rejection::new(
-                    ErrorCode::QuotaExceeded,
-                    "message or byte rate quota exceeded",
-                )
-            },
-            Breach::Stored => {
-                Rejection::new(ErrorCode::QuotaExceeded, "stored bytes quota exceeded")
-            }
+        .map(|e| Cost {
+            bytes: record_bytes_max(e),
+            new_topic: seen.insert(&e.topic) && !(ctx.topic_exists)(&e.topic),
         })
+        .collect();
+    ctx.quota.admit(&costs)
 }
 
-fn refuse_all(envelopes: Vec<Envelope>, rejection: &Rejection) -> Vec<Verdict> {
-    envelopes
-        .into_iter()
-        .map(|e| Verdict::Rejected {
-            rejection: rejection.clone(),
-            topic: e.topic,
-        })
-        .collect()
+/// The refusal of an envelope the quota did not admit.
+pub fn quota_rejection(breach: Breach) -> Rejection {
+    match breach {
+        Breach::Rate { retry_after_ms } => Rejection {
+            retry_after_ms: Some(retry_after_ms),
+            ..Rejection::new(
+                ErrorCode::QuotaExceeded,
+                "message, byte or new-topic rate quota exceeded",
+            )
+        },
+        Breach::Stored => Rejection::new(ErrorCode::QuotaExceeded, "stored bytes quota exceeded"),
+    }
+}
+
+/// Counts the bytes written to it (a record's encoded size without
+/// building it).
+struct ByteCount(u64);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len() as u64);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn encoded_len<T: serde::Serialize>(value: &T) -> u64 {
+    let mut count = ByteCount(0);
+    match rmp_serde::encode::write(&mut count, value) {
+        Ok(()) => count.0,
+        // Not reachable for our types; count something rather than nothing.
+        Err(_) => count.0.max(1),
+    }
+}
+
+/// The most a stored record adds to its envelope: the record's array
+/// header, the largest receive time and the largest proof (signature,
+/// index, count, a full Merkle path). About 360 bytes.
+static RECORD_OVERHEAD_BYTES_MAX: LazyLock<u64> = LazyLock::new(|| {
+    let empty = Envelope {
+        version: 0,
+        salt: signet_proto::Salt([0; 16]),
+        topic: String::new(),
+        key_id: KeyId([0; 16]),
+        seq: 0,
+        timestamp_ms: 0,
+        content_type: String::new(),
+        headers: vec![],
+        encryption: None,
+        payload: vec![],
+    };
+    let record = StoredRecord {
+        received_ms: u64::MAX,
+        envelope: empty.clone(),
+        proof: Proof {
+            signature: vec![0xff; 64],
+            leaf_index: u32::MAX,
+            leaf_count: u32::MAX,
+            path: vec![Hash([0xff; 32]); PROOF_PATH_MAX],
+        },
+    };
+    encoded_len(&record).saturating_sub(encoded_len(&empty))
+});
+
+/// The most bytes `envelope`'s stored record can take: what quotas count
+/// (bytes/s and stored bytes). Every field counts (topic, content type,
+/// headers, encryption recipients, payload), not only the payload; the
+/// group commit then counts the record's exact size, never more than this.
+pub fn record_bytes_max(envelope: &Envelope) -> u64 {
+    encoded_len(envelope).saturating_add(*RECORD_OVERHEAD_BYTES_MAX)
 }
 
 /// Step 3: every envelope is signed by the batch's one key and is well
@@ -374,7 +460,7 @@ mod tests {
     const NOW_MS: u64 = 1_700_000_000_000;
 
     /// A policy, three keys and a fake clock: `alice` may publish
-    /// `orders.>` (10 messages/s, 2,000 stored bytes), `bob` everything.
+    /// `orders.>` (10 messages/s, 20,000 stored bytes), `bob` everything.
     struct World {
         policy: Policy,
         alice: SigningKey,
@@ -412,7 +498,7 @@ key = "b.key"
 name = "alice"
 keys = ["{}"]
 publish = ["orders.>"]
-quota = {{ msgs_per_sec = 10, stored_bytes = 2000 }}
+quota = {{ msgs_per_sec = 10, stored_bytes = 20000 }}
 [[principal]]
 name = "bob"
 keys = ["{}"]
@@ -486,8 +572,9 @@ schema = "order.json"
                 message_bytes_max: 1024,
                 clock_skew_ms_max: 60_000,
                 now_ms: NOW_MS,
+                topic_exists: &|_: &str| false,
             };
-            let verdicts = check_publish(&mut ctx, publish, &mut self.marks)?;
+            let verdicts = check_publish(&mut ctx, publish, &mut self.marks)?.verdicts;
             Ok(verdicts
                 .into_iter()
                 .map(|v| match v {
@@ -526,8 +613,11 @@ schema = "order.json"
             message_bytes_max: 1024,
             clock_skew_ms_max: 60_000,
             now_ms: NOW_MS,
+            topic_exists: &|_: &str| false,
         };
-        let verdicts = check_publish(&mut ctx, publish, &mut w.marks).unwrap();
+        let verdicts = check_publish(&mut ctx, publish, &mut w.marks)
+            .unwrap()
+            .verdicts;
         for (i, verdict) in verdicts.iter().enumerate() {
             let Verdict::Accepted(accepted) = verdict else {
                 panic!("envelope {i} refused: {verdict:?}");
@@ -725,8 +815,22 @@ schema = "order.json"
         );
     }
 
+    /// One code and retry hint per envelope of a checked batch.
+    fn outcomes(checked: &Checked) -> Vec<Option<(ErrorCode, Option<u64>)>> {
+        checked
+            .verdicts
+            .iter()
+            .map(|v| match v {
+                Verdict::Accepted(_) => None,
+                Verdict::Rejected { rejection, .. } => {
+                    Some((rejection.code, rejection.retry_after_ms))
+                }
+            })
+            .collect()
+    }
+
     #[test]
-    fn rate_quota_refuses_the_whole_batch_with_an_exact_retry_hint() {
+    fn rate_quota_admits_a_prefix_and_refuses_the_rest_with_an_exact_retry_hint() {
         let mut w = world();
         let ten = (1..=10)
             .map(|seq| envelope(&w.alice, "orders.a", seq, b"{}"))
@@ -737,7 +841,17 @@ schema = "order.json"
             .quotas
             .get("alice", w.policy.quota("alice"), || Ok::<u64, ()>(0))
             .unwrap();
-        let ctx = IngestContext {
+        let three = |w: &World, first: u64| {
+            signed(
+                &w.alice,
+                (first..first + 3)
+                    .map(|seq| envelope(&w.alice, "orders.a", seq, b"{}"))
+                    .collect(),
+            )
+        };
+        let quota_exceeded = |ms| Some((ErrorCode::QuotaExceeded, Some(ms)));
+        let (first, again) = (three(&w, 11), three(&w, 11));
+        let mut ctx = IngestContext {
             policy: &w.policy,
             principal: "alice",
             decisions: &mut w.decisions,
@@ -745,24 +859,111 @@ schema = "order.json"
             message_bytes_max: 1024,
             clock_skew_ms_max: 60_000,
             now_ms: NOW_MS,
+            topic_exists: &|_: &str| false,
         };
-        let two = signed(
-            &w.alice,
-            vec![
-                envelope(&w.alice, "orders.a", 11, b"{}"),
-                envelope(&w.alice, "orders.a", 12, b"{}"),
-            ],
-        );
-        let refusal = check_quota(&ctx, &two).unwrap_err();
-        assert_eq!(refusal.code, ErrorCode::QuotaExceeded);
-        assert_eq!(refusal.retry_after_ms, Some(200));
-        w.clock.advance(Duration::from_millis(199));
+        // Empty bucket: nothing fits; the first envelope fits in 100 ms.
+        let checked = check_publish(&mut ctx, first, &mut w.marks).unwrap();
+        assert_eq!(outcomes(&checked), [quota_exceeded(100); 3]);
+        assert_eq!(checked.reserved.bytes(), 0);
+        w.clock.advance(Duration::from_millis(250));
+        // Two tokens: the first two go, in order; the third fits 50 ms later.
+        let checked = check_publish(&mut ctx, again, &mut w.marks).unwrap();
         assert_eq!(
-            w.check("alice", two.clone()).unwrap(),
-            [Some(ErrorCode::QuotaExceeded); 2]
+            outcomes(&checked),
+            [None, None, quota_exceeded(50)],
+            "a prefix is admitted, the rest refused"
         );
-        w.clock.advance(Duration::from_millis(1));
-        assert_eq!(w.check("alice", two).unwrap(), [None, None]);
+        assert!(checked.reserved.bytes() > 0);
+    }
+
+    #[test]
+    fn new_topics_past_the_topic_quota_are_refused_and_known_topics_cost_none() {
+        let mut w = world();
+        let limits = crate::quota::QuotaLimits {
+            topics_per_sec: 2,
+            ..crate::quota::QuotaLimits::DEFAULT
+        };
+        let quota = w.quotas.get("bob", limits, || Ok::<u64, ()>(0)).unwrap();
+        let topics = ["new.a", "new.a", "known.a", "new.b", "new.c", "known.a"];
+        let envelopes = (1u64..)
+            .zip(topics)
+            .map(|(seq, topic)| envelope(&w.bob, topic, seq, b"{}"))
+            .collect();
+        let asked = std::cell::RefCell::new(Vec::new());
+        let topic_exists = |topic: &str| {
+            asked.borrow_mut().push(topic.to_owned());
+            topic == "known.a"
+        };
+        let mut ctx = IngestContext {
+            policy: &w.policy,
+            principal: "bob",
+            decisions: &mut w.decisions,
+            quota: &quota,
+            message_bytes_max: 1024,
+            clock_skew_ms_max: 60_000,
+            now_ms: NOW_MS,
+            topic_exists: &topic_exists,
+        };
+        let checked = check_publish(&mut ctx, signed(&w.bob, envelopes), &mut w.marks).unwrap();
+        let refused = Some((ErrorCode::QuotaExceeded, Some(500)));
+        assert_eq!(
+            outcomes(&checked),
+            [None, None, None, None, refused, refused],
+            "the third new topic and everything after it wait"
+        );
+        assert_eq!(
+            *asked.borrow(),
+            ["new.a", "known.a", "new.b", "new.c"],
+            "asked once per distinct topic"
+        );
+    }
+
+    #[test]
+    fn a_record_never_takes_more_than_its_quota_cost_and_every_field_counts() {
+        let key = key();
+        let envelopes: Vec<Envelope> = (1..=256)
+            .map(|seq| {
+                let mut e = envelope(&key, "orders.a", seq, b"");
+                e.headers = (0..4)
+                    .map(|h| Header {
+                        name: format!("h{h}"),
+                        value: vec![0xab; 4000],
+                    })
+                    .collect();
+                e.encryption = Some(Encryption {
+                    suite: 1,
+                    key_commitment: [0xee; 32],
+                    recipients: vec![
+                        signet_proto::envelope::SealedKey {
+                            key_id: KeyId([0xcd; 16]),
+                            enc: vec![1; 32],
+                            sealed_key: vec![2; 48],
+                        };
+                        3
+                    ],
+                });
+                e
+            })
+            .collect();
+        let signed = batch::sign(&key, &envelopes).unwrap();
+        for (i, e) in envelopes.iter().enumerate() {
+            let cost = record_bytes_max(e);
+            assert!(
+                cost >= 16_000 + 3 * 80,
+                "headers and recipients count: {cost}"
+            );
+            let record = StoredRecord {
+                received_ms: NOW_MS,
+                envelope: e.clone(),
+                proof: signed.proof(i),
+            };
+            let stored = signet_proto::codec::encode_body(&record).unwrap().len() as u64;
+            assert!(stored <= cost, "record {i}: {stored} bytes > cost {cost}");
+            assert!(
+                cost - stored < 400,
+                "record {i}: cost {cost} far above {stored}"
+            );
+        }
     }
 
     #[test]
@@ -772,7 +973,7 @@ schema = "order.json"
             .quotas
             .get("alice", w.policy.quota("alice"), || Ok::<u64, ()>(0))
             .unwrap();
-        quota.add_stored(1999);
+        quota.add_stored(19_999);
         // Forbidden topic and a bad signature too: the quota answers first.
         let mut publish = signed(&w.alice, vec![envelope(&w.alice, "billing.a", 1, b"{}")]);
         publish.signature = vec![0; 64];
@@ -840,6 +1041,7 @@ schema = "order.json"
             message_bytes_max: 1024,
             clock_skew_ms_max: 60_000,
             now_ms: NOW_MS,
+            topic_exists: &|_: &str| false,
         };
         let publish = signed(&w.alice, vec![envelope(&w.alice, "orders.a", 1, b"{}")]);
         let refusal = check_publish(&mut ctx, publish, &mut Broken).unwrap_err();

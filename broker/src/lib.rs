@@ -5,10 +5,12 @@
 //! Read top to bottom, following a message:
 //! - [`config`]: a policy file ([`policy_file`]) → start-only [`settings`]
 //!   (with the [`limits`] table) and the hot-reloadable [`policy`];
-//! - [`server`]: start-up, the accept loop (connection cap, address
-//!   validation, handshake deadline) and shutdown;
+//! - [`server`]: start-up, the accept loop (address validation, handshake
+//!   caps and deadline, connection cap) and shutdown;
 //! - [`tls`]: TLS 1.3, mandatory client certificates, principal from cert;
+//! - [`handshake`]: handshakes in progress, capped overall and per address;
 //! - [`session`]: one connection, dispatching its streams by first frame;
+//! - [`frames`]: reading frames within the connection's budget and deadline;
 //! - [`publish`]: a pipelined publish stream: permit → [`ingest`] → commit
 //!   → answer;
 //! - [`ingest`]: the checks, in order, each able only to reject
@@ -31,7 +33,9 @@ pub mod commit;
 pub mod config;
 pub mod error;
 pub mod fanout;
+pub mod frames;
 pub mod fuzzing;
+pub mod handshake;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;

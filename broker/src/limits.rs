@@ -86,7 +86,7 @@ limits! {
     /// Largest difference between a publisher's timestamp and the broker clock.
     clock_skew_ms_max: "ms" = 300_000, 0, 7 * 24 * 3_600_000,
         keys ["limits.clock_skew_ms_max", "broker.clock_skew_ms"];
-    /// Connections open at once, all principals together.
+    /// Established connections open at once, all principals together (handshakes in progress are capped apart).
     connections_max: "connections" = 1024, 1, 1_000_000,
         keys ["limits.connections_max", "limits.max_connections"];
     /// Bidirectional streams a peer may have open per connection.
@@ -95,12 +95,24 @@ limits! {
     /// Publish batches read but not yet answered, per connection.
     inflight_batches_max: "batches" = 64, 1, 4096,
         keys ["limits.inflight_batches_max", "limits.max_inflight_batches"];
+    /// Frame bytes a connection may have read and not yet answered (frames being read, batches being checked or committed); never less than one `frame_bytes_max`. A frame waits for its share before its body is read.
+    inflight_bytes_max: "bytes" = 16 * MIB, 64 * KIB, 4096 * MIB,
+        keys ["limits.inflight_bytes_max"];
+    /// Once a frame's first byte arrived, its length prefix, and then its body, must each arrive within this time (waiting for an in-flight permit or frame bytes is not counted); else the stream is refused with `BadFrame` and stopped.
+    frame_read_ms_max: "ms" = 10_000, 100, 600_000,
+        keys ["limits.frame_read_ms_max"];
     /// A connection silent this long is closed.
     idle_ms_max: "ms" = 30_000, 100, 3_600_000,
         keys ["limits.idle_ms_max", "limits.idle_timeout_ms"];
     /// A TLS handshake not done in this time is dropped.
     handshake_ms_max: "ms" = 10_000, 100, 600_000,
         keys ["limits.handshake_ms_max", "limits.handshake_timeout_ms"];
+    /// TLS handshakes in progress at once, all addresses together (after QUIC address validation); past it new connections are refused before any handshake work.
+    handshakes_max: "handshakes" = 256, 1, 100_000,
+        keys ["limits.handshakes_max"];
+    /// TLS handshakes in progress at once from one source address (an IPv4 address, or an IPv6 /64); past it new connections from it are refused.
+    handshakes_per_ip_max: "handshakes" = 16, 1, 100_000,
+        keys ["limits.handshakes_per_ip_max"];
     /// QUIC receive window of one stream (bytes a peer may send ahead).
     quic_stream_window_bytes_max: "bytes" = 8 * MIB, 64 * KIB, 256 * MIB,
         keys ["limits.quic_stream_window_bytes_max"];
@@ -210,6 +222,12 @@ impl Limits {
             return Err(LimitError::FrameTooSmall);
         }
         Ok(limits)
+    }
+
+    /// Frame bytes in flight per connection: `inflight_bytes_max`, but at
+    /// least one largest frame.
+    pub fn inflight_bytes(&self) -> usize {
+        Limits::usize(self.inflight_bytes_max.max(self.frame_bytes_max))
     }
 
     /// The frame limit as the codec takes it.

@@ -85,7 +85,11 @@ pub struct TopicPolicy {
 pub struct Policy {
     /// Increases with every successful reload; caches compare it.
     pub version: u64,
-    /// SHA-256 (hex) of the policy file this came from.
+    /// SHA-256 (hex) of what this policy was built from: the policy
+    /// file's text, then for each schema file it names (in file order) a
+    /// NUL byte, the file's length (u64 BE) and its bytes. Without schemas
+    /// it is the SHA-256 of the file. A reload that finds it unchanged
+    /// changes nothing, so every input the policy reads is in it.
     pub sha256: String,
     /// Principals by name.
     pub principals: HashMap<String, PrincipalPolicy>,
@@ -127,15 +131,17 @@ impl Policy {
         let roles = role_grants(file.roles)?;
         let mut policy = Policy {
             version: 1,
-            sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, text.as_bytes())),
             ..Policy::default()
         };
         for p in file.principals {
             policy.add_principal(p, &roles)?;
         }
+        let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
+        digest.update(text.as_bytes());
         for t in file.topics {
-            policy.topics.push(topic_policy(t, base)?);
+            policy.topics.push(topic_policy(t, base, &mut digest)?);
         }
+        policy.sha256 = hex::encode(digest.finish());
         Ok(policy)
     }
 
@@ -240,20 +246,26 @@ fn quota_limits(section: Option<&QuotaSection>, owner: &str) -> Result<QuotaLimi
         stored_bytes: q.stored_bytes.unwrap_or(d.stored_bytes),
         max_connections: q.max_connections.unwrap_or(d.max_connections),
         max_subscriptions: q.max_subscriptions.unwrap_or(d.max_subscriptions),
+        topics_per_sec: q.topics_per_sec.unwrap_or(d.topics_per_sec),
     };
     if limits.msgs_per_sec == 0
         || limits.bytes_per_sec == 0
         || limits.max_connections == 0
         || limits.stored_bytes == 0
+        || limits.topics_per_sec == 0
     {
         return Err(PolicyError::ZeroQuota(owner.to_owned()));
     }
     Ok(limits)
 }
 
+/// One `[[topic]]` entry, its schema compiled; the schema file's bytes go
+/// into `digest` (read before the schema is compiled: if the file changes
+/// in between, the next reload sees a different hash and applies it).
 fn topic_policy(
     t: crate::policy_file::TopicSection,
     base: &Path,
+    digest: &mut ring::digest::Context,
 ) -> Result<TopicPolicy, PolicyError> {
     let invalid = |reason: String| PolicyError::Topic {
         topic: t.name.clone(),
@@ -267,7 +279,14 @@ fn topic_policy(
     }
     let schema = t.schema.as_deref().map(|p| resolve(base, p));
     let compiled = match &schema {
-        Some(path) => Some(Arc::new(Schema::load(path).map_err(invalid)?)),
+        Some(path) => {
+            let bytes = std::fs::read(path)
+                .map_err(|e| invalid(format!("schema {}: {e}", path.display())))?;
+            digest.update(&[0]);
+            digest.update(&(bytes.len() as u64).to_be_bytes());
+            digest.update(&bytes);
+            Some(Arc::new(Schema::load(path).map_err(invalid)?))
+        }
         None => None,
     };
     Ok(TopicPolicy {
@@ -276,4 +295,36 @@ fn topic_policy(
         compiled,
         encrypted: t.encrypted,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "[broker]\nlisten = \"127.0.0.1:0\"\ndata_dir = \"d\"\n[tls]\nca = \"c\"\ncert = \"c\"\nkey = \"k\"\n";
+
+    fn load(text: &str, base: &Path) -> Policy {
+        Policy::from_file(PolicyFile::parse(text).unwrap(), text, base).unwrap()
+    }
+
+    #[test]
+    fn the_hash_covers_the_policy_text_and_every_schema_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = load(TEXT, dir.path());
+        assert_eq!(
+            plain.sha256,
+            hex::encode(ring::digest::digest(&ring::digest::SHA256, TEXT.as_bytes())),
+            "without schemas it is the file's SHA-256"
+        );
+        let text = format!("{TEXT}[[topic]]\nname = \"a.b\"\nschema = \"s.json\"\n");
+        std::fs::write(dir.path().join("s.json"), r#"{"type":"object"}"#).unwrap();
+        let before = load(&text, dir.path());
+        assert_eq!(before.sha256, load(&text, dir.path()).sha256);
+        std::fs::write(dir.path().join("s.json"), r#"{"type":"array"}"#).unwrap();
+        let after = load(&text, dir.path());
+        assert_ne!(
+            before.sha256, after.sha256,
+            "a schema edit changes the hash"
+        );
+    }
 }

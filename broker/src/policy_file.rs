@@ -157,14 +157,16 @@ pub struct PrincipalSection {
 pub struct QuotaSection {
     /// Messages per second.
     pub msgs_per_sec: Option<u32>,
-    /// Payload bytes per second.
+    /// Record bytes per second.
     pub bytes_per_sec: Option<u32>,
-    /// Payload bytes stored.
+    /// Record bytes stored.
     pub stored_bytes: Option<u64>,
     /// Open connections.
     pub max_connections: Option<u32>,
     /// Open subscriptions.
     pub max_subscriptions: Option<u32>,
+    /// New topics per second.
+    pub topics_per_sec: Option<u32>,
 }
 
 /// `[[topic]]`.

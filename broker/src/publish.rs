@@ -6,19 +6,32 @@
 //!
 //! Reading and checking run ahead of the answers by at most
 //! `limits.inflight_batches_max` batches per connection (all its publish
-//! streams together); past that the stream stops being read, and QUIC flow
-//! control pushes back on the publisher.
+//! streams together), and `limits.inflight_bytes_max` frame bytes: once a
+//! frame starts, the stream waits for a permit before reading it, and the
+//! frame waits for its bytes in the connection's frame budget before its
+//! body is read ([`crate::frames`]); past that the stream stops being
+//! read, and QUIC flow control pushes back on the publisher. A frame that
+//! started must arrive within `limits.frame_read_ms_max`.
+//!
+//! Quota keeps a stream in order: the quota admits a prefix of a batch,
+//! and once an envelope of the stream was refused for quota every later
+//! envelope on it is refused too (`QuotaExceeded`, with the first
+//! refusal's hint), without any other check. A publisher resends the
+//! refused envelopes, in order, on a new stream; nothing it sent after a
+//! refusal can be stored ahead of what was refused.
 
 use crate::answer;
 use crate::audit::Event;
 use crate::commit::{CommitReply, CommitRequest, Entry};
-use crate::ingest::{self, IngestContext, Verdict};
+use crate::frames::{self, Budgeted, FrameError};
+use crate::ingest::{self, Checked, IngestContext, Verdict};
 use crate::limits::Limits;
 use crate::metrics;
+use crate::quota::Reservation;
 use crate::state::ConnectionState;
 use serde_json::json;
 use signet_proto::frame::{ClientFrame, Outcome, Publish, Rejection, Results, ServerFrame};
-use signet_proto::stream::{ReadError, read_frame, write_frame};
+use signet_proto::stream::write_frame;
 use signet_proto::{ErrorCode, StoredRecord, codec};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,23 +51,63 @@ enum Pending {
     Fail(Rejection),
 }
 
-/// Serves one publish stream, starting with its first batch.
+/// What a batch holds until its results are written: its place among the
+/// connection's in-flight batches and its frame's bytes in the frame
+/// budget.
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// Serves one publish stream, starting with its first batch (read with
+/// `budget` from the connection's frame budget).
 pub async fn run(
     conn: Arc<ConnectionState>,
     first: Publish,
+    budget: OwnedSemaphorePermit,
     send: quinn::SendStream,
-    recv: quinn::RecvStream,
+    mut recv: quinn::RecvStream,
 ) {
     let depth = Limits::usize(conn.broker.limits().inflight_batches_max);
     let (queue, pending) = mpsc::channel::<Pending>(depth);
-    let reader = read_batches(conn.clone(), first, recv, queue);
+    let reader = read_batches(conn.clone(), (first, budget), &mut recv, queue);
     let writer = write_results(send, pending);
     let (read_error, mut send) = tokio::join!(reader, writer);
     match read_error {
-        Some(e) => answer::frame_error(&conn, &mut send, e).await,
+        Some(e) => answer::frame_failure(&conn, &mut send, &mut recv, e).await,
         None => {
             let _ = send.finish();
         }
+    }
+}
+
+/// The next batch of the stream and what it holds: the in-flight permit is
+/// taken once the frame starts and before it is read, so a connection
+/// reads no more frames than it may have in flight. `None` at the end of
+/// the stream; `Some(Err(rejection))` for a frame that is not a batch.
+async fn next_batch(
+    conn: &ConnectionState,
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<Result<(Publish, Held), Rejection>>, FrameError> {
+    let Some(first) = frames::wait_start(recv).await? else {
+        return Ok(None);
+    };
+    let Ok(permit) = conn.inflight.clone().acquire_owned().await else {
+        return Ok(None);
+    };
+    let Budgeted { frame, budget } = frames::read_started(conn, recv, first).await?;
+    match frame {
+        ClientFrame::Publish(p) => Ok(Some(Ok((
+            p,
+            Held {
+                _permit: permit,
+                _budget: budget,
+            },
+        )))),
+        ClientFrame::Subscribe(_) => Ok(Some(Err(Rejection::new(
+            ErrorCode::BadFrame,
+            "subscribe on a publish stream",
+        )))),
     }
 }
 
@@ -62,32 +115,51 @@ pub async fn run(
 /// read error that ended the stream, if any.
 async fn read_batches(
     conn: Arc<ConnectionState>,
-    first: Publish,
-    mut recv: quinn::RecvStream,
+    first: (Publish, OwnedSemaphorePermit),
+    recv: &mut quinn::RecvStream,
     queue: mpsc::Sender<Pending>,
-) -> Option<ReadError> {
-    let frame_bytes_max = conn.broker.limits().frame_bytes_max_u32();
+) -> Option<FrameError> {
     let mut next = Some(first);
+    // The stream's first quota refusal; every later envelope gets it too.
+    let mut quota_stop: Option<Rejection> = None;
     loop {
-        let publish = match next.take() {
-            Some(p) => p,
-            None => match read_frame::<ClientFrame, _>(&mut recv, frame_bytes_max).await {
-                Ok(Some(ClientFrame::Publish(p))) => p,
-                Ok(Some(ClientFrame::Subscribe(_))) => {
-                    let r = Rejection::new(ErrorCode::BadFrame, "subscribe on a publish stream");
-                    let _ = queue.send(Pending::Fail(r)).await;
+        let (publish, held) = match next.take() {
+            // The first frame was read by the dispatcher (which had to see
+            // its kind) within the frame budget; its permit is taken now.
+            Some((p, budget)) => {
+                let Ok(permit) = conn.inflight.clone().acquire_owned().await else {
+                    return None;
+                };
+                (
+                    p,
+                    Held {
+                        _permit: permit,
+                        _budget: budget,
+                    },
+                )
+            }
+            None => match next_batch(&conn, recv).await {
+                Ok(Some(Ok(batch))) => batch,
+                Ok(Some(Err(rejection))) => {
+                    let _ = queue.send(Pending::Fail(rejection)).await;
                     return None;
                 }
                 Ok(None) => return None,
                 Err(e) => return Some(e),
             },
         };
-        let Ok(permit) = conn.inflight.clone().acquire_owned().await else {
-            return None;
-        };
-        let item = match ingest_batch(&conn, publish, permit).await {
-            Ok(batch) => Pending::Batch(batch),
-            Err(rejection) => Pending::Fail(rejection),
+        let item = match &quota_stop {
+            Some(stop) => match ingest::check_batch_size(&publish) {
+                Ok(()) => Pending::Batch(refuse_after_quota(publish, stop, held)),
+                Err(rejection) => Pending::Fail(rejection),
+            },
+            None => match ingest_batch(&conn, publish, held).await {
+                Ok(batch) => {
+                    quota_stop = batch.quota_stop();
+                    Pending::Batch(batch)
+                }
+                Err(rejection) => Pending::Fail(rejection),
+            },
         };
         let fail = matches!(item, Pending::Fail(_));
         if queue.send(item).await.is_err() || fail {
@@ -104,9 +176,9 @@ async fn write_results(
     while let Some(item) = pending.recv().await {
         match item {
             Pending::Batch(batch) => {
-                let (results, permit) = batch.resolve().await;
+                let (results, held) = batch.resolve().await;
                 let written = write_frame(&mut send, &ServerFrame::Results(results)).await;
-                drop(permit);
+                drop(held);
                 if written.is_err() {
                     break;
                 }
@@ -126,11 +198,11 @@ async fn write_results(
 async fn ingest_batch(
     conn: &ConnectionState,
     publish: Publish,
-    permit: OwnedSemaphorePermit,
+    held: Held,
 ) -> Result<PendingBatch, Rejection> {
     let request_id = publish.request_id;
     let now_ms = now_ms();
-    let verdicts = check(conn, publish, now_ms)?;
+    let Checked { verdicts, reserved } = check(conn, publish, now_ms)?;
     let mut outcomes = Vec::with_capacity(verdicts.len());
     let mut entries = Vec::new();
     let mut accepted = Vec::new();
@@ -152,7 +224,7 @@ async fn ingest_batch(
     if quota_breach {
         record_quota_breach(conn);
     }
-    let commit = send_to_commit(conn, entries).await;
+    let commit = send_to_commit(conn, entries, reserved).await;
     if commit.is_none() {
         for i in &accepted {
             outcomes[*i] = Some(Outcome::Nack(Rejection::new(
@@ -166,13 +238,40 @@ async fn ingest_batch(
         outcomes,
         accepted,
         commit,
-        _permit: permit,
+        held,
     })
 }
 
+/// Refuses every envelope of a batch read after the stream's first quota
+/// refusal, with that refusal's hint; nothing is checked or charged.
+fn refuse_after_quota(publish: Publish, first: &Rejection, held: Held) -> PendingBatch {
+    let rejection = Rejection {
+        retry_after_ms: first.retry_after_ms,
+        ..Rejection::new(
+            ErrorCode::QuotaExceeded,
+            "an earlier envelope on this stream was over quota; send again on a new stream",
+        )
+    };
+    let outcomes = publish
+        .envelopes
+        .iter()
+        .map(|_| {
+            metrics::rejected(ErrorCode::QuotaExceeded);
+            Some(Outcome::Nack(rejection.clone()))
+        })
+        .collect();
+    PendingBatch {
+        request_id: publish.request_id,
+        outcomes,
+        accepted: Vec::new(),
+        commit: None,
+        held,
+    }
+}
+
 /// The ingest checks with this connection's policy, quota, ACL cache and
-/// the broker's replay marks.
-fn check(conn: &ConnectionState, publish: Publish, now_ms: u64) -> Result<Vec<Verdict>, Rejection> {
+/// the broker's replay marks; a topic exists once it has stored messages.
+fn check(conn: &ConnectionState, publish: Publish, now_ms: u64) -> Result<Checked, Rejection> {
     let broker = &conn.broker;
     let policy = broker.policy();
     let quota = broker.quota(&policy, &conn.principal).map_err(|e| {
@@ -189,6 +288,7 @@ fn check(conn: &ConnectionState, publish: Publish, now_ms: u64) -> Result<Vec<Ve
         message_bytes_max: Limits::usize(limits.message_bytes_max),
         clock_skew_ms_max: limits.clock_skew_ms_max,
         now_ms,
+        topic_exists: &|topic| broker.registry.has_messages(topic),
     };
     ingest::check_publish(&mut ctx, publish, &mut broker.replay.lock())
 }
@@ -227,7 +327,6 @@ fn entry(
     received_ms: u64,
 ) -> Result<Entry, Rejection> {
     let (topic, key_id, seq) = (envelope.topic.clone(), envelope.key_id, envelope.seq);
-    let payload_bytes = envelope.payload.len() as u64;
     let record = StoredRecord {
         received_ms,
         envelope,
@@ -241,21 +340,26 @@ fn entry(
         key_id,
         seq,
         principal: conn.principal.clone(),
-        payload_bytes,
     })
 }
 
-/// Queues accepted entries for the group commit; `None` when there is
-/// nothing to commit or the writer has stopped (shutdown).
+/// Queues accepted entries for the group commit, with the stored bytes
+/// reserved for them; `None` when there is nothing to commit or the writer
+/// has stopped (shutdown). The reservation ends with the request.
 async fn send_to_commit(
     conn: &ConnectionState,
     entries: Vec<Entry>,
+    reserved: Reservation,
 ) -> Option<oneshot::Receiver<CommitReply>> {
     if entries.is_empty() {
         return None;
     }
     let (reply, receiver) = oneshot::channel();
-    let request = CommitRequest { entries, reply };
+    let request = CommitRequest {
+        entries,
+        reply,
+        reserved,
+    };
     conn.broker.commits.send(request).await.ok()?;
     Some(receiver)
 }
@@ -270,14 +374,22 @@ struct PendingBatch {
     accepted: Vec<usize>,
     /// The commit's answer, if anything was sent to it.
     commit: Option<oneshot::Receiver<CommitReply>>,
-    /// This batch's place in the connection's in-flight cap, held until
-    /// its results are written.
-    _permit: OwnedSemaphorePermit,
+    /// Its in-flight permit and frame budget, held until its results are
+    /// written.
+    held: Held,
 }
 
 impl PendingBatch {
+    /// The batch's first refusal for quota, if any: it stops the stream.
+    fn quota_stop(&self) -> Option<Rejection> {
+        self.outcomes.iter().find_map(|o| match o {
+            Some(Outcome::Nack(r)) if r.code == ErrorCode::QuotaExceeded => Some(r.clone()),
+            _ => None,
+        })
+    }
+
     /// Waits for the commit and returns one outcome per envelope.
-    async fn resolve(self) -> (Results, OwnedSemaphorePermit) {
+    async fn resolve(self) -> (Results, Held) {
         let mut outcomes = self.outcomes;
         if let Some(commit) = self.commit {
             match commit.await.unwrap_or(Err(ErrorCode::Unavailable)) {
@@ -307,6 +419,6 @@ impl PendingBatch {
             request_id: self.request_id,
             outcomes,
         };
-        (results, self._permit)
+        (results, self.held)
     }
 }

@@ -1,10 +1,17 @@
 //! Per-principal quotas, across all of a principal's connections:
-//! messages/s and bytes/s (token buckets with a one-second burst, from
-//! `governor`), stored bytes (persisted in RocksDB by the group commit),
-//! connections and subscriptions.
+//! messages/s, record bytes/s and new topics/s (token buckets with a
+//! one-second burst), stored bytes (persisted in RocksDB by the group
+//! commit), connections and subscriptions.
 //!
-//! A publish over quota is refused with `QuotaExceeded { retry_after_ms }`
-//! before any signature check or disk work; the connection stays open.
+//! A publish batch is admitted in order: the longest prefix that fits
+//! every bucket and the stored-bytes quota is charged and goes on to the
+//! other checks; the rest is refused with `QuotaExceeded` (with
+//! `retry_after_ms` for a rate, none for stored bytes) before any signature
+//! check or disk work, and the connection stays open. A message costs its
+//! stored record's bytes (headers, recipients and payload alike, see
+//! [`crate::ingest::record_bytes_max`]); a topic not yet stored costs one
+//! topic token. Stored bytes admitted but not yet committed are reserved
+//! ([`Reservation`]), so pipelined batches cannot together pass the quota.
 //! A reload that changes a principal's quota applies at once: its buckets
 //! are rebuilt with the new rates.
 //!
@@ -12,13 +19,9 @@
 //! broker's monotonic [`DefaultClock`], or a `FakeRelativeClock` in tests,
 //! so quota decisions can be checked exactly.
 
-use governor::clock::Clock;
 pub use governor::clock::DefaultClock;
-use governor::middleware::NoOpMiddleware;
-use governor::state::{InMemoryState, NotKeyed};
-use governor::{Quota, RateLimiter};
+use governor::clock::{Clock, Reference};
 use std::collections::HashMap;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -27,15 +30,18 @@ use std::sync::{Arc, Mutex};
 pub struct QuotaLimits {
     /// Messages per second (and the burst: one second's worth).
     pub msgs_per_sec: u32,
-    /// Payload bytes per second (burst: one second's worth, at least one
-    /// maximum-size batch).
+    /// Record bytes per second (burst: one second's worth, at least one
+    /// maximum-size frame).
     pub bytes_per_sec: u32,
-    /// Payload bytes the principal's stored messages may occupy.
+    /// Record bytes the principal's stored messages may occupy.
     pub stored_bytes: u64,
     /// Open connections at once.
     pub max_connections: u32,
     /// Open subscriptions at once.
     pub max_subscriptions: u32,
+    /// New topics (names with no stored message yet) per second, and the
+    /// burst: one second's worth.
+    pub topics_per_sec: u32,
 }
 
 impl QuotaLimits {
@@ -46,48 +52,135 @@ impl QuotaLimits {
         stored_bytes: 1024 * 1024 * 1024,
         max_connections: 16,
         max_subscriptions: 64,
+        topics_per_sec: 100,
     };
 }
 
-/// Why a publish batch was refused by quota.
+/// Why (the rest of) a publish batch was refused by quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Breach {
-    /// Message or byte rate; try again after this many ms.
+    /// Message, byte or topic rate; the first refused envelope fits after
+    /// this many ms.
     Rate { retry_after_ms: u64 },
     /// Stored bytes would exceed the quota (retry after deleting data).
     Stored,
 }
 
+/// What one envelope costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cost {
+    /// Bytes its stored record will occupy (at most).
+    pub bytes: u64,
+    /// Whether it creates a topic.
+    pub new_topic: bool,
+}
+
+/// The quota's answer for a batch: the first `accepted` envelopes are
+/// charged; the rest are refused for `breach`.
+#[derive(Debug)]
+#[must_use]
+pub struct Admission {
+    /// How many envelopes, from the first, fit.
+    pub accepted: usize,
+    /// Why the others do not (`None` when all fit).
+    pub breach: Option<Breach>,
+    /// The stored bytes reserved for the accepted ones.
+    pub reserved: Reservation,
+}
+
 /// Counters that outlive a reload of the principal's limits.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Counters {
-    /// Payload bytes stored, as committed.
+    /// Record bytes stored, as committed.
     stored: AtomicU64,
+    /// Record bytes admitted and not yet committed (or given up).
+    reserved: AtomicU64,
     connections: AtomicU64,
     subscriptions: AtomicU64,
 }
 
-/// A token bucket on clock `C`.
-type Bucket<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+/// Stored bytes admitted for a batch, counted against the quota until
+/// dropped: the group commit drops it after adding what it stored, a
+/// refusal or a failed commit drops it without.
+#[derive(Debug, Default)]
+pub struct Reservation {
+    counters: Option<Arc<Counters>>,
+    bytes: u64,
+}
+
+impl Reservation {
+    /// The bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(counters) = &self.counters {
+            counters.reserved.fetch_sub(self.bytes, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Token units per token: levels are kept in token-nanoseconds so that a
+/// rate of `r` tokens/s refills exactly `r` units per nanosecond.
+const UNITS: u128 = 1_000_000_000;
+
+/// A token bucket: `per_sec` tokens a second, holding at most `burst`.
+#[derive(Debug)]
+struct Bucket {
+    per_sec: u128,
+    capacity: u128,
+    level: u128,
+}
+
+impl Bucket {
+    fn new(per_sec: u32, burst: u64) -> Bucket {
+        let capacity = u128::from(burst.max(1)) * UNITS;
+        Bucket {
+            per_sec: u128::from(per_sec.max(1)),
+            capacity,
+            level: capacity,
+        }
+    }
+
+    fn refill(&mut self, elapsed_ns: u64) {
+        let added = u128::from(elapsed_ns).saturating_mul(self.per_sec);
+        self.level = self.level.saturating_add(added).min(self.capacity);
+    }
+
+    /// The units `tokens` cost; a cost larger than the whole burst costs
+    /// the whole burst (so it fits a full bucket instead of never).
+    fn cost(&self, tokens: u64) -> u128 {
+        (u128::from(tokens) * UNITS).min(self.capacity)
+    }
+
+    /// Nanoseconds until `cost` more units fit after `used` are taken.
+    fn wait_ns(&self, used: u128, cost: u128) -> u128 {
+        let have = self.level.saturating_sub(used);
+        match cost.checked_sub(have) {
+            Some(missing) if missing > 0 => missing.div_ceil(self.per_sec),
+            _ => 0,
+        }
+    }
+}
+
+/// The rate buckets of one principal, refilled together.
+#[derive(Debug)]
+struct Buckets<I> {
+    last: I,
+    msgs: Bucket,
+    bytes: Bucket,
+    topics: Bucket,
+}
 
 /// Live quota state of one principal.
 pub struct PrincipalQuota<C: Clock = DefaultClock> {
     limits: QuotaLimits,
-    msgs: Bucket<C>,
-    bytes: Bucket<C>,
+    clock: C,
+    buckets: Mutex<Buckets<C::Instant>>,
     counters: Arc<Counters>,
-}
-
-fn limiter<C: Clock>(per_sec: u32, burst: u32, clock: C) -> Bucket<C> {
-    let rate = NonZeroU32::new(per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
-    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
-    RateLimiter::direct_with_clock(Quota::per_second(rate).allow_burst(burst), clock)
-}
-
-fn retry_after_ms<C: Clock>(not_until: &governor::NotUntil<C::Instant>, clock: &C) -> u64 {
-    u64::try_from(not_until.wait_time_from(clock.now()).as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
 }
 
 impl<C: Clock + Clone> PrincipalQuota<C> {
@@ -97,14 +190,16 @@ impl<C: Clock + Clone> PrincipalQuota<C> {
         counters: Arc<Counters>,
         clock: &C,
     ) -> PrincipalQuota<C> {
+        let bytes_burst = u64::from(limits.bytes_per_sec.max(frame_bytes_max));
         PrincipalQuota {
             limits,
-            msgs: limiter(limits.msgs_per_sec, limits.msgs_per_sec, clock.clone()),
-            bytes: limiter(
-                limits.bytes_per_sec,
-                limits.bytes_per_sec.max(frame_bytes_max),
-                clock.clone(),
-            ),
+            buckets: Mutex::new(Buckets {
+                last: clock.now(),
+                msgs: Bucket::new(limits.msgs_per_sec, u64::from(limits.msgs_per_sec)),
+                bytes: Bucket::new(limits.bytes_per_sec, bytes_burst),
+                topics: Bucket::new(limits.topics_per_sec, u64::from(limits.topics_per_sec)),
+            }),
+            clock: clock.clone(),
             counters,
         }
     }
@@ -116,53 +211,79 @@ impl<C: Clock> PrincipalQuota<C> {
         self.limits
     }
 
-    /// Takes `msgs` messages and `bytes` payload bytes from the buckets, or
-    /// says why not. Costs no disk and no crypto.
-    pub fn check_publish(&self, msgs: u32, bytes: u64) -> Result<(), Breach> {
-        let stored = self.counters.stored.load(Ordering::Relaxed);
-        if stored.saturating_add(bytes) > self.limits.stored_bytes {
-            return Err(Breach::Stored);
+    /// Admits the longest prefix of a batch whose envelopes (each costing
+    /// one message, `cost.bytes` bytes and, for a new topic, one topic)
+    /// fit the buckets and the stored-bytes quota, and charges it. Costs
+    /// no disk and no crypto.
+    pub fn admit(&self, costs: &[Cost]) -> Admission {
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.clock.now();
+        let elapsed: u64 = now.duration_since(b.last).into();
+        if now > b.last {
+            b.last = now;
         }
-        // The limiter's own clock (building a new quanta clock calibrates
-        // it, ~15 µs).
-        let clock = self.msgs.clock();
-        let msgs = NonZeroU32::new(msgs.max(1)).unwrap_or(NonZeroU32::MIN);
-        match self.msgs.check_n(msgs) {
-            Ok(Ok(())) => {}
-            Ok(Err(not_until)) => {
-                return Err(Breach::Rate {
-                    retry_after_ms: retry_after_ms(&not_until, clock),
-                });
+        b.msgs.refill(elapsed);
+        b.bytes.refill(elapsed);
+        b.topics.refill(elapsed);
+        let held = self
+            .counters
+            .stored
+            .load(Ordering::Acquire)
+            .saturating_add(self.counters.reserved.load(Ordering::Acquire));
+        let (mut msgs, mut bytes, mut topics, mut stored) = (0u128, 0u128, 0u128, 0u64);
+        let mut breach = None;
+        let mut accepted = 0;
+        for cost in costs {
+            let stored_next = stored.saturating_add(cost.bytes);
+            if held.saturating_add(stored_next) > self.limits.stored_bytes {
+                breach = Some(Breach::Stored);
+                break;
             }
-            Err(_) => {
-                return Err(Breach::Rate {
-                    retry_after_ms: 1000,
+            let m = b.msgs.cost(1);
+            let by = b.bytes.cost(cost.bytes);
+            let t = if cost.new_topic { b.topics.cost(1) } else { 0 };
+            let wait_ns = b
+                .msgs
+                .wait_ns(msgs, m)
+                .max(b.bytes.wait_ns(bytes, by))
+                .max(b.topics.wait_ns(topics, t));
+            if wait_ns > 0 {
+                let ms = u64::try_from(wait_ns.div_ceil(1_000_000)).unwrap_or(u64::MAX);
+                breach = Some(Breach::Rate {
+                    retry_after_ms: ms.max(1),
                 });
+                break;
             }
+            (msgs, bytes, topics, stored) = (msgs + m, bytes + by, topics + t, stored_next);
+            accepted += 1;
         }
-        let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
-        let Some(bytes) = NonZeroU32::new(bytes) else {
-            return Ok(());
-        };
-        match self.bytes.check_n(bytes) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(Breach::Rate {
-                retry_after_ms: retry_after_ms(&not_until, self.bytes.clock()),
-            }),
-            Err(_) => Err(Breach::Rate {
-                retry_after_ms: 1000,
-            }),
+        b.msgs.level -= msgs;
+        b.bytes.level -= bytes;
+        b.topics.level -= topics;
+        self.counters.reserved.fetch_add(stored, Ordering::AcqRel);
+        Admission {
+            accepted,
+            breach,
+            reserved: Reservation {
+                counters: Some(self.counters.clone()),
+                bytes: stored,
+            },
         }
     }
 
     /// Records bytes the group commit stored for this principal.
     pub fn add_stored(&self, bytes: u64) {
-        self.counters.stored.fetch_add(bytes, Ordering::Relaxed);
+        self.counters.stored.fetch_add(bytes, Ordering::AcqRel);
     }
 
-    /// Payload bytes stored.
+    /// Record bytes stored.
     pub fn stored(&self) -> u64 {
-        self.counters.stored.load(Ordering::Relaxed)
+        self.counters.stored.load(Ordering::Acquire)
+    }
+
+    /// Record bytes admitted and not yet committed.
+    pub fn reserved(&self) -> u64 {
+        self.counters.reserved.load(Ordering::Acquire)
     }
 
     /// Takes a connection slot; `None` when the principal has too many.
@@ -306,6 +427,22 @@ mod tests {
         }
     }
 
+    fn msgs(n: usize) -> Vec<Cost> {
+        vec![
+            Cost {
+                bytes: 10,
+                new_topic: false
+            };
+            n
+        ]
+    }
+
+    /// Admits `n` 10-byte messages and returns how many fit and the breach.
+    fn admit<C: Clock>(q: &PrincipalQuota<C>, n: usize) -> (usize, Option<Breach>) {
+        let a = q.admit(&msgs(n));
+        (a.accepted, a.breach)
+    }
+
     #[test]
     fn burst_then_refusal_with_retry_hint() {
         let clock = FakeRelativeClock::default();
@@ -313,28 +450,130 @@ mod tests {
             .get("a", limits(10), ok(0))
             .unwrap();
         for _ in 0..10 {
-            q.check_publish(1, 10).unwrap();
+            assert_eq!(admit(&q, 1), (1, None));
         }
         assert_eq!(
-            q.check_publish(1, 10),
-            Err(Breach::Rate {
-                retry_after_ms: 100
-            })
+            admit(&q, 1),
+            (
+                0,
+                Some(Breach::Rate {
+                    retry_after_ms: 100
+                })
+            )
         );
         clock.advance(Duration::from_millis(100));
-        q.check_publish(1, 10).unwrap();
-        assert!(q.check_publish(1, 10).is_err());
+        assert_eq!(admit(&q, 1), (1, None));
+        assert_eq!(admit(&q, 1).0, 0);
     }
 
     #[test]
-    fn stored_bytes_quota_refuses_before_the_buckets() {
+    fn a_batch_larger_than_what_is_left_is_admitted_as_a_prefix() {
+        let clock = FakeRelativeClock::default();
+        let q = Quotas::with_clock(1 << 20, clock.clone())
+            .get("a", limits(5), ok(0))
+            .unwrap();
+        // 256 envelopes against a burst of 5: the first 5 go, the sixth
+        // fits one token (200 ms) later.
+        assert_eq!(
+            admit(&q, 256),
+            (
+                5,
+                Some(Breach::Rate {
+                    retry_after_ms: 200
+                })
+            )
+        );
+        clock.advance(Duration::from_millis(450));
+        assert_eq!(
+            admit(&q, 10),
+            (
+                2,
+                Some(Breach::Rate {
+                    retry_after_ms: 150
+                })
+            )
+        );
+    }
+
+    #[test]
+    fn new_topics_cost_a_topic_token_and_known_topics_none() {
+        let clock = FakeRelativeClock::default();
+        let l = QuotaLimits {
+            topics_per_sec: 2,
+            ..QuotaLimits::DEFAULT
+        };
+        let q = Quotas::with_clock(1 << 20, clock.clone())
+            .get("a", l, ok(0))
+            .unwrap();
+        let new = Cost {
+            bytes: 1,
+            new_topic: true,
+        };
+        let known = Cost {
+            bytes: 1,
+            new_topic: false,
+        };
+        let a = q.admit(&[new, known, new, known, new, known]);
+        assert_eq!(
+            a.accepted, 4,
+            "the third new topic is refused, and all after it"
+        );
+        assert_eq!(
+            a.breach,
+            Some(Breach::Rate {
+                retry_after_ms: 500
+            })
+        );
+        assert_eq!(q.admit(&[known; 100]).accepted, 100);
+    }
+
+    #[test]
+    fn stored_bytes_quota_refuses_before_the_buckets_and_counts_reservations() {
         let l = QuotaLimits {
             stored_bytes: 100,
             ..QuotaLimits::DEFAULT
         };
-        let q = Quotas::new(1 << 20).get("a", l, ok(90)).unwrap();
-        assert_eq!(q.check_publish(1, 11), Err(Breach::Stored));
-        q.check_publish(1, 10).unwrap();
+        let q = Quotas::new(1 << 20).get("a", l, ok(60)).unwrap();
+        let first = q.admit(&msgs(3));
+        assert_eq!((first.accepted, first.breach), (3, None));
+        assert_eq!(q.reserved(), 30);
+        // Reserved but not committed: the next batch sees it.
+        assert_eq!(admit(&q, 2), (1, Some(Breach::Stored)));
+        drop(first);
+        assert_eq!(q.reserved(), 0, "a reservation is given back when dropped");
+        // The commit adds what it stored, then drops the reservation.
+        let second = q.admit(&msgs(4));
+        assert_eq!((second.accepted, second.breach), (4, None));
+        q.add_stored(second.reserved.bytes());
+        drop(second);
+        assert_eq!((q.stored(), q.reserved()), (100, 0));
+        assert_eq!(admit(&q, 1), (0, Some(Breach::Stored)));
+    }
+
+    #[test]
+    fn a_cost_larger_than_the_burst_waits_for_a_full_bucket() {
+        let clock = FakeRelativeClock::default();
+        let l = QuotaLimits {
+            bytes_per_sec: 1000,
+            ..QuotaLimits::DEFAULT
+        };
+        let q = Quotas::with_clock(1000, clock.clone())
+            .get("a", l, ok(0))
+            .unwrap();
+        let huge = Cost {
+            bytes: 5000,
+            new_topic: false,
+        };
+        assert_eq!(q.admit(&[huge]).accepted, 1);
+        let again = q.admit(&[huge]);
+        assert_eq!(
+            again.breach,
+            Some(Breach::Rate {
+                retry_after_ms: 1000
+            })
+        );
+        clock.advance(Duration::from_secs(1));
+        assert_eq!(q.admit(&[huge]).accepted, 1);
     }
 
     #[test]
@@ -348,8 +587,8 @@ mod tests {
         let slot = q.open_connection().unwrap();
         let lowered = quotas.get("a", l, ok(0)).unwrap();
         assert_eq!(lowered.stored(), 5);
-        lowered.check_publish(1, 1).unwrap();
-        assert!(lowered.check_publish(1, 1).is_err());
+        assert_eq!(admit(&lowered, 1), (1, None));
+        assert_eq!(admit(&lowered, 1).0, 0);
         assert!(
             lowered.open_connection().is_none(),
             "the slot taken before the reload still counts"

@@ -1,9 +1,10 @@
 //! Start-up, the accept loop and shutdown.
 //!
-//! The accept loop takes a connection permit before handshaking (a global
-//! connection cap by construction), asks unvalidated addresses for a QUIC
-//! Retry (address validation), bounds the handshake in time, and hands each
-//! connection to its session. Shutdown stops accepting, closes every
+//! The accept loop asks unvalidated addresses for a QUIC Retry (address
+//! validation), caps the handshakes in progress overall and per source
+//! address ([`crate::handshake`]), bounds the handshake in time, then takes
+//! a place among the established connections (the global connection cap)
+//! and hands the connection to its session. Shutdown stops accepting, closes every
 //! connection, lets the group-commit writer finish what it holds, and closes
 //! RocksDB before returning.
 
@@ -12,6 +13,7 @@ use crate::commit::{self, Committer};
 use crate::config::Config;
 use crate::error::BrokerError;
 use crate::fanout::Registry;
+use crate::handshake::HandshakeGate;
 use crate::limits::Limits;
 use crate::quota::Quotas;
 use crate::reload::{self, Reloaded};
@@ -52,6 +54,12 @@ impl Broker {
     pub fn reload(&self) -> Result<Reloaded, BrokerError> {
         let state = self.state.upgrade().ok_or(BrokerError::Stopped)?;
         reload::reload(&state)
+    }
+
+    /// How many topic heads the broker holds in memory (topics with
+    /// messages, and names watched by live subscriptions); 0 once stopped.
+    pub fn topic_heads(&self) -> usize {
+        self.state.upgrade().map_or(0, |s| s.registry.len())
     }
 
     /// Runs until the broker stops by itself (it only does on shutdown).
@@ -180,15 +188,22 @@ async fn run(
     tracing::info!("broker stopped");
 }
 
+/// Accepts connections: a Retry for every unvalidated address (no state
+/// kept), then a place among the handshakes in progress (overall and per
+/// source address), the handshake within its deadline, and only then a
+/// place among the established connections.
 async fn accept_loop(
     endpoint: &quinn::Endpoint,
     state: Arc<BrokerState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let permits = Arc::new(Semaphore::new(Limits::usize(
-        state.limits().connections_max,
-    )));
-    let handshake_timeout = Duration::from_millis(state.limits().handshake_ms_max);
+    let limits = state.limits();
+    let permits = Arc::new(Semaphore::new(Limits::usize(limits.connections_max)));
+    let gate = HandshakeGate::new(
+        Limits::usize(limits.handshakes_max),
+        u32::try_from(limits.handshakes_per_ip_max).unwrap_or(u32::MAX),
+    );
+    let handshake_timeout = Duration::from_millis(limits.handshake_ms_max);
     let mut connections = JoinSet::new();
     loop {
         let incoming = tokio::select! {
@@ -199,26 +214,38 @@ async fn accept_loop(
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             _ = shutdown.changed() => break,
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics::connection_refused("connection_cap");
-            tracing::warn!(remote = %incoming.remote_address(), "connection cap reached; refusing");
-            state.audit.record(
-                Event::new("connection_refused", json!({ "reason": "connection cap", "remote": incoming.remote_address().to_string() }))
-                    .noisy("-"),
-            );
-            incoming.refuse();
-            continue;
-        };
         if !incoming.remote_address_validated() {
             let _ = incoming.retry();
             continue;
         }
+        let remote = incoming.remote_address();
+        let slot = match gate.try_enter(remote.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                refuse(&state, refused.reason(), &refused.to_string(), remote);
+                incoming.refuse();
+                continue;
+            }
+        };
         let state = state.clone();
         let shutdown = shutdown.clone();
+        let permits = permits.clone();
         connections.spawn(async move {
-            let remote = incoming.remote_address();
-            match tokio::time::timeout(handshake_timeout, incoming).await {
-                Ok(Ok(conn)) => session::serve(conn, state, shutdown).await,
+            let handshake = tokio::time::timeout(handshake_timeout, incoming).await;
+            drop(slot);
+            match handshake {
+                Ok(Ok(conn)) => {
+                    let Ok(permit) = permits.try_acquire_owned() else {
+                        refuse(&state, "connection_cap", "connection cap", remote);
+                        conn.close(
+                            ErrorCode::Unavailable.0.into(),
+                            b"too many connections; try again later",
+                        );
+                        return;
+                    };
+                    session::serve(conn, state, shutdown).await;
+                    drop(permit);
+                }
                 Ok(Err(e)) => {
                     metrics::connection_refused("handshake");
                     tracing::info!(%remote, reason = %e, "connection refused at handshake");
@@ -242,10 +269,22 @@ async fn accept_loop(
                     );
                 }
             }
-            drop(permit);
         });
     }
     connections.shutdown().await;
+}
+
+/// Counts, logs and audits (rate-limited) a connection refused by a cap.
+fn refuse(state: &BrokerState, label: &'static str, reason: &str, remote: SocketAddr) {
+    metrics::connection_refused(label);
+    tracing::warn!(%remote, reason, "connection refused");
+    state.audit.record(
+        Event::new(
+            "connection_refused",
+            json!({ "reason": reason, "remote": remote.to_string() }),
+        )
+        .noisy("-"),
+    );
 }
 
 /// Waits (bounded) until the last reference to the store is gone, so

@@ -4,13 +4,13 @@
 
 use crate::answer;
 use crate::audit::Event;
+use crate::frames::{self, Budgeted};
 use crate::metrics;
 use crate::state::{BrokerState, ConnectionState};
 use crate::{publish, subscribe, tls};
 use serde_json::json;
 use signet_proto::ErrorCode;
 use signet_proto::frame::ClientFrame;
-use signet_proto::stream::read_frame;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -85,18 +85,31 @@ pub async fn serve(
     streams.shutdown().await;
 }
 
-/// Reads a stream's first frame and serves the stream by its kind.
+/// Reads a stream's first frame (within the connection's frame budget
+/// and deadline, see [`frames`]) and serves the stream by its kind.
 async fn dispatch(
     conn: Arc<ConnectionState>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let max = conn.broker.limits().frame_bytes_max_u32();
-    match read_frame::<ClientFrame, _>(&mut recv, max).await {
-        Ok(Some(ClientFrame::Publish(first))) => publish::run(conn, first, send, recv).await,
-        Ok(Some(ClientFrame::Subscribe(sub))) => subscribe::run(conn, sub, send, recv).await,
-        Ok(None) => {}
-        Err(e) => answer::frame_error(&conn, &mut send, e).await,
+    let read = match frames::wait_start(&mut recv).await {
+        Ok(Some(first)) => frames::read_started(&conn, &mut recv, first).await,
+        Ok(None) => return,
+        Err(e) => Err(e),
+    };
+    match read {
+        Ok(Budgeted {
+            frame: ClientFrame::Publish(first),
+            budget,
+        }) => publish::run(conn, first, budget, send, recv).await,
+        Ok(Budgeted {
+            frame: ClientFrame::Subscribe(sub),
+            budget,
+        }) => {
+            drop(budget);
+            subscribe::run(conn, sub, send, recv).await;
+        }
+        Err(e) => answer::frame_failure(&conn, &mut send, &mut recv, e).await,
     }
 }
 

@@ -1,7 +1,7 @@
 //! What the broker's tasks share: [`BrokerState`] (one per broker: settings,
 //! the policy in force, quotas, storage, topic heads, replay marks, the
 //! commit queue, the audit log) and [`ConnectionState`] (one per
-//! connection: its principal, ACL cache and in-flight cap).
+//! connection: its principal, ACL cache, in-flight cap and frame budget).
 
 use crate::acl::{Action, DecisionCache};
 use crate::audit::Audit;
@@ -106,6 +106,9 @@ pub struct ConnectionState {
     /// Publish batches read but not yet answered, on all of this
     /// connection's publish streams (`limits.inflight_batches_max`).
     pub inflight: Arc<Semaphore>,
+    /// Bytes of frames being read or answered on this connection
+    /// (`limits.inflight_bytes_max`), one permit per byte.
+    pub frame_budget: Arc<Semaphore>,
     /// This connection's cached ACL decisions.
     pub decisions: Mutex<DecisionCache>,
     /// The connection, to close it on a protocol violation.
@@ -122,6 +125,9 @@ impl ConnectionState {
         let limits = broker.limits();
         ConnectionState {
             inflight: Arc::new(Semaphore::new(Limits::usize(limits.inflight_batches_max))),
+            frame_budget: Arc::new(Semaphore::new(
+                limits.inflight_bytes().min(Semaphore::MAX_PERMITS),
+            )),
             decisions: Mutex::new(DecisionCache::new(Limits::usize(
                 limits.acl_cache_entries_max,
             ))),

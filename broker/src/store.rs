@@ -153,8 +153,11 @@ impl Store {
     }
 
     /// Stored messages of topic `topic_id` from offset `from` up to (not
-    /// including) `end`, at most `count_max` of them and about `bytes_max`
-    /// bytes (at least one message is returned if any is there).
+    /// including) `end`: at most `count_max` of them, and records of at
+    /// most `bytes_max` bytes together, except that a chunk always holds
+    /// its first record (so one record larger than the budget goes alone).
+    /// A record that would take the chunk past the budget is left for the
+    /// next one: a chunk is never the budget plus one large record.
     pub fn read_range(
         &self,
         topic_id: u32,
@@ -182,7 +185,10 @@ impl Store {
             if tid != topic_id || offset >= end {
                 break;
             }
-            bytes += value.len();
+            if !out.is_empty() && bytes.saturating_add(value.len()) > bytes_max {
+                break;
+            }
+            bytes = bytes.saturating_add(value.len());
             out.push(Delivery {
                 offset,
                 record: value.into_vec(),
@@ -302,5 +308,35 @@ mod tests {
             vec![1, 2]
         );
         assert_eq!(store.read_range(1, 0, 3, 1, 1 << 20).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_chunk_stops_before_a_record_that_would_pass_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut batch = WriteBatch::default();
+        store.put_topic(&mut batch, "t", 1).unwrap();
+        for (offset, len) in [(0, 60), (1, 300), (2, 30), (3, 30)] {
+            store
+                .put_message(&mut batch, 1, offset, &vec![0u8; len])
+                .unwrap();
+        }
+        store.write_synced(batch).unwrap();
+        let offsets = |from| -> Vec<u64> {
+            store
+                .read_range(1, from, 4, 10, 100)
+                .unwrap()
+                .iter()
+                .map(|d| d.offset)
+                .collect()
+        };
+        // 60 + 300 would pass 100: the large record waits for its own chunk.
+        assert_eq!(offsets(0), [0]);
+        assert_eq!(
+            offsets(1),
+            [1],
+            "one record larger than the budget goes alone"
+        );
+        assert_eq!(offsets(2), [2, 3]);
     }
 }

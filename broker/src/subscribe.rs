@@ -3,9 +3,12 @@
 //!
 //! Delivery always reads from storage by offset, up to the topic's head
 //! ([`crate::fanout`]), then waits for the head to move. At most one chunk
-//! (`DELIVER_MESSAGES_MAX` messages or `limits.deliver_chunk_bytes_max`
-//! bytes) is held per subscription, and each write waits for QUIC flow
-//! control, so a slow subscriber holds the broker's memory to one chunk.
+//! (`DELIVER_MESSAGES_MAX` messages and `limits.deliver_chunk_bytes_max`
+//! bytes, or one larger record alone) is held per subscription, and each
+//! write waits for QUIC flow control, so a slow subscriber holds the
+//! broker's memory to one chunk. Before every chunk the grant is checked
+//! again if the policy changed, so a revocation stops a subscriber that is
+//! far behind as surely as one that is live.
 //! The subscriber ends the subscription by finishing or resetting its side.
 
 use crate::answer;
@@ -153,6 +156,14 @@ async fn deliver(
 ) -> &'static str {
     let mut ignored = [0u8; 64];
     loop {
+        // The grant is re-checked before every chunk, not only once caught
+        // up: a subscriber far behind must not read on after a revocation.
+        if s.policy.has_changed().unwrap_or(false) {
+            s.policy.borrow_and_update();
+            if !conn.may_subscribe(topic) {
+                return revoke(s.send).await;
+            }
+        }
         let now = *s.head.borrow_and_update();
         if let Some(topic_id) = now.topic_id
             && cursor < now.next_offset
@@ -191,8 +202,7 @@ async fn deliver(
                     return "broker stopping";
                 }
                 if !conn.may_subscribe(topic) {
-                    refuse(s.send, ErrorCode::Forbidden, "subscription revoked by a policy reload").await;
-                    return "revoked";
+                    return revoke(s.send).await;
                 }
             }
             read = s.recv.read(&mut ignored) => match read {
@@ -202,4 +212,15 @@ async fn deliver(
             _ = s.send.stopped() => return "closed by subscriber",
         }
     }
+}
+
+/// Ends a subscription whose grant a reload took away.
+async fn revoke(send: &mut quinn::SendStream) -> &'static str {
+    refuse(
+        send,
+        ErrorCode::Forbidden,
+        "subscription revoked by a policy reload",
+    )
+    .await;
+    "revoked"
 }

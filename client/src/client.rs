@@ -29,10 +29,6 @@ pub struct Client {
     publisher: Option<mpsc::Sender<Request>>,
     /// The publisher keys this client trusts; each subscription gets a copy.
     trust: Verifier,
-    /// How many times a `QuotaExceeded` refusal is retried (0: never).
-    quota_retries: u32,
-    /// The longest single wait before such a retry.
-    quota_retry_max: std::time::Duration,
     /// Decryption keys, recipients and schemas from the client file.
     payloads: Arc<Payloads>,
 }
@@ -117,6 +113,8 @@ impl Client {
                     linger: config.linger,
                     max_inflight_batches: config.max_inflight_batches,
                     payloads: payloads.clone(),
+                    quota_retries: config.quota_retries,
+                    quota_retry_max: config.quota_retry_max,
                 },
             )
         });
@@ -126,8 +124,6 @@ impl Client {
             publisher,
             trust: Verifier::new(config.trust),
             payloads,
-            quota_retries: config.quota_retries,
-            quota_retry_max: config.quota_retry_max,
         })
     }
 
@@ -140,33 +136,19 @@ impl Client {
 
     /// Publishes a message and returns its offset once durable. When the
     /// client file opts in (`quota_retries`), a `QuotaExceeded` refusal is
-    /// retried after the broker's `retry_after`, a bounded number of times.
+    /// retried after the broker's `retry_after`, a bounded number of times,
+    /// keeping the order of publishes (see [`Client::enqueue`]).
     pub async fn publish_message(&self, message: OutgoingMessage) -> Result<u64, Error> {
-        if self.quota_retries == 0 {
-            return self.enqueue(message).await?.await;
-        }
-        let mut attempt = 0;
-        loop {
-            match self.enqueue(message.clone()).await?.await {
-                Err(e)
-                    if e.code() == Some(ErrorCode::QuotaExceeded)
-                        && attempt < self.quota_retries =>
-                {
-                    attempt += 1;
-                    let wait = e
-                        .retry_after()
-                        .unwrap_or(std::time::Duration::from_millis(100))
-                        .min(self.quota_retry_max);
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
-            }
-        }
+        self.enqueue(message).await?.await
     }
 
     /// Queues a message and returns at once (after waiting only if the
     /// queue is full) with a future for its ack. Messages are sent in the
     /// order they are queued; many can be in flight on one connection.
+    /// With `quota_retries` in the client file, messages the broker refuses
+    /// with `QuotaExceeded` and a retry hint are sent again after it, in
+    /// their order and before newer ones; the ack resolves when one attempt
+    /// is stored or the retries are spent.
     pub async fn enqueue(&self, message: OutgoingMessage) -> Result<PendingAck, Error> {
         let queue = self.publisher.as_ref().ok_or(Error::NoSigningKey)?;
         self.validate(&message)?;

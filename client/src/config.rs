@@ -95,9 +95,11 @@ pub struct ClientConfig {
     pub linger: Duration,
     /// Batches sent but not yet acknowledged. Default 64.
     pub max_inflight_batches: usize,
-    /// Opt-in: how many times `publish`/`publish_message` retry a message
-    /// refused with `QuotaExceeded`, waiting the broker's `retry_after`
-    /// each time. Default 0 (no retry). At most 100.
+    /// Opt-in: how many times a published message (`publish`,
+    /// `publish_message`, `enqueue`) refused with `QuotaExceeded` and a
+    /// retry hint is sent again, in order, after the broker's
+    /// `retry_after`. Only the first refused message of a round spends a
+    /// retry. Default 0 (no retry). At most 100.
     pub quota_retries: u32,
     /// The longest single wait of such a retry. Default 5 s.
     pub quota_retry_max: Duration,

@@ -7,6 +7,17 @@
 //! (Merkle root) and sends it. A second task reads the broker's `Results` in
 //! order and answers each publish with its offset or its typed rejection.
 //! At most `max_inflight_batches` batches wait for acks.
+//!
+//! Quota: the broker admits the part of a batch the principal's quota
+//! allows (a prefix) and refuses the rest, and every later envelope on the
+//! same stream, with `QuotaExceeded`; nothing after a refusal is stored out
+//! of order. So at the first `QuotaExceeded` the publisher finishes that
+//! stream and continues on a new one. With `quota_retries` in the client
+//! file, the refused messages are sent again, in their order and before
+//! anything newer, after the broker's `retry_after` (at most
+//! `quota_retry_max`): a publisher over its rate is slowed, not starved.
+//! Only the first refused message of a stream spends one of its retries;
+//! the others were refused because of it.
 
 use crate::error::Error;
 use crate::limits::{
@@ -17,19 +28,38 @@ use crate::message::{OutgoingMessage, Reply, Request};
 use crate::payload::{BatchKeys, Payloads};
 use crate::seq::SeqAllocator;
 use signet_proto::envelope::{ENVELOPE_VERSION, check_headers};
-use signet_proto::frame::{ClientFrame, Outcome, Publish, ServerFrame};
+use signet_proto::frame::{ClientFrame, Outcome, Publish, Rejection, ServerFrame};
 use signet_proto::stream::{read_frame, write_frame};
 use signet_proto::{Envelope, ErrorCode, Salt, SigningKey, batch, topic};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+
+/// A message waiting to be signed and sent (new, or refused for quota and
+/// to be sent again).
+struct Queued {
+    message: OutgoingMessage,
+    reply: Reply,
+    /// `QuotaExceeded` refusals it may still be sent again after.
+    retries_left: u32,
+}
+
+/// A message sent in a batch.
+struct Sent {
+    reply: Reply,
+    /// A copy to send again after a quota refusal (kept only while it has
+    /// retries left).
+    message: Option<OutgoingMessage>,
+    retries_left: u32,
+}
 
 /// A batch sent and waiting for its `Results`.
 struct InFlight {
     /// The `request_id` its `Results` must carry.
     request_id: u64,
-    /// One reply per envelope sent, in order.
-    replies: Vec<Reply>,
+    /// One per envelope sent, in order.
+    sent: Vec<Sent>,
     /// Its place among the `max_inflight_batches`, freed with the batch.
     _permit: OwnedSemaphorePermit,
 }
@@ -42,6 +72,11 @@ pub(crate) struct PublisherSettings {
     pub max_inflight_batches: usize,
     /// Recipients to encrypt to, per topic.
     pub payloads: Arc<Payloads>,
+    /// How many times a message refused with `QuotaExceeded` (with a retry
+    /// hint) is sent again.
+    pub quota_retries: u32,
+    /// The longest wait before sending again.
+    pub quota_retry_max: Duration,
 }
 
 /// Starts the publishing tasks; returns the queue to send requests into.
@@ -52,7 +87,21 @@ pub(crate) fn start(
     settings: PublisherSettings,
 ) -> mpsc::Sender<Request> {
     let (queue, requests) = mpsc::channel(PUBLISH_QUEUE_MESSAGES_MAX);
-    tokio::spawn(run(conn, key, seq, settings, requests));
+    let publisher = Publisher {
+        conn,
+        key,
+        seq,
+        inflight: Arc::new(Semaphore::new(settings.max_inflight_batches)),
+        source: Source {
+            again: VecDeque::new(),
+            requests,
+            retries: settings.quota_retries,
+        },
+        settings,
+        stream: None,
+        request_id: 0,
+    };
+    tokio::spawn(publisher.run());
     queue
 }
 
@@ -62,104 +111,249 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn run(
-    conn: quinn::Connection,
-    key: Arc<SigningKey>,
-    mut seq: SeqAllocator,
-    settings: PublisherSettings,
-    mut requests: mpsc::Receiver<Request>,
-) {
-    // The publish stream opens with the first publish, so a client that
-    // only subscribes holds no stream (streams per connection are capped).
-    let Some(mut first) = requests.recv().await else {
-        return;
-    };
-    let (mut send, recv) = match conn.open_bi().await {
-        Ok(streams) => streams,
-        Err(e) => {
-            let error = Error::ConnectionLost(e.to_string());
-            let _ = first.reply.send(Err(error.clone()));
-            while let Some(r) = requests.recv().await {
-                let _ = r.reply.send(Err(error.clone()));
-            }
-            return;
-        }
-    };
-    let inflight = Arc::new(Semaphore::new(settings.max_inflight_batches));
-    let (acks, pending) = mpsc::unbounded_channel();
-    tokio::spawn(read_results(recv, pending));
-    let mut request_id = 0u64;
-    // A publish that did not fit the last batch; it opens the next one.
-    let mut carry: Option<Request> = None;
-    loop {
-        let mut waiting = vec![first];
-        gather(
-            &mut requests,
-            &mut waiting,
-            &mut carry,
-            &inflight,
-            &settings,
-        )
-        .await;
-        let Ok(permit) = inflight.clone().acquire_owned().await else {
-            break;
-        };
-        if let Some((publish_frame, replies)) =
-            build(&key, &mut seq, &settings.payloads, waiting, &mut request_id)
-        {
-            let in_flight = InFlight {
-                request_id,
-                replies,
-                _permit: permit,
-            };
-            if acks.send(in_flight).is_err() {
-                break;
-            }
-            let frame = ClientFrame::Publish(publish_frame);
-            if write_frame(&mut send, &frame).await.is_err() {
-                break;
-            }
-        }
-        match carry.take() {
-            Some(next) => first = next,
-            None => match requests.recv().await {
-                Some(next) => first = next,
-                None => break,
-            },
-        }
-    }
-    let _ = send.finish();
+/// Where messages come from: the ones to send again first, then new ones.
+struct Source {
+    /// Refused for quota and to be sent again, oldest first.
+    again: VecDeque<Queued>,
+    /// New publishes.
+    requests: mpsc::Receiver<Request>,
+    /// Retries a new message gets.
+    retries: u32,
 }
 
-/// Takes what is waiting, and lingers for more while batches are in flight.
-/// Stops before a publish that would take the batch past
-/// [`BATCH_BYTES_MAX`] and leaves it in `carry` for the next batch, so a
-/// batch holds at most [`BATCH_BYTES_MAX`] payload bytes or a single larger
-/// payload (which a broker allowing that payload can always read).
+impl Source {
+    fn queued(&self, r: Request) -> Queued {
+        Queued {
+            message: r.message,
+            reply: r.reply,
+            retries_left: self.retries,
+        }
+    }
+
+    /// A message that is ready now, if any.
+    fn try_next(&mut self) -> Option<Queued> {
+        if let Some(q) = self.again.pop_front() {
+            return Some(q);
+        }
+        let r = self.requests.try_recv().ok()?;
+        Some(self.queued(r))
+    }
+
+    /// Puts messages back at the front, in their order.
+    fn put_back(&mut self, messages: impl DoubleEndedIterator<Item = Queued>) {
+        for q in messages.rev() {
+            self.again.push_front(q);
+        }
+    }
+}
+
+/// The publish stream in use.
+struct PublishStream {
+    send: quinn::SendStream,
+    /// Batches sent, for the reader to answer.
+    acks: mpsc::UnboundedSender<InFlight>,
+    /// Answers the batches; returns the messages to send again, in order.
+    reader: tokio::task::JoinHandle<Vec<Queued>>,
+    /// Set at the stream's first `QuotaExceeded`: how long to wait before
+    /// sending again; also wakes when the reader ends.
+    stopped: watch::Receiver<Option<Duration>>,
+}
+
+impl PublishStream {
+    /// Whether the stream must be replaced: quota refused or reader gone.
+    fn done(&self) -> bool {
+        self.stopped.borrow().is_some() || self.stopped.has_changed().is_err()
+    }
+}
+
+/// What the publisher woke up for while idle.
+enum Wake {
+    Request(Option<Request>),
+    Stopped,
+}
+
+struct Publisher {
+    conn: quinn::Connection,
+    key: Arc<SigningKey>,
+    seq: SeqAllocator,
+    settings: PublisherSettings,
+    inflight: Arc<Semaphore>,
+    source: Source,
+    stream: Option<PublishStream>,
+    request_id: u64,
+}
+
+impl Publisher {
+    async fn run(mut self) {
+        // The publish stream opens with the first publish, so a client that
+        // only subscribes holds no stream (streams per connection are capped).
+        while let Some(first) = self.next_message().await {
+            let mut waiting = vec![first];
+            gather(
+                &mut self.source,
+                &mut waiting,
+                &self.inflight,
+                &self.settings,
+            )
+            .await;
+            if self.stream.as_ref().is_some_and(PublishStream::done) {
+                // Refused for quota meanwhile: what was refused goes first.
+                self.retire(waiting).await;
+                continue;
+            }
+            if self.stream.is_none() {
+                match self.conn.open_bi().await {
+                    Ok((send, recv)) => self.stream = Some(self.open(send, recv)),
+                    Err(e) => {
+                        self.fail_all(waiting, &Error::ConnectionLost(e.to_string()))
+                            .await;
+                        return;
+                    }
+                }
+            }
+            let Ok(permit) = self.inflight.clone().acquire_owned().await else {
+                break;
+            };
+            let Some((publish, sent)) = build(
+                &self.key,
+                &mut self.seq,
+                &self.settings.payloads,
+                waiting,
+                &mut self.request_id,
+            ) else {
+                continue;
+            };
+            let Some(stream) = self.stream.as_mut() else {
+                break;
+            };
+            let in_flight = InFlight {
+                request_id: self.request_id,
+                sent,
+                _permit: permit,
+            };
+            if stream.acks.send(in_flight).is_err() {
+                break;
+            }
+            // A failed write ends the stream; its reader answers what is in
+            // flight and the next batch opens a new stream.
+            let _ = write_frame(&mut stream.send, &ClientFrame::Publish(publish)).await;
+        }
+        if let Some(mut stream) = self.stream.take() {
+            let _ = stream.send.finish();
+        }
+    }
+
+    /// Starts answering a new publish stream.
+    fn open(&self, send: quinn::SendStream, recv: quinn::RecvStream) -> PublishStream {
+        let (acks, pending) = mpsc::unbounded_channel();
+        let (stop, stopped) = watch::channel(None);
+        let reader = tokio::spawn(read_results(recv, pending, stop));
+        PublishStream {
+            send,
+            acks,
+            reader,
+            stopped,
+        }
+    }
+
+    /// The first message of the next batch: one to send again, else a new
+    /// one; a stream that stops meanwhile is retired first.
+    async fn next_message(&mut self) -> Option<Queued> {
+        loop {
+            if self.stream.as_ref().is_some_and(PublishStream::done) {
+                self.retire(Vec::new()).await;
+            }
+            if let Some(q) = self.source.again.pop_front() {
+                return Some(q);
+            }
+            let (stream, requests) = (&mut self.stream, &mut self.source.requests);
+            let stopped = async {
+                match stream.as_mut() {
+                    Some(s) => {
+                        let _ = s.stopped.changed().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            let wake = tokio::select! {
+                r = requests.recv() => Wake::Request(r),
+                () = stopped => Wake::Stopped,
+            };
+            match wake {
+                Wake::Request(Some(r)) => return Some(self.source.queued(r)),
+                // No more publishes: what is in flight may still come back
+                // to be sent again.
+                Wake::Request(None) => {
+                    self.stream.as_ref()?;
+                    self.retire(Vec::new()).await;
+                    if self.source.again.is_empty() {
+                        return None;
+                    }
+                }
+                Wake::Stopped => {}
+            }
+        }
+    }
+
+    /// Finishes the stream in use once its batches are answered, then
+    /// queues what it refused for quota (before `unsent`, then before what
+    /// already waited to be sent again) and waits the broker's hint.
+    async fn retire(&mut self, unsent: Vec<Queued>) {
+        self.source.put_back(unsent.into_iter());
+        let Some(mut stream) = self.stream.take() else {
+            return;
+        };
+        let _ = stream.send.finish();
+        drop(stream.acks);
+        let wait = stream.stopped.borrow().unwrap_or_default();
+        let again = stream.reader.await.unwrap_or_default();
+        if !again.is_empty() {
+            tokio::time::sleep(wait.min(self.settings.quota_retry_max)).await;
+        }
+        self.source.put_back(again.into_iter());
+    }
+
+    /// Answers `waiting`, everything waiting to be sent again and every
+    /// later publish with `error` (the connection is gone).
+    async fn fail_all(&mut self, waiting: Vec<Queued>, error: &Error) {
+        for q in waiting.into_iter().chain(self.source.again.drain(..)) {
+            let _ = q.reply.send(Err(error.clone()));
+        }
+        while let Some(r) = self.source.requests.recv().await {
+            let _ = r.reply.send(Err(error.clone()));
+        }
+    }
+}
+
+/// Takes what is ready (messages to send again first), and lingers for
+/// more while batches are in flight. Stops before a publish that would
+/// take the batch past [`BATCH_BYTES_MAX`] and puts it back for the next
+/// batch, so a batch holds at most [`BATCH_BYTES_MAX`] payload bytes or a
+/// single larger payload (which a broker allowing that payload can always
+/// read).
 async fn gather(
-    requests: &mut mpsc::Receiver<Request>,
-    waiting: &mut Vec<Request>,
-    carry: &mut Option<Request>,
+    source: &mut Source,
+    waiting: &mut Vec<Queued>,
     inflight: &Semaphore,
     settings: &PublisherSettings,
 ) {
-    let mut bytes: usize = waiting.iter().map(|r| r.message.payload.len()).sum();
+    let mut bytes: usize = waiting.iter().map(|q| q.message.payload.len()).sum();
     let mut open = waiting.len() < BATCH_ENVELOPES_MAX && bytes < BATCH_BYTES_MAX;
-    // Adds `r` to the batch, or leaves it for the next; false when full.
-    let mut take = |r: Request, waiting: &mut Vec<Request>| -> bool {
-        let len = r.message.payload.len();
+    // Adds `q` to the batch, or puts it back for the next; false when full.
+    let mut take = |q: Queued, waiting: &mut Vec<Queued>, source: &mut Source| -> bool {
+        let len = q.message.payload.len();
         if !waiting.is_empty() && bytes.saturating_add(len) > BATCH_BYTES_MAX {
-            *carry = Some(r);
+            source.again.push_front(q);
             return false;
         }
         bytes = bytes.saturating_add(len);
-        waiting.push(r);
+        waiting.push(q);
         waiting.len() < BATCH_ENVELOPES_MAX && bytes < BATCH_BYTES_MAX
     };
     while open {
-        match requests.try_recv() {
-            Ok(r) => open = take(r, waiting),
-            Err(_) => break,
+        match source.try_next() {
+            Some(q) => open = take(q, waiting, source),
+            None => break,
         }
     }
     let busy = inflight.available_permits() < settings.max_inflight_batches;
@@ -168,8 +362,11 @@ async fn gather(
     }
     let deadline = tokio::time::Instant::now() + settings.linger;
     while open {
-        match tokio::time::timeout_at(deadline, requests.recv()).await {
-            Ok(Some(r)) => open = take(r, waiting),
+        match tokio::time::timeout_at(deadline, source.requests.recv()).await {
+            Ok(Some(r)) => {
+                let q = source.queued(r);
+                open = take(q, waiting, source);
+            }
             _ => break,
         }
     }
@@ -206,14 +403,19 @@ fn build(
     key: &SigningKey,
     seq: &mut SeqAllocator,
     payloads: &Payloads,
-    waiting: Vec<Request>,
+    waiting: Vec<Queued>,
     request_id: &mut u64,
-) -> Option<(Publish, Vec<Reply>)> {
+) -> Option<(Publish, Vec<Sent>)> {
     let timestamp_ms = now_ms();
     let mut batch_keys = BatchKeys::new();
     let mut envelopes = Vec::with_capacity(waiting.len());
-    let mut replies = Vec::with_capacity(waiting.len());
-    for Request { message, reply } in waiting {
+    let mut sent = Vec::with_capacity(waiting.len());
+    for Queued {
+        message,
+        reply,
+        retries_left,
+    } in waiting
+    {
         if let Err(e) = check(&message) {
             let _ = reply.send(Err(e));
             continue;
@@ -237,6 +439,7 @@ fn build(
                 continue;
             }
         };
+        let copy = (retries_left > 0).then(|| message.clone());
         let mut envelope = Envelope {
             version: ENVELOPE_VERSION,
             salt,
@@ -254,7 +457,11 @@ fn build(
             continue;
         }
         envelopes.push(envelope);
-        replies.push(reply);
+        sent.push(Sent {
+            reply,
+            message: copy,
+            retries_left,
+        });
     }
     let signed = batch::sign(key, &envelopes)?;
     *request_id += 1;
@@ -264,28 +471,70 @@ fn build(
             signature: signed.signature,
             envelopes,
         },
-        replies,
+        sent,
     ))
 }
 
-/// Reads `Results` in order and answers each publish.
-async fn read_results(mut recv: quinn::RecvStream, mut pending: mpsc::UnboundedReceiver<InFlight>) {
+/// What to do with a message the broker refused.
+fn refused(
+    sent: Sent,
+    rejection: Rejection,
+    stop: &watch::Sender<Option<Duration>>,
+    again: &mut Vec<Queued>,
+) {
+    if rejection.code == ErrorCode::QuotaExceeded {
+        // The broker refuses the rest of this stream: note the first
+        // refusal (its hint is the wait before sending again).
+        let first = stop.borrow().is_none();
+        if first {
+            let wait = Duration::from_millis(rejection.retry_after_ms.unwrap_or(0));
+            stop.send_replace(Some(wait));
+        }
+        let retries_left = if first {
+            sent.retries_left.checked_sub(1)
+        } else {
+            Some(sent.retries_left)
+        };
+        if let (Some(message), Some(retries_left), Some(_)) =
+            (sent.message, retries_left, rejection.retry_after_ms)
+        {
+            again.push(Queued {
+                message,
+                reply: sent.reply,
+                retries_left,
+            });
+            return;
+        }
+    }
+    let _ = sent.reply.send(Err(Error::rejected(rejection)));
+}
+
+/// Reads `Results` in order and answers each publish; returns the messages
+/// refused for quota that are to be sent again, in order.
+async fn read_results(
+    mut recv: quinn::RecvStream,
+    mut pending: mpsc::UnboundedReceiver<InFlight>,
+    stop: watch::Sender<Option<Duration>>,
+) -> Vec<Queued> {
+    let mut again = Vec::new();
     let failure = loop {
         match read_frame::<ServerFrame, _>(&mut recv, FRAME_BYTES_MAX).await {
             Ok(Some(ServerFrame::Results(results))) => {
                 let Some(batch) = pending.recv().await else {
-                    return;
+                    return again;
                 };
                 if batch.request_id != results.request_id
-                    || batch.replies.len() != results.outcomes.len()
+                    || batch.sent.len() != results.outcomes.len()
                 {
                     break Error::Protocol("results out of order".into());
                 }
-                for (reply, outcome) in batch.replies.into_iter().zip(results.outcomes) {
-                    let _ = reply.send(match outcome {
-                        Outcome::Ack(offset) => Ok(offset),
-                        Outcome::Nack(r) => Err(Error::rejected(r)),
-                    });
+                for (sent, outcome) in batch.sent.into_iter().zip(results.outcomes) {
+                    match outcome {
+                        Outcome::Ack(offset) => {
+                            let _ = sent.reply.send(Ok(offset));
+                        }
+                        Outcome::Nack(r) => refused(sent, r, &stop, &mut again),
+                    }
                 }
             }
             Ok(Some(ServerFrame::Error(r))) => break Error::rejected(r),
@@ -296,10 +545,11 @@ async fn read_results(mut recv: quinn::RecvStream, mut pending: mpsc::UnboundedR
     };
     pending.close();
     while let Some(batch) = pending.recv().await {
-        for reply in batch.replies {
-            let _ = reply.send(Err(failure.clone()));
+        for sent in batch.sent {
+            let _ = sent.reply.send(Err(failure.clone()));
         }
     }
+    again
 }
 
 #[cfg(test)]
@@ -357,7 +607,7 @@ mod tests {
             &key,
             &mut seq,
             &Payloads::default(),
-            vec![request(8), request(8), request(8)],
+            vec![queued(8), queued(8), queued(8)],
             &mut 0,
         )
         .unwrap();
@@ -387,72 +637,133 @@ mod tests {
         assert!(check(&m).is_ok());
     }
 
-    #[tokio::test]
-    async fn a_payload_that_would_overfill_a_batch_opens_the_next() {
-        let settings = PublisherSettings {
+    fn settings() -> PublisherSettings {
+        PublisherSettings {
             linger: Duration::ZERO,
             max_inflight_batches: 1,
             payloads: Arc::new(Payloads::default()),
-        };
+            quota_retries: 0,
+            quota_retry_max: Duration::from_secs(5),
+        }
+    }
+
+    fn queued(payload_bytes: usize) -> Queued {
+        let (reply, _ack) = oneshot::channel();
+        Queued {
+            message: message(payload_bytes),
+            reply,
+            retries_left: 0,
+        }
+    }
+
+    fn source(requests: mpsc::Receiver<Request>) -> Source {
+        Source {
+            again: VecDeque::new(),
+            requests,
+            retries: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_payload_that_would_overfill_a_batch_opens_the_next() {
+        let settings = settings();
         let inflight = Semaphore::new(1);
-        let (queue, mut requests) = mpsc::channel(8);
+        let (queue, requests) = mpsc::channel(8);
         for bytes in [100, 100, 5 * MIB, 100] {
             queue.send(request(bytes)).await.unwrap();
         }
-        let mut carry = None;
-        let mut waiting = vec![request(100)];
-        gather(
-            &mut requests,
-            &mut waiting,
-            &mut carry,
-            &inflight,
-            &settings,
-        )
-        .await;
+        let mut source = source(requests);
+        let mut waiting = vec![queued(100)];
+        gather(&mut source, &mut waiting, &inflight, &settings).await;
         assert_eq!(waiting.len(), 3);
-        let large = carry
-            .take()
-            .expect("the large payload waits for the next batch");
-        assert_eq!(large.message.payload.len(), 5 * MIB);
+        assert_eq!(
+            source.again.len(),
+            1,
+            "the large payload waits for the next batch"
+        );
 
         // The large payload goes alone; what follows it waits.
+        let large = source.try_next().unwrap();
+        assert_eq!(large.message.payload.len(), 5 * MIB);
         let mut waiting = vec![large];
-        gather(
-            &mut requests,
-            &mut waiting,
-            &mut carry,
-            &inflight,
-            &settings,
-        )
-        .await;
+        gather(&mut source, &mut waiting, &inflight, &settings).await;
         assert_eq!(waiting.len(), 1);
-        assert!(carry.is_none());
-        assert_eq!(requests.try_recv().unwrap().message.payload.len(), 100);
+        assert!(source.again.is_empty());
+        assert_eq!(source.try_next().unwrap().message.payload.len(), 100);
     }
 
     #[tokio::test]
     async fn small_payloads_fill_a_batch_up_to_the_envelope_limit() {
-        let settings = PublisherSettings {
-            linger: Duration::ZERO,
-            max_inflight_batches: 1,
-            payloads: Arc::new(Payloads::default()),
-        };
+        let settings = settings();
         let inflight = Semaphore::new(1);
-        let (queue, mut requests) = mpsc::channel(2 * BATCH_ENVELOPES_MAX);
+        let (queue, requests) = mpsc::channel(2 * BATCH_ENVELOPES_MAX);
         for _ in 0..BATCH_ENVELOPES_MAX + 10 {
             queue.send(request(16)).await.unwrap();
         }
-        let mut carry = None;
-        let mut waiting = vec![requests.recv().await.unwrap()];
-        gather(
-            &mut requests,
-            &mut waiting,
-            &mut carry,
-            &inflight,
-            &settings,
-        )
-        .await;
+        let mut source = source(requests);
+        let mut waiting = vec![source.try_next().unwrap()];
+        gather(&mut source, &mut waiting, &inflight, &settings).await;
         assert_eq!(waiting.len(), BATCH_ENVELOPES_MAX);
-        assert!(carry.is_none());
+        assert!(source.again.is_empty());
+    }
+
+    #[tokio::test]
+    async fn messages_to_send_again_come_before_new_ones() {
+        let settings = settings();
+        let inflight = Semaphore::new(1);
+        let (queue, requests) = mpsc::channel(8);
+        queue.send(request(3)).await.unwrap();
+        let mut source = source(requests);
+        source.put_back([queued(1), queued(2)].into_iter());
+        let mut waiting = vec![source.try_next().unwrap()];
+        gather(&mut source, &mut waiting, &inflight, &settings).await;
+        let sizes: Vec<usize> = waiting.iter().map(|q| q.message.payload.len()).collect();
+        assert_eq!(sizes, [1, 2, 3]);
+    }
+
+    fn sent(retries_left: u32) -> (Sent, oneshot::Receiver<Result<u64, Error>>) {
+        let (reply, ack) = oneshot::channel();
+        let sent = Sent {
+            reply,
+            message: (retries_left > 0).then(|| message(1)),
+            retries_left,
+        };
+        (sent, ack)
+    }
+
+    fn quota(retry_after_ms: Option<u64>) -> Rejection {
+        Rejection {
+            retry_after_ms,
+            ..Rejection::new(ErrorCode::QuotaExceeded, "over quota")
+        }
+    }
+
+    #[test]
+    fn only_the_first_quota_refusal_of_a_stream_spends_a_retry() {
+        let (stop, stopped) = watch::channel(None);
+        let mut again = Vec::new();
+        let (first, _a) = sent(3);
+        let (second, _b) = sent(3);
+        refused(first, quota(Some(200)), &stop, &mut again);
+        refused(second, quota(Some(900)), &stop, &mut again);
+        assert_eq!(*stopped.borrow(), Some(Duration::from_millis(200)));
+        let left: Vec<u32> = again.iter().map(|q| q.retries_left).collect();
+        assert_eq!(left, [2, 3]);
+    }
+
+    #[test]
+    fn a_refusal_without_retries_or_hint_is_answered_and_still_stops_the_stream() {
+        let (stop, stopped) = watch::channel(None);
+        let mut again = Vec::new();
+        let (none_left, mut a) = sent(0);
+        refused(none_left, quota(Some(10)), &stop, &mut again);
+        assert!(stopped.borrow().is_some(), "the stream is replaced");
+        let (stored, mut b) = sent(5);
+        refused(stored, quota(None), &stop, &mut again);
+        assert!(again.is_empty());
+        for ack in [&mut a, &mut b] {
+            let error = ack.try_recv().unwrap().unwrap_err();
+            assert_eq!(error.code(), Some(ErrorCode::QuotaExceeded));
+        }
     }
 }

@@ -317,9 +317,13 @@ pub fn policy_costs(rules: usize) -> Result<PolicyCosts> {
         ..QuotaLimits::DEFAULT
     };
     let quota = Quotas::new(4 << 20).get("bench", limits, || anyhow::Ok(0))?;
+    let cost = [signet_broker::quota::Cost {
+        bytes: 256,
+        new_topic: false,
+    }];
     let started = Instant::now();
     for _ in 0..iterations {
-        let _ = quota.check_publish(1, 256);
+        let _ = quota.admit(&cost);
     }
     let quota_ns = started.elapsed().as_nanos() as f64 / iterations as f64;
     Ok(PolicyCosts {

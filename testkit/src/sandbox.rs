@@ -255,6 +255,11 @@ impl Sandbox {
         Ok(addr)
     }
 
+    /// The running broker (after `start`).
+    pub fn broker(&self) -> Option<&Broker> {
+        self.broker.as_ref()
+    }
+
     /// Stops the broker; RocksDB is closed when this returns.
     pub async fn stop(&mut self) {
         if let Some(broker) = self.broker.take() {
