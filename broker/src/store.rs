@@ -71,10 +71,13 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Store, BrokerError> {
-        std::fs::create_dir_all(dir).map_err(|source| BrokerError::Read {
-            path: dir.to_owned(),
-            source,
-        })?;
+        // Created for the broker's user only; an existing folder is left as it is.
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(dir)
+            .map_err(|source| BrokerError::Read {
+                path: dir.to_owned(),
+                source,
+            })?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
