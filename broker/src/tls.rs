@@ -158,8 +158,8 @@ pub fn principal_from_cert(der: &[u8]) -> Option<String> {
     found.map(str::to_owned)
 }
 
-/// 1..=128 bytes, no control character and no whitespace (so no
-/// certificate can name [`crate::system::BROKER_PRINCIPAL`]).
+/// 1..=128 bytes, no control character and no whitespace (names with a
+/// space are kept for the broker's own accounts).
 fn valid_principal(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
