@@ -2,11 +2,11 @@
 
 use crate::config::ClientConfig;
 use crate::error::Error;
+use crate::keyfile::read_private;
 use crate::limits::FRAME_BYTES_MAX;
 use crate::message::{OutgoingMessage, PendingAck, Request};
 use crate::payload::Payloads;
 use crate::publisher::{self, PublisherSettings};
-use crate::seq::SeqAllocator;
 use crate::subscription::Subscription;
 use crate::tls;
 use crate::verify::Verifier;
@@ -44,8 +44,7 @@ fn load_payloads(config: &ClientConfig) -> Result<Payloads, Error> {
         .private_keys
         .iter()
         .map(|path| {
-            let bytes = std::fs::read(path)
-                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            let bytes = read_private(path)?;
             DecryptionKey::from_bytes(&bytes)
                 .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
         })
@@ -71,11 +70,10 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client, Error> {
         let signer = match &config.signing_key {
             Some(path) => {
-                let der = std::fs::read(path)
-                    .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+                let der = read_private(path)?;
                 let key = SigningKey::from_pkcs8(&der)
                     .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
-                Some((Arc::new(key), SeqAllocator::open(path)?))
+                Some((Arc::new(key), path.clone()))
             }
             None => None,
         };
@@ -104,11 +102,11 @@ impl Client {
             .map_err(|e| Error::Connect(e.to_string()))?
             .await
             .map_err(|e| Error::Connect(e.to_string()))?;
-        let publisher = signer.map(|(key, seq)| {
+        let publisher = signer.map(|(key, key_path)| {
             publisher::start(
                 conn.clone(),
                 key,
-                seq,
+                key_path,
                 PublisherSettings {
                     linger: config.linger,
                     max_inflight_batches: config.max_inflight_batches,

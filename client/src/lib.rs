@@ -24,6 +24,7 @@ mod client;
 mod config;
 mod error;
 pub mod fuzzing;
+mod keyfile;
 mod limits;
 mod message;
 mod order;

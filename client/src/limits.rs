@@ -73,3 +73,8 @@ pub const QUOTA_RETRIES_MAX: u32 = 100;
 /// Longest single wait before such a retry the client file may ask for
 /// (`quota_retry_max_ms`), in ms: 60 000 (1 minute).
 pub const QUOTA_RETRY_WAIT_MS_MAX: u64 = 60_000;
+
+/// Longest a publisher waits for another process publishing with the same
+/// signing key to finish, in ms: 60 000 (1 minute). One key's seqs must
+/// reach the broker in order, so processes sharing a key take turns.
+pub const SEQ_LOCK_WAIT_MS_MAX: u64 = 60_000;

@@ -22,7 +22,7 @@
 use crate::error::Error;
 use crate::limits::{
     BATCH_BYTES_MAX, BATCH_ENVELOPES_MAX, FRAME_BYTES_MAX, PAYLOAD_BYTES_MAX,
-    PUBLISH_QUEUE_MESSAGES_MAX,
+    PUBLISH_QUEUE_MESSAGES_MAX, SEQ_LOCK_WAIT_MS_MAX,
 };
 use crate::message::{OutgoingMessage, Reply, Request};
 use crate::payload::{BatchKeys, Payloads};
@@ -32,6 +32,7 @@ use signet_proto::frame::{ClientFrame, Outcome, Publish, Rejection, ServerFrame}
 use signet_proto::stream::{read_frame, write_frame};
 use signet_proto::{Envelope, ErrorCode, Salt, SigningKey, batch, topic};
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -83,14 +84,14 @@ pub(crate) struct PublisherSettings {
 pub(crate) fn start(
     conn: quinn::Connection,
     key: Arc<SigningKey>,
-    seq: SeqAllocator,
+    key_path: PathBuf,
     settings: PublisherSettings,
 ) -> mpsc::Sender<Request> {
     let (queue, requests) = mpsc::channel(PUBLISH_QUEUE_MESSAGES_MAX);
     let publisher = Publisher {
         conn,
         key,
-        seq,
+        seq: SeqAllocator::new(&key_path),
         inflight: Arc::new(Semaphore::new(settings.max_inflight_batches)),
         source: Source {
             again: VecDeque::new(),
@@ -170,6 +171,8 @@ impl PublishStream {
 enum Wake {
     Request(Option<Request>),
     Stopped,
+    /// Every batch sent has been answered.
+    Idle,
 }
 
 struct Publisher {
@@ -214,6 +217,15 @@ impl Publisher {
             let Ok(permit) = self.inflight.clone().acquire_owned().await else {
                 break;
             };
+            // Seqs are taken only while this publisher holds the key's lock
+            // (publishers sharing a key take turns).
+            let wait = Duration::from_millis(SEQ_LOCK_WAIT_MS_MAX);
+            if let Err(error) = self.seq.acquire(wait).await {
+                for q in waiting {
+                    let _ = q.reply.send(Err(error.clone()));
+                }
+                continue;
+            }
             let Some((publish, sent)) = build(
                 &self.key,
                 &mut self.seq,
@@ -267,6 +279,18 @@ impl Publisher {
                 return Some(q);
             }
             let (stream, requests) = (&mut self.stream, &mut self.source.requests);
+            // While nothing is waiting and every batch sent is answered, the
+            // key's lock is let go so another publisher sharing it can go.
+            let held = self.seq.held();
+            let all = u32::try_from(self.settings.max_inflight_batches).unwrap_or(u32::MAX);
+            let inflight = &self.inflight;
+            let idle = async {
+                if held {
+                    let _ = inflight.acquire_many(all).await;
+                } else {
+                    std::future::pending::<()>().await;
+                }
+            };
             let stopped = async {
                 match stream.as_mut() {
                     Some(s) => {
@@ -278,6 +302,7 @@ impl Publisher {
             let wake = tokio::select! {
                 r = requests.recv() => Wake::Request(r),
                 () = stopped => Wake::Stopped,
+                () = idle => Wake::Idle,
             };
             match wake {
                 Wake::Request(Some(r)) => return Some(self.source.queued(r)),
@@ -291,6 +316,7 @@ impl Publisher {
                     }
                 }
                 Wake::Stopped => {}
+                Wake::Idle => self.seq.release(),
             }
         }
     }
@@ -602,7 +628,8 @@ mod tests {
     fn every_envelope_gets_its_own_random_salt() {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::from_seed(&[3; 32]).unwrap();
-        let mut seq = SeqAllocator::open(&dir.path().join("k.ed25519")).unwrap();
+        let mut seq = SeqAllocator::new(&dir.path().join("k.ed25519"));
+        assert!(seq.try_acquire().unwrap());
         let (publish, _) = build(
             &key,
             &mut seq,

@@ -4,6 +4,7 @@
 
 use crate::config::ClientConfig;
 use crate::error::Error;
+use crate::keyfile::read_private;
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -32,8 +33,10 @@ pub fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig, Error
             .map_err(|e| Error::Config(format!("{}: {e}", config.ca.display())))?;
     }
     let chain = certs(&config.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&config.key)
+    let pem = read_private(&config.key)?;
+    let key = PrivateKeyDer::from_pem_slice(&pem)
         .map_err(|e| Error::Config(format!("{}: {e}", config.key.display())))?;
+    drop(pem);
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Config(e.to_string()))?
@@ -50,7 +53,8 @@ pub fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig, Error
         .keep_alive_interval(Some(std::time::Duration::from_secs(10)))
         .stream_receive_window((8u32 * 1024 * 1024).into())
         .receive_window((32u32 * 1024 * 1024).into())
-        .send_window(32 * 1024 * 1024);
+        .send_window(32 * 1024 * 1024)
+        .datagram_receive_buffer_size(None);
     client.transport_config(Arc::new(transport));
     Ok(client)
 }
