@@ -17,6 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio::io::AsyncWriteExt;
 
+mod audit;
 mod output;
 
 #[derive(Parser)]
@@ -91,8 +92,18 @@ enum Command {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Check the hash chain of one or more audit files, in order (rotated
-    /// files oldest first, then the current one).
+    /// files oldest first, then the current one); with --broker-key also
+    /// the checkpoints the broker signed, and with --checkpoint that the
+    /// log still holds a checkpoint kept elsewhere (a cut tail fails).
     Verify {
+        /// The broker's identity public key (`ed25519:<base64>`), or a file
+        /// holding it (`pki/broker.ed25519.pub`) or the key itself.
+        #[arg(long, value_name = "KEY")]
+        broker_key: Option<String>,
+        /// A checkpoint kept from the `signet.audit.checkpoints` topic: a
+        /// file of JSON lines (the newest is used), or the JSON itself.
+        #[arg(long, value_name = "FILE", requires = "broker_key")]
+        checkpoint: Option<String>,
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
@@ -124,8 +135,13 @@ struct PubArgs {
     client: PathBuf,
     #[arg(long)]
     topic: String,
-    /// The payload.
-    #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+    /// The payload (taken as given, also when it starts with `-`).
+    #[arg(
+        long,
+        conflicts_with = "file",
+        required_unless_present = "file",
+        allow_hyphen_values = true
+    )]
     data: Option<String>,
     /// Read the payload from a file (`-` for stdin).
     #[arg(long)]
@@ -200,10 +216,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             return Ok(check_policy(&path));
         }
         Command::Audit {
-            command: AuditCommand::Verify { files },
+            command:
+                AuditCommand::Verify {
+                    files,
+                    broker_key,
+                    checkpoint,
+                },
         } => {
             init_logs("warn");
-            return Ok(verify_audit(&files));
+            return audit::verify_command(&files, broker_key.as_deref(), checkpoint.as_deref());
         }
         Command::Broker { config, .. } => {
             init_logs("info");
@@ -251,6 +272,14 @@ fn pki_command(command: PkiCommand) -> Result<()> {
             pki::init(&dir, &broker_names)?;
             println!("CA: {}", dir.join("ca.crt").display());
             println!("broker certificate: {}", dir.join("broker.crt").display());
+            println!(
+                "broker identity key: {}",
+                pki::identity_key_path(&dir).display()
+            );
+            println!(
+                "broker public key: {}",
+                keys::public_of(&pki::identity_key_path(&dir))?
+            );
         }
         PkiCommand::Issue { dir, principal } => {
             let files = pki::issue(&dir, &principal)?;
@@ -298,6 +327,11 @@ async fn dev_command(dir: &std::path::Path, listen: SocketAddr) -> Result<()> {
     }
     println!("  policy:     {}", files.policy.display());
     println!("  data:       {}", data_dir.display());
+    let identity = pki::identity_key_path(&files.dir.join("pki"));
+    println!(
+        "  broker key: {}  (signs audit checkpoints; trust it to read signet.audit.checkpoints)",
+        keys::public_of(&identity)?
+    );
     println!(
         "  publisher:  {}  (may publish to orders.>)",
         files.publisher.display()
@@ -333,31 +367,6 @@ fn check_policy(path: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("invalid: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn verify_audit(files: &[PathBuf]) -> ExitCode {
-    match signet_broker::audit::verify(files) {
-        Ok(summary) => {
-            println!(
-                "ok: {} records, seq {}..{}, chain intact; last hash {}",
-                summary.records,
-                summary.first_seq.map_or("-".into(), |s| s.to_string()),
-                summary.last_seq.map_or("-".into(), |s| s.to_string()),
-                summary.last_hash
-            );
-            ExitCode::SUCCESS
-        }
-        Err(b) => {
-            println!(
-                "broken: {} line {} (seq {}): {}",
-                b.file.display(),
-                b.line,
-                b.seq.map_or("unknown".into(), |s| s.to_string()),
-                b.reason
-            );
             ExitCode::FAILURE
         }
     }
@@ -399,8 +408,11 @@ fn read_payloads(args: &PubArgs) -> Result<Vec<Vec<u8>>> {
 }
 
 fn error_code_name(e: &ClientError) -> String {
-    e.code()
-        .map_or_else(|| "ConnectionError".to_string(), |c| c.to_string())
+    match (e.code(), e) {
+        (Some(code), _) => code.to_string(),
+        (None, ClientError::Config(_)) => "ConfigError".to_string(),
+        (None, _) => "ConnectionError".to_string(),
+    }
 }
 
 async fn publish(args: PubArgs) -> Result<ExitCode> {

@@ -366,3 +366,174 @@ async fn broker_check_validates_a_policy_without_starting() {
     assert!(!run.status.success());
     assert!(run.stderr.contains("unknown field"), "{}", run.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pub_takes_data_that_starts_with_a_hyphen() {
+    let mut sandbox = started().await;
+    let alice = sandbox.write_client_file("alice").unwrap();
+    let alice = alice.to_str().unwrap();
+    let run = signet(&[
+        "pub",
+        "--client",
+        alice,
+        "--topic",
+        "orders.numbers",
+        "--data",
+        "-2",
+    ])
+    .await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(
+        json_lines(&run.stdout),
+        vec![serde_json::json!({"offset": 0})]
+    );
+    let run = signet(&[
+        "sub",
+        "--client",
+        alice,
+        "--topic",
+        "orders.numbers",
+        "--from-offset",
+        "0",
+        "--count",
+        "1",
+    ])
+    .await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(json_lines(&run.stdout)[0]["payload"], serde_json::json!(-2));
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_parallel_pub_and_sub_runs_with_one_client_file_all_succeed() {
+    let mut sandbox = started().await;
+    let alice = sandbox.write_client_file("alice").unwrap();
+    let alice = alice.to_str().unwrap();
+    let first = signet(&[
+        "pub",
+        "--client",
+        alice,
+        "--topic",
+        "orders.par",
+        "--data",
+        "0",
+    ])
+    .await;
+    assert!(first.status.success(), "{}", first.stderr);
+    let runs = (1..=10).flat_map(|i| {
+        let data = i.to_string();
+        [
+            tokio::spawn({
+                let alice = alice.to_owned();
+                async move {
+                    signet(&[
+                        "pub",
+                        "--client",
+                        &alice,
+                        "--topic",
+                        "orders.par",
+                        "--data",
+                        &data,
+                    ])
+                    .await
+                }
+            }),
+            tokio::spawn({
+                let alice = alice.to_owned();
+                async move {
+                    signet(&[
+                        "sub",
+                        "--client",
+                        &alice,
+                        "--topic",
+                        "orders.par",
+                        "--from-offset",
+                        "0",
+                        "--count",
+                        "1",
+                    ])
+                    .await
+                }
+            }),
+        ]
+    });
+    let runs: Vec<Run> = futures_util::future::join_all(runs)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    for run in &runs {
+        assert!(
+            run.status.success(),
+            "a parallel run failed: {}{}",
+            run.stdout,
+            run.stderr
+        );
+    }
+    assert_eq!(stored_count(&sandbox, "orders.par").await, 11);
+    sandbox.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn symlinks_planted_at_the_seq_reservation_paths_are_not_followed() {
+    let mut sandbox = started().await;
+    let alice = sandbox.write_client_file("alice").unwrap();
+    let alice = alice.to_str().unwrap();
+    let key = sandbox.signing_key_path("alice").unwrap();
+    let victim = sandbox.path().join("victim.txt");
+    std::fs::write(&victim, "precious\n").unwrap();
+    let at = |suffix: &str| {
+        let mut name = key.clone().into_os_string();
+        name.push(suffix);
+        std::path::PathBuf::from(name)
+    };
+    // The temporary file's old fixed name.
+    std::os::unix::fs::symlink(&victim, at(".seq.tmp")).unwrap();
+    let run = signet(&[
+        "pub",
+        "--client",
+        alice,
+        "--topic",
+        "orders.link",
+        "--data",
+        "1",
+    ])
+    .await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert!(
+        !std::fs::symlink_metadata(at(".seq"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    // The reservation itself replaced by a link: refused, target untouched.
+    std::fs::remove_file(at(".seq")).unwrap();
+    std::os::unix::fs::symlink(&victim, at(".seq")).unwrap();
+    let run = signet(&[
+        "pub",
+        "--client",
+        alice,
+        "--topic",
+        "orders.link",
+        "--data",
+        "2",
+    ])
+    .await;
+    assert!(
+        !run.status.success(),
+        "published through a symlinked reservation"
+    );
+    let refused = &json_lines(&run.stdout)[0];
+    assert_eq!(refused["error"], "ConfigError", "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("symbolic link"),
+        "{refused}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    assert_eq!(stored_count(&sandbox, "orders.link").await, 1);
+    sandbox.stop().await;
+}

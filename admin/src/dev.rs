@@ -82,6 +82,7 @@ fn dev_policy(
 listen = "{listen}"
 data_dir = "data"
 max_message_bytes = 1048576
+identity_key = "pki/broker.ed25519"
 {metrics}
 [tls]
 ca = "pki/ca.crt"
@@ -136,6 +137,7 @@ pub fn ensure(
     if !pki_dir.join("ca.crt").exists() {
         pki::init(&pki_dir, &[])?;
     }
+    pki::ensure_identity(&pki_dir)?;
     let mut keys = Vec::new();
     for principal in ["publisher", "subscriber"] {
         if !pki_dir

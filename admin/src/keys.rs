@@ -6,13 +6,17 @@ use crate::files::write_secret;
 use signet_proto::crypt::{DecryptionKey, RecipientKey};
 use signet_proto::{PublicKey, SigningKey};
 use std::path::Path;
+use zeroize::Zeroizing;
 
 /// Generates a signing key into `out` and returns its public key.
 pub fn generate_ed25519(out: &Path) -> Result<PublicKey, AdminError> {
-    let der = SigningKey::generate_pkcs8().map_err(|source| AdminError::SigningKey {
-        step: "generating an Ed25519 key",
-        source,
-    })?;
+    let der =
+        Zeroizing::new(
+            SigningKey::generate_pkcs8().map_err(|source| AdminError::SigningKey {
+                step: "generating an Ed25519 key",
+                source,
+            })?,
+        );
     let key = SigningKey::from_pkcs8(&der).map_err(|source| AdminError::SigningKey {
         step: "reading the new key",
         source,
@@ -31,7 +35,7 @@ pub fn generate_x25519(out: &Path) -> Result<RecipientKey, AdminError> {
 
 /// Reads a signing key's public half from its PKCS#8 file.
 pub fn public_of(path: &Path) -> Result<PublicKey, AdminError> {
-    let der = std::fs::read(path).map_err(AdminError::io("reading", path))?;
+    let der = Zeroizing::new(std::fs::read(path).map_err(AdminError::io("reading", path))?);
     let key = SigningKey::from_pkcs8(&der).map_err(|source| AdminError::Key {
         path: path.to_owned(),
         source,

@@ -1,17 +1,22 @@
-//! `signet pki`: a certificate authority, the broker's certificate, and
-//! client certificates naming principals (URI SAN
-//! `signet://principal/<name>`, and the name as subject CN). Keys are
-//! ECDSA P-256, written at mode 0600. Built on `rcgen`.
+//! `signet pki`: a certificate authority, the broker's certificate and
+//! identity key, and client certificates naming principals (URI SAN
+//! `signet://principal/<name>`, which the broker requires; the name is also
+//! the subject CN, which it never uses). TLS keys are ECDSA P-256, written
+//! at mode 0600. Built on `rcgen`.
 //!
 //! Layout of a PKI folder: `ca.crt`, `ca.key`, `broker.crt`, `broker.key`,
-//! `clients/<principal>.crt`, `clients/<principal>.key`.
+//! `broker.ed25519` (the broker's identity key, PKCS#8, mode 0600, which
+//! signs audit checkpoints) and `broker.ed25519.pub` (its public key as
+//! text, for client files and auditors), `clients/<principal>.crt`,
+//! `clients/<principal>.key`.
 
-use crate::AdminError;
 use crate::files::{write_public, write_secret};
+use crate::{AdminError, keys};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose, SanType,
 };
+use signet_proto::PublicKey;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
@@ -33,7 +38,34 @@ fn validity(params: &mut CertificateParams, days: i64) {
     params.not_after = now + Duration::days(days);
 }
 
-/// Creates a CA and a broker certificate for `broker_names` in `dir`.
+/// The broker's identity key file in a PKI folder.
+pub fn identity_key_path(dir: &Path) -> PathBuf {
+    dir.join("broker.ed25519")
+}
+
+/// The file holding the identity key's public half, as text.
+pub fn identity_public_path(dir: &Path) -> PathBuf {
+    dir.join("broker.ed25519.pub")
+}
+
+/// Generates the broker's identity key in `dir` (and its `.pub`), unless
+/// there is one; returns its public key.
+pub fn ensure_identity(dir: &Path) -> Result<PublicKey, AdminError> {
+    let path = identity_key_path(dir);
+    let public = if path.exists() {
+        keys::public_of(&path)?
+    } else {
+        keys::generate_ed25519(&path)?
+    };
+    let text = identity_public_path(dir);
+    if !text.exists() {
+        write_public(&text, format!("{public}\n").as_bytes())?;
+    }
+    Ok(public)
+}
+
+/// Creates a CA, a broker certificate for `broker_names` and the broker's
+/// identity key in `dir`.
 pub fn init(dir: &Path, broker_names: &[String]) -> Result<(), AdminError> {
     if dir.join("ca.crt").exists() {
         return Err(AdminError::CaExists {
@@ -76,6 +108,7 @@ pub fn init(dir: &Path, broker_names: &[String]) -> Result<(), AdminError> {
         broker_key.serialize_pem().as_bytes(),
     )?;
     write_public(&dir.join("broker.crt"), broker_cert.pem().as_bytes())?;
+    ensure_identity(dir)?;
     Ok(())
 }
 

@@ -8,6 +8,16 @@
 use signet_proto::topic;
 use std::collections::HashMap;
 
+/// First token of the broker's own topics (`signet.>`): only the broker
+/// publishes there (signed by its identity key), whatever a principal's
+/// grants say; subscribing takes a normal grant.
+pub const SYSTEM_TOPIC_TOKEN: &str = "signet";
+
+/// Whether `topic` is one of the broker's own.
+pub fn is_system_topic(topic: &str) -> bool {
+    topic.split('.').next() == Some(SYSTEM_TOPIC_TOKEN)
+}
+
 /// What a grant is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {

@@ -22,7 +22,7 @@
 //!
 //! What passes goes to the group commit ([`crate::commit`]).
 
-use crate::acl::{Action, DecisionCache};
+use crate::acl::{Action, DecisionCache, is_system_topic};
 use crate::policy::Policy;
 use crate::quota::{Admission, Breach, Cost, DefaultClock, PrincipalQuota, Reservation};
 use governor::clock::Clock;
@@ -316,14 +316,16 @@ fn check_envelope_shapes<C: Clock>(ctx: &IngestContext<'_, C>, batch: &mut Check
     }
 }
 
-/// Step 4: the principal may publish to each envelope's topic.
+/// Step 4: the principal may publish to each envelope's topic (never to
+/// a system topic, which only the broker writes).
 fn check_acl<C: Clock>(ctx: &mut IngestContext<'_, C>, batch: &mut Checking) {
     let grants = ctx.policy.principal(ctx.principal).map(|p| &p.grants);
     for (refused, e) in batch.passing() {
-        let allowed = grants.is_some_and(|g| {
-            ctx.decisions
-                .allows(ctx.policy.version, g, Action::Publish, &e.topic)
-        });
+        let allowed = !is_system_topic(&e.topic)
+            && grants.is_some_and(|g| {
+                ctx.decisions
+                    .allows(ctx.policy.version, g, Action::Publish, &e.topic)
+            });
         if !allowed {
             *refused = Some(Rejection::new(
                 ErrorCode::Forbidden,
@@ -708,6 +710,24 @@ schema = "order.json"
             Some(ErrorCode::Forbidden)
         );
         assert!(w.marks.is_empty(), "no mark read or moved");
+    }
+
+    #[test]
+    fn system_topics_are_forbidden_whatever_the_grants() {
+        let mut w = world();
+        // bob may publish to `>`, yet not to the broker's own topics.
+        let publish = signed(
+            &w.bob,
+            vec![
+                envelope(&w.bob, "signet.audit.checkpoints", 1, b"{}"),
+                envelope(&w.bob, "signet", 2, b"{}"),
+                envelope(&w.bob, "signets.fine", 3, b"{}"),
+            ],
+        );
+        assert_eq!(
+            w.check("bob", publish).unwrap(),
+            [Some(ErrorCode::Forbidden), Some(ErrorCode::Forbidden), None]
+        );
     }
 
     #[test]

@@ -21,7 +21,8 @@
 //! - [`state`]: what tasks share (broker-wide and per connection);
 //! - [`answer`]: typed refusals written to peers;
 //! - [`reload`]: hot reload of the policy (SIGHUP, file watch);
-//! - [`audit`]: the hash-chained audit log;
+//! - [`audit`]: the hash-chained audit log, with checkpoints signed by the
+//!   broker's identity key and published by [`system`];
 //! - [`metrics`]: counters for every acceptance and rejection.
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
@@ -51,6 +52,7 @@ pub mod settings;
 pub mod state;
 pub mod store;
 pub mod subscribe;
+pub mod system;
 pub mod tls;
 
 pub use config::Config;

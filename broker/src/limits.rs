@@ -137,15 +137,30 @@ limits! {
     /// ACL decisions cached per connection before the cache is cleared.
     acl_cache_entries_max: "entries" = 1024, 16, 1_000_000,
         keys ["limits.acl_cache_entries_max"];
-    /// Audit records queued for the writer thread before new ones are dropped (and counted).
+    /// Audit records caused by peers queued for the writer thread before new ones are dropped (and counted in a `gap` record).
     audit_queue_records_max: "records" = 8192, 64, 1_048_576,
         keys ["limits.audit_queue_records_max"];
-    /// Noisy audit records (denials, quota breaches) written per principal and kind per second.
+    /// Further audit queue room only the broker's own records (start, stop, policy reloads) may use, so a flood never drops them.
+    audit_reserved_records_max: "records" = 256, 16, 65_536,
+        keys ["limits.audit_reserved_records_max"];
+    /// Audit records of one kind written per principal and remote address per second; the rest are counted in a `suppressed` summary.
     audit_noisy_per_sec_max: "records/s" = 10, 1, 10_000,
         keys ["limits.audit_noisy_per_sec_max"];
+    /// Audit rate-limit windows (kind, principal, remote address) tracked at once; beyond it new ones share one window per kind.
+    audit_rate_keys_max: "windows" = 4096, 16, 1_000_000,
+        keys ["limits.audit_rate_keys_max"];
     /// Size at which the audit log is rotated (values below 4096 are raised to 4096).
     audit_file_bytes_max: "bytes" = 64 * MIB, 4 * KIB, 1024 * 1024 * MIB,
         keys ["limits.audit_file_bytes_max", "audit.max_bytes"];
+    /// Rotated audit files kept; older ones are removed (each file opens with a signed checkpoint, so a verifier knows where the kept log starts).
+    audit_files_max: "files" = 16, 1, 100_000,
+        keys ["limits.audit_files_max"];
+    /// Audit records written before the broker signs a checkpoint of the chain (also the most a verifier allows unsigned after the last one).
+    audit_checkpoint_records_max: "records" = 1000, 1, 1_000_000,
+        keys ["limits.audit_checkpoint_records_max"];
+    /// Longest an audit record waits before a signed checkpoint covers it.
+    audit_checkpoint_ms_max: "ms" = 10_000, 100, 3_600_000,
+        keys ["limits.audit_checkpoint_ms_max"];
 }
 
 /// Why a limit could not be set.

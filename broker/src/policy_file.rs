@@ -79,6 +79,8 @@ pub struct BrokerSection {
     pub metrics: Option<SocketAddr>,
     /// Limit `clock_skew_ms_max`, under its original key.
     pub clock_skew_ms: Option<u64>,
+    /// The broker's Ed25519 identity key file (PKCS#8, mode 0600).
+    pub identity_key: Option<PathBuf>,
 }
 
 /// `[tls]`.

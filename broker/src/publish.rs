@@ -299,25 +299,19 @@ fn record_refusal(conn: &ConnectionState, rejection: &Rejection, topic: &str) {
     metrics::rejected(rejection.code);
     tracing::debug!(principal = %conn.principal, code = %rejection.code, "envelope rejected");
     if rejection.code != ErrorCode::QuotaExceeded {
-        conn.broker.audit.record(
-            Event::new(
-                "publish_denied",
-                json!({ "principal": &*conn.principal, "topic": topic, "code": rejection.code.to_string() }),
-            )
-            .noisy(&conn.principal),
-        );
+        conn.broker.audit.record(Event::new(
+            "publish_denied",
+            json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "topic": topic, "code": rejection.code.to_string() }),
+        ));
     }
 }
 
 fn record_quota_breach(conn: &ConnectionState) {
     metrics::quota_hit("publish");
-    conn.broker.audit.record(
-        Event::new(
-            "quota_breach",
-            json!({ "principal": &*conn.principal, "kind": "publish" }),
-        )
-        .noisy(&conn.principal),
-    );
+    conn.broker.audit.record(Event::new(
+        "quota_breach",
+        json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "kind": "publish" }),
+    ));
 }
 
 /// An accepted envelope as the commit stores it.

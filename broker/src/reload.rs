@@ -45,7 +45,7 @@ pub fn reload(broker: &BrokerState) -> Result<Reloaded, BrokerError> {
             let reason = error.to_string();
             tracing::error!(policy = %path.display(), %reason, "policy reload failed; keeping the old policy");
             metrics::reload(false);
-            broker.audit.record(Event::new(
+            broker.audit.record(Event::system(
                 "policy_reload",
                 json!({ "outcome": "failed", "reason": reason, "kept_sha256": current.sha256 }),
             ));
@@ -68,7 +68,7 @@ pub fn reload(broker: &BrokerState) -> Result<Reloaded, BrokerError> {
     broker.set_policy(policy);
     metrics::reload(true);
     tracing::info!(policy = %path.display(), %sha256, "policy reloaded");
-    broker.audit.record(Event::new(
+    broker.audit.record(Event::system(
         "policy_reload",
         json!({ "outcome": "applied", "sha256": sha256 }),
     ));

@@ -8,7 +8,7 @@
 //! connection, lets the group-commit writer finish what it holds, and closes
 //! RocksDB before returning.
 
-use crate::audit::{Audit, Event};
+use crate::audit::{Audit, CHECKPOINT_TOPIC, Checkpoints, Event};
 use crate::commit::{self, Committer};
 use crate::config::Config;
 use crate::error::BrokerError;
@@ -19,9 +19,10 @@ use crate::quota::Quotas;
 use crate::reload::{self, Reloaded};
 use crate::state::BrokerState;
 use crate::store::Store;
+use crate::system::{self, SystemPublisher};
 use crate::{metrics, session, tls};
 use serde_json::json;
-use signet_proto::ErrorCode;
+use signet_proto::{ErrorCode, SigningKey};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -88,12 +89,30 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         what: "commit writer",
         source,
     })?;
+    let identity = match &settings.identity_key {
+        Some(path) => Some(Arc::new(system::load_identity(path)?)),
+        None => {
+            tracing::warn!(
+                "the policy names no [broker] identity_key: audit checkpoints are not signed, so a rewritten audit log cannot be detected"
+            );
+            None
+        }
+    };
     let (audit, audit_thread) = match &settings.audit {
         Some(audit) => {
-            let (audit, thread) = Audit::open(audit)?;
+            let checkpoints = match &identity {
+                Some(key) => Some(checkpoints(key.clone(), &committer.sender, &store)?),
+                None => None,
+            };
+            let (audit, thread) = Audit::open(audit, checkpoints)?;
             (audit, Some(thread))
         }
-        None => (Audit::disabled(), None),
+        None => {
+            tracing::warn!(
+                "the policy has no [audit] section: this broker keeps no audit trail of connections, refusals and reloads"
+            );
+            (Audit::disabled(), None)
+        }
     };
     let endpoint = listen(settings.listen, server_config)?;
     let local_addr = endpoint
@@ -107,7 +126,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     {
         tracing::warn!(%addr, error = %e, "metrics endpoint not started");
     }
-    audit.record(Event::new(
+    audit.record(Event::system(
         "broker_started",
         json!({ "listen": local_addr.to_string(), "policy_sha256": policy.sha256 }),
     ));
@@ -141,6 +160,25 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     })
 }
 
+/// The audit writer's checkpoint signing: each checkpoint is also
+/// published to the system topic through the group commit.
+fn checkpoints(
+    key: Arc<SigningKey>,
+    commits: &tokio::sync::mpsc::Sender<commit::CommitRequest>,
+    store: &Store,
+) -> Result<Checkpoints, BrokerError> {
+    let mut publisher = SystemPublisher::new(key.clone(), commits.clone(), store)?;
+    let publish = move |line: &[u8]| {
+        if let Err(e) = publisher.publish_blocking(CHECKPOINT_TOPIC, line.to_vec()) {
+            tracing::error!(error = %e, topic = CHECKPOINT_TOPIC, "audit checkpoint not published");
+        }
+    };
+    Ok(Checkpoints {
+        key,
+        publish: Some(Box::new(publish)),
+    })
+}
+
 /// The QUIC endpoint on `addr`, with large socket buffers.
 fn listen(
     addr: SocketAddr,
@@ -160,8 +198,8 @@ fn listen(
 }
 
 /// Serves until shutdown, then stops in order: accepting, reloading,
-/// connections, the commit writer (which finishes what it holds), the
-/// audit writer, and RocksDB.
+/// connections, the audit writer (its last checkpoint goes through the
+/// commit), the commit writer (which finishes what it holds), and RocksDB.
 async fn run(
     endpoint: quinn::Endpoint,
     state: Arc<BrokerState>,
@@ -178,12 +216,12 @@ async fn run(
         quinn::VarInt::from(ErrorCode::Unavailable.0),
         b"broker shutting down",
     );
-    let _ = tokio::task::spawn_blocking(move || commit_thread.join()).await;
-    audit.record(Event::new("broker_stopped", json!({})));
+    audit.record(Event::system("broker_stopped", json!({})));
     drop(audit);
     if let Some(thread) = audit_thread {
         let _ = tokio::task::spawn_blocking(move || thread.join()).await;
     }
+    let _ = tokio::task::spawn_blocking(move || commit_thread.join()).await;
     wait_closed(store).await;
     tracing::info!("broker stopped");
 }
@@ -249,24 +287,18 @@ async fn accept_loop(
                 Ok(Err(e)) => {
                     metrics::connection_refused("handshake");
                     tracing::info!(%remote, reason = %e, "connection refused at handshake");
-                    state.audit.record(
-                        Event::new(
-                            "connection_refused",
-                            json!({ "reason": e.to_string(), "remote": remote.to_string() }),
-                        )
-                        .noisy("-"),
-                    );
+                    state.audit.record(Event::new(
+                        "connection_refused",
+                        json!({ "reason": e.to_string(), "remote": remote.to_string() }),
+                    ));
                 }
                 Err(_) => {
                     metrics::connection_refused("handshake_timeout");
                     tracing::info!(%remote, "handshake timed out");
-                    state.audit.record(
-                        Event::new(
-                            "connection_refused",
-                            json!({ "reason": "handshake timeout", "remote": remote.to_string() }),
-                        )
-                        .noisy("-"),
-                    );
+                    state.audit.record(Event::new(
+                        "connection_refused",
+                        json!({ "reason": "handshake timeout", "remote": remote.to_string() }),
+                    ));
                 }
             }
         });

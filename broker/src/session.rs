@@ -46,13 +46,10 @@ pub async fn serve(
     let Some(_slot) = quota.open_connection() else {
         metrics::quota_hit("connections");
         tracing::warn!(%principal, %remote, "connection quota reached; closing");
-        broker.audit.record(
-            Event::new(
-                "quota_breach",
-                json!({ "principal": principal, "kind": "connections", "remote": remote }),
-            )
-            .noisy(&principal),
-        );
+        broker.audit.record(Event::new(
+            "quota_breach",
+            json!({ "principal": principal, "kind": "connections", "remote": remote }),
+        ));
         conn.close(
             ErrorCode::QuotaExceeded.0.into(),
             b"too many connections for this principal",

@@ -25,10 +25,20 @@ pub struct AuditSettings {
     pub path: PathBuf,
     /// Size at which the file is rotated, in bytes.
     pub file_bytes_max: u64,
-    /// Records queued for the writer before new ones are dropped (and counted).
+    /// Rotated files kept; older ones are removed.
+    pub files_max: usize,
+    /// Peer records queued for the writer before new ones are dropped (and counted).
     pub queue_records_max: usize,
-    /// Noisy records written per principal and kind per second.
+    /// Further queue room only the broker's own records may use.
+    pub reserved_records_max: usize,
+    /// Peer records written per kind, principal and remote address per second.
     pub noisy_per_sec_max: u32,
+    /// Rate-limit windows tracked at once.
+    pub rate_keys_max: usize,
+    /// Records written before a checkpoint is signed.
+    pub checkpoint_records_max: u64,
+    /// Longest a record waits unsigned, in ms.
+    pub checkpoint_ms_max: u64,
 }
 
 /// The start-only part of a policy file, validated.
@@ -42,6 +52,9 @@ pub struct Settings {
     pub metrics: Option<SocketAddr>,
     /// TLS material.
     pub tls: TlsPaths,
+    /// The broker's Ed25519 identity key (PKCS#8, mode 0600), which signs
+    /// audit checkpoints and system messages, if any.
+    pub identity_key: Option<PathBuf>,
     /// The audit log, if any.
     pub audit: Option<AuditSettings>,
     /// Every bound on what peers can make the broker hold.
@@ -94,12 +107,18 @@ impl Settings {
                 cert: resolve(base, &file.tls.cert),
                 key: resolve(base, &file.tls.key),
             },
+            identity_key: b.identity_key.as_ref().map(|p| resolve(base, p)),
             audit: file.audit.as_ref().map(|a| AuditSettings {
                 path: resolve(base, &a.path),
                 file_bytes_max: limits.audit_file_bytes_max,
+                files_max: Limits::usize(limits.audit_files_max),
                 queue_records_max: Limits::usize(limits.audit_queue_records_max),
+                reserved_records_max: Limits::usize(limits.audit_reserved_records_max),
                 noisy_per_sec_max: u32::try_from(limits.audit_noisy_per_sec_max)
                     .unwrap_or(u32::MAX),
+                rate_keys_max: Limits::usize(limits.audit_rate_keys_max),
+                checkpoint_records_max: limits.audit_checkpoint_records_max,
+                checkpoint_ms_max: limits.audit_checkpoint_ms_max,
             }),
             limits,
             source: None,

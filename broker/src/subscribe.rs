@@ -48,7 +48,7 @@ pub async fn run(
         tracing::info!(principal = %conn.principal, topic = %sub.topic, "subscribe denied");
         conn.broker.audit.record(Event::new(
             "subscribe_denied",
-            json!({ "principal": &*conn.principal, "topic": sub.topic, "code": ErrorCode::Forbidden.to_string() }),
+            json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "topic": sub.topic, "code": ErrorCode::Forbidden.to_string() }),
         ));
         return refuse(
             &mut send,
@@ -66,13 +66,10 @@ pub async fn run(
     };
     let Some(_slot) = quota.open_subscription() else {
         metrics::quota_hit("subscriptions");
-        conn.broker.audit.record(
-            Event::new(
-                "quota_breach",
-                json!({ "principal": &*conn.principal, "kind": "subscriptions" }),
-            )
-            .noisy(&conn.principal),
-        );
+        conn.broker.audit.record(Event::new(
+            "quota_breach",
+            json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "kind": "subscriptions" }),
+        ));
         return refuse(
             &mut send,
             ErrorCode::QuotaExceeded,
@@ -96,7 +93,7 @@ pub async fn run(
     tracing::info!(principal = %conn.principal, topic = %sub.topic, cursor, "subscription opened");
     conn.broker.audit.record(Event::new(
         "subscription_opened",
-        json!({ "principal": &*conn.principal, "topic": sub.topic, "from": cursor }),
+        json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "topic": sub.topic, "from": cursor }),
     ));
     let mut live = Live::open(&conn, &sub.topic);
     let mut stream = Streams {
@@ -134,7 +131,7 @@ impl Drop for Live<'_> {
         tracing::info!(%principal, %topic, reason, "subscription closed");
         self.conn.broker.audit.record(Event::new(
             "subscription_closed",
-            json!({ "principal": principal, "topic": topic, "reason": reason }),
+            json!({ "principal": principal, "remote": self.conn.conn.remote_address().to_string(), "topic": topic, "reason": reason }),
         ));
     }
 }

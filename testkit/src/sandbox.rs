@@ -177,6 +177,11 @@ impl Sandbox {
         self.dir.path().join("signet.toml")
     }
 
+    /// The broker's identity public key (it signs audit checkpoints).
+    pub fn broker_public_key(&self) -> Result<PublicKey> {
+        Ok(keys::public_of(&pki::identity_key_path(&self.pki_dir()))?)
+    }
+
     /// The audit log.
     pub fn audit_path(&self) -> PathBuf {
         self.data_dir().join("audit.log")
@@ -213,7 +218,7 @@ impl Sandbox {
     /// The policy text for a broker listening on `listen`.
     pub fn policy_text(&self, listen: SocketAddr) -> String {
         let mut text = format!(
-            "[broker]\nlisten = \"{listen}\"\ndata_dir = \"data\"\n\n[tls]\nca = \"pki/ca.crt\"\ncert = \"pki/broker.crt\"\nkey = \"pki/broker.key\"\n\n[audit]\npath = \"data/audit.log\"\n\n"
+            "[broker]\nlisten = \"{listen}\"\ndata_dir = \"data\"\nidentity_key = \"pki/broker.ed25519\"\n\n[tls]\nca = \"pki/ca.crt\"\ncert = \"pki/broker.crt\"\nkey = \"pki/broker.key\"\n\n[audit]\npath = \"data/audit.log\"\n\n"
         );
         for m in &self.members {
             let s = &m.spec;
