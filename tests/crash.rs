@@ -5,68 +5,9 @@
 
 mod common;
 
+use common::process::spawn_broker;
 use common::*;
 use signet_client::{Client, OutgoingMessage, StartAt};
-use std::process::Stdio;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::Command;
-
-const SIGNET: &str = env!("CARGO_BIN_EXE_signet");
-
-/// The port in a log line like `broker listening local_addr=127.0.0.1:PORT`
-/// (ANSI colours around the field are skipped).
-fn listening_port(line: &str) -> Option<u16> {
-    let at = line.find("127.0.0.1:")? + "127.0.0.1:".len();
-    let digits: String = line[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
-/// Runs `signet broker` on the sandbox's policy with `RUST_LOG=filter`;
-/// returns the process and a task collecting its log lines.
-async fn spawn_broker(
-    sandbox: &mut Sandbox,
-    filter: &str,
-) -> (tokio::process::Child, tokio::task::JoinHandle<Vec<String>>) {
-    sandbox.write_policy().unwrap();
-    let mut broker = Command::new(SIGNET)
-        .args([
-            "broker",
-            "--config",
-            sandbox.policy_path().to_str().unwrap(),
-        ])
-        .env("RUST_LOG", filter)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(broker.stderr.take().unwrap()).lines();
-    let mut lines = Vec::new();
-    let port = loop {
-        let line = within(log.next_line())
-            .await
-            .unwrap()
-            .expect("broker starts");
-        let port = line
-            .contains("broker listening")
-            .then(|| listening_port(&line));
-        lines.push(line);
-        if let Some(port) = port {
-            break port.expect("port in the log line");
-        }
-    };
-    let collector = tokio::spawn(async move {
-        while let Ok(Some(line)) = log.next_line().await {
-            lines.push(line);
-        }
-        lines
-    });
-    sandbox.set_addr(([127, 0, 0, 1], port).into());
-    (broker, collector)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logs_hold_no_payloads_and_no_key_material() {

@@ -21,10 +21,9 @@ struct World {
 
 fn key_file(sandbox: &Sandbox, name: &str) -> (PathBuf, RecipientKey) {
     let (bytes, key) = DecryptionKey::generate().unwrap();
-    let path = sandbox.path().join(format!("{name}.x25519"));
-    std::fs::write(&path, bytes).unwrap();
-    // A private key others can read is refused by the client.
-    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let path = sandbox
+        .write_private(&format!("{name}.x25519"), &bytes)
+        .unwrap();
     (path, key.public_key().clone())
 }
 

@@ -54,8 +54,9 @@ struct Recipient {
 
 fn recipient(sandbox: &Sandbox, name: &str) -> Recipient {
     let (private, key) = DecryptionKey::generate().unwrap();
-    let path = sandbox.path().join(format!("{name}.x25519"));
-    std::fs::write(&path, &private).unwrap();
+    let path = sandbox
+        .write_private(&format!("{name}.x25519"), &private)
+        .unwrap();
     Recipient {
         path,
         private,

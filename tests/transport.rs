@@ -5,6 +5,7 @@
 mod common;
 
 use common::codes::nack_codes;
+use common::process::{spawn_broker, status_kib};
 use common::*;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -12,62 +13,12 @@ use signet_proto::frame::{ClientFrame, ServerFrame};
 use signet_proto::stream::{read_frame, write_frame};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UdpSocket;
-use tokio::process::Command;
 use tokio::sync::mpsc;
 
-const SIGNET: &str = env!("CARGO_BIN_EXE_signet");
 const MIB: usize = 1024 * 1024;
-
-/// Runs `signet broker` on the sandbox's policy; returns the process once
-/// it listens (the sandbox's address is set to it).
-async fn spawn_broker(sandbox: &mut Sandbox) -> tokio::process::Child {
-    sandbox.write_policy().unwrap();
-    let mut broker = Command::new(SIGNET)
-        .args([
-            "broker",
-            "--config",
-            sandbox.policy_path().to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "warn,signet_broker=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut log = BufReader::new(broker.stderr.take().unwrap()).lines();
-    let port = loop {
-        let line = within(log.next_line())
-            .await
-            .unwrap()
-            .expect("broker starts");
-        if line.contains("broker listening") {
-            let at = line.find("127.0.0.1:").expect("address") + "127.0.0.1:".len();
-            let digits: String = line[at..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            break digits.parse::<u16>().unwrap();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = log.next_line().await {} });
-    sandbox.set_addr(([127, 0, 0, 1], port).into());
-    broker
-}
-
-/// A field of `/proc/<pid>/status`, in KiB.
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
-}
 
 /// Reproduction: a stream allocated what its length prefix announced (now:
 /// what arrived) with no deadline for the body, so streams that announce
@@ -84,13 +35,13 @@ async fn stalled_frames_neither_pin_memory_nor_outlive_their_deadline() {
     sandbox.set_extra_policy(
         "[limits]\nframe_read_ms_max = 300\ninflight_bytes_max = 16777216\nquic_connection_window_bytes_max = 8388608\n",
     );
-    let mut broker = spawn_broker(&mut sandbox).await;
+    let (mut broker, _log) = spawn_broker(&mut sandbox, "warn,signet_broker=info").await;
     let pid = broker.id().unwrap();
     let bob = client(&sandbox, "bob").await;
     within(bob.publish("billing.warm", b"{}".to_vec()))
         .await
         .unwrap();
-    let baseline = status_kib(pid, "VmRSS:");
+    let baseline = status_kib(pid, "VmRSS");
 
     // One connection, many streams: each announces a 4 MiB frame, sends
     // 3.5 MiB of it and stalls.
@@ -115,7 +66,7 @@ async fn stalled_frames_neither_pin_memory_nor_outlive_their_deadline() {
             held.push(send);
         }
     }
-    let peak = status_kib(pid, "VmHWM:");
+    let peak = status_kib(pid, "VmHWM");
     eprintln!(
         "broker memory: baseline {baseline} KiB, peak {peak} KiB after {STREAMS} stalled frames"
     );

@@ -310,13 +310,10 @@ async fn accept_loop(
 fn refuse(state: &BrokerState, label: &'static str, reason: &str, remote: SocketAddr) {
     metrics::connection_refused(label);
     tracing::warn!(%remote, reason, "connection refused");
-    state.audit.record(
-        Event::new(
-            "connection_refused",
-            json!({ "reason": reason, "remote": remote.to_string() }),
-        )
-        .noisy("-"),
-    );
+    state.audit.record(Event::new(
+        "connection_refused",
+        json!({ "reason": reason, "remote": remote.to_string() }),
+    ));
 }
 
 /// Waits (bounded) until the last reference to the store is gone, so

@@ -8,10 +8,11 @@
 
 use crate::commit::{CommitRequest, Entry};
 use crate::error::{BrokerError, StoreError};
+use crate::quota::Reservation;
 use crate::store::Store;
 use crate::tls;
 use signet_proto::envelope::{CONTENT_TYPE_JSON, ENVELOPE_VERSION};
-use signet_proto::{Envelope, ErrorCode, SigningKey, StoredRecord, batch, codec};
+use signet_proto::{Envelope, ErrorCode, Salt, SigningKey, StoredRecord, batch, codec};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -95,9 +96,9 @@ impl SystemPublisher {
             content_type: CONTENT_TYPE_JSON.to_owned(),
             headers: Vec::new(),
             encryption: None,
+            salt: Salt::random().map_err(|_| SystemError::Build)?,
             payload,
         };
-        let payload_bytes = envelope.payload.len() as u64;
         let signed =
             batch::sign(&self.key, std::slice::from_ref(&envelope)).ok_or(SystemError::Build)?;
         let record = StoredRecord {
@@ -114,9 +115,10 @@ impl SystemPublisher {
                 key_id: self.key.id(),
                 seq,
                 principal: Arc::from(BROKER_PRINCIPAL),
-                payload_bytes,
             }],
             reply,
+            // The broker's own messages are under no principal's quota.
+            reserved: Reservation::default(),
         };
         self.commits
             .blocking_send(request)

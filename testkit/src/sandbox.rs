@@ -83,6 +83,8 @@ pub struct Sandbox {
     dir: tempfile::TempDir,
     members: Vec<Member>,
     extra_policy: String,
+    /// Whether the policy has an `[audit]` section (it does by default).
+    audit: bool,
     broker: Option<Broker>,
     addr: Option<SocketAddr>,
 }
@@ -117,6 +119,7 @@ impl Sandbox {
             dir,
             members,
             extra_policy: String::new(),
+            audit: true,
             broker: None,
             addr: None,
         })
@@ -125,6 +128,22 @@ impl Sandbox {
     /// The sandbox's folder.
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Writes a private key file named `name` in the sandbox, readable by
+    /// its owner only (clients refuse key files others may read).
+    pub fn write_private(&self, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.path().join(name);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| path.display().to_string())?;
+        file.write_all(bytes)?;
+        Ok(path)
     }
 
     /// The broker's RocksDB folder.
@@ -215,11 +234,20 @@ impl Sandbox {
         Ok(self.member(name)?.key_path.clone())
     }
 
+    /// Leaves the `[audit]` section out of the policy (the broker then
+    /// keeps no audit log).
+    pub fn without_audit(&mut self) {
+        self.audit = false;
+    }
+
     /// The policy text for a broker listening on `listen`.
     pub fn policy_text(&self, listen: SocketAddr) -> String {
         let mut text = format!(
-            "[broker]\nlisten = \"{listen}\"\ndata_dir = \"data\"\nidentity_key = \"pki/broker.ed25519\"\n\n[tls]\nca = \"pki/ca.crt\"\ncert = \"pki/broker.crt\"\nkey = \"pki/broker.key\"\n\n[audit]\npath = \"data/audit.log\"\n\n"
+            "[broker]\nlisten = \"{listen}\"\ndata_dir = \"data\"\nidentity_key = \"pki/broker.ed25519\"\n\n[tls]\nca = \"pki/ca.crt\"\ncert = \"pki/broker.crt\"\nkey = \"pki/broker.key\"\n\n"
         );
+        if self.audit {
+            text.push_str("[audit]\npath = \"data/audit.log\"\n\n");
+        }
         for m in &self.members {
             let s = &m.spec;
             let keys = if m.bound {
