@@ -474,6 +474,20 @@ async fn subscribe(args: SubArgs) -> Result<ExitCode> {
         let Some(item) = messages.next().await else {
             break;
         };
+        if let Err(ClientError::Gap {
+            topic,
+            from,
+            to,
+            reason,
+        }) = &item
+        {
+            // Not a message: printed, not counted.
+            let gap =
+                json!({ "gap": { "topic": topic, "from": from, "to": to, "reason": reason } });
+            stdout.write_all(format!("{gap}\n").as_bytes()).await?;
+            stdout.flush().await?;
+            continue;
+        }
         seen += 1;
         match item {
             Ok(m) => {

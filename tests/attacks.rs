@@ -295,13 +295,7 @@ async fn byte_flipped_in_rocksdb_is_reported_never_delivered_as_verified() {
 
     // Behind the broker's back: flip one payload byte of offset 1 on disk.
     {
-        let families = [
-            signet_broker::store::CF_MESSAGES,
-            signet_broker::store::CF_TOPICS,
-            signet_broker::store::CF_REPLAY,
-            signet_broker::store::CF_USAGE,
-            signet_broker::store::CF_SUBS,
-        ];
+        let families = signet_broker::store::FAMILIES;
         let db = rocksdb::DB::open_cf(&rocksdb::Options::default(), sandbox.data_dir(), families)
             .unwrap();
         let cf = db.cf_handle(signet_broker::store::CF_MESSAGES).unwrap();

@@ -5,19 +5,30 @@
 //! "on disk". Replay marks and stored-bytes usage (each record's exact
 //! size) go into the same write. Queue and group sizes are
 //! `limits.commit_*`.
+//!
+//! Retention goes through the same writer. A group that takes a topic past
+//! its count or byte limit (under the policy in force when the group is
+//! written) also deletes the topic's oldest committed records down to the
+//! limit, moves its first offset and gives the freed bytes back to the
+//! principals that stored them, in the same synced write. A [`Trim`]
+//! (computed by [`crate::retention`]'s passes for the age limit and for
+//! limits a reload lowered) does the same on its own. A trim carries what
+//! it changes, so applying it reads no clock.
 
 use crate::error::StoreError;
 use crate::fanout::{Head, Registry};
 use crate::limits::Limits;
 use crate::metrics;
+use crate::policy::Policy;
 use crate::quota::{Quotas, Reservation};
+use crate::retention;
 use crate::store::{Store, StoredTopic};
 use rocksdb::WriteBatch;
 use signet_proto::{ErrorCode, KeyId};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// One accepted envelope, encoded as it will be stored.
 #[derive(Debug)]
@@ -50,10 +61,53 @@ pub struct CommitRequest {
     pub reserved: Reservation,
 }
 
+/// Deletes the messages `from..to` of `topic` (its oldest: `from` must be
+/// its first offset) and gives `freed` record bytes back to each principal.
+#[derive(Debug)]
+pub struct Trim {
+    /// The topic.
+    pub topic: String,
+    /// Its first offset when the trim was computed; a trim that no longer
+    /// starts there is stale and changes nothing.
+    pub from: u64,
+    /// The new first offset (not above the topic's next offset).
+    pub to: u64,
+    /// Record bytes in the range.
+    pub bytes: u64,
+    /// Record bytes removed, per principal that stored them.
+    pub freed: Vec<(Arc<str>, u64)>,
+    /// Whether it was applied (false: stale), once written.
+    pub reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// What the writer applies, in the order received.
+#[derive(Debug)]
+pub enum Command {
+    /// Accepted envelopes to store.
+    Publish(CommitRequest),
+    /// A retention trim.
+    Trim(Trim),
+}
+
+impl From<CommitRequest> for Command {
+    fn from(request: CommitRequest) -> Command {
+        Command::Publish(request)
+    }
+}
+
+/// A topic as the writer knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TopicState {
+    id: u32,
+    first: u64,
+    next: u64,
+    bytes: u64,
+}
+
 /// The sending side handed to sessions, and the writer thread.
 pub struct Committer {
-    /// Where sessions send accepted envelopes.
-    pub sender: mpsc::Sender<CommitRequest>,
+    /// Where sessions send accepted envelopes (and retention its trims).
+    pub sender: mpsc::Sender<Command>,
     /// The writer thread; it ends when every sender is dropped.
     pub thread: std::thread::JoinHandle<()>,
 }
@@ -65,14 +119,19 @@ struct Writer {
     /// Most record bytes in one group commit.
     group_bytes_max: usize,
     registry: Arc<Registry>,
-    /// Topic name → (id, next offset), as committed.
-    topics: HashMap<String, (u32, u64)>,
+    /// Topic name → where it stands, as committed.
+    topics: HashMap<String, TopicState>,
     next_topic_id: u32,
     /// Replay marks as persisted, so a late batch never lowers one.
     marks: HashMap<KeyId, u64>,
     /// Stored record bytes per principal, as persisted.
     usage: HashMap<Arc<str>, u64>,
+    /// Signing key → the principal whose bytes its records are, as
+    /// persisted (retention gives freed bytes back to that principal).
+    owners: HashMap<KeyId, Arc<str>>,
     quotas: Arc<Quotas>,
+    /// The policy in force (retention limits).
+    policy: watch::Receiver<Arc<Policy>>,
 }
 
 /// Starts the writer thread.
@@ -82,6 +141,7 @@ pub fn spawn(
     quotas: Arc<Quotas>,
     topics: &[StoredTopic],
     limits: &Limits,
+    policy: watch::Receiver<Arc<Policy>>,
 ) -> std::io::Result<Committer> {
     let (sender, receiver) = mpsc::channel(Limits::usize(limits.commit_queue_requests_max));
     let writer = Writer {
@@ -92,11 +152,21 @@ pub fn spawn(
         next_topic_id: topics.iter().map(|t| t.id + 1).max().unwrap_or(1),
         topics: topics
             .iter()
-            .map(|t| (t.name.clone(), (t.id, t.next_offset)))
+            .map(|t| {
+                let state = TopicState {
+                    id: t.id,
+                    first: t.first_offset,
+                    next: t.next_offset,
+                    bytes: t.bytes,
+                };
+                (t.name.clone(), state)
+            })
             .collect(),
         marks: HashMap::new(),
         usage: HashMap::new(),
+        owners: HashMap::new(),
         quotas,
+        policy,
     };
     let thread = std::thread::Builder::new()
         .name("signet-commit".into())
@@ -104,25 +174,51 @@ pub fn spawn(
     Ok(Committer { sender, thread })
 }
 
+impl TopicState {
+    fn head(&self) -> Head {
+        Head {
+            topic_id: Some(self.id),
+            first_offset: self.first,
+            next_offset: self.next,
+            stored_bytes: self.bytes,
+        }
+    }
+}
+
 /// What one group commit will change, applied only after the write succeeds.
 #[derive(Default)]
 struct Staged {
-    topics: HashMap<String, (u32, u64)>,
+    topics: HashMap<String, TopicState>,
     new_topic_ids: u32,
     marks: HashMap<KeyId, u64>,
     usage: HashMap<Arc<str>, u64>,
+    /// Record bytes retention frees, per principal.
+    freed: HashMap<Arc<str>, u64>,
+    /// Messages and record bytes retention deletes.
+    trimmed: u64,
+    trimmed_bytes: u64,
+    owners: HashMap<KeyId, Arc<str>>,
     bytes: usize,
 }
 
 impl Writer {
-    fn run(mut self, mut receiver: mpsc::Receiver<CommitRequest>) {
-        while let Some(first) = receiver.blocking_recv() {
+    fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
+        while let Some(command) = receiver.blocking_recv() {
+            let first = match command {
+                Command::Publish(request) => request,
+                Command::Trim(trim) => {
+                    self.trim(trim);
+                    continue;
+                }
+            };
             let mut envelopes = first.entries.len();
             let mut bytes: usize = first.entries.iter().map(|e| e.record.len()).sum();
             let mut group = vec![first];
+            // A trim waiting behind the group is applied right after it.
+            let mut after = None;
             while envelopes < self.group_envelopes_max && bytes < self.group_bytes_max {
                 match receiver.try_recv() {
-                    Ok(request) => {
+                    Ok(Command::Publish(request)) => {
                         envelopes += request.entries.len();
                         bytes += request
                             .entries
@@ -131,11 +227,63 @@ impl Writer {
                             .sum::<usize>();
                         group.push(request);
                     }
+                    Ok(Command::Trim(trim)) => {
+                        after = Some(trim);
+                        break;
+                    }
                     Err(_) => break,
                 }
             }
             self.commit(group, envelopes);
+            if let Some(trim) = after {
+                self.trim(trim);
+            }
         }
+    }
+
+    /// Applies a retention trim in one synced write.
+    fn trim(&mut self, trim: Trim) {
+        let result = self.write_trim(&trim);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, topic = %trim.topic, "retention trim failed; nothing deleted");
+        }
+        let _ = trim.reply.send(result);
+    }
+
+    fn write_trim(&mut self, trim: &Trim) -> Result<bool, StoreError> {
+        let Some(mut topic) = self.topics.get(&trim.topic).copied() else {
+            return Ok(false);
+        };
+        if topic.first != trim.from || trim.to <= trim.from || trim.to > topic.next {
+            return Ok(false);
+        }
+        let freed = trim.bytes;
+        let mut batch = WriteBatch::default();
+        self.store
+            .delete_messages(&mut batch, topic.id, trim.from, trim.to)?;
+        topic.first = trim.to;
+        topic.bytes = topic.bytes.saturating_sub(freed);
+        self.store
+            .put_topic_meta(&mut batch, topic.id, topic.first, topic.bytes)?;
+        let mut totals = Vec::with_capacity(trim.freed.len());
+        for (principal, bytes) in &trim.freed {
+            let total = self.persisted_usage(principal)?.saturating_sub(*bytes);
+            self.store.put_usage(&mut batch, principal, total)?;
+            totals.push((principal.clone(), total));
+        }
+        self.store.write_synced(batch)?;
+        for (principal, total) in totals {
+            self.usage.insert(principal, total);
+        }
+        for (principal, bytes) in &trim.freed {
+            if let Some(quota) = self.quotas.existing(principal) {
+                quota.sub_stored(*bytes);
+            }
+        }
+        self.topics.insert(trim.topic.clone(), topic);
+        self.registry.advance(&trim.topic, topic.head());
+        metrics::trimmed(trim.to - trim.from, freed);
+        Ok(true)
     }
 
     fn commit(&mut self, group: Vec<CommitRequest>, envelopes: usize) {
@@ -183,14 +331,35 @@ impl Writer {
             }
             offsets.push(request_offsets);
         }
+        self.stage_retention(&mut batch, staged)?;
         for (key, seq) in &staged.marks {
             if self.persisted_mark(key)? < *seq {
                 self.store.put_replay_mark(&mut batch, key, *seq)?;
             }
         }
-        for (principal, added) in &staged.usage {
-            let total = self.persisted_usage(principal)?.saturating_add(*added);
+        let principals: Vec<Arc<str>> = staged
+            .usage
+            .keys()
+            .chain(staged.freed.keys())
+            .cloned()
+            .collect::<std::collections::HashSet<_>>()
+            .into_iter()
+            .collect();
+        for principal in &principals {
+            let added = staged.usage.get(principal).copied().unwrap_or(0);
+            let freed = staged.freed.get(principal).copied().unwrap_or(0);
+            let total = self
+                .persisted_usage(principal)?
+                .saturating_add(added)
+                .saturating_sub(freed);
             self.store.put_usage(&mut batch, principal, total)?;
+        }
+        for topic in staged.topics.values() {
+            self.store
+                .put_topic_meta(&mut batch, topic.id, topic.first, topic.bytes)?;
+        }
+        for (key, principal) in &staged.owners {
+            self.store.put_key_owner(&mut batch, key, principal)?;
         }
         self.store.write_synced(batch)?;
         Ok(offsets)
@@ -216,13 +385,76 @@ impl Writer {
         Ok(bytes)
     }
 
+    /// For each topic of the group past its count or byte limit: deletes
+    /// its oldest committed records down to the limit in the same write.
+    /// Records of this group itself are never deleted here (the next
+    /// group, or a retention pass, takes them; reads skip them already).
+    fn stage_retention(
+        &mut self,
+        batch: &mut WriteBatch,
+        staged: &mut Staged,
+    ) -> Result<(), StoreError> {
+        let policy = self.policy.borrow().clone();
+        let names: Vec<String> = staged.topics.keys().cloned().collect();
+        for name in names {
+            let Some(limits) = retention::of(&policy, &name) else {
+                continue;
+            };
+            let (Some(committed), Some(mut topic)) = (
+                self.topics.get(&name).copied(),
+                staged.topics.get(&name).copied(),
+            ) else {
+                continue;
+            };
+            // The floor counts this group; the records read stop at what
+            // was committed before it.
+            let floor = retention::Floor::of(limits, &topic.head(), None);
+            let readable = retention::Floor {
+                cutoff: None,
+                ..floor
+            };
+            let head = Head {
+                next_offset: committed.next,
+                ..topic.head()
+            };
+            let store = self.store.clone();
+            let Some(plan) = retention::plan(&store, topic.id, &head, &readable, |key| {
+                Ok(self.persisted_owner(&key)?.cloned())
+            })?
+            else {
+                continue;
+            };
+            self.store
+                .delete_messages(batch, topic.id, plan.from, plan.to)?;
+            topic.first = plan.to;
+            topic.bytes = topic.bytes.saturating_sub(plan.bytes);
+            for (principal, bytes) in plan.freed {
+                *staged.freed.entry(principal).or_insert(0) += bytes;
+            }
+            staged.topics.insert(name, topic);
+            staged.trimmed = staged.trimmed.saturating_add(plan.to - plan.from);
+            staged.trimmed_bytes = staged.trimmed_bytes.saturating_add(plan.bytes);
+        }
+        Ok(())
+    }
+
+    /// Whose bytes a key's records are, as persisted (read once per key).
+    fn persisted_owner(&mut self, key: &KeyId) -> Result<Option<&Arc<str>>, StoreError> {
+        if !self.owners.contains_key(key)
+            && let Some(owner) = self.store.key_owner(key)?
+        {
+            self.owners.insert(*key, Arc::from(owner));
+        }
+        Ok(self.owners.get(key))
+    }
+
     fn stage(
-        &self,
+        &mut self,
         batch: &mut WriteBatch,
         staged: &mut Staged,
         entry: &Entry,
     ) -> Result<u64, StoreError> {
-        let (id, next) = match staged.topics.get(&entry.topic) {
+        let mut topic = match staged.topics.get(&entry.topic) {
             Some(t) => *t,
             None => match self.topics.get(&entry.topic) {
                 Some(t) => *t,
@@ -230,17 +462,31 @@ impl Writer {
                     let id = self.next_topic_id + staged.new_topic_ids;
                     staged.new_topic_ids += 1;
                     self.store.put_topic(batch, &entry.topic, id)?;
-                    (id, 0)
+                    TopicState {
+                        id,
+                        first: 0,
+                        next: 0,
+                        bytes: 0,
+                    }
                 }
             },
         };
-        self.store.put_message(batch, id, next, &entry.record)?;
-        staged.topics.insert(entry.topic.clone(), (id, next + 1));
+        let offset = topic.next;
+        self.store
+            .put_message(batch, topic.id, offset, &entry.record)?;
+        topic.next += 1;
+        topic.bytes = topic.bytes.saturating_add(entry.record.len() as u64);
+        staged.topics.insert(entry.topic.clone(), topic);
+        if self.persisted_owner(&entry.key_id)? != Some(&entry.principal)
+            && staged.owners.get(&entry.key_id) != Some(&entry.principal)
+        {
+            staged.owners.insert(entry.key_id, entry.principal.clone());
+        }
         staged.bytes += entry.record.len();
         let mark = staged.marks.entry(entry.key_id).or_insert(0);
         *mark = (*mark).max(entry.seq);
         *staged.usage.entry(entry.principal.clone()).or_insert(0) += entry.record.len() as u64;
-        Ok(next)
+        Ok(offset)
     }
 
     fn apply(&mut self, staged: Staged) {
@@ -255,15 +501,20 @@ impl Writer {
                 quota.add_stored(added);
             }
         }
-        for (name, (id, next)) in staged.topics {
-            self.registry.advance(
-                &name,
-                Head {
-                    topic_id: Some(id),
-                    next_offset: next,
-                },
-            );
-            self.topics.insert(name, (id, next));
+        for (principal, freed) in staged.freed {
+            let usage = self.usage.entry(principal.clone()).or_insert(0);
+            *usage = usage.saturating_sub(freed);
+            if let Some(quota) = self.quotas.existing(&principal) {
+                quota.sub_stored(freed);
+            }
+        }
+        if staged.trimmed > 0 {
+            metrics::trimmed(staged.trimmed, staged.trimmed_bytes);
+        }
+        self.owners.extend(staged.owners);
+        for (name, topic) in staged.topics {
+            self.registry.advance(&name, topic.head());
+            self.topics.insert(name, topic);
         }
     }
 }

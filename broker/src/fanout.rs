@@ -15,8 +15,22 @@ use tokio::sync::watch;
 pub struct Head {
     /// The topic's id in storage; `None` until its first message.
     pub topic_id: Option<u32>,
+    /// Its oldest offset still stored (retention moves it up).
+    pub first_offset: u64,
     /// The offset the next message will get.
     pub next_offset: u64,
+    /// Record bytes stored.
+    pub stored_bytes: u64,
+}
+
+impl Head {
+    /// A name with no messages yet.
+    pub const EMPTY: Head = Head {
+        topic_id: None,
+        first_offset: 0,
+        next_offset: 0,
+        stored_bytes: 0,
+    };
 }
 
 /// Heads of all topics that have messages, and of names without messages
@@ -71,7 +85,9 @@ impl Registry {
             .map(|t| {
                 let head = Head {
                     topic_id: Some(t.id),
+                    first_offset: t.first_offset,
                     next_offset: t.next_offset,
+                    stored_bytes: t.bytes,
                 };
                 (t.name.clone(), watch::Sender::new(head))
             })
@@ -90,12 +106,7 @@ impl Registry {
         let mut heads = self.lock();
         let head = heads
             .entry(topic.to_owned())
-            .or_insert_with(|| {
-                watch::Sender::new(Head {
-                    topic_id: None,
-                    next_offset: 0,
-                })
-            })
+            .or_insert_with(|| watch::Sender::new(Head::EMPTY))
             .subscribe();
         TopicWatch {
             registry: self.clone(),
@@ -110,6 +121,20 @@ impl Registry {
         self.lock()
             .get(topic)
             .is_some_and(|sender| sender.borrow().topic_id.is_some())
+    }
+
+    /// Where a topic stands, if the registry holds it.
+    pub fn head(&self, topic: &str) -> Option<Head> {
+        self.lock().get(topic).map(|sender| *sender.borrow())
+    }
+
+    /// Every topic with messages and where it stands.
+    pub fn topics(&self) -> Vec<(String, Head)> {
+        self.lock()
+            .iter()
+            .map(|(name, sender)| (name.clone(), *sender.borrow()))
+            .filter(|(_, head)| head.topic_id.is_some())
+            .collect()
     }
 
     /// How many topic heads the registry holds (topics with messages, and
@@ -163,6 +188,7 @@ mod tests {
             Head {
                 topic_id: Some(1),
                 next_offset: 1,
+                ..Head::EMPTY
             },
         );
         assert_eq!(watch.borrow().next_offset, 1);

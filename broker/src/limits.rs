@@ -134,6 +134,15 @@ limits! {
     /// Record bytes read into one delivery chunk (one chunk held per subscription).
     deliver_chunk_bytes_max: "bytes" = MIB, 4 * KIB, 256 * MIB,
         keys ["limits.deliver_chunk_bytes_max"];
+    /// Time between retention passes (each topic with a `retention` limit is trimmed to it; reads never return what is past a count or age limit, even between passes).
+    retention_check_ms_max: "ms" = 250, 10, 3_600_000,
+        keys ["limits.retention_check_ms_max"];
+    /// Free space the data folder's file system must keep; below it publishes are refused with `StorageFull` (everything else goes on) until space returns.
+    storage_free_bytes_min: "bytes" = 256 * MIB, 0, u64::MAX,
+        keys ["limits.storage_free_bytes_min", "broker.min_free_bytes"];
+    /// Time between free-space checks of the data folder.
+    storage_check_ms_max: "ms" = 1000, 10, 60_000,
+        keys ["limits.storage_check_ms_max"];
     /// ACL decisions cached per connection before the cache is cleared.
     acl_cache_entries_max: "entries" = 1024, 16, 1_000_000,
         keys ["limits.acl_cache_entries_max"];

@@ -86,3 +86,38 @@ pub fn reload(ok: bool) {
 pub fn quota_hit(kind: &'static str) {
     metrics::counter!(QUOTA_HITS, "kind" => kind).increment(1);
 }
+
+/// Messages retention removed.
+pub const RETENTION_TRIMMED: &str = "signet_retention_trimmed_messages_total";
+/// Record bytes retention removed.
+pub const RETENTION_FREED_BYTES: &str = "signet_retention_freed_bytes_total";
+/// Record bytes stored, all topics together.
+pub const STORED_BYTES: &str = "signet_stored_bytes";
+/// A topic's first (oldest kept) offset, by `topic`.
+pub const TOPIC_FIRST_OFFSET: &str = "signet_topic_first_offset";
+/// A topic's next offset, by `topic`.
+pub const TOPIC_NEXT_OFFSET: &str = "signet_topic_next_offset";
+/// 1 while publishes are refused with `StorageFull`.
+pub const STORAGE_FULL: &str = "signet_storage_full";
+
+/// Counts a retention trim.
+pub fn trimmed(messages: u64, bytes: u64) {
+    metrics::counter!(RETENTION_TRIMMED).increment(messages);
+    metrics::counter!(RETENTION_FREED_BYTES).increment(bytes);
+}
+
+/// Exports where each topic stands and the bytes stored in all.
+pub fn topics<'a>(topics: impl IntoIterator<Item = (&'a str, u64, u64, u64)>) {
+    let mut stored = 0u64;
+    for (topic, first, next, bytes) in topics {
+        stored = stored.saturating_add(bytes);
+        metrics::gauge!(TOPIC_FIRST_OFFSET, "topic" => topic.to_owned()).set(first as f64);
+        metrics::gauge!(TOPIC_NEXT_OFFSET, "topic" => topic.to_owned()).set(next as f64);
+    }
+    metrics::gauge!(STORED_BYTES).set(stored as f64);
+}
+
+/// Sets whether publishes are refused for lack of disk space.
+pub fn storage_full(full: bool) {
+    metrics::gauge!(STORAGE_FULL).set(if full { 1.0 } else { 0.0 });
+}

@@ -6,6 +6,7 @@
 use crate::acl::{Grants, PatternSet};
 use crate::policy_file::{GrantFields, PolicyFile, QuotaSection};
 use crate::quota::QuotaLimits;
+use crate::retention::Retention;
 use crate::settings::resolve;
 use signet_proto::schema::Schema;
 use signet_proto::{KeyId, PublicKey, topic};
@@ -78,6 +79,8 @@ pub struct TopicPolicy {
     pub compiled: Option<Arc<Schema>>,
     /// Whether plaintext publishes are refused.
     pub encrypted: bool,
+    /// Retention limits of each matching topic (none: kept forever).
+    pub retention: Option<Retention>,
 }
 
 /// Who may do what, and with which keys.
@@ -289,11 +292,18 @@ fn topic_policy(
         }
         None => None,
     };
+    let retention = t
+        .retention
+        .as_ref()
+        .map(Retention::from_section)
+        .transpose()
+        .map_err(invalid)?;
     Ok(TopicPolicy {
         pattern: t.name,
         schema,
         compiled,
         encrypted: t.encrypted,
+        retention,
     })
 }
 

@@ -182,6 +182,30 @@ pub struct TopicSection {
     /// Whether plaintext is refused.
     #[serde(default)]
     pub encrypted: bool,
-    /// Retention (parsed, not enforced yet).
-    pub retention: Option<toml::Table>,
+    /// Retention limits of each matching topic.
+    pub retention: Option<RetentionSection>,
+}
+
+/// A size as written: a TOML integer (bytes) or a string like `"10GiB"`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum SizeText {
+    /// Bytes.
+    Bytes(u64),
+    /// With a unit.
+    Text(String),
+}
+
+/// `retention = { max_age = "7d", max_bytes = "10GiB", max_msgs = 1000000 }`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionSection {
+    /// Oldest message kept, by the broker's receive time (`"7d"`).
+    pub max_age: Option<String>,
+    /// Most record bytes kept per topic.
+    pub max_bytes: Option<SizeText>,
+    /// Most messages kept per topic.
+    pub max_msgs: Option<u64>,
+    /// A consumer group whose acks and dead letters delete messages.
+    pub work_queue: Option<String>,
 }

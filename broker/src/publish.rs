@@ -150,7 +150,7 @@ async fn read_batches(
         };
         let item = match &quota_stop {
             Some(stop) => match ingest::check_batch_size(&publish) {
-                Ok(()) => Pending::Batch(refuse_after_quota(publish, stop, held)),
+                Ok(()) => Pending::Batch(refuse_all(publish, &after_quota(stop), held)),
                 Err(rejection) => Pending::Fail(rejection),
             },
             None => match ingest_batch(&conn, publish, held).await {
@@ -200,6 +200,13 @@ async fn ingest_batch(
     publish: Publish,
     held: Held,
 ) -> Result<PendingBatch, Rejection> {
+    if conn.broker.disk.is_full() {
+        let full = Rejection::new(
+            ErrorCode::StorageFull,
+            "the broker's disk is below its free-space floor; try again later",
+        );
+        return Ok(refuse_all(publish, &full, held));
+    }
     let request_id = publish.request_id;
     let now_ms = now_ms();
     let Checked { verdicts, reserved } = check(conn, publish, now_ms)?;
@@ -242,21 +249,26 @@ async fn ingest_batch(
     })
 }
 
-/// Refuses every envelope of a batch read after the stream's first quota
-/// refusal, with that refusal's hint; nothing is checked or charged.
-fn refuse_after_quota(publish: Publish, first: &Rejection, held: Held) -> PendingBatch {
-    let rejection = Rejection {
+/// The refusal of every envelope read after the stream's first quota
+/// refusal, with that refusal's hint.
+fn after_quota(first: &Rejection) -> Rejection {
+    Rejection {
         retry_after_ms: first.retry_after_ms,
         ..Rejection::new(
             ErrorCode::QuotaExceeded,
             "an earlier envelope on this stream was over quota; send again on a new stream",
         )
-    };
+    }
+}
+
+/// Refuses every envelope of a batch with `rejection`; nothing is checked,
+/// charged or written.
+fn refuse_all(publish: Publish, rejection: &Rejection, held: Held) -> PendingBatch {
     let outcomes = publish
         .envelopes
         .iter()
         .map(|_| {
-            metrics::rejected(ErrorCode::QuotaExceeded);
+            metrics::rejected(rejection.code);
             Some(Outcome::Nack(rejection.clone()))
         })
         .collect();
@@ -354,7 +366,7 @@ async fn send_to_commit(
         reply,
         reserved,
     };
-    conn.broker.commits.send(request).await.ok()?;
+    conn.broker.commits.send(request.into()).await.ok()?;
     Some(receiver)
 }
 

@@ -276,6 +276,16 @@ impl<C: Clock> PrincipalQuota<C> {
         self.counters.stored.fetch_add(bytes, Ordering::AcqRel);
     }
 
+    /// Record bytes retention removed: given back to the principal.
+    pub fn sub_stored(&self, bytes: u64) {
+        let _ = self
+            .counters
+            .stored
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
+
     /// Record bytes stored.
     pub fn stored(&self) -> u64 {
         self.counters.stored.load(Ordering::Acquire)

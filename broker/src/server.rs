@@ -20,7 +20,7 @@ use crate::reload::{self, Reloaded};
 use crate::state::BrokerState;
 use crate::store::Store;
 use crate::system::{self, SystemPublisher};
-use crate::{metrics, session, tls};
+use crate::{disk, metrics, retention, session, tls};
 use serde_json::json;
 use signet_proto::{ErrorCode, SigningKey};
 use std::net::SocketAddr;
@@ -63,6 +63,29 @@ impl Broker {
         self.state.upgrade().map_or(0, |s| s.registry.len())
     }
 
+    /// Where a topic stands: its first offset, next offset and stored
+    /// record bytes; `None` for a topic without messages, or once stopped.
+    pub fn topic_state(&self, topic: &str) -> Option<(u64, u64, u64)> {
+        let head = self.state.upgrade()?.registry.head(topic)?;
+        head.topic_id?;
+        Some((head.first_offset, head.next_offset, head.stored_bytes))
+    }
+
+    /// Record bytes a principal has stored, as its quota counts them (`None`
+    /// before the broker has seen the principal, or once stopped).
+    pub fn stored_bytes(&self, principal: &str) -> Option<u64> {
+        Some(self.state.upgrade()?.quotas.existing(principal)?.stored())
+    }
+
+    /// Flushes and compacts the stored messages, so what retention deleted
+    /// leaves the disk; returns the bytes the messages then take on disk.
+    /// Blocks: an operational and test hook, not for the hot path.
+    pub fn compact_storage(&self) -> Result<u64, BrokerError> {
+        let state = self.state.upgrade().ok_or(BrokerError::Stopped)?;
+        state.store.compact_messages()?;
+        Ok(state.store.messages_disk_bytes()?)
+    }
+
     /// Runs until the broker stops by itself (it only does on shutdown).
     pub async fn wait(self) {
         let _ = self.task.await;
@@ -72,6 +95,8 @@ impl Broker {
 /// Starts a broker from a validated config.
 pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     let Config { settings, policy } = config;
+    let policy_sha256 = policy.sha256.clone();
+    let policy = watch::Sender::new(Arc::new(policy));
     let limits = &settings.limits;
     let server_config = tls::server_config(&settings.tls, limits)?;
     let store = Arc::new(Store::open(&settings.data_dir)?);
@@ -84,6 +109,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         quotas.clone(),
         &topics,
         limits,
+        policy.subscribe(),
     )
     .map_err(|source| BrokerError::Thread {
         what: "commit writer",
@@ -128,7 +154,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     }
     audit.record(Event::system(
         "broker_started",
-        json!({ "listen": local_addr.to_string(), "policy_sha256": policy.sha256 }),
+        json!({ "listen": local_addr.to_string(), "policy_sha256": policy_sha256 }),
     ));
     let Committer { sender, thread } = committer;
     let state = Arc::new(BrokerState::new(
@@ -164,7 +190,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
 /// published to the system topic through the group commit.
 fn checkpoints(
     key: Arc<SigningKey>,
-    commits: &tokio::sync::mpsc::Sender<commit::CommitRequest>,
+    commits: &tokio::sync::mpsc::Sender<commit::Command>,
     store: &Store,
 ) -> Result<Checkpoints, BrokerError> {
     let mut publisher = SystemPublisher::new(key.clone(), commits.clone(), store)?;
@@ -210,8 +236,16 @@ async fn run(
 ) {
     let audit = state.audit.clone();
     let reloader = reload::spawn(state.clone(), shutdown.clone());
+    let trimmer = retention::spawn(state.clone(), shutdown.clone());
+    let disk = disk::spawn(
+        state.disk.clone(),
+        Duration::from_millis(state.limits().storage_check_ms_max),
+        shutdown.clone(),
+    );
     accept_loop(&endpoint, state, shutdown).await;
     let _ = reloader.await;
+    let _ = trimmer.await;
+    let _ = disk.await;
     endpoint.close(
         quinn::VarInt::from(ErrorCode::Unavailable.0),
         b"broker shutting down",

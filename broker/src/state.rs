@@ -5,7 +5,8 @@
 
 use crate::acl::{Action, DecisionCache};
 use crate::audit::Audit;
-use crate::commit::CommitRequest;
+use crate::commit::Command;
+use crate::disk::DiskGuard;
 use crate::error::StoreError;
 use crate::fanout::Registry;
 use crate::limits::Limits;
@@ -35,7 +36,9 @@ pub struct BrokerState {
     /// Per-key replay marks.
     pub replay: ReplayGuard,
     /// The group-commit queue.
-    pub commits: mpsc::Sender<CommitRequest>,
+    pub commits: mpsc::Sender<Command>,
+    /// Whether the data folder is below its free-space floor.
+    pub disk: Arc<DiskGuard>,
 }
 
 impl BrokerState {
@@ -43,16 +46,21 @@ impl BrokerState {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: Settings,
-        policy: Policy,
+        policy: watch::Sender<Arc<Policy>>,
         quotas: Arc<Quotas>,
         audit: Audit,
         store: Arc<Store>,
         registry: Arc<Registry>,
-        commits: mpsc::Sender<CommitRequest>,
+        commits: mpsc::Sender<Command>,
     ) -> BrokerState {
+        let disk = Arc::new(DiskGuard::new(
+            &settings.data_dir,
+            settings.limits.storage_free_bytes_min,
+        ));
         BrokerState {
+            disk,
             settings,
-            policy: watch::Sender::new(Arc::new(policy)),
+            policy,
             quotas,
             audit,
             replay: ReplayGuard::new(store.clone()),

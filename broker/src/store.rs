@@ -4,8 +4,11 @@
 //! - `messages`: topic id (u32 BE) ‖ offset (u64 BE) → stored record bytes;
 //! - `topics`: topic name → topic id (u32 BE);
 //! - `replay`: key id → highest accepted seq (u64 BE);
-//! - `usage`: principal → stored bytes (reserved for quotas);
-//! - `subs`: durable subscription → acked offset (reserved).
+//! - `usage`: principal → stored record bytes (the stored-bytes quota);
+//! - `subs`: durable subscription → acked offset (reserved);
+//! - `topic_meta`: topic id → first offset (u64 BE) ‖ stored record bytes
+//!   (u64 BE): retention moves the first offset up, offsets are never reused;
+//! - `key_owners`: key id → the principal whose bytes its records count as.
 //!
 //! Only the group-commit writer ([`crate::commit`]) writes, always with
 //! `sync = true`; readers read ranges by offset.
@@ -29,8 +32,21 @@ pub const CF_REPLAY: &str = "replay";
 pub const CF_USAGE: &str = "usage";
 /// Durable subscription → acked offset.
 pub const CF_SUBS: &str = "subs";
+/// Topic id → first offset ‖ stored bytes.
+pub const CF_TOPIC_META: &str = "topic_meta";
+/// Signing key id → principal.
+pub const CF_KEY_OWNERS: &str = "key_owners";
 
-const FAMILIES: [&str; 5] = [CF_MESSAGES, CF_TOPICS, CF_REPLAY, CF_USAGE, CF_SUBS];
+/// Every column family (a tool opening the database must name them all).
+pub const FAMILIES: [&str; 7] = [
+    CF_MESSAGES,
+    CF_TOPICS,
+    CF_REPLAY,
+    CF_USAGE,
+    CF_SUBS,
+    CF_TOPIC_META,
+    CF_KEY_OWNERS,
+];
 
 /// Length of a message key.
 pub const MESSAGE_KEY_BYTES: usize = 12;
@@ -59,8 +75,12 @@ pub struct StoredTopic {
     pub name: String,
     /// Its numeric id in message keys.
     pub id: u32,
+    /// Its oldest offset still stored (0 until retention removed some).
+    pub first_offset: u64,
     /// The offset the next message will get.
     pub next_offset: u64,
+    /// Record bytes stored.
+    pub bytes: u64,
 }
 
 /// The RocksDB database.
@@ -110,13 +130,62 @@ impl Store {
             let id: [u8; 4] = id.as_ref().try_into().map_err(|_| corrupt("topic id"))?;
             let id = u32::from_be_bytes(id);
             let next_offset = self.last_offset(id)?.map_or(0, |o| o + 1);
+            let (first_offset, bytes) = match self.topic_meta(id)? {
+                Some(meta) => meta,
+                // Written by a broker before retention: count once.
+                None => self.scan_topic(id, next_offset)?,
+            };
             out.push(StoredTopic {
                 name,
                 id,
+                first_offset: first_offset.min(next_offset),
                 next_offset,
+                bytes,
             });
         }
         Ok(out)
+    }
+
+    fn topic_meta(&self, topic_id: u32) -> Result<Option<(u64, u64)>, StoreError> {
+        let Some(v) = self
+            .db
+            .get_pinned_cf(self.cf(CF_TOPIC_META)?, topic_id.to_be_bytes())?
+        else {
+            return Ok(None);
+        };
+        let v: &[u8; 16] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+            family: CF_TOPIC_META,
+            what: "topic meta",
+        })?;
+        let (first, bytes) = v.split_at(8);
+        let u = |b: &[u8]| u64::from_be_bytes(b.try_into().unwrap_or([0; 8]));
+        Ok(Some((u(first), u(bytes))))
+    }
+
+    /// The first offset and the record bytes of a topic, by reading it.
+    fn scan_topic(&self, topic_id: u32, end: u64) -> Result<(u64, u64), StoreError> {
+        let messages = self.cf(CF_MESSAGES)?;
+        let mut opts = ReadOptions::default();
+        opts.set_iterate_upper_bound(message_key(topic_id, end).to_vec());
+        let start = message_key(topic_id, 0);
+        let mut first = None;
+        let mut bytes = 0u64;
+        let iter = self.db.iterator_cf_opt(
+            messages,
+            opts,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter {
+            let (key, value) = item?;
+            match parse_message_key(&key) {
+                Some((tid, offset)) if tid == topic_id => {
+                    first.get_or_insert(offset);
+                    bytes = bytes.saturating_add(value.len() as u64);
+                }
+                _ => break,
+            }
+        }
+        Ok((first.unwrap_or(end), bytes))
     }
 
     fn last_offset(&self, topic_id: u32) -> Result<Option<u64>, StoreError> {
@@ -237,6 +306,79 @@ impl Store {
         Ok(())
     }
 
+    /// Adds a topic's first offset and stored bytes to a write batch.
+    pub fn put_topic_meta(
+        &self,
+        batch: &mut WriteBatch,
+        topic_id: u32,
+        first: u64,
+        bytes: u64,
+    ) -> Result<(), StoreError> {
+        let mut value = [0u8; 16];
+        value[..8].copy_from_slice(&first.to_be_bytes());
+        value[8..].copy_from_slice(&bytes.to_be_bytes());
+        batch.put_cf(self.cf(CF_TOPIC_META)?, topic_id.to_be_bytes(), value);
+        Ok(())
+    }
+
+    /// Adds the deletion of a topic's messages `from..to` to a write batch
+    /// (one range tombstone: RocksDB reclaims the space as it compacts).
+    pub fn delete_messages(
+        &self,
+        batch: &mut WriteBatch,
+        topic_id: u32,
+        from: u64,
+        to: u64,
+    ) -> Result<(), StoreError> {
+        batch.delete_range_cf(
+            self.cf(CF_MESSAGES)?,
+            message_key(topic_id, from),
+            message_key(topic_id, to),
+        );
+        Ok(())
+    }
+
+    /// The principal a signing key's records count for, if recorded.
+    pub fn key_owner(&self, key: &KeyId) -> Result<Option<String>, StoreError> {
+        match self.db.get_pinned_cf(self.cf(CF_KEY_OWNERS)?, key.0)? {
+            Some(v) => String::from_utf8(v.to_vec())
+                .map(Some)
+                .map_err(|_| StoreError::Corrupt {
+                    family: CF_KEY_OWNERS,
+                    what: "principal name",
+                }),
+            None => Ok(None),
+        }
+    }
+
+    /// Adds a key's owner to a write batch.
+    pub fn put_key_owner(
+        &self,
+        batch: &mut WriteBatch,
+        key: &KeyId,
+        principal: &str,
+    ) -> Result<(), StoreError> {
+        batch.put_cf(self.cf(CF_KEY_OWNERS)?, key.0, principal.as_bytes());
+        Ok(())
+    }
+
+    /// Flushes and compacts the messages, so deleted ranges leave the disk.
+    pub fn compact_messages(&self) -> Result<(), StoreError> {
+        let messages = self.cf(CF_MESSAGES)?;
+        self.db.flush_cf(messages)?;
+        self.db
+            .compact_range_cf(messages, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
+    /// Bytes the messages take in RocksDB's files on disk.
+    pub fn messages_disk_bytes(&self) -> Result<u64, StoreError> {
+        Ok(self
+            .db
+            .property_int_value_cf(self.cf(CF_MESSAGES)?, "rocksdb.total-sst-files-size")?
+            .unwrap_or(0))
+    }
+
     /// Payload bytes stored for a principal (0 if none).
     pub fn usage(&self, principal: &str) -> Result<u64, StoreError> {
         Ok(self.read_u64(CF_USAGE, principal.as_bytes())?.unwrap_or(0))
@@ -298,7 +440,9 @@ mod tests {
             vec![StoredTopic {
                 name: "a.b".into(),
                 id: 1,
-                next_offset: 3
+                first_offset: 0,
+                next_offset: 3,
+                bytes: 9,
             }]
         );
         assert_eq!(store.replay_mark(&KeyId([1; 16])).unwrap(), Some(41));

@@ -6,7 +6,7 @@
 //! with a subscribe grant verifies them against the broker key it trusts.
 //! The first use is the audit log's checkpoints.
 
-use crate::commit::{CommitRequest, Entry};
+use crate::commit::{Command, CommitRequest, Entry};
 use crate::error::{BrokerError, StoreError};
 use crate::quota::Reservation;
 use crate::store::Store;
@@ -61,7 +61,7 @@ fn now() -> (u64, u64) {
 /// Publishes the broker's own messages, one at a time, in order.
 pub struct SystemPublisher {
     key: Arc<SigningKey>,
-    commits: mpsc::Sender<CommitRequest>,
+    commits: mpsc::Sender<Command>,
     /// The seq of the next message (strictly above every one stored).
     next_seq: u64,
 }
@@ -70,7 +70,7 @@ impl SystemPublisher {
     /// A publisher whose seqs start above the key's stored replay mark.
     pub fn new(
         key: Arc<SigningKey>,
-        commits: mpsc::Sender<CommitRequest>,
+        commits: mpsc::Sender<Command>,
         store: &Store,
     ) -> Result<SystemPublisher, StoreError> {
         let mark = store.replay_mark(&key.id())?.unwrap_or(0);
@@ -121,7 +121,7 @@ impl SystemPublisher {
             reserved: Reservation::default(),
         };
         self.commits
-            .blocking_send(request)
+            .blocking_send(Command::Publish(request))
             .map_err(|_| SystemError::Stopped)?;
         let offsets = answer
             .blocking_recv()

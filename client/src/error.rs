@@ -44,6 +44,23 @@ pub enum Error {
         /// What failed.
         detail: String,
     },
+    /// Messages `from..=to` of `topic` were removed by the broker's
+    /// retention before this subscription reached them; the subscription
+    /// goes on at `to + 1`. Not a verification failure: the broker says so
+    /// explicitly (a broker hiding messages would have to say this too).
+    #[error(
+        "messages {from}..={to} of {topic} were removed ({reason}) before this subscription reached them"
+    )]
+    Gap {
+        /// The topic.
+        topic: String,
+        /// The first offset removed.
+        from: u64,
+        /// The last offset removed.
+        to: u64,
+        /// Why (`retention`).
+        reason: String,
+    },
     /// The client file names no signing key, so this client cannot publish.
     #[error("no signing key configured")]
     NoSigningKey,

@@ -128,6 +128,25 @@ async fn read_deliveries(
                 }
                 continue;
             }
+            Ok(Some(ServerFrame::Gap(gap))) => {
+                // A gap only ever moves forward.
+                if gap.from > gap.to || last_offset.is_some_and(|last| gap.from <= last) {
+                    Error::Protocol("a gap out of order on a subscription".into())
+                } else {
+                    last_offset = Some(gap.to);
+                    let gap = Error::Gap {
+                        topic: gap.topic,
+                        from: gap.from,
+                        to: gap.to,
+                        reason: gap.reason,
+                    };
+                    if tx.send(Err(gap)).await.is_err() {
+                        let _ = send.finish();
+                        return;
+                    }
+                    continue;
+                }
+            }
             Ok(Some(ServerFrame::Error(r))) => Error::rejected(r),
             Ok(Some(_)) => Error::Protocol("unexpected frame on a subscription".into()),
             Ok(None) => Error::ConnectionLost("subscription closed by the broker".into()),

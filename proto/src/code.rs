@@ -74,6 +74,7 @@ codes! {
     // 5xx: broker
     Unavailable(500) "the broker cannot serve this now (storage or shutdown)";
     Internal(501) "internal broker error";
+    StorageFull(502) "the broker's disk is below its free-space floor; publishes are refused until space returns";
 }
 
 impl fmt::Display for ErrorCode {

@@ -130,4 +130,21 @@ pub enum ServerFrame {
     ),
     /// The stream is refused or closed for this reason.
     Error(Rejection),
+    /// Messages `from..=to` of `topic` will never be delivered: they were
+    /// removed (`reason`, e.g. `retention`) before this subscription
+    /// reached them. Offsets are never reused; delivery goes on at `to + 1`.
+    Gap(Gap),
+}
+
+/// Messages a subscription skips because they no longer exist.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Gap {
+    /// The topic they were on.
+    pub topic: String,
+    /// The first offset removed.
+    pub from: u64,
+    /// The last offset removed.
+    pub to: u64,
+    /// Why: `retention`.
+    pub reason: String,
 }

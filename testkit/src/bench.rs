@@ -474,6 +474,47 @@ pub async fn schema_topic(args: BenchArgs) -> Result<(Report, Report)> {
     Ok((plain_report, schema_report))
 }
 
+/// Throughput of `args.size`-byte messages on a plain topic and on a
+/// topic with `retention = { max_msgs = max_msgs }` (publishing past it, so
+/// every commit also deletes the oldest records), in `rounds` alternating
+/// runs on one broker; returns (plain, retained) reports per round.
+pub async fn retention_topic(
+    args: BenchArgs,
+    max_msgs: u64,
+    rounds: usize,
+) -> Result<Vec<(Report, Report)>> {
+    let mut sandbox = Sandbox::new(&[PrincipalSpec::new("bench")
+        .publish("plain.>")
+        .publish("kept.>")
+        .quota(UNLIMITED_QUOTA)])?;
+    sandbox.set_extra_policy(&format!(
+        "[[topic]]\nname = \"kept.>\"\nretention = {{ max_msgs = {max_msgs} }}\n"
+    ));
+    sandbox.start().await?;
+    let client = Client::connect(sandbox.client_config("bench")?).await?;
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        let mut pair = Vec::new();
+        for topic in ["plain.load", "kept.load"] {
+            let template = OutgoingMessage::new(topic, vec![0x5a; args.size]);
+            let started = Instant::now();
+            let hist = publish_messages(&client, &template, &args, None).await?;
+            pair.push(Report::publish_only(
+                &args,
+                args.size,
+                started.elapsed(),
+                &hist,
+            ));
+        }
+        let kept = pair.pop().context("retained report")?;
+        let plain = pair.pop().context("plain report")?;
+        out.push((plain, kept));
+    }
+    client.close().await;
+    sandbox.stop().await;
+    Ok(out)
+}
+
 /// Throughput of 1 KiB JSON orders encrypted end to end to `recipients`
 /// X25519 keys (the publisher seals a content key to each), no subscriber.
 pub async fn encrypted_topic(args: BenchArgs, recipients: usize) -> Result<Report> {
