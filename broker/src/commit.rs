@@ -21,8 +21,8 @@ use crate::limits::Limits;
 use crate::metrics;
 use crate::policy::Policy;
 use crate::quota::{Quotas, Reservation};
-use crate::retention;
 use crate::store::{Store, StoredTopic};
+use crate::trim;
 use rocksdb::WriteBatch;
 use signet_proto::{ErrorCode, KeyId};
 use std::collections::HashMap;
@@ -397,7 +397,7 @@ impl Writer {
         let policy = self.policy.borrow().clone();
         let names: Vec<String> = staged.topics.keys().cloned().collect();
         for name in names {
-            let Some(limits) = retention::of(&policy, &name) else {
+            let Some(limits) = policy.retention(&name) else {
                 continue;
             };
             let (Some(committed), Some(mut topic)) = (
@@ -408,8 +408,8 @@ impl Writer {
             };
             // The floor counts this group; the records read stop at what
             // was committed before it.
-            let floor = retention::Floor::of(limits, &topic.head(), None);
-            let readable = retention::Floor {
+            let floor = trim::Floor::of(limits, &topic.head(), None);
+            let readable = trim::Floor {
                 cutoff: None,
                 ..floor
             };
@@ -418,7 +418,7 @@ impl Writer {
                 ..topic.head()
             };
             let store = self.store.clone();
-            let Some(plan) = retention::plan(&store, topic.id, &head, &readable, |key| {
+            let Some(plan) = trim::plan(&store, topic.id, &head, &readable, |key| {
                 Ok(self.persisted_owner(&key)?.cloned())
             })?
             else {

@@ -56,6 +56,8 @@ pub mod store;
 pub mod subscribe;
 pub mod system;
 pub mod tls;
+pub mod trim;
+pub mod trimmer;
 pub mod units;
 
 pub use config::Config;

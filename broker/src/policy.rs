@@ -116,6 +116,12 @@ impl Policy {
             .find(|t| topic::matches(&t.pattern, name))
     }
 
+    /// The retention limits of `topic`, if any.
+    pub fn retention(&self, topic: &str) -> Option<&Retention> {
+        self.topic_settings(topic)
+            .and_then(|t| t.retention.as_ref())
+    }
+
     /// A principal's quota: its own, or the defaults for one the policy
     /// does not name.
     pub fn quota(&self, name: &str) -> QuotaLimits {

@@ -20,7 +20,7 @@ use crate::reload::{self, Reloaded};
 use crate::state::BrokerState;
 use crate::store::Store;
 use crate::system::{self, SystemPublisher};
-use crate::{disk, metrics, retention, session, tls};
+use crate::{disk, metrics, session, tls, trimmer};
 use serde_json::json;
 use signet_proto::{ErrorCode, SigningKey};
 use std::net::SocketAddr;
@@ -236,7 +236,7 @@ async fn run(
 ) {
     let audit = state.audit.clone();
     let reloader = reload::spawn(state.clone(), shutdown.clone());
-    let trimmer = retention::spawn(state.clone(), shutdown.clone());
+    let trimmer = trimmer::spawn(state.clone(), shutdown.clone());
     let disk = disk::spawn(
         state.disk.clone(),
         Duration::from_millis(state.limits().storage_check_ms_max),

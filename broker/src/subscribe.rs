@@ -24,8 +24,8 @@ use crate::fanout::Head;
 use crate::limits::Limits;
 use crate::metrics;
 use crate::policy::Policy;
-use crate::retention;
 use crate::state::ConnectionState;
+use crate::trim;
 use serde_json::json;
 use signet_proto::frame::{Delivery, Gap, Rejection, ServerFrame, StartAt, Subscribe};
 use signet_proto::limits::DELIVER_MESSAGES_MAX;
@@ -183,7 +183,9 @@ async fn deliver(
                 cursor = floor;
                 continue;
             }
-            let cutoff = retention::of(&policy, topic).and_then(|r| r.age_cutoff_ms(now_ms()));
+            let cutoff = policy
+                .retention(topic)
+                .and_then(|r| r.age_cutoff_ms(now_ms()));
             let store = conn.broker.store.clone();
             let end = now.next_offset;
             let chunk_bytes_max = Limits::usize(conn.broker.limits().deliver_chunk_bytes_max);
@@ -243,7 +245,9 @@ fn now_ms() -> u64 {
 
 /// The lowest offset of `topic` a subscription may read now.
 fn first_readable(policy: &Policy, topic: &str, head: &Head) -> u64 {
-    retention::of(policy, topic).map_or(head.first_offset, |r| r.first_readable(head))
+    policy.retention(topic).map_or(head.first_offset, |r| {
+        r.first_readable(head.first_offset, head.next_offset)
+    })
 }
 
 async fn send_gap(
@@ -284,8 +288,7 @@ fn split(chunk: Vec<Delivery>, cursor: u64, end: u64, cutoff: Option<u64>) -> Ve
         pieces.push(Piece::Gap(from, to));
     };
     for d in chunk {
-        let too_old =
-            cutoff.is_some_and(|c| retention::received_ms(&d.record).is_some_and(|r| r < c));
+        let too_old = cutoff.is_some_and(|c| trim::received_ms(&d.record).is_some_and(|r| r < c));
         let start = if d.offset > expected {
             Some(expected)
         } else {

@@ -1,0 +1,133 @@
+//! What retention deletes next from a topic: its oldest records below the
+//! count limit, past the byte limit or older than the age limit, read to
+//! learn their sizes and whose bytes they are. Used by the group-commit
+//! writer ([`crate::commit`], count and bytes, in the same write as the
+//! publishes) and by the passes ([`crate::trimmer`]).
+
+use crate::error::StoreError;
+use crate::fanout::Head;
+use crate::retention::Retention;
+use crate::store::Store;
+use signet_proto::{KeyId, StoredRecord, codec};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Records read per trim (one trim deletes at most this many).
+const TRIM_RECORDS_MAX: usize = 4096;
+/// Record bytes read per trim.
+const TRIM_READ_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// When a stored record was received, if it decodes.
+pub fn received_ms(record: &[u8]) -> Option<u64> {
+    codec::decode::<StoredRecord>(record)
+        .ok()
+        .map(|r| r.received_ms)
+}
+
+/// One trim: the range and whose bytes it frees.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Plan {
+    /// The topic's first offset.
+    pub from: u64,
+    /// Its new first offset.
+    pub to: u64,
+    /// Record bytes in the range.
+    pub bytes: u64,
+    /// Those bytes per principal that stored them.
+    pub freed: Vec<(Arc<str>, u64)>,
+}
+
+/// How far a topic must go: below `by_count`, `excess` bytes from the
+/// oldest, and every record received before `cutoff`.
+#[derive(Debug, Clone, Copy)]
+pub struct Floor {
+    /// The count limit's first readable offset.
+    pub by_count: u64,
+    /// Bytes past the byte limit.
+    pub excess: u64,
+    /// The age limit's cutoff (ms since the epoch), when it is applied.
+    pub cutoff: Option<u64>,
+}
+
+impl Floor {
+    /// The floor of a topic at `head`; the age limit only when `now_ms`
+    /// is given.
+    pub fn of(retention: &Retention, head: &Head, now_ms: Option<u64>) -> Floor {
+        Floor {
+            by_count: retention.first_readable(head.first_offset, head.next_offset),
+            excess: retention
+                .max_bytes
+                .map_or(0, |max| head.stored_bytes.saturating_sub(max)),
+            cutoff: now_ms.and_then(|now| retention.age_cutoff_ms(now)),
+        }
+    }
+
+    /// Whether the topic at `head` is within every limit (or may be).
+    pub fn is_met(&self, head: &Head) -> bool {
+        self.by_count <= head.first_offset && self.excess == 0 && self.cutoff.is_none()
+    }
+}
+
+/// The next trim of the records of `topic_id` stored from
+/// `head.first_offset` up to `head.next_offset` (at most
+/// [`TRIM_RECORDS_MAX`] records), or `None` when they are within `floor`.
+/// `owner` tells whose bytes a key's records are.
+pub fn plan(
+    store: &Store,
+    topic_id: u32,
+    head: &Head,
+    floor: &Floor,
+    mut owner: impl FnMut(KeyId) -> Result<Option<Arc<str>>, StoreError>,
+) -> Result<Option<Plan>, StoreError> {
+    if floor.is_met(head) {
+        return Ok(None);
+    }
+    let Floor {
+        by_count,
+        excess,
+        cutoff,
+    } = *floor;
+    let records = store.read_range(
+        topic_id,
+        head.first_offset,
+        head.next_offset,
+        TRIM_RECORDS_MAX,
+        TRIM_READ_BYTES_MAX,
+    )?;
+    let mut to = head.first_offset;
+    let mut bytes = 0u64;
+    let mut freed: HashMap<Arc<str>, u64> = HashMap::new();
+    for delivery in &records {
+        let decoded = codec::decode::<StoredRecord>(&delivery.record).ok();
+        let too_old = match (cutoff, &decoded) {
+            (Some(cutoff), Some(r)) => r.received_ms < cutoff,
+            _ => false,
+        };
+        if delivery.offset >= by_count && bytes >= excess && !too_old {
+            break;
+        }
+        let len = delivery.record.len() as u64;
+        bytes = bytes.saturating_add(len);
+        if let Some(record) = &decoded
+            && let Some(owner) = owner(record.envelope.key_id)?
+        {
+            *freed.entry(owner).or_insert(0) += len;
+        }
+        to = delivery.offset + 1;
+    }
+    if records.is_empty() && by_count > head.first_offset {
+        // Nothing stored below the count floor (already deleted): move on.
+        to = by_count.min(head.next_offset);
+    }
+    if to <= head.first_offset {
+        return Ok(None);
+    }
+    let mut freed: Vec<_> = freed.into_iter().collect();
+    freed.sort();
+    Ok(Some(Plan {
+        from: head.first_offset,
+        to,
+        bytes,
+        freed,
+    }))
+}

@@ -1,0 +1,121 @@
+//! The retention passes: every `limits.retention_check_ms_max`, each topic
+//! with a limit past it (the age limit, which time passes without any
+//! publish, or a limit a reload lowered) is trimmed by `Trim` commands to
+//! the group-commit writer, one at a time; each pass also exports where
+//! every topic stands as metrics.
+
+use crate::commit::{Command, Trim};
+use crate::error::StoreError;
+use crate::metrics;
+use crate::state::BrokerState;
+use crate::store::Store;
+use crate::trim::{Floor, plan};
+use signet_proto::KeyId;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{oneshot, watch};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs retention passes until shutdown.
+pub fn spawn(
+    state: Arc<BrokerState>,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let every = Duration::from_millis(state.limits().retention_check_ms_max);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = pass(&state, &mut shutdown).await {
+                tracing::error!(error = %e, "retention pass failed; retried at the next");
+            }
+        }
+    })
+}
+
+/// One pass over every topic.
+async fn pass(state: &BrokerState, shutdown: &mut watch::Receiver<bool>) -> Result<(), StoreError> {
+    let policy = state.policy();
+    let topics = state.registry.topics();
+    metrics::topics(
+        topics
+            .iter()
+            .map(|(name, h)| (name.as_str(), h.first_offset, h.next_offset, h.stored_bytes)),
+    );
+    let mut owners = Owners::default();
+    for (name, head) in topics {
+        let Some(retention) = policy.retention(&name).cloned() else {
+            continue;
+        };
+        let mut head = head;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let store = state.store.clone();
+            let plan = {
+                let floor = Floor::of(&retention, &head, Some(now_ms()));
+                let mut cache = std::mem::take(&mut owners);
+                let result = tokio::task::spawn_blocking(move || {
+                    let plan = head.topic_id.map_or(Ok(None), |topic_id| {
+                        plan(&store, topic_id, &head, &floor, |key| cache.of(&store, key))
+                    });
+                    (plan, cache)
+                })
+                .await;
+                let Ok((plan, cache)) = result else {
+                    return Ok(());
+                };
+                owners = cache;
+                plan?
+            };
+            let Some(plan) = plan else { break };
+            let (reply, answer) = oneshot::channel();
+            let to = plan.to;
+            let trim = Trim {
+                topic: name.clone(),
+                from: plan.from,
+                to,
+                bytes: plan.bytes,
+                freed: plan.freed,
+                reply,
+            };
+            if state.commits.send(Command::Trim(trim)).await.is_err() {
+                return Ok(());
+            }
+            match answer.await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) | Err(_) => break,
+                Ok(Err(e)) => return Err(e),
+            }
+            match state.registry.head(&name) {
+                Some(now) if now.first_offset == to => head = now,
+                _ => break,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Signing key → principal, read once per pass.
+#[derive(Default)]
+struct Owners(HashMap<KeyId, Option<Arc<str>>>);
+
+impl Owners {
+    fn of(&mut self, store: &Store, key: KeyId) -> Result<Option<Arc<str>>, StoreError> {
+        if let Some(owner) = self.0.get(&key) {
+            return Ok(owner.clone());
+        }
+        let owner: Option<Arc<str>> = store.key_owner(&key)?.map(Arc::from);
+        self.0.insert(key, owner.clone());
+        Ok(owner)
+    }
+}
