@@ -35,6 +35,7 @@ lint: deps
 # Publish benchmark: SIGNET_BENCH_MESSAGES, SIGNET_BENCH_SIZE, SIGNET_BENCH_INFLIGHT.
 bench: deps
 	$(CARGO) bench --bench publish
+	$(CARGO) bench --bench retention
 
 # Fuzzing (cargo-fuzz + libFuzzer, AddressSanitizer): every target in
 # fuzz/fuzz_targets for FUZZ_SECONDS each (default 60), built in fuzz/target

@@ -49,20 +49,6 @@ fn main() -> anyhow::Result<()> {
     }))?;
     print!("json     plain topic, 1 KiB orders: {plain}");
     print!("json     schema topic (15-field schema), 1 KiB orders: {schema}");
-    let rounds = bench::retention_topic(
-        bench::BenchArgs {
-            messages: env_or("SIGNET_BENCH_MESSAGES", 200_000),
-            size: env_or("SIGNET_BENCH_SIZE", 256),
-            inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
-            subscribe: false,
-        },
-        100_000,
-        3,
-    );
-    for (round, (plain, kept)) in runtime.block_on(rounds)?.into_iter().enumerate() {
-        print!("retention round {round}: no retention: {plain}");
-        print!("retention round {round}: max_msgs = 100000: {kept}");
-    }
     for recipients in [1, 3] {
         let encrypted = runtime.block_on(bench::encrypted_topic(
             bench::BenchArgs {

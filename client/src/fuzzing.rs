@@ -48,7 +48,7 @@ pub fn join_records(records: &[Vec<u8>]) -> Vec<u8> {
 /// A subscriber's verification of a sequence of delivered records
 /// ([`split_records`]), each subscribed on its own topic: every verdict
 /// agrees with verifying the record alone with
-/// [`signet_proto::batch::verify_record`] (so the verifier's node cache
+/// [`signet_proto::batch::verify_record`] (so the verifier's batch cache
 /// never vouches for a record that does not verify alone), the key's
 /// topics, and the seqs accepted before it.
 pub fn verify_records(data: &[u8]) {

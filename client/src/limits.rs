@@ -37,12 +37,13 @@ pub const PUBLISH_QUEUE_MESSAGES_MAX: usize = 16 * 1024;
 /// flow control makes the broker wait.
 pub const SUBSCRIPTION_BUFFER_MESSAGES_MAX: usize = 256;
 
-/// Most authenticated Merkle tree nodes a verifier remembers (all keys)
-/// before it clears them: 64 Ki nodes, about 32 bytes each (about 2 MiB).
-pub const KNOWN_NODES_MAX: usize = 64 * 1024;
+/// Most verified batches (root, leaf count, signature) a verifier
+/// remembers (all keys) before it clears them: 16 Ki, about 100 bytes each
+/// (about 2 MiB).
+pub const KNOWN_TREES_MAX: usize = 16 * 1024;
 
 /// Most publisher keys a client file may trust (`[trust]` entries): 4096.
-/// Bounds the per-subscription state kept per key (known tree nodes are
+/// Bounds the per-subscription state kept per key (verified batches are
 /// capped separately; the seq marks below are not).
 pub const TRUST_KEYS_MAX: usize = 4096;
 

@@ -16,9 +16,9 @@
 //! A verifier serves one subscription and remembers, per key, the highest
 //! seq it accepted ([`SeqOrder`]): a repeated or lower seq is a replay.
 
-use crate::limits::{BATCH_ENVELOPES_MAX, KNOWN_NODES_MAX};
+use crate::limits::KNOWN_TREES_MAX;
 use crate::order::SeqOrder;
-use signet_proto::merkle::{self, Hash};
+use signet_proto::merkle::Hash;
 use signet_proto::{ErrorCode, KeyId, PublicKey, StoredRecord, batch, codec, topic};
 use std::collections::{HashMap, HashSet};
 
@@ -68,18 +68,27 @@ impl TrustedKey {
 pub struct Verifier {
     /// The publisher keys trusted, by key id, with their topics.
     trust: HashMap<KeyId, TrustedKey>,
-    /// Tree nodes already authenticated.
-    known: KnownNodes,
+    /// Batches already authenticated.
+    known: KnownTrees,
     /// The highest seq accepted per key (only trusted keys reach it).
     order: SeqOrder,
 }
 
-/// Nodes of trees a trusted key signed, per key.
+/// A batch a trusted key signed, as one of its records' proofs names it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SignedTree {
+    root: Hash,
+    leaf_count: u32,
+    signature: [u8; 64],
+}
+
+/// Batches whose signature verified, per key, so each batch's Ed25519
+/// signature is checked once per subscription.
 #[derive(Debug, Clone, Default)]
-struct KnownNodes {
-    /// The nodes, per signing key.
-    nodes: HashMap<KeyId, HashSet<Hash>>,
-    /// Nodes in `nodes`, all keys together (at most [`KNOWN_NODES_MAX`]).
+struct KnownTrees {
+    /// The trees, per signing key.
+    trees: HashMap<KeyId, HashSet<SignedTree>>,
+    /// Trees in `trees`, all keys together (at most [`KNOWN_TREES_MAX`]).
     count: usize,
 }
 
@@ -88,7 +97,7 @@ impl Verifier {
     pub fn new(trust: HashMap<KeyId, TrustedKey>) -> Verifier {
         Verifier {
             trust,
-            known: KnownNodes::default(),
+            known: KnownTrees::default(),
             order: SeqOrder::default(),
         }
     }
@@ -129,47 +138,40 @@ impl Verifier {
     }
 }
 
-impl KnownNodes {
-    /// Checks that the record's proof leads to a root `key` signed.
+impl KnownTrees {
+    /// Checks that the record's proof leads to a root `key` signed, with
+    /// exactly the record's own leaf count and signature: the same check
+    /// as verifying the record alone ([`batch::verify_record`]), with the
+    /// Ed25519 verification done once per batch.
     fn authenticate(&mut self, key: &PublicKey, record: &StoredRecord) -> Result<(), Rejected> {
-        let envelope = &record.envelope;
         let proof = &record.proof;
-        if !proof.shape_ok() || proof.leaf_count as usize > BATCH_ENVELOPES_MAX {
-            return Err(rejected(ErrorCode::BadSignature, "malformed proof"));
-        }
-        let leaf = merkle::leaf_hash(&envelope.canonical_bytes());
-        let known = self.nodes.entry(envelope.key_id).or_default();
-        let mut walked = Vec::with_capacity(proof.path.len() * 2 + 2);
-        let root = merkle::walk_path(
-            &leaf,
-            u64::from(proof.leaf_index),
-            u64::from(proof.leaf_count),
-            &proof.path,
-            |node| {
-                walked.push(*node);
-                known.contains(node)
-            },
-        )
-        .ok_or_else(|| rejected(ErrorCode::BadSignature, "Merkle proof does not verify"))?;
-        if known.contains(&root) {
+        let root = batch::proof_root(&record.envelope, proof)
+            .ok_or_else(|| rejected(ErrorCode::BadSignature, "Merkle proof does not verify"))?;
+        let bad_signature = || rejected(ErrorCode::BadSignature, "signature does not verify");
+        let signature: [u8; 64] = proof
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad_signature())?;
+        let tree = SignedTree {
+            root,
+            leaf_count: proof.leaf_count,
+            signature,
+        };
+        let key_id = record.envelope.key_id;
+        if self.trees.get(&key_id).is_some_and(|t| t.contains(&tree)) {
             return Ok(());
         }
-        let message = batch::batch_message(&envelope.key_id, proof.leaf_count, &root);
+        let message = batch::batch_message(&key_id, proof.leaf_count, &root);
         if !key.verify(&message, &proof.signature) {
-            return Err(rejected(
-                ErrorCode::BadSignature,
-                "signature does not verify",
-            ));
+            return Err(bad_signature());
         }
-        if self.count + walked.len() + proof.path.len() > KNOWN_NODES_MAX {
-            self.nodes.clear();
+        if self.count >= KNOWN_TREES_MAX {
+            self.trees.clear();
             self.count = 0;
         }
-        let known = self.nodes.entry(envelope.key_id).or_default();
-        for node in walked.into_iter().chain(proof.path.iter().copied()) {
-            if known.insert(node) {
-                self.count += 1;
-            }
+        if self.trees.entry(key_id).or_default().insert(tree) {
+            self.count += 1;
         }
         Ok(())
     }
@@ -225,14 +227,44 @@ mod tests {
         )
     }
 
+    /// Found by the `verify_records` fuzz target: once one record of a
+    /// batch verified, another record of the same batch with a broken
+    /// signature (or a wrong leaf count) was accepted from the cache, so
+    /// the client yielded a record that does not verify alone.
+    #[test]
+    fn a_record_whose_own_proof_is_broken_is_refused_even_after_its_batch_verified() {
+        let a = key(1);
+        let recs = records(&a, a.id(), 4);
+        let mut known = KnownTrees::default();
+        let first: StoredRecord = codec::decode(&recs[0]).unwrap();
+        assert!(known.authenticate(a.public_key(), &first).is_ok());
+        let mut broken_signature: StoredRecord = codec::decode(&recs[1]).unwrap();
+        broken_signature.proof.signature[7] ^= 1;
+        let mut broken_count: StoredRecord = codec::decode(&recs[2]).unwrap();
+        broken_count.proof.leaf_count = 3;
+        for broken in [&broken_signature, &broken_count] {
+            assert!(!batch::verify_record(
+                a.public_key(),
+                &broken.envelope,
+                &broken.proof
+            ));
+            assert_eq!(
+                known.authenticate(a.public_key(), broken).unwrap_err().code,
+                ErrorCode::BadSignature
+            );
+        }
+        let last: StoredRecord = codec::decode(&recs[3]).unwrap();
+        assert!(known.authenticate(a.public_key(), &last).is_ok());
+    }
+
     #[test]
     fn every_record_of_a_batch_verifies_in_any_order() {
         let a = key(1);
         let recs = records(&a, a.id(), 256);
         let mut v = verifier(&[&a]);
-        // Authenticity in any order, on one node cache (a subscription
+        // Authenticity in any order, on one batch cache (a subscription
         // would refuse a seq going back: that is the next test's subject).
-        let mut known = KnownNodes::default();
+        let mut known = KnownTrees::default();
         for i in (0..256).rev().step_by(3).chain(0..256) {
             let record: StoredRecord = codec::decode(&recs[i]).unwrap();
             assert!(

@@ -46,6 +46,11 @@ pub struct Report {
 }
 
 impl Report {
+    /// Messages published per second.
+    pub fn msgs_per_sec(&self) -> f64 {
+        self.messages as f64 / self.publish_elapsed.as_secs_f64().max(1e-9)
+    }
+
     /// A report of a publish run without a subscriber.
     fn publish_only(
         args: &BenchArgs,
