@@ -409,6 +409,9 @@ impl Writer {
             // The floor counts this group; the records read stop at what
             // was committed before it.
             let floor = trim::Floor::of(limits, &topic.head(), None);
+            if !floor.worth_trimming(limits, &topic.head()) {
+                continue;
+            }
             let readable = trim::Floor {
                 cutoff: None,
                 ..floor

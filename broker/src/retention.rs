@@ -9,9 +9,11 @@
 //! same synced write as the publishes that pass them ([`crate::commit`]):
 //! it reads the topic's oldest records to learn their sizes and whose bytes
 //! they are (`trim::plan`), deletes the range, moves the topic's first offset
-//! and gives the bytes back to the publishers' stored-bytes quota. So a
-//! topic never holds more than its limits once a publish is acked, and a
-//! publisher on a topic with retention is not locked out by its quota.
+//! and gives the bytes back to the publishers' stored-bytes quota, once the
+//! topic is a sixteenth of a limit past it (`trim::Floor::worth_trimming`).
+//! So a topic holds at most 17/16 of its limits once a publish is acked,
+//! and a publisher on a topic with retention is not locked out by its
+//! quota.
 //!
 //! Every `limits.retention_check_ms_max` a pass looks at each topic with a
 //! limit and sends a `Trim` for what is past it: the age limit (time

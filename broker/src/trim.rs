@@ -62,6 +62,18 @@ impl Floor {
         }
     }
 
+    /// Whether the group commit should trim now: a sixteenth of a limit
+    /// (at least one message or byte) past it, so the oldest records go in
+    /// a few large ranges rather than one per commit (many small range
+    /// deletions slow RocksDB's reads; reads obey the count limit exactly
+    /// anyway).
+    pub fn worth_trimming(&self, retention: &Retention, head: &Head) -> bool {
+        let count_slack = retention.max_msgs.map_or(u64::MAX, |m| (m / 16).max(1));
+        let byte_slack = retention.max_bytes.map_or(u64::MAX, |m| (m / 16).max(1));
+        self.by_count.saturating_sub(head.first_offset) >= count_slack
+            || self.excess >= byte_slack
+    }
+
     /// Whether the topic at `head` is within every limit (or may be).
     pub fn is_met(&self, head: &Head) -> bool {
         self.by_count <= head.first_offset && self.excess == 0 && self.cutoff.is_none()
