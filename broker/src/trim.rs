@@ -8,7 +8,8 @@ use crate::error::StoreError;
 use crate::fanout::Head;
 use crate::retention::Retention;
 use crate::store::Store;
-use signet_proto::{KeyId, StoredRecord, codec};
+use serde::de::IgnoredAny;
+use signet_proto::{KeyId, codec};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -17,11 +18,37 @@ const TRIM_RECORDS_MAX: usize = 4096;
 /// Record bytes read per trim.
 const TRIM_READ_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+/// The fields of a stored record retention needs, decoded without
+/// copying the rest (payload, headers, proof are skipped).
+#[derive(serde::Deserialize)]
+struct RecordHead(u64, EnvelopeHead, IgnoredAny);
+
+/// An envelope's version, salt, topic and key id; the rest skipped.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct EnvelopeHead(
+    IgnoredAny,
+    IgnoredAny,
+    IgnoredAny,
+    KeyId,
+    IgnoredAny,
+    IgnoredAny,
+    IgnoredAny,
+    IgnoredAny,
+    IgnoredAny,
+    IgnoredAny,
+);
+
+/// When a stored record was received and which key signed it, if it
+/// decodes.
+pub fn record_head(record: &[u8]) -> Option<(u64, KeyId)> {
+    let RecordHead(received_ms, envelope, _) = codec::decode(record).ok()?;
+    Some((received_ms, envelope.3))
+}
+
 /// When a stored record was received, if it decodes.
 pub fn received_ms(record: &[u8]) -> Option<u64> {
-    codec::decode::<StoredRecord>(record)
-        .ok()
-        .map(|r| r.received_ms)
+    record_head(record).map(|(received_ms, _)| received_ms)
 }
 
 /// One trim: the range and whose bytes it frees.
@@ -110,9 +137,9 @@ pub fn plan(
     let mut bytes = 0u64;
     let mut freed: HashMap<Arc<str>, u64> = HashMap::new();
     for delivery in &records {
-        let decoded = codec::decode::<StoredRecord>(&delivery.record).ok();
-        let too_old = match (cutoff, &decoded) {
-            (Some(cutoff), Some(r)) => r.received_ms < cutoff,
+        let decoded = record_head(&delivery.record);
+        let too_old = match (cutoff, decoded) {
+            (Some(cutoff), Some((received_ms, _))) => received_ms < cutoff,
             _ => false,
         };
         if delivery.offset >= by_count && bytes >= excess && !too_old {
@@ -120,8 +147,8 @@ pub fn plan(
         }
         let len = delivery.record.len() as u64;
         bytes = bytes.saturating_add(len);
-        if let Some(record) = &decoded
-            && let Some(owner) = owner(record.envelope.key_id)?
+        if let Some((_, key_id)) = decoded
+            && let Some(owner) = owner(key_id)?
         {
             *freed.entry(owner).or_insert(0) += len;
         }
@@ -142,4 +169,37 @@ pub fn plan(
         bytes,
         freed,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use signet_proto::envelope::{CONTENT_TYPE_OCTET, Envelope};
+    use signet_proto::{Salt, SigningKey, StoredRecord, batch};
+
+    #[test]
+    fn the_record_head_is_the_stored_records_time_and_key() {
+        let key = SigningKey::from_seed(&[9; 32]).unwrap();
+        let envelope = Envelope {
+            version: 1,
+            salt: Salt([1; 16]),
+            topic: "t.a".into(),
+            key_id: key.id(),
+            seq: 5,
+            timestamp_ms: 7,
+            content_type: CONTENT_TYPE_OCTET.into(),
+            headers: vec![],
+            encryption: None,
+            payload: vec![3; 300],
+        };
+        let signed = batch::sign(&key, std::slice::from_ref(&envelope)).unwrap();
+        let record = StoredRecord {
+            received_ms: 1234,
+            envelope,
+            proof: signed.proof(0),
+        };
+        let bytes = codec::encode_body(&record).unwrap();
+        assert_eq!(record_head(&bytes), Some((1234, key.id())));
+        assert_eq!(record_head(&bytes[..bytes.len() - 1]), None);
+    }
 }
