@@ -18,6 +18,8 @@
 //!   [`replay`] and clock);
 //! - [`commit`]: the group commit into [`store`];
 //! - [`subscribe`] and [`fanout`]: delivery from storage, stored then live;
+//! - [`group`]: consumer groups (leases, acks, backoff, dead letters),
+//!   their state changed only by commands the commit writer applies;
 //! - [`state`]: what tasks share (broker-wide and per connection);
 //! - [`answer`]: typed refusals written to peers;
 //! - [`reload`]: hot reload of the policy (SIGHUP, file watch);
@@ -36,6 +38,7 @@ pub mod error;
 pub mod fanout;
 pub mod frames;
 pub mod fuzzing;
+pub mod group;
 pub mod handshake;
 pub mod ingest;
 pub mod limits;

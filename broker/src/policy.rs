@@ -4,12 +4,13 @@
 //! sections and validated whole; a reload builds a new one and swaps it in.
 
 use crate::acl::{Grants, PatternSet};
+use crate::group::config::{GroupError, GroupPolicy, group_policy};
 use crate::policy_file::{GrantFields, PolicyFile, QuotaSection};
 use crate::quota::QuotaLimits;
 use crate::settings::resolve;
 use signet_proto::schema::Schema;
 use signet_proto::{KeyId, PublicKey, topic};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -54,6 +55,12 @@ pub enum PolicyError {
     /// A topic entry is malformed or inconsistent.
     #[error("topic {topic:?}: {reason}")]
     Topic { topic: String, reason: String },
+    /// A `[[group]]` is malformed.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// A `consume` grant names a group the policy does not define.
+    #[error("{owner}: consume names unknown group {group:?}")]
+    UnknownGroup { owner: String, group: String },
 }
 
 /// One principal's keys and grants.
@@ -65,6 +72,8 @@ pub struct PrincipalPolicy {
     pub grants: Grants,
     /// Quotas (explicit or the defaults).
     pub quota: QuotaLimits,
+    /// Consumer groups it may join (its own and its roles').
+    pub consume: BTreeSet<String>,
 }
 
 /// Per-topic settings (schema, encryption, retention) keyed by pattern.
@@ -97,6 +106,8 @@ pub struct Policy {
     pub key_owners: HashMap<KeyId, String>,
     /// Topic settings, in file order.
     pub topics: Vec<TopicPolicy>,
+    /// Consumer groups by name.
+    pub groups: HashMap<String, Arc<GroupPolicy>>,
 }
 
 impl Policy {
@@ -120,6 +131,16 @@ impl Policy {
             .map_or(QuotaLimits::DEFAULT, |p| p.quota)
     }
 
+    /// The group `name` if `principal` may join it: the group exists and
+    /// the principal (or one of its roles) has a `consume` grant for it.
+    pub fn consumable(&self, principal: &str, name: &str) -> Option<&Arc<GroupPolicy>> {
+        let p = self.principal(principal)?;
+        if !p.consume.contains(name) {
+            return None;
+        }
+        self.groups.get(name)
+    }
+
     /// Schema files the policy names (a change to one triggers a reload).
     pub fn schema_files(&self) -> impl Iterator<Item = &Path> {
         self.topics.iter().filter_map(|t| t.schema.as_deref())
@@ -133,6 +154,19 @@ impl Policy {
             version: 1,
             ..Policy::default()
         };
+        for g in &file.groups {
+            let group = group_policy(g)?;
+            if policy
+                .groups
+                .insert(group.name.clone(), Arc::new(group))
+                .is_some()
+            {
+                return Err(PolicyError::Duplicate {
+                    kind: "group",
+                    name: g.name.clone(),
+                });
+            }
+        }
         for p in file.principals {
             policy.add_principal(p, &roles)?;
         }
@@ -148,7 +182,7 @@ impl Policy {
     fn add_principal(
         &mut self,
         p: crate::policy_file::PrincipalSection,
-        roles: &HashMap<String, Grants>,
+        roles: &HashMap<String, (Grants, Vec<String>)>,
     ) -> Result<(), PolicyError> {
         if p.name.is_empty() || p.name.len() > 128 || p.name.chars().any(|c| c.is_control()) {
             return Err(PolicyError::BadPrincipalName(p.name));
@@ -156,12 +190,20 @@ impl Policy {
         let owner = format!("principal {:?}", p.name);
         let mut grants = compile_grants(&p.grants, &owner)?;
         let quota = quota_limits(p.quota.as_ref(), &p.name)?;
+        let mut consume: BTreeSet<String> = p.grants.consume.iter().cloned().collect();
         for role in &p.roles {
-            let g = roles.get(role).ok_or_else(|| PolicyError::UnknownRole {
+            let (g, c) = roles.get(role).ok_or_else(|| PolicyError::UnknownRole {
                 principal: p.name.clone(),
                 role: role.clone(),
             })?;
             grants.extend(g);
+            consume.extend(c.iter().cloned());
+        }
+        if let Some(group) = consume.iter().find(|g| !self.groups.contains_key(*g)) {
+            return Err(PolicyError::UnknownGroup {
+                owner: owner.clone(),
+                group: group.clone(),
+            });
         }
         let mut keys = HashMap::new();
         for text in &p.keys {
@@ -185,6 +227,7 @@ impl Policy {
             keys,
             grants,
             quota,
+            consume,
         };
         if self.principals.insert(p.name.clone(), entry).is_some() {
             return Err(PolicyError::Duplicate {
@@ -220,11 +263,12 @@ fn compile_grants(fields: &GrantFields, owner: &str) -> Result<Grants, PolicyErr
 
 fn role_grants(
     roles: Vec<crate::policy_file::RoleSection>,
-) -> Result<HashMap<String, Grants>, PolicyError> {
+) -> Result<HashMap<String, (Grants, Vec<String>)>, PolicyError> {
     let mut out = HashMap::new();
     for role in roles {
         let grants = compile_grants(&role.grants, &format!("role {:?}", role.name))?;
-        if out.insert(role.name.clone(), grants).is_some() {
+        let consume = role.grants.consume.clone();
+        if out.insert(role.name.clone(), (grants, consume)).is_some() {
             return Err(PolicyError::Duplicate {
                 kind: "role",
                 name: role.name,

@@ -108,6 +108,10 @@ async fn next_batch(
             ErrorCode::BadFrame,
             "subscribe on a publish stream",
         )))),
+        _ => Ok(Some(Err(Rejection::new(
+            ErrorCode::BadFrame,
+            "not a publish frame on a publish stream",
+        )))),
     }
 }
 
@@ -353,6 +357,7 @@ async fn send_to_commit(
         entries,
         reply,
         reserved,
+        group: None,
     };
     conn.broker.commits.send(request).await.ok()?;
     Some(receiver)

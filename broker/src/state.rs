@@ -36,6 +36,8 @@ pub struct BrokerState {
     pub replay: ReplayGuard,
     /// The group-commit queue.
     pub commits: mpsc::Sender<CommitRequest>,
+    /// What consumer-group streams need (set by the server at start).
+    pub groups: crate::group::Hub,
 }
 
 impl BrokerState {
@@ -59,6 +61,7 @@ impl BrokerState {
             store,
             registry,
             commits,
+            groups: crate::group::Hub::default(),
         }
     }
 

@@ -5,7 +5,7 @@
 //! - `topics`: topic name → topic id (u32 BE);
 //! - `replay`: key id → highest accepted seq (u64 BE);
 //! - `usage`: principal → stored bytes (reserved for quotas);
-//! - `subs`: durable subscription → acked offset (reserved).
+//! - `subs`: consumer-group state (group markers and per-topic cursors).
 //!
 //! Only the group-commit writer ([`crate::commit`]) writes, always with
 //! `sync = true`; readers read ranges by offset.
@@ -27,7 +27,7 @@ pub const CF_TOPICS: &str = "topics";
 pub const CF_REPLAY: &str = "replay";
 /// Principal → stored bytes.
 pub const CF_USAGE: &str = "usage";
-/// Durable subscription → acked offset.
+/// Consumer-group state (see [`crate::group::store`]).
 pub const CF_SUBS: &str = "subs";
 
 const FAMILIES: [&str; 5] = [CF_MESSAGES, CF_TOPICS, CF_REPLAY, CF_USAGE, CF_SUBS];
@@ -254,6 +254,35 @@ impl Store {
             principal.as_bytes(),
             bytes.to_be_bytes(),
         );
+        Ok(())
+    }
+
+    /// One stored record, if present.
+    pub fn message(&self, topic_id: u32, offset: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_MESSAGES)?, message_key(topic_id, offset))?)
+    }
+
+    /// Every key and value of the consumer-group family.
+    pub fn group_entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let family = self.cf(CF_SUBS)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(family, IteratorMode::Start) {
+            let (key, value) = item?;
+            out.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Adds a consumer-group key and value to a write batch.
+    pub fn put_group_entry(
+        &self,
+        batch: &mut WriteBatch,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        batch.put_cf(self.cf(CF_SUBS)?, key, value);
         Ok(())
     }
 
