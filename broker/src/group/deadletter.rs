@@ -5,33 +5,10 @@
 //! still verifies against its publisher's key; the broker's signature covers
 //! everything else.
 
-use serde::{Deserialize, Serialize};
 use signet_proto::envelope::ENVELOPE_VERSION;
 use signet_proto::{Envelope, Salt, SigningKey, StoredRecord, batch, codec};
 
-/// The content type of a dead letter.
-pub const CONTENT_TYPE: &str = "application/vnd.signet.dead-letter+json";
-
-/// The payload of a dead letter (JSON, fields in this order).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DeadLetter {
-    /// The group that gave up on the message.
-    pub group: String,
-    /// Where the message was.
-    pub source_topic: String,
-    /// Its offset there.
-    pub source_offset: u64,
-    /// Times it was delivered to the group.
-    pub delivery_count: u32,
-    /// `max_deliveries` or `term: <the member's reason>`.
-    pub reason: String,
-    /// When the broker stored the original (its `received_ms`), if known.
-    pub published_ms: Option<u64>,
-    /// When it was dead-lettered (broker clock).
-    pub dead_ms: u64,
-    /// The original stored record (MessagePack `StoredRecord`), hex.
-    pub record: String,
-}
+pub use signet_proto::dead_letter::{CONTENT_TYPE, DeadLetter};
 
 /// Everything one dead letter is built from.
 pub struct Build<'a> {
