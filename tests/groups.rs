@@ -10,9 +10,7 @@ use common::*;
 use futures_util::StreamExt;
 use signet_client::consumer::{Consumer, Delivery, join};
 use signet_client::{Client, ClientConfig, ErrorCode, StartAt, Verifier};
-use signet_proto::frame::{
-    ClientFrame, Outcome, ServerFrame, Settle, SettleAction, Subscribe,
-};
+use signet_proto::frame::{ClientFrame, Outcome, ServerFrame, Settle, SettleAction, Subscribe};
 use signet_proto::stream::{read_frame, write_frame};
 use signet_proto::{StoredRecord, codec};
 use std::time::{Duration, Instant};
@@ -95,7 +93,10 @@ async fn members_share_the_work_and_acked_messages_never_come_back_after_restart
     assert!(per_member[0] > 0 && per_member[1] > 0, "{per_member:?}");
     let info = within(w1.group_info("work")).await.unwrap();
     let t = &info.topics[0];
-    assert_eq!((t.acked, t.acked_floor, t.in_flight, t.pending), (20, 20, 0, 0));
+    assert_eq!(
+        (t.acked, t.acked_floor, t.in_flight, t.pending),
+        (20, 20, 0, 0)
+    );
     drop((c1, c2));
     w1.close().await;
     w2.close().await;
@@ -138,9 +139,12 @@ impl Raw {
             token: token.to_vec(),
             action: SettleAction::Ack,
         };
-        within(write_frame(&mut self.send, &ClientFrame::Settle(vec![settle])))
-            .await
-            .unwrap();
+        within(write_frame(
+            &mut self.send,
+            &ClientFrame::Settle(vec![settle]),
+        ))
+        .await
+        .unwrap();
         match self.frame().await {
             ServerFrame::Settled(mut outcomes) => outcomes.remove(0),
             other => panic!("expected Settled, got {other:?}"),
@@ -166,19 +170,38 @@ async fn forged_stale_and_other_members_lease_tokens_are_refused_and_change_noth
     let mut b = Raw::join(&w2).await;
 
     let forged = [0x5a; 16];
-    assert!(refused_with(&a.settle("jobs.a", 0, &forged).await, ErrorCode::LeaseInvalid));
-    assert!(refused_with(&a.settle("jobs.a", 0, &d.token[..8]).await, ErrorCode::LeaseInvalid));
+    assert!(refused_with(
+        &a.settle("jobs.a", 0, &forged).await,
+        ErrorCode::LeaseInvalid
+    ));
+    assert!(refused_with(
+        &a.settle("jobs.a", 0, &d.token[..8]).await,
+        ErrorCode::LeaseInvalid
+    ));
     assert!(
-        refused_with(&b.settle("jobs.a", 0, &d.token).await, ErrorCode::LeaseInvalid),
+        refused_with(
+            &b.settle("jobs.a", 0, &d.token).await,
+            ErrorCode::LeaseInvalid
+        ),
         "another member's token"
     );
-    assert!(refused_with(&a.settle("jobs.a", 1, &d.token).await, ErrorCode::LeaseInvalid));
+    assert!(refused_with(
+        &a.settle("jobs.a", 1, &d.token).await,
+        ErrorCode::LeaseInvalid
+    ));
     let info = within(w1.group_info("work")).await.unwrap();
-    assert_eq!((info.topics[0].in_flight, info.topics[0].acked), (1, 0), "nothing changed");
+    assert_eq!(
+        (info.topics[0].in_flight, info.topics[0].acked),
+        (1, 0),
+        "nothing changed"
+    );
 
     assert_eq!(a.settle("jobs.a", 0, &d.token).await, Outcome::Ack(0));
     assert!(
-        refused_with(&a.settle("jobs.a", 0, &d.token).await, ErrorCode::LeaseInvalid),
+        refused_with(
+            &a.settle("jobs.a", 0, &d.token).await,
+            ErrorCode::LeaseInvalid
+        ),
         "a stale token (already acked)"
     );
     let info = within(w1.group_info("work")).await.unwrap();
@@ -193,7 +216,11 @@ async fn a_principal_without_consume_cannot_join_or_read_the_group() {
     let refused = within(outsider.consume("work")).await;
     assert_eq!(code(&refused), Some(ErrorCode::Forbidden));
     let refused = within(outsider.consume("no-such-group")).await;
-    assert_eq!(code(&refused), Some(ErrorCode::Forbidden), "unknown groups look the same");
+    assert_eq!(
+        code(&refused),
+        Some(ErrorCode::Forbidden),
+        "unknown groups look the same"
+    );
     let refused = within(outsider.consume("bad name!")).await;
     assert_eq!(code(&refused), Some(ErrorCode::NoSuchGroup));
     assert_eq!(
@@ -220,7 +247,10 @@ async fn revoking_consume_on_reload_closes_the_member() {
     let ended = within(c.next()).await.expect("an error before the end");
     assert_eq!(code(&ended), Some(ErrorCode::Forbidden));
     publish_n(&sandbox, "jobs.a", 1).await;
-    assert!(within(c.next()).await.is_none(), "nothing after the revocation");
+    assert!(
+        within(c.next()).await.is_none(),
+        "nothing after the revocation"
+    );
 }
 
 #[tokio::test]
@@ -234,20 +264,34 @@ async fn nak_and_expiry_redeliver_no_sooner_than_the_backoff() {
     let naked = Instant::now();
     within(d.nak(None)).await.unwrap();
     let d = next_delivery(&mut c).await;
-    assert!(naked.elapsed() >= Duration::from_millis(300), "{:?}", naked.elapsed());
+    assert!(
+        naked.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        naked.elapsed()
+    );
     assert_eq!(d.delivery_count, 2);
     // A nak delay longer than the backoff wins.
     let naked = Instant::now();
-    within(d.nak(Some(Duration::from_millis(600)))).await.unwrap();
+    within(d.nak(Some(Duration::from_millis(600))))
+        .await
+        .unwrap();
     let d = next_delivery(&mut c).await;
-    assert!(naked.elapsed() >= Duration::from_millis(600), "{:?}", naked.elapsed());
+    assert!(
+        naked.elapsed() >= Duration::from_millis(600),
+        "{:?}",
+        naked.elapsed()
+    );
     assert_eq!(d.delivery_count, 3);
     // Expiry: the lease ends at its deadline, then the 300 ms backoff
     // (both on the broker's clock, which is this machine's).
     let deadline = d.deadline_ms;
     drop(d);
     let d = next_delivery(&mut c).await;
-    assert!(now_ms() >= deadline + 300, "{} < {deadline} + 300", now_ms());
+    assert!(
+        now_ms() >= deadline + 300,
+        "{} < {deadline} + 300",
+        now_ms()
+    );
     assert_eq!(d.delivery_count, 4, "delivery counts only go up");
 }
 
@@ -268,7 +312,11 @@ async fn extend_keeps_a_slow_message_from_redelivery() {
     within(slow.ack()).await.unwrap();
     publish_n(&sandbox, "jobs.a", 1).await;
     let next = next_delivery(&mut c2).await;
-    assert_eq!((next.offset(), next.delivery_count), (1, 1), "the slow one never moved");
+    assert_eq!(
+        (next.offset(), next.delivery_count),
+        (1, 1),
+        "the slow one never moved"
+    );
     let info = within(w1.group_info("work")).await.unwrap();
     assert_eq!(info.topics[0].redelivered, 0);
 }
@@ -320,7 +368,9 @@ async fn dead_letters_carry_the_original_byte_for_byte_under_the_broker_signatur
     let reader = within(Client::connect(config_trusting_broker(&sandbox, "auditor")))
         .await
         .unwrap();
-    let mut dlq = within(reader.subscribe("dlq.work", StartAt::Earliest)).await.unwrap();
+    let mut dlq = within(reader.subscribe("dlq.work", StartAt::Earliest))
+        .await
+        .unwrap();
     let originals = raw_records(&sandbox, "jobs.a", 2).await;
     let mut letters = Vec::new();
     for _ in 0..2 {
@@ -335,22 +385,36 @@ async fn dead_letters_carry_the_original_byte_for_byte_under_the_broker_signatur
             originals[l.source_offset as usize],
             "the original record, byte for byte"
         );
-        assert_eq!(opened.original.key_id, sandbox.public_key("producer").unwrap().id());
+        assert_eq!(
+            opened.original.key_id,
+            sandbox.public_key("producer").unwrap().id()
+        );
         letters.push((l.source_offset, l.delivery_count, l.reason.clone()));
     }
     letters.sort();
     assert_eq!(
         letters,
-        vec![(0, 2, "max_deliveries".into()), (1, 1, "term: poison".into())]
+        vec![
+            (0, 2, "max_deliveries".into()),
+            (1, 1, "term: poison".into())
+        ]
     );
-    assert_eq!(stored_count(&sandbox, "dlq.work").await, 2, "exactly once each");
+    assert_eq!(
+        stored_count(&sandbox, "dlq.work").await,
+        2,
+        "exactly once each"
+    );
 
     // Any edit of what the broker signed breaks its signature.
     let raw = raw_records(&sandbox, "dlq.work", 1).await.remove(0);
     let mut trust = std::collections::HashMap::new();
     let key = sandbox.broker_public_key().unwrap();
     trust.insert(key.id(), signet_client::TrustedKey::all_topics(key));
-    assert!(Verifier::new(trust.clone()).verify("dlq.work", &raw).is_ok());
+    assert!(
+        Verifier::new(trust.clone())
+            .verify("dlq.work", &raw)
+            .is_ok()
+    );
     let mut record: StoredRecord = codec::decode(&raw).unwrap();
     let text = String::from_utf8(record.envelope.payload.clone()).unwrap();
     let edited = text
@@ -359,7 +423,9 @@ async fn dead_letters_carry_the_original_byte_for_byte_under_the_broker_signatur
     assert_ne!(edited, text);
     record.envelope.payload = edited.into_bytes();
     let tampered = codec::encode_body(&record).unwrap();
-    let refused = Verifier::new(trust).verify("dlq.work", &tampered).unwrap_err();
+    let refused = Verifier::new(trust)
+        .verify("dlq.work", &tampered)
+        .unwrap_err();
     assert_eq!(refused.code, ErrorCode::BadSignature);
 }
 
@@ -373,14 +439,18 @@ async fn lowering_max_deliveries_on_reload_dead_letters_what_is_over_it() {
     within(d.nak(None)).await.unwrap();
     let d = next_delivery(&mut c).await;
     assert_eq!(d.delivery_count, 2);
-    within(d.nak(Some(Duration::from_secs(3600)))).await.unwrap();
+    within(d.nak(Some(Duration::from_secs(3600))))
+        .await
+        .unwrap();
     sandbox.set_extra_policy(&group_policy("30s", "[]", 2, 1000));
     sandbox.write_policy().unwrap();
     sandbox.reload().unwrap();
     let auditor = within(Client::connect(config_trusting_broker(&sandbox, "auditor")))
         .await
         .unwrap();
-    let mut dlq = within(auditor.subscribe("dlq.work", StartAt::Earliest)).await.unwrap();
+    let mut dlq = within(auditor.subscribe("dlq.work", StartAt::Earliest))
+        .await
+        .unwrap();
     let m = next(&mut dlq).await.unwrap();
     let l = auditor.open_dead_letter(&m).unwrap().letter;
     assert_eq!((l.source_offset, l.delivery_count), (0, 2));

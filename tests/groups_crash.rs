@@ -25,13 +25,25 @@ const BACKOFF_MS: u64 = 50;
 #[derive(Debug, Clone)]
 enum Ev {
     /// A delivery received: offset, count, deadline (broker clock).
-    Delivered { offset: u64, count: u32, deadline: u64 },
+    Delivered {
+        offset: u64,
+        count: u32,
+        deadline: u64,
+    },
     /// An ack answered Ok (on disk).
     Acked { offset: u64, count: u32 },
     /// An ack or nak whose answer never came (the broker died).
-    Unknown { offset: u64, count: u32, sent_ms: u64 },
+    Unknown {
+        offset: u64,
+        count: u32,
+        sent_ms: u64,
+    },
     /// A nak sent at this time (broker clock = this clock).
-    Naked { offset: u64, count: u32, sent_ms: u64 },
+    Naked {
+        offset: u64,
+        count: u32,
+        sent_ms: u64,
+    },
     /// Left to expire.
     Dropped,
 }
@@ -78,15 +90,27 @@ async fn member(config: ClientConfig, mut epoch: watch::Receiver<u64>, log: Arc<
                 match tokio::time::timeout(Duration::from_secs(2), d.ack()).await {
                     Ok(Ok(())) => record(Ev::Acked { offset, count }),
                     Ok(Err(e)) if e.code().is_some() => {}
-                    _ => record(Ev::Unknown { offset, count, sent_ms }),
+                    _ => record(Ev::Unknown {
+                        offset,
+                        count,
+                        sent_ms,
+                    }),
                 }
             } else if roll < 85 {
                 let sent_ms = now_ms();
-                record(Ev::Naked { offset, count, sent_ms });
+                record(Ev::Naked {
+                    offset,
+                    count,
+                    sent_ms,
+                });
                 match tokio::time::timeout(Duration::from_secs(2), d.nak(None)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) if e.code().is_some() => {}
-                    _ => record(Ev::Unknown { offset, count, sent_ms }),
+                    _ => record(Ev::Unknown {
+                        offset,
+                        count,
+                        sent_ms,
+                    }),
                 }
             } else {
                 record(Ev::Dropped);
@@ -172,9 +196,11 @@ async fn acks_leases_and_dead_letters_hold_across_two_sigkills() {
         broker_key.id().to_hex(),
         broker_key.to_string()
     );
-    let auditor = within(Client::connect(ClientConfig::parse(&text, sandbox.path()).unwrap()))
-        .await
-        .unwrap();
+    let auditor = within(Client::connect(
+        ClientConfig::parse(&text, sandbox.path()).unwrap(),
+    ))
+    .await
+    .unwrap();
     let mut dlq = within(auditor.subscribe("dlq.work", StartAt::Earliest))
         .await
         .unwrap();
@@ -186,7 +212,10 @@ async fn acks_leases_and_dead_letters_hold_across_two_sigkills() {
         *dead.entry(letter.source_offset).or_default() += 1;
     }
     assert_eq!(dead_total, t.dead, "one dead letter per dead message");
-    assert!(dead.values().all(|n| *n == 1), "a message dead-lettered twice: {dead:?}");
+    assert!(
+        dead.values().all(|n| *n == 1),
+        "a message dead-lettered twice: {dead:?}"
+    );
 
     check(&log.lock().unwrap(), &dead);
     broker.start_kill().unwrap();
@@ -212,7 +241,10 @@ fn check(log: &[Ev], dead: &HashMap<u64, u32>) {
                 );
             }
             Ev::Acked { offset, count } => {
-                assert!(acked.insert(*offset, *count).is_none(), "offset {offset} acked twice");
+                assert!(
+                    acked.insert(*offset, *count).is_none(),
+                    "offset {offset} acked twice"
+                );
             }
             Ev::Unknown {
                 offset,
@@ -235,7 +267,10 @@ fn check(log: &[Ev], dead: &HashMap<u64, u32>) {
     for offset in 0..MESSAGES {
         let is_acked = acked.contains_key(&offset);
         let is_dead = dead.contains_key(&offset);
-        assert!(!(is_acked && is_dead), "offset {offset} both acked and dead");
+        assert!(
+            !(is_acked && is_dead),
+            "offset {offset} both acked and dead"
+        );
         assert!(
             is_acked || is_dead || unknown.contains(&offset),
             "offset {offset} neither acked nor dead-lettered"

@@ -32,6 +32,9 @@ pub const CF_SUBS: &str = "subs";
 
 const FAMILIES: [&str; 5] = [CF_MESSAGES, CF_TOPICS, CF_REPLAY, CF_USAGE, CF_SUBS];
 
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// Length of a message key.
 pub const MESSAGE_KEY_BYTES: usize = 12;
 
@@ -265,7 +268,7 @@ impl Store {
     }
 
     /// Every key and value of the consumer-group family.
-    pub fn group_entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn group_entries(&self) -> Result<Vec<KeyValue>, StoreError> {
         let family = self.cf(CF_SUBS)?;
         let mut out = Vec::new();
         for item in self.db.iterator_cf(family, IteratorMode::Start) {

@@ -31,4 +31,3 @@ pub struct DeadLetter {
     /// The original stored record (MessagePack `StoredRecord`), hex.
     pub record: String,
 }
-

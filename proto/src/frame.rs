@@ -111,9 +111,7 @@ pub enum ClientFrame {
     /// Join a consumer group (first frame of a consume stream).
     Consume(Consume),
     /// Settle deliveries of this consume stream (at most 1024 per frame).
-    Settle(
-        #[serde(deserialize_with = "crate::bounded::vec::<_, _, SETTLE_OPS_MAX>")] Vec<Settle>,
-    ),
+    Settle(#[serde(deserialize_with = "crate::bounded::vec::<_, _, SETTLE_OPS_MAX>")] Vec<Settle>),
     /// Ask for a group's state (first and only frame of its stream).
     GroupInfo(GroupInfo),
 }

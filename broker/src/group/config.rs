@@ -90,9 +90,7 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
         "m" => 60_000,
         "h" => 3_600_000,
         _ => {
-            return Err(format!(
-                "duration {text:?}: unit must be ms, s, m or h"
-            ));
+            return Err(format!("duration {text:?}: unit must be ms, s, m or h"));
         }
     };
     let ms = number
@@ -150,9 +148,7 @@ pub fn group_policy(g: &GroupSection) -> Result<GroupPolicy, GroupError> {
         )));
     }
     if g.backoff.len() > BACKOFF_STEPS_MAX {
-        return Err(bad(format!(
-            "backoff: at most {BACKOFF_STEPS_MAX} steps"
-        )));
+        return Err(bad(format!("backoff: at most {BACKOFF_STEPS_MAX} steps")));
     }
     let backoff_ms = g
         .backoff
@@ -224,7 +220,8 @@ mod tests {
 
     #[test]
     fn every_bad_field_is_named() {
-        let cases: Vec<(fn(&mut GroupSection), &str)> = vec![
+        type Edit = fn(&mut GroupSection);
+        let cases: Vec<(Edit, &str)> = vec![
             (|g| g.name = "a b".into(), "name"),
             (|g| g.topics.clear(), "topics"),
             (|g| g.topics = vec!["a..b".into()], "topics"),

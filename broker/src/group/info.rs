@@ -20,8 +20,11 @@ use tokio::sync::oneshot;
 pub async fn run(conn: Arc<ConnectionState>, info: GroupInfo, mut send: quinn::SendStream) {
     let refuse = |code, detail: &'static str| Rejection::new(code, detail);
     if !valid_group_name(&info.group) {
-        return answer::refuse(&mut send, refuse(ErrorCode::NoSuchGroup, "invalid group name"))
-            .await;
+        return answer::refuse(
+            &mut send,
+            refuse(ErrorCode::NoSuchGroup, "invalid group name"),
+        )
+        .await;
     }
     let Some(group) = conn
         .policy()
@@ -30,7 +33,10 @@ pub async fn run(conn: Arc<ConnectionState>, info: GroupInfo, mut send: quinn::S
     else {
         return answer::refuse(
             &mut send,
-            refuse(ErrorCode::Forbidden, "not allowed to consume from this group"),
+            refuse(
+                ErrorCode::Forbidden,
+                "not allowed to consume from this group",
+            ),
         )
         .await;
     };
@@ -48,7 +54,13 @@ pub async fn run(conn: Arc<ConnectionState>, info: GroupInfo, mut send: quinn::S
         commands: vec![command],
         reply,
     };
-    if conn.broker.commits.send(CommitRequest::group(work)).await.is_err() {
+    if conn
+        .broker
+        .commits
+        .send(CommitRequest::group(work))
+        .await
+        .is_err()
+    {
         return answer::refuse(&mut send, refuse(ErrorCode::Unavailable, "broker stopping")).await;
     }
     match answer.await {
@@ -61,8 +73,11 @@ pub async fn run(conn: Arc<ConnectionState>, info: GroupInfo, mut send: quinn::S
             answer::refuse(&mut send, refuse(ErrorCode::Internal, "no status")).await;
         }
         _ => {
-            answer::refuse(&mut send, refuse(ErrorCode::Unavailable, "storage unavailable"))
-                .await;
+            answer::refuse(
+                &mut send,
+                refuse(ErrorCode::Unavailable, "storage unavailable"),
+            )
+            .await;
         }
     }
 }

@@ -102,9 +102,10 @@ pub async fn run(
         member_seed[6],
         member_seed[7],
     ]);
-    let prefetch = consume
-        .prefetch
-        .clamp(1, u32::try_from(conn.broker.limits().group_prefetch_max).unwrap_or(u32::MAX));
+    let prefetch = consume.prefetch.clamp(
+        1,
+        u32::try_from(conn.broker.limits().group_prefetch_max).unwrap_or(u32::MAX),
+    );
     if write_frame(
         &mut send,
         &ServerFrame::Joined {

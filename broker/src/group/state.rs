@@ -238,8 +238,11 @@ impl GroupState {
                             Some(waiting.wake_at_ms.map_or(after_ms, |w| w.min(after_ms)));
                     }
                     Slot::Leased { deadline_ms, .. } => {
-                        waiting.wake_at_ms =
-                            Some(waiting.wake_at_ms.map_or(deadline_ms, |w| w.min(deadline_ms)));
+                        waiting.wake_at_ms = Some(
+                            waiting
+                                .wake_at_ms
+                                .map_or(deadline_ms, |w| w.min(deadline_ms)),
+                        );
                     }
                     _ => {}
                 }
@@ -337,10 +340,7 @@ impl GroupState {
         action: &Settlement,
         dead: &mut Vec<DeadNote>,
     ) -> Result<(), ErrorCode> {
-        let cursor = self
-            .cursors
-            .get_mut(topic)
-            .ok_or(ErrorCode::LeaseInvalid)?;
+        let cursor = self.cursors.get_mut(topic).ok_or(ErrorCode::LeaseInvalid)?;
         let entry = cursor
             .window
             .get_mut(&offset)
@@ -441,8 +441,17 @@ mod tests {
         let l = lease(&mut s, &p, 1000, 1, 2);
         assert_eq!(l.len(), 2);
         let mut dead = vec![];
-        s.settle(&p, 1001, 1, "t.a", 0, &l[0].token, &Settlement::Ack, &mut dead)
-            .unwrap();
+        s.settle(
+            &p,
+            1001,
+            1,
+            "t.a",
+            0,
+            &l[0].token,
+            &Settlement::Ack,
+            &mut dead,
+        )
+        .unwrap();
         assert_eq!(s.cursors["t.a"].floor, 1);
         // Even long after every deadline, offset 0 never comes back.
         s.expire(&p, 10_000, &mut dead);
@@ -460,9 +469,22 @@ mod tests {
         let before = s.clone();
         let mut dead = vec![];
         let forged = [0xAAu8; 16];
-        for (member, token) in [(1, &forged[..]), (2, &l[0].token[..]), (1, &l[0].token[..5])] {
+        for (member, token) in [
+            (1, &forged[..]),
+            (2, &l[0].token[..]),
+            (1, &l[0].token[..5]),
+        ] {
             assert_eq!(
-                s.settle(&p, 1001, member, "t.a", 0, token, &Settlement::Ack, &mut dead),
+                s.settle(
+                    &p,
+                    1001,
+                    member,
+                    "t.a",
+                    0,
+                    token,
+                    &Settlement::Ack,
+                    &mut dead
+                ),
                 Err(ErrorCode::LeaseInvalid)
             );
         }
@@ -473,7 +495,16 @@ mod tests {
         assert_eq!(l2[0].offset, 0);
         let before = s.clone();
         assert_eq!(
-            s.settle(&p, 1111, 1, "t.a", 0, &l[0].token, &Settlement::Ack, &mut dead),
+            s.settle(
+                &p,
+                1111,
+                1,
+                "t.a",
+                0,
+                &l[0].token,
+                &Settlement::Ack,
+                &mut dead
+            ),
             Err(ErrorCode::LeaseInvalid)
         );
         assert_eq!(s, before);
@@ -491,15 +522,35 @@ mod tests {
         let _ = l;
         let mut s = state();
         let l = lease(&mut s, &p, 1000, 1, 1);
-        s.settle(&p, 1000, 1, "t.a", 0, &l[0].token, &Settlement::Nak(None), &mut dead)
-            .unwrap();
+        s.settle(
+            &p,
+            1000,
+            1,
+            "t.a",
+            0,
+            &l[0].token,
+            &Settlement::Nak(None),
+            &mut dead,
+        )
+        .unwrap();
         let (none, _) = s.lease(&p, 1009, 1, 1, 4, &|_| true, &|_| 1, &mut |_| [6; 16]);
         assert!(none.is_empty(), "not before the backoff");
-        let l = s.lease(&p, 1010, 1, 1, 4, &|_| true, &|_| 1, &mut |_| [7; 16]).0;
+        let l = s
+            .lease(&p, 1010, 1, 1, 4, &|_| true, &|_| 1, &mut |_| [7; 16])
+            .0;
         assert_eq!((l[0].offset, l[0].deliveries), (0, 2));
         // A nak delay longer than the backoff wins.
-        s.settle(&p, 1020, 1, "t.a", 0, &[7; 16], &Settlement::Nak(Some(500)), &mut dead)
-            .unwrap();
+        s.settle(
+            &p,
+            1020,
+            1,
+            "t.a",
+            0,
+            &[7; 16],
+            &Settlement::Nak(Some(500)),
+            &mut dead,
+        )
+        .unwrap();
         let (l, w) = s.lease(&p, 1100, 1, 1, 4, &|_| true, &|_| 1, &mut |_| [8; 16]);
         assert!(l.is_empty());
         assert_eq!(w.wake_at_ms, Some(1520));
@@ -511,11 +562,26 @@ mod tests {
         let mut s = state();
         let mut dead = vec![];
         let l = lease(&mut s, &p, 1000, 1, 1);
-        s.settle(&p, 1090, 1, "t.a", 0, &l[0].token, &Settlement::Extend, &mut dead)
-            .unwrap();
+        s.settle(
+            &p,
+            1090,
+            1,
+            "t.a",
+            0,
+            &l[0].token,
+            &Settlement::Extend,
+            &mut dead,
+        )
+        .unwrap();
         s.expire(&p, 1150, &mut dead);
         let e = &s.cursors["t.a"].window[&0];
-        assert!(matches!(e.slot, Slot::Leased { deadline_ms: 1190, .. }));
+        assert!(matches!(
+            e.slot,
+            Slot::Leased {
+                deadline_ms: 1190,
+                ..
+            }
+        ));
         assert_eq!(e.deliveries, 1);
     }
 
@@ -534,8 +600,17 @@ mod tests {
         assert_eq!(s.cursors["t.a"].dead, 1);
         let l = lease(&mut s, &p, 1400, 1, 1);
         assert_eq!(l[0].offset, 1);
-        s.settle(&p, 1401, 1, "t.a", 1, &l[0].token, &Settlement::Term("bad".into()), &mut dead)
-            .unwrap();
+        s.settle(
+            &p,
+            1401,
+            1,
+            "t.a",
+            1,
+            &l[0].token,
+            &Settlement::Term("bad".into()),
+            &mut dead,
+        )
+        .unwrap();
         assert_eq!(dead[1].reason, "term: bad");
         assert_eq!(s.cursors["t.a"].floor, 2);
     }
@@ -546,8 +621,17 @@ mod tests {
         let mut s = state();
         let mut dead = vec![];
         let l = lease(&mut s, &p, 1000, 1, 1);
-        s.settle(&p, 1000, 1, "t.a", 0, &l[0].token, &Settlement::Nak(None), &mut dead)
-            .unwrap();
+        s.settle(
+            &p,
+            1000,
+            1,
+            "t.a",
+            0,
+            &l[0].token,
+            &Settlement::Nak(None),
+            &mut dead,
+        )
+        .unwrap();
         let lower = policy(1, 100);
         s.expire(&lower, 1001, &mut dead);
         assert_eq!(dead.len(), 1);

@@ -405,9 +405,10 @@ impl Groups {
             let in_flight_all = state.in_flight();
             for (topic, c) in &state.cursors {
                 let head = host.topic(topic).map_or(0, |t| t.1);
-                let ready = c.window.values().filter(|e| {
-                    matches!(e.slot, super::state::Slot::Available { .. })
-                });
+                let ready = c
+                    .window
+                    .values()
+                    .filter(|e| matches!(e.slot, super::state::Slot::Available { .. }));
                 let pending = head.saturating_sub(c.next) + ready.count() as u64;
                 let in_flight = c.in_flight();
                 if pending > 0 {
