@@ -8,7 +8,7 @@
 
 use crate::error::StoreError;
 use crate::fanout::{Head, Registry};
-use crate::group::writer::{Append, GroupWork, Groups, Host};
+use crate::group_writer::{Append, GroupWork, Groups, Host};
 use crate::limits::Limits;
 use crate::metrics;
 use crate::quota::{Quotas, Reservation};
@@ -54,7 +54,7 @@ pub struct CommitRequest {
     /// request, after the stored bytes were added (or the write failed).
     pub reserved: Reservation,
     /// Consumer-group commands applied in the same write, after the
-    /// entries (see [`crate::group::writer`]).
+    /// entries (see [`crate::group_writer`]).
     pub group: Option<GroupWork>,
 }
 
@@ -221,7 +221,7 @@ impl Writer {
         &mut self,
         group: &[CommitRequest],
         staged: &mut Staged,
-    ) -> Result<(Vec<Vec<u64>>, Vec<Vec<crate::group::writer::Outcome>>), StoreError> {
+    ) -> Result<(Vec<Vec<u64>>, Vec<Vec<crate::group_writer::Outcome>>), StoreError> {
         let mut batch = WriteBatch::default();
         let mut offsets = Vec::with_capacity(group.len());
         let mut outcomes = Vec::new();

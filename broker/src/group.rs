@@ -1,42 +1,20 @@
 //! Consumer groups: shared durable work queues with leases, acks, backoff
-//! and a dead-letter topic that keeps the publisher's signature.
+//! and a dead-letter topic that keeps the publisher's signature. The
+//! streams live here; the rest in their own modules, so that the writer
+//! and the policy import no stream code:
 //!
-//! - [`config`]: a `[[group]]` of the policy, validated;
-//! - [`state`]: the pure state machine (cursors, windows, transitions);
-//! - [`writer`]: the commands the one writer ([`crate::commit`]) applies,
-//!   staged into the same synced write as everything they imply;
-//! - [`deadletter`]: the broker-signed dead-letter record;
+//! - [`crate::group_config`]: a `[[group]]` of the policy, validated;
+//! - [`crate::group_state`]: the pure state machine (cursors, windows,
+//!   transitions);
+//! - [`crate::group_writer`]: the commands the one writer
+//!   ([`crate::commit`]) applies, staged into the same synced write as
+//!   everything they imply;
+//! - [`crate::dead_letter`]: the broker-signed dead-letter record;
 //! - [`member`]: one member's stream (join, deliveries, settlements);
 //! - [`info`]: `GroupInfo` streams.
 
-pub mod config;
-pub mod deadletter;
 pub mod info;
 pub mod member;
-pub mod state;
-pub mod writer;
-
-use tokio::sync::watch;
-
-/// What sessions need to serve group streams: whether groups can run (a
-/// broker identity key signs dead letters), and a counter the writer
-/// raises after every commit, which waiting members watch.
-#[derive(Debug, Clone)]
-pub struct Hub {
-    /// Whether the broker has an identity key.
-    pub enabled: bool,
-    /// Raised after every commit.
-    pub wake: watch::Receiver<u64>,
-}
-
-impl Default for Hub {
-    fn default() -> Hub {
-        Hub {
-            enabled: false,
-            wake: watch::channel(0).1,
-        }
-    }
-}
 
 /// Milliseconds since the epoch on the broker's clock: the time a command
 /// is created at (read here, outside the writer, and carried by it).

@@ -4,7 +4,7 @@
 //! sections and validated whole; a reload builds a new one and swaps it in.
 
 use crate::acl::{Grants, PatternSet};
-use crate::group::config::{GroupError, GroupPolicy, group_policy};
+use crate::group_config::{GroupError, GroupPolicy, group_policy};
 use crate::policy_file::{GrantFields, PolicyFile, QuotaSection};
 use crate::quota::QuotaLimits;
 use crate::settings::resolve;

@@ -88,7 +88,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         }
     };
     let (groups, group_wake) =
-        crate::group::writer::Groups::load(&store, identity.clone(), limits.group_window_max)?;
+        crate::group_writer::Groups::load(&store, identity.clone(), limits.group_window_max)?;
     let committer = commit::spawn(
         store.clone(),
         registry.clone(),
@@ -144,7 +144,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         registry,
         sender,
     );
-    state.groups = crate::group::Hub {
+    state.groups = crate::group_writer::Hub {
         enabled: identity.is_some(),
         wake: group_wake,
     };

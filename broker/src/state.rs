@@ -37,7 +37,7 @@ pub struct BrokerState {
     /// The group-commit queue.
     pub commits: mpsc::Sender<CommitRequest>,
     /// What consumer-group streams need (set by the server at start).
-    pub groups: crate::group::Hub,
+    pub groups: crate::group_writer::Hub,
 }
 
 impl BrokerState {
@@ -61,7 +61,7 @@ impl BrokerState {
             store,
             registry,
             commits,
-            groups: crate::group::Hub::default(),
+            groups: crate::group_writer::Hub::default(),
         }
     }
 

@@ -27,7 +27,7 @@ pub const CF_TOPICS: &str = "topics";
 pub const CF_REPLAY: &str = "replay";
 /// Principal → stored bytes.
 pub const CF_USAGE: &str = "usage";
-/// Consumer-group state (see [`crate::group::store`]).
+/// Consumer-group state (see [`crate::group_writer`]).
 pub const CF_SUBS: &str = "subs";
 
 const FAMILIES: [&str; 5] = [CF_MESSAGES, CF_TOPICS, CF_REPLAY, CF_USAGE, CF_SUBS];

@@ -4,11 +4,11 @@
 //! command through the writer, so it is the state as committed, in order
 //! with every change.
 
-use super::config::valid_group_name;
-use super::writer::{Command, GroupWork, Op, Outcome};
 use super::{now_ms, seed};
 use crate::answer;
 use crate::commit::CommitRequest;
+use crate::group_config::valid_group_name;
+use crate::group_writer::{Command, GroupWork, Op, Outcome};
 use crate::state::ConnectionState;
 use signet_proto::ErrorCode;
 use signet_proto::frame::{GroupInfo, Rejection, ServerFrame};

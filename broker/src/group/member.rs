@@ -13,14 +13,14 @@
 //! that takes the `consume` grant away ends the stream with `Forbidden`;
 //! the member's leases then expire at their deadlines.
 
-use super::config::{GroupPolicy, valid_group_name};
-use super::state::Settlement;
-use super::writer::{Command, GroupLease, GroupWork, Op, Outcome};
 use super::{now_ms, seed};
 use crate::answer;
 use crate::audit::Event;
 use crate::commit::CommitRequest;
 use crate::frames::{self, FrameError};
+use crate::group_config::{GroupPolicy, valid_group_name};
+use crate::group_state::Settlement;
+use crate::group_writer::{Command, GroupLease, GroupWork, Op, Outcome};
 use crate::limits::Limits;
 use crate::state::ConnectionState;
 use serde_json::json;

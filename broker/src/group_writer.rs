@@ -10,17 +10,37 @@
 //! created: `start = "latest"` was resolved then), and `C` ‖ group ‖ `\0`
 //! ‖ topic → the MessagePack of its [`Cursor`].
 
-use super::config::{GroupPolicy, Start};
-use super::deadletter::{self, Build, DeadLetter};
-use super::state::{Cursor, DeadNote, GroupState, Settlement, Token, Waiting};
 use crate::acl::{Action, Grants};
+use crate::dead_letter::{self as deadletter, Build, DeadLetter};
 use crate::error::StoreError;
+use crate::group_config::{GroupPolicy, Start};
+use crate::group_state::{Cursor, DeadNote, GroupState, Settlement, Token, Waiting};
 use crate::store::{CF_SUBS, Store};
 use signet_proto::frame::{GroupStatus, GroupTopicStatus};
 use signet_proto::{ErrorCode, SigningKey};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
+
+/// What sessions need to serve group streams: whether groups can run (a
+/// broker identity key signs dead letters), and a counter the writer
+/// raises after every commit, which waiting members watch.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    /// Whether the broker has an identity key.
+    pub enabled: bool,
+    /// Raised after every commit.
+    pub wake: watch::Receiver<u64>,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            enabled: false,
+            wake: watch::channel(0).1,
+        }
+    }
+}
 
 /// One command for the writer.
 #[derive(Debug)]
@@ -408,7 +428,7 @@ impl Groups {
                 let ready = c
                     .window
                     .values()
-                    .filter(|e| matches!(e.slot, super::state::Slot::Available { .. }));
+                    .filter(|e| matches!(e.slot, crate::group_state::Slot::Available { .. }));
                 let pending = head.saturating_sub(c.next) + ready.count() as u64;
                 let in_flight = c.in_flight();
                 if pending > 0 {

@@ -6,7 +6,7 @@
 //! same commands give the same state anywhere (the commands can go
 //! through a consensus log unchanged).
 
-use super::config::GroupPolicy;
+use crate::group_config::GroupPolicy;
 use serde::{Deserialize, Serialize};
 use signet_proto::ErrorCode;
 use std::collections::BTreeMap;
@@ -402,7 +402,7 @@ impl GroupState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::group::config::{Start, group_policy};
+    use crate::group_config::{Start, group_policy};
     use crate::policy_file::GroupSection;
 
     fn policy(max_deliveries: u32, max_in_flight: u32) -> GroupPolicy {
