@@ -135,6 +135,12 @@ pub async fn consume(args: ConsumeArgs) -> Result<ExitCode> {
             }
         }
     }
+    // Deliveries already received beyond --count go back to the group now
+    // rather than at their lease deadline (one in flight still waits for it).
+    use futures_util::FutureExt;
+    while let Some(Some(Ok(extra))) = deliveries.next().now_or_never() {
+        let _ = extra.nak(None).await;
+    }
     drop(deliveries);
     client.close().await;
     Ok(if bad > 0 {

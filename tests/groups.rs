@@ -101,7 +101,11 @@ async fn members_share_the_work_and_acked_messages_never_come_back_after_restart
     w1.close().await;
     w2.close().await;
 
-    sandbox.restart().await.unwrap();
+    // Restart on the same data (on a fresh port: another test's client may
+    // hold the old one by now).
+    sandbox.stop().await;
+    sandbox.set_addr(([127, 0, 0, 1], 0).into());
+    sandbox.start().await.unwrap();
     publish_n(&sandbox, "jobs.a", 1).await;
     let w1 = client(&sandbox, "w1").await;
     let mut c1 = within(w1.consume("work")).await.unwrap();
@@ -453,4 +457,112 @@ async fn lowering_max_deliveries_on_reload_dead_letters_what_is_over_it() {
     let m = next(&mut dlq).await.unwrap();
     let l = auditor.open_dead_letter(&m).unwrap().letter;
     assert_eq!((l.source_offset, l.delivery_count), (0, 2));
+}
+
+/// Runs the `signet` binary; returns (success, stdout lines as JSON, stderr).
+async fn signet(args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
+    let out = within(
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_signet"))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    let lines = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    (
+        out.status.success(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn signet_consume_group_info_and_sub_on_the_dead_letter_topic() {
+    // A short ack wait: a delivery leased to a `signet consume` that has
+    // exited (past --count) comes back soon.
+    let sandbox = start_with(&specs(), &group_policy("300ms", "[]", 5, 1000)).await;
+    publish_n(&sandbox, "jobs.a", 3).await;
+    let w1 = sandbox.write_client_file("w1").unwrap();
+    let w1 = w1.to_str().unwrap();
+    let (ok, lines, err) =
+        signet(&["consume", "--client", w1, "--group", "work", "--count", "2"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(lines.len(), 2);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["offset"], i as u64);
+        assert_eq!(line["topic"], "jobs.a");
+        assert_eq!(line["group"], "work");
+        assert_eq!(line["delivery_count"], 1);
+        assert_eq!(line["verified"], true);
+        assert_eq!(line["payload"], format!("{{\"i\":{i}}}"));
+    }
+    let (ok, lines, err) = signet(&[
+        "consume", "--client", w1, "--group", "work", "--count", "1", "--then", "term",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(lines[0]["offset"], 2);
+    assert!(lines[0]["delivery_count"].as_u64().unwrap() >= 1);
+    let (ok, info, err) = signet(&["group", "info", "--client", w1, "--group", "work"]).await;
+    assert!(ok, "{err}");
+    let t = &info[0]["topics"][0];
+    assert_eq!(
+        (t["acked"].as_u64(), t["dead"].as_u64()),
+        (Some(2), Some(1))
+    );
+    assert_eq!(
+        (t["acked_floor"].as_u64(), t["in_flight"].as_u64()),
+        (Some(3), Some(0))
+    );
+    assert!(info[0]["waiting"].is_null());
+
+    let outsider = sandbox.write_client_file("outsider").unwrap();
+    let (ok, _, err) = signet(&[
+        "consume",
+        "--client",
+        outsider.to_str().unwrap(),
+        "--group",
+        "work",
+        "--count",
+        "1",
+    ])
+    .await;
+    assert!(!ok && err.contains("Forbidden"), "{err}");
+
+    // The auditor's client file trusts the broker key for dead letters.
+    let broker = sandbox.broker_public_key().unwrap();
+    let auditor = sandbox.path().join("auditor-dlq.toml");
+    std::fs::write(
+        &auditor,
+        format!(
+            "{}{:?} = {{ key = {:?}, topics = [\"dlq.>\"] }}\n",
+            sandbox.client_file_text("auditor").unwrap(),
+            broker.id().to_hex(),
+            broker.to_string()
+        ),
+    )
+    .unwrap();
+    let (ok, lines, err) = signet(&[
+        "sub",
+        "--client",
+        auditor.to_str().unwrap(),
+        "--topic",
+        "dlq.work",
+        "--from-offset",
+        "0",
+        "--count",
+        "1",
+    ])
+    .await;
+    assert!(ok, "{err}");
+    let dead = &lines[0]["dead_letter"];
+    assert_eq!(dead["reason"], "term: signet consume --then term");
+    assert_eq!(dead["source_offset"], 2);
+    assert_eq!(dead["broker_signature_verified"], true);
+    assert_eq!(dead["original"]["verified"], true);
+    assert_eq!(dead["original"]["payload"], "{\"i\":2}");
 }
