@@ -566,3 +566,22 @@ async fn signet_consume_group_info_and_sub_on_the_dead_letter_topic() {
     assert_eq!(dead["original"]["verified"], true);
     assert_eq!(dead["original"]["payload"], "{\"i\":2}");
 }
+
+#[tokio::test]
+async fn a_group_at_max_in_flight_waits_and_says_why() {
+    let sandbox = start_with(&specs(), &group_policy("30s", "[]", 5, 2)).await;
+    publish_n(&sandbox, "jobs.a", 5).await;
+    let w1 = client(&sandbox, "w1").await;
+    let mut c = within(w1.consume_with("work", 10)).await.unwrap();
+    let first = next_delivery(&mut c).await;
+    let _second = next_delivery(&mut c).await;
+    let info = within(w1.group_info("work")).await.unwrap();
+    let t = &info.topics[0];
+    assert_eq!((t.in_flight, t.pending), (2, 3));
+    let waiting = info.waiting.expect("the group says why it waits");
+    assert!(waiting.contains("max_in_flight"), "{waiting}");
+    // One ack frees one slot: the next message comes.
+    within(first.ack()).await.unwrap();
+    let third = next_delivery(&mut c).await;
+    assert_eq!(third.offset(), 2);
+}
