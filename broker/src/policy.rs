@@ -170,6 +170,7 @@ impl Policy {
         for p in file.principals {
             policy.add_principal(p, &roles)?;
         }
+        policy.check_dead_letter_topics()?;
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
         digest.update(text.as_bytes());
         for t in file.topics {
@@ -177,6 +178,34 @@ impl Policy {
         }
         policy.sha256 = hex::encode(digest.finish());
         Ok(policy)
+    }
+
+    /// Only the broker writes dead letters: no principal may publish to a
+    /// group's dead-letter topic (a reader could not tell a forged one from
+    /// the broker's by its topic).
+    fn check_dead_letter_topics(&self) -> Result<(), PolicyError> {
+        for group in self.groups.values() {
+            let mut writers: Vec<&String> = self
+                .principals
+                .iter()
+                .filter(|(_, p)| {
+                    p.grants
+                        .allows(crate::acl::Action::Publish, &group.dead_letter)
+                })
+                .map(|(name, _)| name)
+                .collect();
+            writers.sort();
+            if let Some(name) = writers.first() {
+                return Err(PolicyError::Group(GroupError {
+                    group: group.name.clone(),
+                    reason: format!(
+                        "principal {name:?} may publish to dead_letter {:?}: only the broker writes dead letters (add a deny_publish)",
+                        group.dead_letter
+                    ),
+                }));
+            }
+        }
+        Ok(())
     }
 
     fn add_principal(
@@ -349,6 +378,32 @@ mod tests {
 
     fn load(text: &str, base: &Path) -> Policy {
         Policy::from_file(PolicyFile::parse(text).unwrap(), text, base).unwrap()
+    }
+
+    #[test]
+    fn no_principal_may_publish_to_a_dead_letter_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = "[[group]]\nname = \"g\"\ntopics = [\"jobs.>\"]\nstart = \"earliest\"\nack_wait = \"1s\"\nmax_deliveries = 3\ndead_letter = \"dlq.g\"\nmax_in_flight = 10\n";
+        let text = format!(
+            "{TEXT}{group}[[principal]]\nname = \"p\"\npublish = [\">\"]\nconsume = [\"g\"]\n"
+        );
+        let err = Policy::from_file(PolicyFile::parse(&text).unwrap(), &text, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only the broker writes dead letters"), "{err}");
+        let text = format!(
+            "{TEXT}{group}[[principal]]\nname = \"p\"\npublish = [\">\"]\ndeny_publish = [\"dlq.>\"]\nconsume = [\"g\", \"nope\"]\n"
+        );
+        let err = Policy::from_file(PolicyFile::parse(&text).unwrap(), &text, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown group \"nope\""), "{err}");
+        let text = format!(
+            "{TEXT}{group}[[principal]]\nname = \"p\"\npublish = [\">\"]\ndeny_publish = [\"dlq.>\"]\nconsume = [\"g\"]\n"
+        );
+        let policy = load(&text, dir.path());
+        assert!(policy.consumable("p", "g").is_some());
+        assert!(policy.consumable("p", "other").is_none());
     }
 
     #[test]
