@@ -115,6 +115,8 @@ async fn members_share_the_work_and_acked_messages_never_come_back_after_restart
         (20, 1),
         "after a restart only the new message is delivered"
     );
+    // Stop the broker (and close RocksDB) before the process exits.
+    sandbox.stop().await;
 }
 
 /// A raw member: joined on its own stream; deliveries and settlements as frames.
@@ -162,7 +164,7 @@ fn refused_with(outcome: &Outcome, code: ErrorCode) -> bool {
 
 #[tokio::test]
 async fn forged_stale_and_other_members_lease_tokens_are_refused_and_change_nothing() {
-    let sandbox = start_with(&specs(), &group_policy("30s", "[]", 5, 1000)).await;
+    let mut sandbox = start_with(&specs(), &group_policy("30s", "[]", 5, 1000)).await;
     publish_n(&sandbox, "jobs.a", 1).await;
     let w1 = client(&sandbox, "w1").await;
     let w2 = client(&sandbox, "w2").await;
@@ -210,11 +212,13 @@ async fn forged_stale_and_other_members_lease_tokens_are_refused_and_change_noth
     );
     let info = within(w1.group_info("work")).await.unwrap();
     assert_eq!((info.topics[0].in_flight, info.topics[0].acked), (0, 1));
+    // Stop the broker (and close RocksDB) before the process exits.
+    sandbox.stop().await;
 }
 
 #[tokio::test]
 async fn a_principal_without_consume_cannot_join_or_read_the_group() {
-    let sandbox = start_with(&specs(), &group_policy("30s", "[]", 5, 1000)).await;
+    let mut sandbox = start_with(&specs(), &group_policy("30s", "[]", 5, 1000)).await;
     publish_n(&sandbox, "jobs.a", 3).await;
     let outsider = client(&sandbox, "outsider").await;
     let refused = within(outsider.consume("work")).await;
@@ -236,6 +240,8 @@ async fn a_principal_without_consume_cannot_join_or_read_the_group() {
     let mut c = within(w1.consume("work")).await.unwrap();
     let d = next_delivery(&mut c).await;
     assert_eq!((d.offset(), d.delivery_count), (0, 1));
+    // Stop the broker (and close RocksDB) before the process exits.
+    sandbox.stop().await;
 }
 
 #[tokio::test]
@@ -255,11 +261,13 @@ async fn revoking_consume_on_reload_closes_the_member() {
         within(c.next()).await.is_none(),
         "nothing after the revocation"
     );
+    // Stop the broker (and close RocksDB) before the process exits.
+    sandbox.stop().await;
 }
 
 #[tokio::test]
 async fn nak_and_expiry_redeliver_no_sooner_than_the_backoff() {
-    let sandbox = start_with(&specs(), &group_policy("200ms", "[\"300ms\"]", 10, 1000)).await;
+    let mut sandbox = start_with(&specs(), &group_policy("200ms", "[\"300ms\"]", 10, 1000)).await;
     publish_n(&sandbox, "jobs.a", 1).await;
     let w1 = client(&sandbox, "w1").await;
     let mut c = within(w1.consume("work")).await.unwrap();
@@ -297,11 +305,13 @@ async fn nak_and_expiry_redeliver_no_sooner_than_the_backoff() {
         now_ms()
     );
     assert_eq!(d.delivery_count, 4, "delivery counts only go up");
+    // Stop the broker (and close RocksDB) before the process exits.
+    sandbox.stop().await;
 }
 
 #[tokio::test]
 async fn extend_keeps_a_slow_message_from_redelivery() {
-    let sandbox = start_with(&specs(), &group_policy("300ms", "[]", 10, 1000)).await;
+    let mut sandbox = start_with(&specs(), &group_policy("300ms", "[]", 10, 1000)).await;
     publish_n(&sandbox, "jobs.a", 1).await;
     let w1 = client(&sandbox, "w1").await;
     let w2 = client(&sandbox, "w2").await;
@@ -322,6 +332,8 @@ async fn extend_keeps_a_slow_message_from_redelivery() {
     publish_n(&sandbox, "jobs.a", 1).await;
     let next = next_delivery(&mut c2).await;
     assert_eq!(next.offset(), 1, "the slow one never moved");
+    // Stop the broker (and close RocksDB) before the process exits.
+    sandbox.stop().await;
 }
 
 /// The raw records of `topic` from offset 0, as the auditor receives them.
@@ -350,7 +362,7 @@ async fn raw_records(sandbox: &Sandbox, topic: &str, n: usize) -> Vec<Vec<u8>> {
 
 #[tokio::test]
 async fn dead_letters_carry_the_original_byte_for_byte_under_the_broker_signature() {
-    let sandbox = start_with(&specs(), &group_policy("30s", "[]", 2, 1000)).await;
+    let mut sandbox = start_with(&specs(), &group_policy("30s", "[]", 2, 1000)).await;
     publish_n(&sandbox, "jobs.a", 2).await;
     let w1 = client(&sandbox, "w1").await;
     let mut c = within(w1.consume("work")).await.unwrap();
@@ -430,6 +442,8 @@ async fn dead_letters_carry_the_original_byte_for_byte_under_the_broker_signatur
         .verify("dlq.work", &tampered)
         .unwrap_err();
     assert_eq!(refused.code, ErrorCode::BadSignature);
+    // Stop the broker (and close RocksDB) before the process exits.
+    sandbox.stop().await;
 }
 
 #[tokio::test]
@@ -457,6 +471,8 @@ async fn lowering_max_deliveries_on_reload_dead_letters_what_is_over_it() {
     let m = next(&mut dlq).await.unwrap();
     let l = auditor.open_dead_letter(&m).unwrap().letter;
     assert_eq!((l.source_offset, l.delivery_count), (0, 2));
+    // Stop the broker (and close RocksDB) before the process exits.
+    sandbox.stop().await;
 }
 
 /// Runs the `signet` binary; returns (success, stdout lines as JSON, stderr).
@@ -484,7 +500,7 @@ async fn signet(args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
 async fn signet_consume_group_info_and_sub_on_the_dead_letter_topic() {
     // A short ack wait: a delivery leased to a `signet consume` that has
     // exited (past --count) comes back soon.
-    let sandbox = start_with(&specs(), &group_policy("300ms", "[]", 5, 1000)).await;
+    let mut sandbox = start_with(&specs(), &group_policy("300ms", "[]", 5, 1000)).await;
     publish_n(&sandbox, "jobs.a", 3).await;
     let w1 = sandbox.write_client_file("w1").unwrap();
     let w1 = w1.to_str().unwrap();
@@ -565,11 +581,13 @@ async fn signet_consume_group_info_and_sub_on_the_dead_letter_topic() {
     assert_eq!(dead["broker_signature_verified"], true);
     assert_eq!(dead["original"]["verified"], true);
     assert_eq!(dead["original"]["payload"], "{\"i\":2}");
+    // Stop the broker (and close RocksDB) before the process exits.
+    sandbox.stop().await;
 }
 
 #[tokio::test]
 async fn a_group_at_max_in_flight_waits_and_says_why() {
-    let sandbox = start_with(&specs(), &group_policy("30s", "[]", 5, 2)).await;
+    let mut sandbox = start_with(&specs(), &group_policy("30s", "[]", 5, 2)).await;
     publish_n(&sandbox, "jobs.a", 5).await;
     let w1 = client(&sandbox, "w1").await;
     let mut c = within(w1.consume_with("work", 10)).await.unwrap();
@@ -584,4 +602,6 @@ async fn a_group_at_max_in_flight_waits_and_says_why() {
     within(first.ack()).await.unwrap();
     let third = next_delivery(&mut c).await;
     assert_eq!(third.offset(), 2);
+    // Stop the broker (and close RocksDB) before the process exits.
+    sandbox.stop().await;
 }
