@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use tokio::io::AsyncWriteExt;
 
 mod audit;
+mod group;
 mod output;
 
 #[derive(Parser)]
@@ -75,6 +76,13 @@ enum Command {
     Pub(PubArgs),
     /// Subscribe; prints one JSON line per verified message.
     Sub(SubArgs),
+    /// Join a consumer group; prints one JSON line per delivery, then acks (or naks, terms, leaves) it.
+    Consume(group::ConsumeArgs),
+    /// Consumer groups.
+    Group {
+        #[command(subcommand)]
+        command: group::GroupCommand,
+    },
     /// Run the publish benchmark against an in-process broker.
     Bench {
         #[arg(long, default_value_t = 200_000)]
@@ -244,6 +252,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sub(args) => {
             init_logs("warn");
             return subscribe(args).await;
+        }
+        Command::Consume(args) => {
+            init_logs("warn");
+            return group::consume(args).await;
+        }
+        Command::Group { command } => {
+            init_logs("warn");
+            return group::group_command(command).await;
         }
         Command::Bench {
             messages,
@@ -491,9 +507,21 @@ async fn subscribe(args: SubArgs) -> Result<ExitCode> {
         seen += 1;
         match item {
             Ok(m) => {
-                stdout
-                    .write_all(format!("{}\n", output::message_json(&m)).as_bytes())
-                    .await?;
+                let mut line = output::message_json(&m);
+                if signet_client::dead_letter::is_dead_letter(&m) {
+                    match group::dead_letter_json(&client, &m) {
+                        Ok(dead) => line["dead_letter"] = dead,
+                        Err(e) => {
+                            bad += 1;
+                            eprintln!(
+                                "{}",
+                                json!({ "offset": m.offset, "error": error_code_name(&e), "detail": e.to_string() })
+                            );
+                            continue;
+                        }
+                    }
+                }
+                stdout.write_all(format!("{line}\n").as_bytes()).await?;
                 stdout.flush().await?;
             }
             Err(ClientError::Verify {

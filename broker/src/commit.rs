@@ -17,6 +17,7 @@
 
 use crate::error::StoreError;
 use crate::fanout::{Head, Registry};
+use crate::group_writer::{Append, GroupWork, Groups, Host};
 use crate::limits::Limits;
 use crate::metrics;
 use crate::policy::Policy;
@@ -24,7 +25,7 @@ use crate::quota::{Quotas, Reservation};
 use crate::store::{Store, StoredTopic};
 use crate::trim;
 use rocksdb::WriteBatch;
-use signet_proto::{ErrorCode, KeyId};
+use signet_proto::{ErrorCode, KeyId, SigningKey};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -46,6 +47,10 @@ pub struct Entry {
     pub principal: Arc<str>,
 }
 
+/// The name the broker's own messages are accounted under. It holds a
+/// space, which no principal URI can, so it never meets a principal.
+pub const BROKER_PRINCIPAL: &str = "signet broker";
+
 /// Offsets in request order, or why nothing was stored.
 pub type CommitReply = Result<Vec<u64>, ErrorCode>;
 
@@ -59,6 +64,21 @@ pub struct CommitRequest {
     /// The stored bytes the quota reserved for the batch; dropped with the
     /// request, after the stored bytes were added (or the write failed).
     pub reserved: Reservation,
+    /// Consumer-group commands applied in the same write, after the
+    /// entries (see [`crate::group_writer`]).
+    pub group: Option<GroupWork>,
+}
+
+impl CommitRequest {
+    /// A request carrying only consumer-group commands.
+    pub fn group(work: GroupWork) -> CommitRequest {
+        CommitRequest {
+            entries: Vec::new(),
+            reply: oneshot::channel().0,
+            reserved: Reservation::default(),
+            group: Some(work),
+        }
+    }
 }
 
 /// Deletes the messages `from..to` of `topic` (its oldest: `from` must be
@@ -132,6 +152,11 @@ struct Writer {
     quotas: Arc<Quotas>,
     /// The policy in force (retention limits).
     policy: watch::Receiver<Arc<Policy>>,
+    /// Consumer-group state (taken out while a command runs against the
+    /// writer as its [`Host`]).
+    groups: Option<Groups>,
+    /// The broker's identity key (dead letters are its messages).
+    identity: Option<Arc<SigningKey>>,
 }
 
 /// Starts the writer thread.
@@ -142,6 +167,8 @@ pub fn spawn(
     topics: &[StoredTopic],
     limits: &Limits,
     policy: watch::Receiver<Arc<Policy>>,
+    groups: Groups,
+    identity: Option<Arc<SigningKey>>,
 ) -> std::io::Result<Committer> {
     let (sender, receiver) = mpsc::channel(Limits::usize(limits.commit_queue_requests_max));
     let writer = Writer {
@@ -167,6 +194,8 @@ pub fn spawn(
         owners: HashMap::new(),
         quotas,
         policy,
+        groups: Some(groups),
+        identity,
     };
     let thread = std::thread::Builder::new()
         .name("signet-commit".into())
@@ -294,44 +323,73 @@ impl Writer {
         });
         metrics::commit(envelopes, staged.bytes, started.elapsed(), result.is_ok());
         match result {
-            Ok(offsets) => {
+            Ok((offsets, mut outcomes)) => {
+                let stored = !staged.topics.is_empty();
                 self.apply(staged);
+                if let Some(groups) = &mut self.groups {
+                    groups.commit(stored);
+                }
                 for (request, offsets) in group.into_iter().zip(offsets) {
                     // The stored bytes are counted now: end the reservation
                     // before the ack, so the next publish sees them once.
                     let CommitRequest {
-                        reply, reserved, ..
+                        reply,
+                        reserved,
+                        group,
+                        ..
                     } = request;
                     drop(reserved);
                     let _ = reply.send(Ok(offsets));
+                    if let Some(work) = group {
+                        let _ = work.reply.send(Ok(outcomes.remove(0)));
+                    }
                 }
             }
             Err(_) => {
+                if let Some(groups) = &mut self.groups {
+                    groups.discard();
+                }
                 for request in group {
                     let _ = request.reply.send(Err(ErrorCode::Unavailable));
+                    if let Some(work) = request.group {
+                        let _ = work.reply.send(Err(ErrorCode::Unavailable));
+                    }
                 }
             }
         }
     }
 
     /// Stages every entry of the group, the replay marks and the usage it
-    /// moves, and writes them in one synced batch; returns the offsets per
-    /// request. Nothing is applied in memory here.
+    /// moves, and the consumer-group commands with the dead letters they
+    /// imply, and writes them in one synced batch; returns the offsets per
+    /// request and the group outcomes per request that carried commands.
+    /// Nothing is applied in memory here.
+    #[allow(clippy::type_complexity)]
     fn write(
         &mut self,
         group: &[CommitRequest],
         staged: &mut Staged,
-    ) -> Result<Vec<Vec<u64>>, StoreError> {
+    ) -> Result<(Vec<Vec<u64>>, Vec<Vec<crate::group_writer::Outcome>>), StoreError> {
         let mut batch = WriteBatch::default();
         let mut offsets = Vec::with_capacity(group.len());
+        let mut outcomes = Vec::new();
         for request in group {
             let mut request_offsets = Vec::with_capacity(request.entries.len());
             for entry in &request.entries {
                 request_offsets.push(self.stage(&mut batch, staged, entry)?);
             }
             offsets.push(request_offsets);
+            if let Some(work) = &request.group {
+                outcomes.push(self.with_groups(&mut batch, staged, |groups, host| {
+                    work.commands
+                        .iter()
+                        .map(|command| groups.apply(command, host))
+                        .collect::<Result<Vec<_>, _>>()
+                })?);
+            }
         }
         self.stage_retention(&mut batch, staged)?;
+        self.with_groups(&mut batch, staged, |groups, host| groups.finish(host))?;
         for (key, seq) in &staged.marks {
             if self.persisted_mark(key)? < *seq {
                 self.store.put_replay_mark(&mut batch, key, *seq)?;
@@ -362,7 +420,30 @@ impl Writer {
             self.store.put_key_owner(&mut batch, key, principal)?;
         }
         self.store.write_synced(batch)?;
-        Ok(offsets)
+        Ok((offsets, outcomes))
+    }
+
+    /// Runs `f` on the group state with this writer as its host.
+    fn with_groups<T>(
+        &mut self,
+        batch: &mut WriteBatch,
+        staged: &mut Staged,
+        f: impl FnOnce(&mut Groups, &mut dyn Host) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut groups = self.groups.take().ok_or(StoreError::Corrupt {
+            family: crate::store::CF_SUBS,
+            what: "group state in use",
+        })?;
+        let result = f(
+            &mut groups,
+            &mut WriterHost {
+                writer: self,
+                batch,
+                staged,
+            },
+        );
+        self.groups = Some(groups);
+        result
     }
 
     fn persisted_mark(&mut self, key: &KeyId) -> Result<u64, StoreError> {
@@ -519,5 +600,68 @@ impl Writer {
             self.registry.advance(&name, topic.head());
             self.topics.insert(name, topic);
         }
+    }
+}
+
+/// The writer as seen by consumer-group commands: topics as staged so far
+/// in this write, stored records, the identity key's seq, and staging.
+struct WriterHost<'a> {
+    writer: &'a mut Writer,
+    batch: &'a mut WriteBatch,
+    staged: &'a mut Staged,
+}
+
+impl Host for WriterHost<'_> {
+    fn topic(&self, name: &str) -> Option<(u32, u64)> {
+        self.staged
+            .topics
+            .get(name)
+            .or_else(|| self.writer.topics.get(name))
+            .map(|t| (t.id, t.next))
+    }
+
+    fn topic_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.writer.topics.keys().cloned().collect();
+        names.extend(
+            self.staged
+                .topics
+                .keys()
+                .filter(|n| !self.writer.topics.contains_key(*n))
+                .cloned(),
+        );
+        names
+    }
+
+    fn record(&self, topic_id: u32, offset: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        self.writer.store.message(topic_id, offset)
+    }
+
+    fn identity_mark(&mut self) -> Result<u64, StoreError> {
+        let Some(key) = self.writer.identity.as_ref().map(|k| k.id()) else {
+            return Ok(0);
+        };
+        let persisted = self.writer.persisted_mark(&key)?;
+        Ok(persisted.max(self.staged.marks.get(&key).copied().unwrap_or(0)))
+    }
+
+    fn append(&mut self, append: Append) -> Result<u64, StoreError> {
+        let Some(key) = self.writer.identity.as_ref().map(|k| k.id()) else {
+            return Err(StoreError::Corrupt {
+                family: crate::store::CF_SUBS,
+                what: "dead letter without an identity key",
+            });
+        };
+        let entry = Entry {
+            topic: append.topic,
+            record: append.record,
+            key_id: key,
+            seq: append.seq,
+            principal: Arc::from(BROKER_PRINCIPAL),
+        };
+        self.writer.stage(self.batch, self.staged, &entry)
+    }
+
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        self.writer.store.put_group_entry(self.batch, key, value)
     }
 }

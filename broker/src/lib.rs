@@ -18,6 +18,9 @@
 //!   [`replay`] and clock);
 //! - [`commit`]: the group commit into [`store`];
 //! - [`subscribe`] and [`fanout`]: delivery from storage, stored then live;
+//! - [`group`] ([`group_config`], [`group_state`], [`group_writer`],
+//!   [`dead_letter`]): consumer groups (leases, acks, backoff, dead letters),
+//!   their state changed only by commands the commit writer applies;
 //! - [`state`]: what tasks share (broker-wide and per connection);
 //! - [`answer`]: typed refusals written to peers;
 //! - [`reload`]: hot reload of the policy (SIGHUP, file watch);
@@ -32,11 +35,16 @@ pub mod answer;
 pub mod audit;
 pub mod commit;
 pub mod config;
+pub mod dead_letter;
 pub mod disk;
 pub mod error;
 pub mod fanout;
 pub mod frames;
 pub mod fuzzing;
+pub mod group;
+pub mod group_config;
+pub mod group_state;
+pub mod group_writer;
 pub mod handshake;
 pub mod ingest;
 pub mod limits;

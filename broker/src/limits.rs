@@ -143,6 +143,12 @@ limits! {
     /// Time between free-space checks of the data folder.
     storage_check_ms_max: "ms" = 1000, 10, 60_000,
         keys ["limits.storage_check_ms_max"];
+    /// Messages of one consumer group's topic between its acked floor and the next offset never leased; when full the group waits (and `signet group info` says so).
+    group_window_max: "messages" = 4096, 16, 1_000_000,
+        keys ["limits.group_window_max"];
+    /// Deliveries one consumer-group member holds unsettled at once (its `prefetch` is capped at this).
+    group_prefetch_max: "deliveries" = 1024, 1, 65_536,
+        keys ["limits.group_prefetch_max"];
     /// ACL decisions cached per connection before the cache is cleared.
     acl_cache_entries_max: "entries" = 1024, 16, 1_000_000,
         keys ["limits.acl_cache_entries_max"];

@@ -4,13 +4,14 @@
 //! sections and validated whole; a reload builds a new one and swaps it in.
 
 use crate::acl::{Grants, PatternSet};
+use crate::group_config::{GroupError, GroupPolicy, group_policy};
 use crate::policy_file::{GrantFields, PolicyFile, QuotaSection};
 use crate::quota::QuotaLimits;
 use crate::retention::Retention;
 use crate::settings::resolve;
 use signet_proto::schema::Schema;
 use signet_proto::{KeyId, PublicKey, topic};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -55,6 +56,12 @@ pub enum PolicyError {
     /// A topic entry is malformed or inconsistent.
     #[error("topic {topic:?}: {reason}")]
     Topic { topic: String, reason: String },
+    /// A `[[group]]` is malformed.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// A `consume` grant names a group the policy does not define.
+    #[error("{owner}: consume names unknown group {group:?}")]
+    UnknownGroup { owner: String, group: String },
 }
 
 /// One principal's keys and grants.
@@ -66,6 +73,8 @@ pub struct PrincipalPolicy {
     pub grants: Grants,
     /// Quotas (explicit or the defaults).
     pub quota: QuotaLimits,
+    /// Consumer groups it may join (its own and its roles').
+    pub consume: BTreeSet<String>,
 }
 
 /// Per-topic settings (schema, encryption, retention) keyed by pattern.
@@ -100,6 +109,8 @@ pub struct Policy {
     pub key_owners: HashMap<KeyId, String>,
     /// Topic settings, in file order.
     pub topics: Vec<TopicPolicy>,
+    /// Consumer groups by name.
+    pub groups: HashMap<String, Arc<GroupPolicy>>,
 }
 
 impl Policy {
@@ -129,6 +140,16 @@ impl Policy {
             .map_or(QuotaLimits::DEFAULT, |p| p.quota)
     }
 
+    /// The group `name` if `principal` may join it: the group exists and
+    /// the principal (or one of its roles) has a `consume` grant for it.
+    pub fn consumable(&self, principal: &str, name: &str) -> Option<&Arc<GroupPolicy>> {
+        let p = self.principal(principal)?;
+        if !p.consume.contains(name) {
+            return None;
+        }
+        self.groups.get(name)
+    }
+
     /// Schema files the policy names (a change to one triggers a reload).
     pub fn schema_files(&self) -> impl Iterator<Item = &Path> {
         self.topics.iter().filter_map(|t| t.schema.as_deref())
@@ -142,9 +163,23 @@ impl Policy {
             version: 1,
             ..Policy::default()
         };
+        for g in &file.groups {
+            let group = group_policy(g)?;
+            if policy
+                .groups
+                .insert(group.name.clone(), Arc::new(group))
+                .is_some()
+            {
+                return Err(PolicyError::Duplicate {
+                    kind: "group",
+                    name: g.name.clone(),
+                });
+            }
+        }
         for p in file.principals {
             policy.add_principal(p, &roles)?;
         }
+        policy.check_dead_letter_topics()?;
         let mut digest = ring::digest::Context::new(&ring::digest::SHA256);
         digest.update(text.as_bytes());
         for t in file.topics {
@@ -154,10 +189,38 @@ impl Policy {
         Ok(policy)
     }
 
+    /// Only the broker writes dead letters: no principal may publish to a
+    /// group's dead-letter topic (a reader could not tell a forged one from
+    /// the broker's by its topic).
+    fn check_dead_letter_topics(&self) -> Result<(), PolicyError> {
+        for group in self.groups.values() {
+            let mut writers: Vec<&String> = self
+                .principals
+                .iter()
+                .filter(|(_, p)| {
+                    p.grants
+                        .allows(crate::acl::Action::Publish, &group.dead_letter)
+                })
+                .map(|(name, _)| name)
+                .collect();
+            writers.sort();
+            if let Some(name) = writers.first() {
+                return Err(PolicyError::Group(GroupError {
+                    group: group.name.clone(),
+                    reason: format!(
+                        "principal {name:?} may publish to dead_letter {:?}: only the broker writes dead letters (add a deny_publish)",
+                        group.dead_letter
+                    ),
+                }));
+            }
+        }
+        Ok(())
+    }
+
     fn add_principal(
         &mut self,
         p: crate::policy_file::PrincipalSection,
-        roles: &HashMap<String, Grants>,
+        roles: &HashMap<String, (Grants, Vec<String>)>,
     ) -> Result<(), PolicyError> {
         if p.name.is_empty() || p.name.len() > 128 || p.name.chars().any(|c| c.is_control()) {
             return Err(PolicyError::BadPrincipalName(p.name));
@@ -165,12 +228,20 @@ impl Policy {
         let owner = format!("principal {:?}", p.name);
         let mut grants = compile_grants(&p.grants, &owner)?;
         let quota = quota_limits(p.quota.as_ref(), &p.name)?;
+        let mut consume: BTreeSet<String> = p.grants.consume.iter().cloned().collect();
         for role in &p.roles {
-            let g = roles.get(role).ok_or_else(|| PolicyError::UnknownRole {
+            let (g, c) = roles.get(role).ok_or_else(|| PolicyError::UnknownRole {
                 principal: p.name.clone(),
                 role: role.clone(),
             })?;
             grants.extend(g);
+            consume.extend(c.iter().cloned());
+        }
+        if let Some(group) = consume.iter().find(|g| !self.groups.contains_key(*g)) {
+            return Err(PolicyError::UnknownGroup {
+                owner: owner.clone(),
+                group: group.clone(),
+            });
         }
         let mut keys = HashMap::new();
         for text in &p.keys {
@@ -194,6 +265,7 @@ impl Policy {
             keys,
             grants,
             quota,
+            consume,
         };
         if self.principals.insert(p.name.clone(), entry).is_some() {
             return Err(PolicyError::Duplicate {
@@ -229,11 +301,12 @@ fn compile_grants(fields: &GrantFields, owner: &str) -> Result<Grants, PolicyErr
 
 fn role_grants(
     roles: Vec<crate::policy_file::RoleSection>,
-) -> Result<HashMap<String, Grants>, PolicyError> {
+) -> Result<HashMap<String, (Grants, Vec<String>)>, PolicyError> {
     let mut out = HashMap::new();
     for role in roles {
         let grants = compile_grants(&role.grants, &format!("role {:?}", role.name))?;
-        if out.insert(role.name.clone(), grants).is_some() {
+        let consume = role.grants.consume.clone();
+        if out.insert(role.name.clone(), (grants, consume)).is_some() {
             return Err(PolicyError::Duplicate {
                 kind: "role",
                 name: role.name,
@@ -321,6 +394,32 @@ mod tests {
 
     fn load(text: &str, base: &Path) -> Policy {
         Policy::from_file(PolicyFile::parse(text).unwrap(), text, base).unwrap()
+    }
+
+    #[test]
+    fn no_principal_may_publish_to_a_dead_letter_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        let group = "[[group]]\nname = \"g\"\ntopics = [\"jobs.>\"]\nstart = \"earliest\"\nack_wait = \"1s\"\nmax_deliveries = 3\ndead_letter = \"dlq.g\"\nmax_in_flight = 10\n";
+        let text = format!(
+            "{TEXT}{group}[[principal]]\nname = \"p\"\npublish = [\">\"]\nconsume = [\"g\"]\n"
+        );
+        let err = Policy::from_file(PolicyFile::parse(&text).unwrap(), &text, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only the broker writes dead letters"), "{err}");
+        let text = format!(
+            "{TEXT}{group}[[principal]]\nname = \"p\"\npublish = [\">\"]\ndeny_publish = [\"dlq.>\"]\nconsume = [\"g\", \"nope\"]\n"
+        );
+        let err = Policy::from_file(PolicyFile::parse(&text).unwrap(), &text, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown group \"nope\""), "{err}");
+        let text = format!(
+            "{TEXT}{group}[[principal]]\nname = \"p\"\npublish = [\">\"]\ndeny_publish = [\"dlq.>\"]\nconsume = [\"g\"]\n"
+        );
+        let policy = load(&text, dir.path());
+        assert!(policy.consumable("p", "g").is_some());
+        assert!(policy.consumable("p", "other").is_none());
     }
 
     #[test]

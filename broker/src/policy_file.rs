@@ -31,6 +31,9 @@ pub struct PolicyFile {
     /// Per-topic settings.
     #[serde(default, rename = "topic")]
     pub topics: Vec<TopicSection>,
+    /// Consumer groups.
+    #[serde(default, rename = "group")]
+    pub groups: Vec<GroupSection>,
 }
 
 impl PolicyFile {
@@ -121,6 +124,9 @@ pub struct GrantFields {
     /// Patterns never subscribed to (beats `subscribe`).
     #[serde(default)]
     pub deny_subscribe: Vec<String>,
+    /// Consumer groups that may be joined.
+    #[serde(default)]
+    pub consume: Vec<String>,
 }
 
 /// `[[role]]`.
@@ -208,4 +214,27 @@ pub struct RetentionSection {
     pub max_msgs: Option<u64>,
     /// A consumer group whose acks and dead letters delete messages.
     pub work_queue: Option<String>,
+}
+
+/// `[[group]]`: a consumer group.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSection {
+    /// Its name, referenced by `consume` grants.
+    pub name: String,
+    /// Topic names or patterns it consumes.
+    pub topics: Vec<String>,
+    /// `earliest` or `latest`: where a new group begins.
+    pub start: String,
+    /// A delivery not acked by then is redelivered, e.g. `"30s"`.
+    pub ack_wait: String,
+    /// Deliveries before a message is dead-lettered.
+    pub max_deliveries: u32,
+    /// Delay before redelivery n (the last repeats), e.g. `["1s", "5s"]`.
+    #[serde(default)]
+    pub backoff: Vec<String>,
+    /// The topic that receives dead letters.
+    pub dead_letter: String,
+    /// Unacked deliveries for the whole group.
+    pub max_in_flight: u32,
 }

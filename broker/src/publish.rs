@@ -108,6 +108,10 @@ async fn next_batch(
             ErrorCode::BadFrame,
             "subscribe on a publish stream",
         )))),
+        _ => Ok(Some(Err(Rejection::new(
+            ErrorCode::BadFrame,
+            "not a publish frame on a publish stream",
+        )))),
     }
 }
 
@@ -365,6 +369,7 @@ async fn send_to_commit(
         entries,
         reply,
         reserved,
+        group: None,
     };
     conn.broker.commits.send(request.into()).await.ok()?;
     Some(receiver)

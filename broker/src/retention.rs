@@ -45,7 +45,7 @@ impl Retention {
     pub fn from_section(section: &RetentionSection) -> Result<Retention, String> {
         if section.work_queue.is_some() {
             return Err(
-                "retention.work_queue needs consumer groups, which this broker does not have yet"
+                "retention.work_queue (deleting what a group acked) is not supported yet; use max_age, max_bytes or max_msgs"
                     .into(),
             );
         }

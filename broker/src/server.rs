@@ -103,6 +103,17 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     let topics = store.load_topics()?;
     let registry = Arc::new(Registry::new(&topics));
     let quotas = Arc::new(Quotas::new(limits.frame_bytes_max_u32()));
+    let identity = match &settings.identity_key {
+        Some(path) => Some(Arc::new(system::load_identity(path)?)),
+        None => {
+            tracing::warn!(
+                "the policy names no [broker] identity_key: audit checkpoints are not signed, so a rewritten audit log cannot be detected, and consumer groups cannot run"
+            );
+            None
+        }
+    };
+    let (groups, group_wake) =
+        crate::group_writer::Groups::load(&store, identity.clone(), limits.group_window_max)?;
     let committer = commit::spawn(
         store.clone(),
         registry.clone(),
@@ -110,20 +121,13 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         &topics,
         limits,
         policy.subscribe(),
+        groups,
+        identity.clone(),
     )
     .map_err(|source| BrokerError::Thread {
         what: "commit writer",
         source,
     })?;
-    let identity = match &settings.identity_key {
-        Some(path) => Some(Arc::new(system::load_identity(path)?)),
-        None => {
-            tracing::warn!(
-                "the policy names no [broker] identity_key: audit checkpoints are not signed, so a rewritten audit log cannot be detected"
-            );
-            None
-        }
-    };
     let (audit, audit_thread) = match &settings.audit {
         Some(audit) => {
             let checkpoints = match &identity {
@@ -157,7 +161,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         json!({ "listen": local_addr.to_string(), "policy_sha256": policy_sha256 }),
     ));
     let Committer { sender, thread } = committer;
-    let state = Arc::new(BrokerState::new(
+    let mut state = BrokerState::new(
         settings,
         policy,
         quotas,
@@ -165,7 +169,12 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         store.clone(),
         registry,
         sender,
-    ));
+    );
+    state.groups = crate::group_writer::Hub {
+        enabled: identity.is_some(),
+        wake: group_wake,
+    };
+    let state = Arc::new(state);
     let store = Arc::downgrade(&store);
     let (shutdown, shutdown_rx) = watch::channel(false);
     tracing::info!(%local_addr, "broker listening");

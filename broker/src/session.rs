@@ -7,7 +7,7 @@ use crate::audit::Event;
 use crate::frames::{self, Budgeted};
 use crate::metrics;
 use crate::state::{BrokerState, ConnectionState};
-use crate::{publish, subscribe, tls};
+use crate::{group, publish, subscribe, tls};
 use serde_json::json;
 use signet_proto::ErrorCode;
 use signet_proto::frame::ClientFrame;
@@ -105,6 +105,33 @@ async fn dispatch(
         }) => {
             drop(budget);
             subscribe::run(conn, sub, send, recv).await;
+        }
+        Ok(Budgeted {
+            frame: ClientFrame::Consume(consume),
+            budget,
+        }) => {
+            drop(budget);
+            group::member::run(conn, consume, send, recv).await;
+        }
+        Ok(Budgeted {
+            frame: ClientFrame::GroupInfo(info),
+            budget,
+        }) => {
+            drop(budget);
+            group::info::run(conn, info, send).await;
+        }
+        Ok(Budgeted {
+            frame: ClientFrame::Settle(_),
+            ..
+        }) => {
+            answer::refuse(
+                &mut send,
+                signet_proto::frame::Rejection::new(
+                    ErrorCode::BadFrame,
+                    "Settle outside a consume stream",
+                ),
+            )
+            .await;
         }
         Err(e) => answer::frame_failure(&conn, &mut send, &mut recv, e).await,
     }

@@ -39,6 +39,8 @@ pub struct BrokerState {
     pub commits: mpsc::Sender<Command>,
     /// Whether the data folder is below its free-space floor.
     pub disk: Arc<DiskGuard>,
+    /// What consumer-group streams need (set by the server at start).
+    pub groups: crate::group_writer::Hub,
 }
 
 impl BrokerState {
@@ -67,6 +69,7 @@ impl BrokerState {
             store,
             registry,
             commits,
+            groups: crate::group_writer::Hub::default(),
         }
     }
 

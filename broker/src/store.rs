@@ -5,7 +5,7 @@
 //! - `topics`: topic name → topic id (u32 BE);
 //! - `replay`: key id → highest accepted seq (u64 BE);
 //! - `usage`: principal → stored record bytes (the stored-bytes quota);
-//! - `subs`: durable subscription → acked offset (reserved);
+//! - `subs`: consumer-group state (group markers and per-topic cursors);
 //! - `topic_meta`: topic id → first offset (u64 BE) ‖ stored record bytes
 //!   (u64 BE): retention moves the first offset up, offsets are never reused;
 //! - `key_owners`: key id → the principal whose bytes its records count as.
@@ -30,7 +30,7 @@ pub const CF_TOPICS: &str = "topics";
 pub const CF_REPLAY: &str = "replay";
 /// Principal → stored bytes.
 pub const CF_USAGE: &str = "usage";
-/// Durable subscription → acked offset.
+/// Consumer-group state (see [`crate::group_writer`]).
 pub const CF_SUBS: &str = "subs";
 /// Topic id → first offset ‖ stored bytes.
 pub const CF_TOPIC_META: &str = "topic_meta";
@@ -47,6 +47,9 @@ pub const FAMILIES: [&str; 7] = [
     CF_TOPIC_META,
     CF_KEY_OWNERS,
 ];
+
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// Length of a message key.
 pub const MESSAGE_KEY_BYTES: usize = 12;
@@ -396,6 +399,35 @@ impl Store {
             principal.as_bytes(),
             bytes.to_be_bytes(),
         );
+        Ok(())
+    }
+
+    /// One stored record, if present.
+    pub fn message(&self, topic_id: u32, offset: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_MESSAGES)?, message_key(topic_id, offset))?)
+    }
+
+    /// Every key and value of the consumer-group family.
+    pub fn group_entries(&self) -> Result<Vec<KeyValue>, StoreError> {
+        let family = self.cf(CF_SUBS)?;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(family, IteratorMode::Start) {
+            let (key, value) = item?;
+            out.push((key.into_vec(), value.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Adds a consumer-group key and value to a write batch.
+    pub fn put_group_entry(
+        &self,
+        batch: &mut WriteBatch,
+        key: &[u8],
+        value: &[u8],
+    ) -> Result<(), StoreError> {
+        batch.put_cf(self.cf(CF_SUBS)?, key, value);
         Ok(())
     }
 

@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 
-/// The name the broker's own messages are accounted under. It holds a
-/// space, which no principal URI can, so it never meets a principal.
-pub const BROKER_PRINCIPAL: &str = "signet broker";
+pub use crate::commit::BROKER_PRINCIPAL;
 
 /// Why a system message was not published.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +117,7 @@ impl SystemPublisher {
             reply,
             // The broker's own messages are under no principal's quota.
             reserved: Reservation::default(),
+            group: None,
         };
         self.commits
             .blocking_send(Command::Publish(request))

@@ -1,6 +1,7 @@
 //! The connection to a broker, publishing and subscribing.
 
 use crate::config::ClientConfig;
+use crate::consumer::Consumer;
 use crate::error::Error;
 use crate::keyfile::read_private;
 use crate::limits::FRAME_BYTES_MAX;
@@ -11,7 +12,7 @@ use crate::subscription::Subscription;
 use crate::tls;
 use crate::verify::Verifier;
 use signet_proto::crypt::DecryptionKey;
-use signet_proto::frame::{ClientFrame, ServerFrame, StartAt, Subscribe};
+use signet_proto::frame::{ClientFrame, GroupStatus, ServerFrame, StartAt, Subscribe};
 use signet_proto::schema::Schema;
 use signet_proto::stream::{read_frame, write_frame};
 use signet_proto::{ErrorCode, SigningKey};
@@ -205,6 +206,42 @@ impl Client {
             Ok(None) => Err(Error::ConnectionLost("subscription refused".into())),
             Err(e) => Err(Error::ConnectionLost(e.to_string())),
         }
+    }
+
+    /// Joins the consumer group `group` (with the default prefetch of
+    /// [`crate::consumer::DEFAULT_PREFETCH`] deliveries). Every delivery is
+    /// verified against this client's trusted keys before it is yielded.
+    pub async fn consume(&self, group: &str) -> Result<Consumer, Error> {
+        self.consume_with(group, crate::consumer::DEFAULT_PREFETCH)
+            .await
+    }
+
+    /// Joins `group` holding at most `prefetch` unsettled deliveries (the
+    /// broker caps it at its `group_prefetch_max`).
+    pub async fn consume_with(&self, group: &str, prefetch: u32) -> Result<Consumer, Error> {
+        let streams = crate::consumer::join(&self.conn, group, prefetch).await?;
+        Ok(Consumer::start(
+            group.to_owned(),
+            streams,
+            self.trust.clone(),
+            self.payloads.clone(),
+            prefetch,
+        ))
+    }
+
+    /// Opens a dead letter received on a subscription: parses what the
+    /// broker says and verifies the original message it carries against
+    /// this client's trusted keys.
+    pub fn open_dead_letter(
+        &self,
+        message: &crate::Message,
+    ) -> Result<crate::dead_letter::OpenedDeadLetter, Error> {
+        crate::dead_letter::open(self.trust.clone(), &self.payloads, message)
+    }
+
+    /// The state of consumer group `group` (for a principal that may join it).
+    pub async fn group_info(&self, group: &str) -> Result<GroupStatus, Error> {
+        crate::consumer::group_info(&self.conn, group).await
     }
 
     /// The underlying QUIC connection, for tools that speak frames

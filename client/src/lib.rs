@@ -22,6 +22,8 @@
 
 mod client;
 mod config;
+pub mod consumer;
+pub mod dead_letter;
 mod error;
 pub mod fuzzing;
 mod keyfile;
@@ -37,6 +39,7 @@ mod verify;
 
 pub use client::Client;
 pub use config::ClientConfig;
+pub use consumer::{Consumer, Delivery};
 pub use error::Error;
 pub use message::{Message, OutgoingMessage, PendingAck};
 pub use signet_proto::ErrorCode;

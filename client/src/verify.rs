@@ -111,6 +111,22 @@ impl Verifier {
     /// accepted from that key (`Replay`). Only an accepted record moves
     /// the key's seq.
     pub fn verify(&mut self, subscribed: &str, bytes: &[u8]) -> Result<StoredRecord, Rejected> {
+        let record = self.verify_any_order(subscribed, bytes)?;
+        self.order
+            .accept(&record.envelope.key_id, record.envelope.seq)
+            .map_err(|detail| rejected(ErrorCode::Replay, detail))?;
+        Ok(record)
+    }
+
+    /// As [`Verifier::verify`] without the seq order: for consumer-group
+    /// deliveries, which come in any order and again after a nak or an
+    /// expired lease. Everything else (topic, trusted key, proof,
+    /// signature, the key's topics) is checked.
+    pub fn verify_any_order(
+        &mut self,
+        subscribed: &str,
+        bytes: &[u8],
+    ) -> Result<StoredRecord, Rejected> {
         let record: StoredRecord = codec::decode(bytes)
             .map_err(|_| rejected(ErrorCode::BadSignature, "record does not decode"))?;
         let envelope = &record.envelope;
@@ -131,9 +147,6 @@ impl Verifier {
                 "signing key is not trusted for this topic",
             ));
         }
-        self.order
-            .accept(&envelope.key_id, envelope.seq)
-            .map_err(|detail| rejected(ErrorCode::Replay, detail))?;
         Ok(record)
     }
 }

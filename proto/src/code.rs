@@ -71,6 +71,9 @@ codes! {
     UnsupportedVersion(403) "the envelope or protocol version is not supported";
     UnsupportedSuite(404) "the encryption suite is not supported";
     EncryptionNotAllowed(405) "the topic does not accept encrypted payloads";
+    // 6xx: consumer groups
+    NoSuchGroup(600) "the policy defines no consumer group of this name";
+    LeaseInvalid(601) "the lease token is stale, forged or another member's; nothing changed";
     // 5xx: broker
     Unavailable(500) "the broker cannot serve this now (storage or shutdown)";
     Internal(501) "internal broker error";

@@ -8,10 +8,17 @@
 //! - subscribe: client sends one [`ClientFrame::Subscribe`]; the broker
 //!   answers [`ServerFrame::Subscribed`] or [`ServerFrame::Error`], then
 //!   [`ServerFrame::Deliver`] frames in offset order.
+//! - consume (a consumer-group member): client sends one
+//!   [`ClientFrame::Consume`]; the broker answers [`ServerFrame::Joined`] or
+//!   [`ServerFrame::Error`], then [`ServerFrame::GroupDeliver`] frames; the
+//!   client sends [`ClientFrame::Settle`] frames, each answered, in order,
+//!   by one [`ServerFrame::Settled`].
+//! - group info: client sends one [`ClientFrame::GroupInfo`]; the broker
+//!   answers [`ServerFrame::GroupStatus`] or [`ServerFrame::Error`].
 
 use crate::code::ErrorCode;
 use crate::envelope::Envelope;
-use crate::limits::{BATCH_ENVELOPES_MAX, DELIVER_MESSAGES_MAX};
+use crate::limits::{BATCH_ENVELOPES_MAX, DELIVER_MESSAGES_MAX, SETTLE_OPS_MAX};
 use serde::{Deserialize, Serialize};
 
 /// A batch of envelopes signed together. The broker rebuilds the Merkle
@@ -49,11 +56,64 @@ pub struct Subscribe {
     pub start: StartAt,
 }
 
+/// Join a consumer group on this stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Consume {
+    /// The group's name (a `[[group]]` of the broker's policy).
+    pub group: String,
+    /// Most deliveries this member holds unsettled at once (the broker
+    /// caps it at its `group_prefetch_max`).
+    pub prefetch: u32,
+}
+
+/// What a member does with one delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SettleAction {
+    /// Done: never delivered to the group again.
+    Ack,
+    /// Not done: redeliver after at least this many milliseconds (and
+    /// never before the group's backoff).
+    Nak(Option<u64>),
+    /// Still working: the lease deadline moves to now + `ack_wait`; the
+    /// delivery count does not change.
+    Extend,
+    /// Never deliver again: dead-letter now with this reason.
+    Term(String),
+}
+
+/// One settlement: the delivery's topic, offset and lease token, and what
+/// to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settle {
+    /// The delivery's topic.
+    pub topic: String,
+    /// Its offset.
+    pub offset: u64,
+    /// The lease token of the delivery (16 bytes).
+    #[serde(with = "serde_bytes")]
+    pub token: Vec<u8>,
+    /// What to do.
+    pub action: SettleAction,
+}
+
+/// Ask for a group's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The group's name.
+    pub group: String,
+}
+
 /// Frames a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientFrame {
     Publish(Publish),
     Subscribe(Subscribe),
+    /// Join a consumer group (first frame of a consume stream).
+    Consume(Consume),
+    /// Settle deliveries of this consume stream (at most 1024 per frame).
+    Settle(#[serde(deserialize_with = "crate::bounded::vec::<_, _, SETTLE_OPS_MAX>")] Vec<Settle>),
+    /// Ask for a group's state (first and only frame of its stream).
+    GroupInfo(GroupInfo),
 }
 
 /// The outcome of one envelope of a batch.
@@ -115,6 +175,62 @@ pub struct Delivery {
     pub record: Vec<u8>,
 }
 
+/// One message leased to a group member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupDelivery {
+    /// The message's topic.
+    pub topic: String,
+    /// Its offset in the topic.
+    pub offset: u64,
+    /// How many times it was leased to the group, this one included
+    /// (written to disk before this delivery was sent).
+    pub delivery_count: u32,
+    /// The lease token to settle it with (16 bytes).
+    #[serde(with = "serde_bytes")]
+    pub token: Vec<u8>,
+    /// When the lease ends unless extended (broker clock, ms since the epoch).
+    pub deadline_ms: u64,
+    /// MessagePack of a [`crate::StoredRecord`], byte for byte as stored.
+    #[serde(with = "serde_bytes")]
+    pub record: Vec<u8>,
+}
+
+/// One topic of a group's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupTopicStatus {
+    /// The topic.
+    pub topic: String,
+    /// The topic's next offset (messages stored: this many).
+    pub next_offset: u64,
+    /// Every offset below it is acked or dead-lettered.
+    pub acked_floor: u64,
+    /// The next offset never leased to the group.
+    pub next_unleased: u64,
+    /// Messages waiting for a member (never leased, or waiting to be
+    /// redelivered).
+    pub pending: u64,
+    /// Deliveries leased and not settled.
+    pub in_flight: u64,
+    /// Deliveries that were redeliveries.
+    pub redelivered: u64,
+    /// Messages acked.
+    pub acked: u64,
+    /// Messages dead-lettered.
+    pub dead: u64,
+}
+
+/// A group's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupStatus {
+    /// The group.
+    pub group: String,
+    /// Why the group is not leasing although messages wait, if it is not.
+    pub waiting: Option<String>,
+    /// Its topics (at most 1024).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, SETTLE_OPS_MAX>")]
+    pub topics: Vec<GroupTopicStatus>,
+}
+
 /// Frames the broker sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ServerFrame {
@@ -130,6 +246,23 @@ pub enum ServerFrame {
     ),
     /// The stream is refused or closed for this reason.
     Error(Rejection),
+    /// The member joined the group.
+    Joined {
+        group: String,
+    },
+    /// Deliveries leased to this member (at most 512).
+    GroupDeliver(
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, DELIVER_MESSAGES_MAX>")]
+        Vec<GroupDelivery>,
+    ),
+    /// The outcome of each settlement of one `Settle` frame, in its order:
+    /// `Ack(offset)` when applied and on disk, `Nack` when refused (nothing
+    /// changed).
+    Settled(
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, SETTLE_OPS_MAX>")] Vec<Outcome>,
+    ),
+    /// A group's state, answering `GroupInfo`.
+    GroupStatus(GroupStatus),
     /// Messages `from..=to` of `topic` will never be delivered: they were
     /// removed (`reason`, e.g. `retention`) before this subscription
     /// reached them. Offsets are never reused; delivery goes on at `to + 1`.

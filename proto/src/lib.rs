@@ -15,6 +15,7 @@ pub mod code;
 pub mod codec;
 #[cfg(feature = "encrypt")]
 pub mod crypt;
+pub mod dead_letter;
 pub mod envelope;
 mod fixed;
 pub mod frame;

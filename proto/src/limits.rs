@@ -68,3 +68,14 @@ pub const PAYLOAD_BYTES_MAX_CEILING: usize = 64 * 1024 * 1024;
 /// (`broker.max_frame_bytes`), in bytes. A client reads broker frames up to
 /// this size; the body buffer grows only as bytes arrive.
 pub const FRAME_BYTES_MAX_CEILING: u32 = 256 * 1024 * 1024;
+
+/// Largest number of settlements in one `Settle` frame (and outcomes in one
+/// `Settled`), and of topics in one `GroupStatus`. Also capped while
+/// decoding.
+pub const SETTLE_OPS_MAX: usize = 1024;
+
+/// Length of a consumer-group lease token, in bytes.
+pub const LEASE_TOKEN_BYTES: usize = 16;
+
+/// Largest `Term` reason, in bytes (longer ones are cut).
+pub const TERM_REASON_BYTES_MAX: usize = 256;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, mpsc};
 
 /// A quota far above what a benchmark principal can reach on one machine.
-const UNLIMITED_QUOTA: &str =
+pub(crate) const UNLIMITED_QUOTA: &str =
     "{ msgs_per_sec = 4000000000, bytes_per_sec = 4000000000, stored_bytes = 1000000000000 }";
 
 /// What to run.
@@ -190,7 +190,7 @@ pub async fn run(args: BenchArgs) -> Result<Report> {
 /// Publishes `args.messages` messages of `args.size` bytes to `topic` with
 /// at most `args.inflight` unacknowledged; returns the publish→ack latency
 /// histogram. Records each send time in `sent_at` when given.
-async fn publish_load(
+pub(crate) async fn publish_load(
     client: &Client,
     topic: &str,
     args: &BenchArgs,

@@ -19,6 +19,8 @@ pub struct PrincipalSpec {
     pub deny_publish: Vec<String>,
     pub deny_subscribe: Vec<String>,
     pub roles: Vec<String>,
+    /// Consumer groups it may join.
+    pub consume: Vec<String>,
     /// An inline TOML table, e.g. `{ msgs_per_sec = 100 }`.
     pub quota: Option<String>,
 }
@@ -59,6 +61,12 @@ impl PrincipalSpec {
     /// Adds a role (define it with [`Sandbox::set_extra_policy`]).
     pub fn role(mut self, role: &str) -> PrincipalSpec {
         self.roles.push(role.into());
+        self
+    }
+
+    /// Adds a `consume` grant (define the group with [`Sandbox::set_extra_policy`]).
+    pub fn consume(mut self, group: &str) -> PrincipalSpec {
+        self.consume.push(group.into());
         self
     }
 
@@ -265,6 +273,9 @@ impl Sandbox {
                 toml_list(&s.deny_publish),
                 toml_list(&s.deny_subscribe),
             ));
+            if !s.consume.is_empty() {
+                text.push_str(&format!("consume = {}\n", toml_list(&s.consume)));
+            }
             if let Some(quota) = &s.quota {
                 text.push_str(&format!("quota = {quota}\n"));
             }

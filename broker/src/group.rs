@@ -1,0 +1,34 @@
+//! Consumer groups: shared durable work queues with leases, acks, backoff
+//! and a dead-letter topic that keeps the publisher's signature. The
+//! streams live here; the rest in their own modules, so that the writer
+//! and the policy import no stream code:
+//!
+//! - [`crate::group_config`]: a `[[group]]` of the policy, validated;
+//! - [`crate::group_state`]: the pure state machine (cursors, windows,
+//!   transitions);
+//! - [`crate::group_writer`]: the commands the one writer
+//!   ([`crate::commit`]) applies, staged into the same synced write as
+//!   everything they imply;
+//! - [`crate::dead_letter`]: the broker-signed dead-letter record;
+//! - [`member`]: one member's stream (join, deliveries, settlements);
+//! - [`info`]: `GroupInfo` streams.
+
+pub mod info;
+pub mod member;
+
+/// Milliseconds since the epoch on the broker's clock: the time a command
+/// is created at (read here, outside the writer, and carried by it).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// 32 random bytes for a command's tokens and salts; `None` if the system
+/// generator fails.
+pub fn seed() -> Option<[u8; 32]> {
+    use ring::rand::SecureRandom;
+    let mut seed = [0u8; 32];
+    ring::rand::SystemRandom::new().fill(&mut seed).ok()?;
+    Some(seed)
+}

@@ -1,0 +1,483 @@
+//! One consumer-group member: a stream that starts with `Consume`. After
+//! the checks (a `consume` grant for the group, an identity key to sign
+//! dead letters) the broker answers `Joined`, then leases messages to the
+//! member through the writer (each lease on disk before its delivery is
+//! sent) and sends them as `GroupDeliver` frames; the member's `Settle`
+//! frames become commands for the writer, each answered by one `Settled`
+//! after its write, in order.
+//!
+//! The member holds at most `prefetch` (≤ `group_prefetch_max`)
+//! deliveries; it asks for more when one settles, when anything was
+//! committed (new messages, another member's settlement), and when the
+//! earliest backoff or lease deadline the writer reported passes. A reload
+//! that takes the `consume` grant away ends the stream with `Forbidden`;
+//! the member's leases then expire at their deadlines.
+
+use super::{now_ms, seed};
+use crate::answer;
+use crate::audit::Event;
+use crate::commit::CommitRequest;
+use crate::frames::{self, FrameError};
+use crate::group_config::{GroupPolicy, valid_group_name};
+use crate::group_state::Settlement;
+use crate::group_writer::{Command, GroupLease, GroupWork, Op, Outcome};
+use crate::limits::Limits;
+use crate::state::ConnectionState;
+use serde_json::json;
+use signet_proto::ErrorCode;
+use signet_proto::frame::{
+    ClientFrame, Consume, GroupDelivery, Outcome as Wire, Rejection, ServerFrame, Settle,
+    SettleAction,
+};
+use signet_proto::limits::{DELIVER_MESSAGES_MAX, TERM_REASON_BYTES_MAX};
+use signet_proto::stream::write_frame;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+type Reply = oneshot::Receiver<Result<Vec<Outcome>, ErrorCode>>;
+
+async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, detail: &str) {
+    answer::refuse(send, Rejection::new(code, detail)).await;
+}
+
+/// Sends commands to the writer; `None` if it stopped.
+async fn submit(conn: &ConnectionState, commands: Vec<Command>) -> Option<Reply> {
+    let (reply, answer) = oneshot::channel();
+    conn.broker
+        .commits
+        .send(CommitRequest::group(GroupWork { commands, reply }).into())
+        .await
+        .ok()?;
+    Some(answer)
+}
+
+/// Serves one member until it leaves, its grant is revoked or the broker stops.
+pub async fn run(
+    conn: Arc<ConnectionState>,
+    consume: Consume,
+    mut send: quinn::SendStream,
+    recv: quinn::RecvStream,
+) {
+    if !valid_group_name(&consume.group) {
+        return refuse(&mut send, ErrorCode::NoSuchGroup, "invalid group name").await;
+    }
+    let mut policy_changes = conn.broker.watch_policy();
+    let Some(group) = conn
+        .policy()
+        .consumable(&conn.principal, &consume.group)
+        .cloned()
+    else {
+        tracing::info!(principal = %conn.principal, group = %consume.group, "consume denied");
+        conn.broker.audit.record(Event::new(
+            "consume_denied",
+            json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "group": consume.group, "code": ErrorCode::Forbidden.to_string() }),
+        ));
+        return refuse(
+            &mut send,
+            ErrorCode::Forbidden,
+            "not allowed to consume from this group",
+        )
+        .await;
+    };
+    if !conn.broker.groups.enabled {
+        return refuse(
+            &mut send,
+            ErrorCode::Unavailable,
+            "consumer groups need the broker's identity key ([broker] identity_key)",
+        )
+        .await;
+    }
+    let Some(member_seed) = seed() else {
+        return refuse(&mut send, ErrorCode::Internal, "no randomness").await;
+    };
+    let member = u64::from_be_bytes([
+        member_seed[0],
+        member_seed[1],
+        member_seed[2],
+        member_seed[3],
+        member_seed[4],
+        member_seed[5],
+        member_seed[6],
+        member_seed[7],
+    ]);
+    let prefetch = consume.prefetch.clamp(
+        1,
+        u32::try_from(conn.broker.limits().group_prefetch_max).unwrap_or(u32::MAX),
+    );
+    if write_frame(
+        &mut send,
+        &ServerFrame::Joined {
+            group: group.name.clone(),
+        },
+    )
+    .await
+    .is_err()
+    {
+        return;
+    }
+    tracing::info!(principal = %conn.principal, group = %group.name, "member joined");
+    conn.broker.audit.record(Event::new(
+        "member_joined",
+        json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "group": group.name }),
+    ));
+    let (frames_tx, frames_rx) = mpsc::channel(4);
+    let reader = tokio::spawn(read_frames(conn.clone(), recv, frames_tx));
+    let mut m = Member {
+        conn: &conn,
+        group,
+        member,
+        prefetch,
+        held: HashMap::new(),
+        send: &mut send,
+    };
+    let reason = m.serve(frames_rx, &mut policy_changes).await;
+    reader.abort();
+    tracing::info!(principal = %conn.principal, group = %consume.group, reason, "member left");
+    conn.broker.audit.record(Event::new(
+        "member_left",
+        json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "group": consume.group, "reason": reason }),
+    ));
+}
+
+/// Reads the member's frames; ends with the error (or `None` at the end).
+async fn read_frames(
+    conn: Arc<ConnectionState>,
+    mut recv: quinn::RecvStream,
+    out: mpsc::Sender<Result<ClientFrame, FrameError>>,
+) -> quinn::RecvStream {
+    loop {
+        let frame = match frames::wait_start(&mut recv).await {
+            Ok(Some(first)) => frames::read_started(&conn, &mut recv, first)
+                .await
+                .map(|b| b.frame),
+            Ok(None) => return recv,
+            Err(e) => Err(e),
+        };
+        let failed = frame.is_err();
+        if out.send(frame).await.is_err() || failed {
+            return recv;
+        }
+    }
+}
+
+/// A settlement sent to the writer, waiting for its outcome.
+struct Pending {
+    reply: Reply,
+    /// The ops of the frame: (topic, offset, action), `None` for one
+    /// refused before the writer.
+    ops: Vec<(String, u64, Option<SettleAction>)>,
+    /// Outcomes of ops refused before the writer.
+    early: Vec<Option<Rejection>>,
+}
+
+struct Member<'a> {
+    conn: &'a ConnectionState,
+    group: Arc<GroupPolicy>,
+    member: u64,
+    prefetch: u32,
+    /// Deliveries leased to this member and not settled: deadline by
+    /// (topic, offset).
+    held: HashMap<(String, u64), u64>,
+    send: &'a mut quinn::SendStream,
+}
+
+impl Member<'_> {
+    fn credit(&mut self, now: u64) -> u32 {
+        self.held.retain(|_, deadline| *deadline > now);
+        self.prefetch
+            .saturating_sub(u32::try_from(self.held.len()).unwrap_or(u32::MAX))
+    }
+
+    fn command(&self, op: Op) -> Option<Command> {
+        Some(Command {
+            group: self.group.clone(),
+            now_ms: now_ms(),
+            seed: seed()?,
+            op,
+        })
+    }
+
+    async fn serve(
+        &mut self,
+        mut frames: mpsc::Receiver<Result<ClientFrame, FrameError>>,
+        policy: &mut tokio::sync::watch::Receiver<Arc<crate::policy::Policy>>,
+    ) -> &'static str {
+        let mut wake = self.conn.broker.groups.wake.clone();
+        let mut lease: Option<Reply> = None;
+        let mut settles: VecDeque<Pending> = VecDeque::new();
+        let mut want = true;
+        let mut forced = true;
+        let mut next_wake: Option<u64> = None;
+        loop {
+            let now = now_ms();
+            if lease.is_none() && want {
+                let credit = self.credit(now);
+                if credit > 0 || forced {
+                    let grants = match self.conn.policy().principal(&self.conn.principal) {
+                        Some(p) => Arc::new(p.grants.clone()),
+                        None => Arc::new(crate::acl::Grants::default()),
+                    };
+                    let Some(command) = self.command(Op::Lease {
+                        member: self.member,
+                        want: credit,
+                        grants,
+                    }) else {
+                        return "no randomness";
+                    };
+                    let Some(reply) = submit(self.conn, vec![command]).await else {
+                        return "broker stopping";
+                    };
+                    lease = Some(reply);
+                    want = false;
+                    forced = false;
+                }
+            }
+            let held_wake = self.held.values().min().copied();
+            let wake_at = match (next_wake, held_wake) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let sleep = wake_at.map(|at| Duration::from_millis(at.saturating_sub(now) + 1));
+            tokio::select! {
+                frame = frames.recv() => match frame {
+                    Some(Ok(ClientFrame::Settle(ops))) => {
+                        match self.settle(ops).await {
+                            Some(p) => settles.push_back(p),
+                            None => return "broker stopping",
+                        }
+                    }
+                    Some(Ok(_)) => {
+                        let detail = "only Settle frames follow Consume";
+                        refuse(self.send, ErrorCode::BadFrame, detail).await;
+                        self.conn.conn.close(ErrorCode::BadFrame.0.into(), detail.as_bytes());
+                        return "bad frame";
+                    }
+                    Some(Err(e)) => {
+                        if let FrameError::Read(read) = e {
+                            answer::frame_error(self.conn, self.send, read).await;
+                        } else {
+                            refuse(self.send, ErrorCode::BadFrame, "frame not received within the broker's deadline").await;
+                        }
+                        return "bad frame";
+                    }
+                    None => return "closed by member",
+                },
+                out = wait(&mut lease), if lease.is_some() => {
+                    lease = None;
+                    match out {
+                        Some(Outcome::Leased { leases, waiting }) => {
+                            next_wake = waiting.wake_at_ms;
+                            if !leases.is_empty() {
+                                want = true;
+                                if self.deliver(leases).await.is_err() {
+                                    return "stream closed";
+                                }
+                            }
+                        }
+                        _ => {
+                            refuse(self.send, ErrorCode::Unavailable, "storage unavailable").await;
+                            return "storage unavailable";
+                        }
+                    }
+                }
+                out = wait_settle(settles.front_mut()), if !settles.is_empty() => {
+                    let Some(pending) = settles.pop_front() else { continue };
+                    match self.settled(pending, out).await {
+                        Ok(()) => want = true,
+                        Err(()) => return "stream closed",
+                    }
+                }
+                changed = wake.changed() => {
+                    if changed.is_err() {
+                        return "broker stopping";
+                    }
+                    want = true;
+                }
+                _ = tokio::time::sleep(sleep.unwrap_or(Duration::from_secs(3600))), if sleep.is_some() => {
+                    want = true;
+                    forced = true;
+                    next_wake = None;
+                }
+                changed = policy.changed() => {
+                    if changed.is_err() {
+                        return "broker stopping";
+                    }
+                    let policy = policy.borrow_and_update().clone();
+                    match policy.consumable(&self.conn.principal, &self.group.name) {
+                        Some(group) => {
+                            self.group = group.clone();
+                            want = true;
+                            forced = true;
+                        }
+                        None => {
+                            refuse(self.send, ErrorCode::Forbidden, "membership revoked by a policy reload").await;
+                            return "revoked";
+                        }
+                    }
+                }
+                _ = self.send.stopped() => return "closed by member",
+            }
+        }
+    }
+
+    /// Turns one `Settle` frame into commands and sends them to the writer.
+    async fn settle(&mut self, ops: Vec<Settle>) -> Option<Pending> {
+        let mut commands = Vec::with_capacity(ops.len());
+        let mut meta = Vec::with_capacity(ops.len());
+        let mut early = Vec::with_capacity(ops.len());
+        for op in ops {
+            let action = match &op.action {
+                SettleAction::Ack => Settlement::Ack,
+                SettleAction::Nak(delay) => Settlement::Nak(*delay),
+                SettleAction::Extend => Settlement::Extend,
+                SettleAction::Term(reason) => {
+                    let mut reason = reason.clone();
+                    if reason.len() > TERM_REASON_BYTES_MAX {
+                        let mut cut = TERM_REASON_BYTES_MAX;
+                        while !reason.is_char_boundary(cut) {
+                            cut -= 1;
+                        }
+                        reason.truncate(cut);
+                    }
+                    Settlement::Term(reason)
+                }
+            };
+            let command = self.command(Op::Settle {
+                member: self.member,
+                topic: op.topic.clone(),
+                offset: op.offset,
+                token: op.token,
+                action,
+            })?;
+            commands.push(command);
+            meta.push((op.topic, op.offset, Some(op.action)));
+            early.push(None);
+        }
+        let reply = submit(self.conn, commands).await?;
+        Some(Pending {
+            reply,
+            ops: meta,
+            early,
+        })
+    }
+
+    /// Answers one `Settle` frame once its write returned.
+    async fn settled(
+        &mut self,
+        pending: Pending,
+        out: Result<Vec<Outcome>, ErrorCode>,
+    ) -> Result<(), ()> {
+        let mut results = Vec::with_capacity(pending.ops.len());
+        let outcomes: Vec<Option<Outcome>> = match out {
+            Ok(outcomes) => outcomes.into_iter().map(Some).collect(),
+            Err(_) => pending.ops.iter().map(|_| None).collect(),
+        };
+        for (((topic, offset, action), outcome), early) in
+            pending.ops.into_iter().zip(outcomes).zip(pending.early)
+        {
+            if let Some(rejection) = early {
+                results.push(Wire::Nack(rejection));
+                continue;
+            }
+            match outcome {
+                Some(Outcome::Settled(Ok(()))) => {
+                    match action {
+                        Some(SettleAction::Extend) => {
+                            let deadline = now_ms().saturating_add(self.group.ack_wait_ms);
+                            if let Some(d) = self.held.get_mut(&(topic.clone(), offset)) {
+                                *d = deadline;
+                            }
+                        }
+                        _ => {
+                            self.held.remove(&(topic.clone(), offset));
+                        }
+                    }
+                    results.push(Wire::Ack(offset));
+                }
+                Some(Outcome::Settled(Err(code))) => results.push(Wire::Nack(Rejection::new(
+                    code,
+                    "the lease token is not this member's live lease on that message",
+                ))),
+                _ => results.push(Wire::Nack(Rejection::new(
+                    ErrorCode::Unavailable,
+                    "storage unavailable; nothing changed",
+                ))),
+            }
+        }
+        write_frame(self.send, &ServerFrame::Settled(results))
+            .await
+            .map_err(|_| ())
+    }
+
+    /// Reads the leased records and sends them.
+    async fn deliver(&mut self, leases: Vec<GroupLease>) -> Result<(), ()> {
+        for lease in &leases {
+            self.held
+                .insert((lease.topic.clone(), lease.offset), lease.deadline_ms);
+        }
+        let store = self.conn.broker.store.clone();
+        let chunk_bytes_max = Limits::usize(self.conn.broker.limits().deliver_chunk_bytes_max);
+        let read = tokio::task::spawn_blocking(move || {
+            let mut chunks: Vec<Vec<GroupDelivery>> = vec![Vec::new()];
+            let mut bytes = 0usize;
+            for l in leases {
+                let Ok(Some(record)) = store.message(l.topic_id, l.offset) else {
+                    tracing::error!(topic = %l.topic, offset = l.offset, "leased record unreadable");
+                    continue;
+                };
+                let full = chunks.last().is_some_and(|c| {
+                    c.len() >= DELIVER_MESSAGES_MAX
+                        || (!c.is_empty() && bytes.saturating_add(record.len()) > chunk_bytes_max)
+                });
+                if full {
+                    chunks.push(Vec::new());
+                    bytes = 0;
+                }
+                bytes = bytes.saturating_add(record.len());
+                if let Some(chunk) = chunks.last_mut() {
+                    chunk.push(GroupDelivery {
+                        topic: l.topic,
+                        offset: l.offset,
+                        delivery_count: l.deliveries,
+                        token: l.token.to_vec(),
+                        deadline_ms: l.deadline_ms,
+                        record,
+                    });
+                }
+            }
+            chunks
+        })
+        .await
+        .map_err(|_| ())?;
+        for chunk in read {
+            if chunk.is_empty() {
+                continue;
+            }
+            let n = chunk.len();
+            write_frame(self.send, &ServerFrame::GroupDeliver(chunk))
+                .await
+                .map_err(|_| ())?;
+            crate::metrics::delivered(n);
+        }
+        Ok(())
+    }
+}
+
+/// The lease reply's first outcome.
+async fn wait(lease: &mut Option<Reply>) -> Option<Outcome> {
+    let reply = lease.as_mut()?;
+    match reply.await {
+        Ok(Ok(outcomes)) => outcomes.into_iter().next(),
+        _ => None,
+    }
+}
+
+/// The front settlement's outcomes.
+async fn wait_settle(front: Option<&mut Pending>) -> Result<Vec<Outcome>, ErrorCode> {
+    match front {
+        Some(p) => (&mut p.reply).await.unwrap_or(Err(ErrorCode::Unavailable)),
+        None => std::future::pending().await,
+    }
+}
