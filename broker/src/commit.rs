@@ -160,6 +160,7 @@ struct Writer {
 }
 
 /// Starts the writer thread.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     store: Arc<Store>,
     registry: Arc<Registry>,
