@@ -97,8 +97,7 @@ impl Floor {
     pub fn worth_trimming(&self, retention: &Retention, head: &Head) -> bool {
         let count_slack = retention.max_msgs.map_or(u64::MAX, |m| (m / 16).max(1));
         let byte_slack = retention.max_bytes.map_or(u64::MAX, |m| (m / 16).max(1));
-        self.by_count.saturating_sub(head.first_offset) >= count_slack
-            || self.excess >= byte_slack
+        self.by_count.saturating_sub(head.first_offset) >= count_slack || self.excess >= byte_slack
     }
 
     /// Whether the topic at `head` is within every limit (or may be).
