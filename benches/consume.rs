@@ -4,14 +4,8 @@
 //! (`SIGNET_BENCH_MEMBERS`), each delivery acked; prints acked deliveries
 //! per second and p50/p99 from publish to the consumer's ack on disk.
 
+use signet_testkit::bench::env_or;
 use signet_testkit::{bench, bench_consume};
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {

@@ -7,13 +7,7 @@
 //! at 10x its quota.
 
 use signet_testkit::bench;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
+use signet_testkit::bench::env_or;
 
 fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {

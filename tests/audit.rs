@@ -6,35 +6,16 @@
 
 mod common;
 
+use common::process::{Run, signet};
 use common::*;
 use serde_json::{Value, json};
 use signet_admin::pki;
 use signet_client::{Client, ClientConfig, StartAt};
 use signet_proto::{ErrorCode, PublicKey, SigningKey};
 use std::path::{Path, PathBuf};
-use tokio::process::Command;
-
-const SIGNET: &str = env!("CARGO_BIN_EXE_signet");
 
 /// The system topic the broker publishes its signed checkpoints to.
 const CHECKPOINTS: &str = "signet.audit.checkpoints";
-
-struct Run {
-    ok: bool,
-    stdout: String,
-    stderr: String,
-}
-
-async fn signet(args: &[&str]) -> Run {
-    let out = within(Command::new(SIGNET).args(args).kill_on_drop(true).output())
-        .await
-        .expect("signet runs");
-    Run {
-        ok: out.status.success(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 /// The broker's identity public key, read from the key `signet pki init`
 /// wrote (`pki/broker.ed25519`).
@@ -124,7 +105,12 @@ async fn rechained_head_cut_and_tail_cut_logs_fail_verify_with_the_broker_key() 
     );
 
     let run = verify(&key, Some(&saved), &log).await;
-    assert!(run.ok, "a genuine log fails: {}{}", run.stdout, run.stderr);
+    assert!(
+        run.ok(),
+        "a genuine log fails: {}{}",
+        run.stdout,
+        run.stderr
+    );
     assert!(run.stdout.starts_with("ok:"), "{}", run.stdout);
 
     // 1. A record edited, every later hash recomputed.
@@ -155,7 +141,7 @@ async fn rechained_head_cut_and_tail_cut_logs_fail_verify_with_the_broker_key() 
         ("tail cut", &tail_cut, Some(saved.as_path())),
     ] {
         let run = verify(&key, checkpoint, path).await;
-        assert!(!run.ok, "{name} passed: {}", run.stdout);
+        assert!(!run.ok(), "{name} passed: {}", run.stdout);
         assert!(
             run.stdout.starts_with("broken:"),
             "{name}: {}{}",
@@ -165,12 +151,12 @@ async fn rechained_head_cut_and_tail_cut_logs_fail_verify_with_the_broker_key() 
     }
     // Without the saved checkpoint a clean tail cut cannot be told from a
     // log that ends there: that is what keeping checkpoints elsewhere is for.
-    assert!(verify(&key, None, &tail_cut).await.ok);
+    assert!(verify(&key, None, &tail_cut).await.ok());
     // Another key does not vouch for the genuine log.
     let other = SigningKey::from_pkcs8(&SigningKey::generate_pkcs8().unwrap()).unwrap();
     let run = verify(other.public_key(), None, &log).await;
     assert!(
-        !run.ok && run.stdout.starts_with("broken:"),
+        !run.ok() && run.stdout.starts_with("broken:"),
         "{}",
         run.stdout
     );
@@ -227,7 +213,7 @@ async fn checkpoint_subscribers_receive_checkpoints_that_verify_against_the_brok
     sandbox.stop().await;
     // What the auditor kept from the topic checks the log on disk.
     let run = verify(&key, Some(&saved), &sandbox.audit_path()).await;
-    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(run.ok(), "{}{}", run.stdout, run.stderr);
 }
 
 async fn traffic_of(sandbox: &Sandbox, name: &str, rounds: usize) {
@@ -447,7 +433,7 @@ async fn a_full_audit_queue_leaves_a_gap_record_that_accounts_for_every_event() 
     );
     let key = broker_key(&sandbox);
     let run = verify(&key, None, &sandbox.audit_path()).await;
-    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(run.ok(), "{}{}", run.stdout, run.stderr);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -473,7 +459,7 @@ async fn rotation_keeps_at_most_n_files_and_what_is_kept_still_verifies() {
     let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
     args.extend(names.iter().map(String::as_str));
     let run = signet(&args).await;
-    assert!(run.ok, "{}{}", run.stdout, run.stderr);
+    assert!(run.ok(), "{}{}", run.stdout, run.stderr);
     let first = record(&lines_of(&files[0])[0]);
     assert!(
         first["seq"].as_u64().unwrap() > 0,
@@ -491,5 +477,5 @@ async fn rotation_keeps_at_most_n_files_and_what_is_kept_still_verifies() {
     ];
     args.extend(names[1..].iter().map(String::as_str));
     let run = signet(&args).await;
-    assert!(!run.ok, "{}", run.stdout);
+    assert!(!run.ok(), "{}", run.stdout);
 }

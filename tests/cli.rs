@@ -2,6 +2,7 @@
 
 mod common;
 
+use common::process::{Run, signet};
 use common::*;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -11,23 +12,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
 const SIGNET: &str = env!("CARGO_BIN_EXE_signet");
-
-struct Run {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-async fn signet(args: &[&str]) -> Run {
-    let out = within(Command::new(SIGNET).args(args).kill_on_drop(true).output())
-        .await
-        .expect("signet runs");
-    Run {
-        status: out.status,
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777

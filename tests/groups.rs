@@ -477,23 +477,13 @@ async fn lowering_max_deliveries_on_reload_dead_letters_what_is_over_it() {
 
 /// Runs the `signet` binary; returns (success, stdout lines as JSON, stderr).
 async fn signet(args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
-    let out = within(
-        tokio::process::Command::new(env!("CARGO_BIN_EXE_signet"))
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .unwrap();
-    let lines = String::from_utf8_lossy(&out.stdout)
+    let run = common::process::signet(args).await;
+    let lines = run
+        .stdout
         .lines()
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
-    (
-        out.status.success(),
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (run.ok(), lines, run.stderr)
 }
 
 #[tokio::test]

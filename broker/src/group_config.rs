@@ -76,27 +76,13 @@ pub struct GroupError {
     pub reason: String,
 }
 
-/// Parses `"250ms"`, `"30s"`, `"5m"`, `"1h"` into milliseconds.
+/// Parses a group duration (`"250ms"`, `"30s"`, `"5m"`, `"1h"`, see
+/// [`crate::units::parse_duration_ms`]) into milliseconds, at most one day.
 pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
-    let text = text.trim();
-    let digits = text.chars().take_while(|c| c.is_ascii_digit()).count();
-    let (number, unit) = text.split_at(digits);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("duration {text:?}: expected a number then ms, s, m or h"))?;
-    let scale = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => {
-            return Err(format!("duration {text:?}: unit must be ms, s, m or h"));
-        }
-    };
-    let ms = number
-        .checked_mul(scale)
-        .filter(|ms| *ms <= DURATION_MS_MAX)
-        .ok_or_else(|| format!("duration {text:?}: longer than one day"))?;
+    let ms = crate::units::parse_duration_ms(text).map_err(|e| format!("duration {e}"))?;
+    if ms > DURATION_MS_MAX {
+        return Err(format!("duration {:?}: longer than one day", text.trim()));
+    }
     Ok(ms)
 }
 

@@ -8,6 +8,16 @@ use std::time::Duration;
 /// A duration like `"30s"` or `"7d"` (units ms, s, m, h, d; a whole
 /// number, at least 1 ms).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let ms = parse_duration_ms(text)?;
+    if ms == 0 {
+        return Err(format!("{:?}: must be at least 1ms", text.trim()));
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+/// A duration like `"250ms"`, `"0s"` or `"7d"` in milliseconds (units ms,
+/// s, m, h, d; a whole number; zero allowed).
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
@@ -24,11 +34,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => 86_400_000,
         _ => return Err(format!("{text:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
     };
-    let ms = n
-        .checked_mul(ms_per)
-        .filter(|ms| *ms > 0)
-        .ok_or_else(|| format!("{text:?}: must be at least 1ms and fit in 64 bits of ms"))?;
-    Ok(Duration::from_millis(ms))
+    n.checked_mul(ms_per)
+        .ok_or_else(|| format!("{text:?}: must fit in 64 bits of ms"))
 }
 
 /// A size like `"10GiB"`, `"500MB"` or `"50000"` (bytes).

@@ -18,6 +18,15 @@ use tokio::sync::{Mutex, mpsc};
 pub(crate) const UNLIMITED_QUOTA: &str =
     "{ msgs_per_sec = 4000000000, bytes_per_sec = 4000000000, stored_bytes = 1000000000000 }";
 
+/// A benchmark setting from the environment (`SIGNET_BENCH_*`), or
+/// `default` when unset or not a number.
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchArgs {

@@ -62,6 +62,32 @@ pub async fn spawn_broker(sandbox: &mut Sandbox, filter: &str) -> (Child, JoinHa
     (broker, collector)
 }
 
+/// What a `signet` command printed and how it ended.
+pub struct Run {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// Whether it exited with success.
+    pub fn ok(&self) -> bool {
+        self.status.success()
+    }
+}
+
+/// Runs the `signet` binary with `args` to its end.
+pub async fn signet(args: &[&str]) -> Run {
+    let out = within(Command::new(SIGNET).args(args).kill_on_drop(true).output())
+        .await
+        .expect("signet runs");
+    Run {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// A field of `/proc/<pid>/status` in KiB (e.g. `VmHWM`, `VmRSS`).
 pub fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
