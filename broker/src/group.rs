@@ -16,13 +16,9 @@
 pub mod info;
 pub mod member;
 
-/// Milliseconds since the epoch on the broker's clock: the time a command
-/// is created at (read here, outside the writer, and carried by it).
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+/// The time a command is created at is read here, outside the writer, and
+/// carried by it.
+pub use crate::clock::now_ms;
 
 /// 32 random bytes for a command's tokens and salts; `None` if the system
 /// generator fails.

@@ -33,6 +33,7 @@
 pub mod acl;
 pub mod answer;
 pub mod audit;
+pub mod clock;
 pub mod commit;
 pub mod config;
 pub mod dead_letter;

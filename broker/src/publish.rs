@@ -22,6 +22,7 @@
 
 use crate::answer;
 use crate::audit::Event;
+use crate::clock::now_ms;
 use crate::commit::{CommitReply, CommitRequest, Entry};
 use crate::frames::{self, Budgeted, FrameError};
 use crate::ingest::{self, Checked, IngestContext, Verdict};
@@ -34,15 +35,7 @@ use signet_proto::frame::{ClientFrame, Outcome, Publish, Rejection, Results, Ser
 use signet_proto::stream::write_frame;
 use signet_proto::{ErrorCode, StoredRecord, codec};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
-
-/// Milliseconds since the Unix epoch (the broker's receive time).
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// What the reader hands the writer, in stream order.
 enum Pending {

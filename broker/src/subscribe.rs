@@ -20,6 +20,7 @@
 
 use crate::answer;
 use crate::audit::Event;
+use crate::clock::now_ms;
 use crate::fanout::Head;
 use crate::limits::Limits;
 use crate::metrics;
@@ -235,12 +236,6 @@ async fn deliver(
             _ = s.send.stopped() => return "closed by subscriber",
         }
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The lowest offset of `topic` a subscription may read now.

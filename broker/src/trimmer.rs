@@ -4,6 +4,7 @@
 //! the group-commit writer, one at a time; each pass also exports where
 //! every topic stands as metrics.
 
+use crate::clock::now_ms;
 use crate::commit::{Command, Trim};
 use crate::error::StoreError;
 use crate::metrics;
@@ -13,14 +14,8 @@ use crate::trim::{Floor, plan};
 use signet_proto::KeyId;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{oneshot, watch};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// Runs retention passes until shutdown.
 pub fn spawn(

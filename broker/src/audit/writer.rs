@@ -6,6 +6,7 @@
 use super::checkpoint::{Checkpoints, Reason, Unsigned};
 use super::event::Event;
 use super::{Queued, Shared};
+use crate::clock::now_ms;
 use crate::error::BrokerError;
 use crate::settings::AuditSettings;
 use serde_json::{Map, Value, json};
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// `prev` of the very first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -25,12 +26,6 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// Longest the writer sleeps between looks at the clock (summaries, time
 /// checkpoints, syncing).
 const TICK: Duration = Duration::from_secs(1);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 /// SHA-256 (hex) of one line, without its newline.
 pub fn line_hash(line: &[u8]) -> String {
