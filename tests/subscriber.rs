@@ -14,9 +14,17 @@ use signet_proto::ErrorCode;
 /// end of that topic, in order, as if the broker had stored them again.
 fn append_copies_on_disk(sandbox: &Sandbox, payload_marker: &[u8], offsets: &[u64]) {
     use signet_broker::store::{
-        CF_MESSAGES, CF_REPLAY, CF_SUBS, CF_TOPICS, CF_USAGE, MESSAGE_KEY_BYTES, message_key,
+        CF_MESSAGES, CF_PUBLISHED, CF_REPLAY, CF_SUBS, CF_TOPICS, CF_USAGE, MESSAGE_KEY_BYTES,
+        message_key,
     };
-    let families = [CF_MESSAGES, CF_TOPICS, CF_REPLAY, CF_USAGE, CF_SUBS];
+    let families = [
+        CF_MESSAGES,
+        CF_TOPICS,
+        CF_REPLAY,
+        CF_USAGE,
+        CF_SUBS,
+        CF_PUBLISHED,
+    ];
     let db =
         rocksdb::DB::open_cf(&rocksdb::Options::default(), sandbox.data_dir(), families).unwrap();
     let cf = db.cf_handle(CF_MESSAGES).unwrap();

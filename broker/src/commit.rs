@@ -2,8 +2,10 @@
 //! connection, writes as many as are waiting (bounded) in one RocksDB
 //! `WriteBatch` with `sync = true`, assigns offsets (per topic, dense, from
 //! 0), and only then answers each request. An ack therefore always means
-//! "on disk". Replay marks and stored-bytes usage (each record's exact
-//! size) go into the same write. Queue and group sizes are
+//! "on disk". Replay marks, where each envelope was stored (for idempotent
+//! publish: key id and seq → offset and leaf hash, the last
+//! `limits.idempotency_window_seqs_max` seqs per key) and stored-bytes
+//! usage (each record's exact size) go into the same write. Queue and group sizes are
 //! `limits.commit_*`.
 
 use crate::error::StoreError;
@@ -13,6 +15,7 @@ use crate::metrics;
 use crate::quota::{Quotas, Reservation};
 use crate::store::{Store, StoredTopic};
 use rocksdb::WriteBatch;
+use signet_proto::merkle::Hash;
 use signet_proto::{ErrorCode, KeyId};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +33,9 @@ pub struct Entry {
     pub key_id: KeyId,
     /// Its sequence number, for the replay mark.
     pub seq: u64,
+    /// Its leaf hash (of its signed bytes), remembered with its offset so
+    /// a retry is answered with that offset.
+    pub leaf: Hash,
     /// The publishing principal; the record's bytes count against its
     /// stored-bytes quota.
     pub principal: Arc<str>,
@@ -70,6 +76,8 @@ struct Writer {
     next_topic_id: u32,
     /// Replay marks as persisted, so a late batch never lowers one.
     marks: HashMap<KeyId, u64>,
+    /// Seqs per key whose offsets are kept.
+    window: u64,
     /// Stored record bytes per principal, as persisted.
     usage: HashMap<Arc<str>, u64>,
     quotas: Arc<Quotas>,
@@ -95,6 +103,7 @@ pub fn spawn(
             .map(|t| (t.name.clone(), (t.id, t.next_offset)))
             .collect(),
         marks: HashMap::new(),
+        window: limits.idempotency_window_seqs_max.max(1),
         usage: HashMap::new(),
         quotas,
     };
@@ -184,8 +193,17 @@ impl Writer {
             offsets.push(request_offsets);
         }
         for (key, seq) in &staged.marks {
-            if self.persisted_mark(key)? < *seq {
+            let persisted = self.persisted_mark(key)?;
+            if persisted < *seq {
                 self.store.put_replay_mark(&mut batch, key, *seq)?;
+                // Offsets of seqs that left the window are forgotten once
+                // per `window` seqs (one range deletion), so a key keeps
+                // at most two windows of entries on disk.
+                let w = self.window;
+                if persisted / w != *seq / w && *seq >= w {
+                    let below = *seq - w + 1;
+                    self.store.forget_published_below(&mut batch, key, below)?;
+                }
             }
         }
         for (principal, added) in &staged.usage {
@@ -235,6 +253,8 @@ impl Writer {
             },
         };
         self.store.put_message(batch, id, next, &entry.record)?;
+        self.store
+            .put_published(batch, &entry.key_id, entry.seq, next, &entry.leaf)?;
         staged.topics.insert(entry.topic.clone(), (id, next + 1));
         staged.bytes += entry.record.len();
         let mark = staged.marks.entry(entry.key_id).or_insert(0);

@@ -40,6 +40,7 @@ pub mod handshake;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod pattern;
 pub mod policy;
 pub mod policy_file;
 pub mod publish;

@@ -104,10 +104,9 @@ async fn next_batch(
                 _budget: budget,
             },
         )))),
-        ClientFrame::Subscribe(_) => Ok(Some(Err(Rejection::new(
-            ErrorCode::BadFrame,
-            "subscribe on a publish stream",
-        )))),
+        ClientFrame::Subscribe(_) | ClientFrame::SubscribePattern(_) => Ok(Some(Err(
+            Rejection::new(ErrorCode::BadFrame, "subscribe on a publish stream"),
+        ))),
     }
 }
 
@@ -219,6 +218,11 @@ async fn ingest_batch(
                 accepted.push(i);
                 outcomes.push(None);
             }
+            // A retry of an envelope on disk: its original offset.
+            Verdict::Stored { offset } => {
+                metrics::retried();
+                outcomes.push(Some(Outcome::Ack(offset)));
+            }
         }
     }
     if quota_breach {
@@ -317,7 +321,11 @@ fn record_quota_breach(conn: &ConnectionState) {
 /// An accepted envelope as the commit stores it.
 fn entry(
     conn: &ConnectionState,
-    (envelope, proof): (signet_proto::Envelope, signet_proto::Proof),
+    (envelope, proof, leaf): (
+        signet_proto::Envelope,
+        signet_proto::Proof,
+        signet_proto::merkle::Hash,
+    ),
     received_ms: u64,
 ) -> Result<Entry, Rejection> {
     let (topic, key_id, seq) = (envelope.topic.clone(), envelope.key_id, envelope.seq);
@@ -333,6 +341,7 @@ fn entry(
         record,
         key_id,
         seq,
+        leaf,
         principal: conn.principal.clone(),
     })
 }

@@ -50,12 +50,13 @@ impl BrokerState {
         registry: Arc<Registry>,
         commits: mpsc::Sender<CommitRequest>,
     ) -> BrokerState {
+        let window = settings.limits.idempotency_window_seqs_max;
         BrokerState {
             settings,
             policy: watch::Sender::new(Arc::new(policy)),
             quotas,
             audit,
-            replay: ReplayGuard::new(store.clone()),
+            replay: ReplayGuard::new(store.clone(), window),
             store,
             registry,
             commits,

@@ -5,7 +5,10 @@
 //! - `topics`: topic name → topic id (u32 BE);
 //! - `replay`: key id → highest accepted seq (u64 BE);
 //! - `usage`: principal → stored bytes (reserved for quotas);
-//! - `subs`: durable subscription → acked offset (reserved).
+//! - `subs`: durable subscription → acked offset (reserved);
+//! - `published`: key id ‖ seq (u64 BE) → offset (u64 BE) ‖ leaf hash (32
+//!   bytes), for the last `idempotency_window_seqs_max` seqs of each key
+//!   (idempotent publish).
 //!
 //! Only the group-commit writer ([`crate::commit`]) writes, always with
 //! `sync = true`; readers read ranges by offset.
@@ -17,6 +20,7 @@ use rocksdb::{
 };
 use signet_proto::KeyId;
 use signet_proto::frame::Delivery;
+use signet_proto::merkle::Hash;
 use std::path::Path;
 
 /// Messages by topic id and offset.
@@ -30,7 +34,25 @@ pub const CF_USAGE: &str = "usage";
 /// Durable subscription → acked offset.
 pub const CF_SUBS: &str = "subs";
 
-const FAMILIES: [&str; 5] = [CF_MESSAGES, CF_TOPICS, CF_REPLAY, CF_USAGE, CF_SUBS];
+/// Signing key id ‖ seq → offset ‖ leaf hash of the stored envelope.
+pub const CF_PUBLISHED: &str = "published";
+
+const FAMILIES: [&str; 6] = [
+    CF_MESSAGES,
+    CF_TOPICS,
+    CF_REPLAY,
+    CF_USAGE,
+    CF_SUBS,
+    CF_PUBLISHED,
+];
+
+/// The `published` key of `seq` of signing key `key`.
+fn published_key(key: &KeyId, seq: u64) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    out[..16].copy_from_slice(&key.0);
+    out[16..].copy_from_slice(&seq.to_be_bytes());
+    out
+}
 
 /// Length of a message key.
 pub const MESSAGE_KEY_BYTES: usize = 12;
@@ -223,6 +245,64 @@ impl Store {
         topic_id: u32,
     ) -> Result<(), StoreError> {
         batch.put_cf(self.cf(CF_TOPICS)?, name.as_bytes(), topic_id.to_be_bytes());
+        Ok(())
+    }
+
+    /// Where the envelope of `key` and `seq` was stored, and its leaf hash,
+    /// if that seq is still in the idempotency window.
+    pub fn published(&self, key: &KeyId, seq: u64) -> Result<Option<(u64, Hash)>, StoreError> {
+        let Some(value) = self
+            .db
+            .get_pinned_cf(self.cf(CF_PUBLISHED)?, published_key(key, seq))?
+        else {
+            return Ok(None);
+        };
+        let corrupt = StoreError::Corrupt {
+            family: CF_PUBLISHED,
+            what: "offset and leaf hash",
+        };
+        let value: &[u8; 40] = value.as_ref().try_into().map_err(|_| corrupt)?;
+        let (offset, leaf) = value.split_at(8);
+        let offset = u64::from_be_bytes(offset.try_into().map_err(|_| StoreError::Corrupt {
+            family: CF_PUBLISHED,
+            what: "offset",
+        })?);
+        let leaf: [u8; 32] = leaf.try_into().map_err(|_| StoreError::Corrupt {
+            family: CF_PUBLISHED,
+            what: "leaf hash",
+        })?;
+        Ok(Some((offset, Hash(leaf))))
+    }
+
+    /// Adds where an envelope was stored to a write batch.
+    pub fn put_published(
+        &self,
+        batch: &mut WriteBatch,
+        key: &KeyId,
+        seq: u64,
+        offset: u64,
+        leaf: &Hash,
+    ) -> Result<(), StoreError> {
+        let mut value = [0u8; 40];
+        value[..8].copy_from_slice(&offset.to_be_bytes());
+        value[8..].copy_from_slice(&leaf.0);
+        batch.put_cf(self.cf(CF_PUBLISHED)?, published_key(key, seq), value);
+        Ok(())
+    }
+
+    /// Adds the removal of `key`'s entries for seqs below `below` to a
+    /// write batch (one range deletion).
+    pub fn forget_published_below(
+        &self,
+        batch: &mut WriteBatch,
+        key: &KeyId,
+        below: u64,
+    ) -> Result<(), StoreError> {
+        batch.delete_range_cf(
+            self.cf(CF_PUBLISHED)?,
+            published_key(key, 0),
+            published_key(key, below),
+        );
         Ok(())
     }
 

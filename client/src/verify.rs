@@ -102,6 +102,33 @@ impl Verifier {
     /// accepted from that key (`Replay`). Only an accepted record moves
     /// the key's seq.
     pub fn verify(&mut self, subscribed: &str, bytes: &[u8]) -> Result<StoredRecord, Rejected> {
+        let record = self.authentic(subscribed, bytes)?;
+        let envelope = &record.envelope;
+        self.order
+            .accept(&envelope.key_id, envelope.seq)
+            .map_err(|detail| rejected(ErrorCode::Replay, detail))?;
+        Ok(record)
+    }
+
+    /// Like [`Verifier::verify`], with the seq order kept by the caller in
+    /// `order` (a pattern subscription keeps one per topic: a key's seqs
+    /// rise within each topic, not across topics delivered side by side).
+    pub(crate) fn verify_in(
+        &mut self,
+        subscribed: &str,
+        bytes: &[u8],
+        order: &mut SeqOrder,
+    ) -> Result<StoredRecord, Rejected> {
+        let record = self.authentic(subscribed, bytes)?;
+        let envelope = &record.envelope;
+        order
+            .accept(&envelope.key_id, envelope.seq)
+            .map_err(|detail| rejected(ErrorCode::Replay, detail))?;
+        Ok(record)
+    }
+
+    /// Every check of [`Verifier::verify`] but the seq order.
+    fn authentic(&mut self, subscribed: &str, bytes: &[u8]) -> Result<StoredRecord, Rejected> {
         let record: StoredRecord = codec::decode(bytes)
             .map_err(|_| rejected(ErrorCode::BadSignature, "record does not decode"))?;
         let envelope = &record.envelope;
@@ -122,9 +149,6 @@ impl Verifier {
                 "signing key is not trusted for this topic",
             ));
         }
-        self.order
-            .accept(&envelope.key_id, envelope.seq)
-            .map_err(|detail| rejected(ErrorCode::Replay, detail))?;
         Ok(record)
     }
 }

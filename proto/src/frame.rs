@@ -8,10 +8,14 @@
 //! - subscribe: client sends one [`ClientFrame::Subscribe`]; the broker
 //!   answers [`ServerFrame::Subscribed`] or [`ServerFrame::Error`], then
 //!   [`ServerFrame::Deliver`] frames in offset order.
+//! - pattern subscription: client sends one [`ClientFrame::SubscribePattern`];
+//!   the broker answers [`ServerFrame::SubscribedPattern`] or
+//!   [`ServerFrame::Error`], then [`ServerFrame::DeliverTopic`] frames, each
+//!   from one topic, in offset order per topic.
 
 use crate::code::ErrorCode;
 use crate::envelope::Envelope;
-use crate::limits::{BATCH_ENVELOPES_MAX, DELIVER_MESSAGES_MAX};
+use crate::limits::{BATCH_ENVELOPES_MAX, DELIVER_MESSAGES_MAX, PATTERN_TOPICS_MAX};
 use serde::{Deserialize, Serialize};
 
 /// A batch of envelopes signed together. The broker rebuilds the Merkle
@@ -49,11 +53,38 @@ pub struct Subscribe {
     pub start: StartAt,
 }
 
+/// One topic's position in a pattern subscription: the next offset to
+/// deliver from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicOffset {
+    /// A topic name.
+    pub topic: String,
+    /// The next offset of that topic to deliver.
+    pub offset: u64,
+}
+
+/// Open a subscription to every topic matching a pattern that the
+/// principal may read, including topics created later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribePattern {
+    /// A topic pattern (`*` one token, `>` the rest), or a plain name.
+    pub pattern: String,
+    /// Where each topic covered when the subscription opens starts:
+    /// `Earliest` or `Latest` (`Offset` is refused with `BadFrame`).
+    pub start: StartAt,
+    /// Resume positions from an earlier subscription to the same pattern:
+    /// a listed topic starts at its offset instead of at `start` (at most
+    /// [`PATTERN_TOPICS_MAX`] entries).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, PATTERN_TOPICS_MAX>")]
+    pub resume: Vec<TopicOffset>,
+}
+
 /// Frames a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientFrame {
     Publish(Publish),
     Subscribe(Subscribe),
+    SubscribePattern(SubscribePattern),
 }
 
 /// The outcome of one envelope of a batch.
@@ -130,4 +161,17 @@ pub enum ServerFrame {
     ),
     /// The stream is refused or closed for this reason.
     Error(Rejection),
+    /// The pattern subscription is open; where each topic it covers now
+    /// starts (topics the principal may read only).
+    SubscribedPattern {
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, PATTERN_TOPICS_MAX>")]
+        topics: Vec<TopicOffset>,
+    },
+    /// Messages of one topic of a pattern subscription, in offset order,
+    /// without gaps (at most 512).
+    DeliverTopic {
+        topic: String,
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, DELIVER_MESSAGES_MAX>")]
+        deliveries: Vec<Delivery>,
+    },
 }
