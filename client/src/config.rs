@@ -111,8 +111,8 @@ pub struct ClientConfig {
     /// The longest single wait of such a retry. Default 5 s.
     pub quota_retry_max: Duration,
     /// How many times in a row the client dials the broker again after a
-    /// lost connection before it gives up (`Error::GaveUp`). Default 10;
-    /// 0 turns reconnecting off. At most 1000.
+    /// lost connection before it gives up (`Error::GaveUp`). Default 0
+    /// (off: opt in). At most 1000.
     pub reconnect_attempts: u32,
     /// The longest wait between two attempts (the waits double from 50 ms
     /// up to this, each with full jitter). Default 2 s.
