@@ -167,11 +167,16 @@ struct SubArgs {
     /// The client file.
     #[arg(long)]
     client: PathBuf,
+    /// A topic name, or a pattern (`orders.>`, `*.created`): every
+    /// matching topic the client may read, including ones created later.
     #[arg(long)]
     topic: String,
-    /// Start at this offset (default: only new messages).
-    #[arg(long)]
+    /// Start at this offset (default: only new messages); a topic only.
+    #[arg(long, conflicts_with = "earliest")]
     from_offset: Option<u64>,
+    /// Start at the first stored message (of every topic, for a pattern).
+    #[arg(long)]
+    earliest: bool,
     /// Exit after this many messages (verified or reported bad).
     #[arg(long)]
     count: Option<u64>,
@@ -481,7 +486,11 @@ async fn publish(args: PubArgs) -> Result<ExitCode> {
 async fn subscribe(args: SubArgs) -> Result<ExitCode> {
     let config = ClientConfig::load(&args.client)?;
     let client = Client::connect(config).await?;
-    let start = args.from_offset.map_or(StartAt::Latest, StartAt::Offset);
+    let start = match (args.earliest, args.from_offset) {
+        (true, _) => StartAt::Earliest,
+        (false, Some(offset)) => StartAt::Offset(offset),
+        (false, None) => StartAt::Latest,
+    };
     let mut messages = client.subscribe(&args.topic, start).await?;
     let mut seen = 0u64;
     let mut bad = 0u64;

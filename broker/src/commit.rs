@@ -2,8 +2,10 @@
 //! connection, writes as many as are waiting (bounded) in one RocksDB
 //! `WriteBatch` with `sync = true`, assigns offsets (per topic, dense, from
 //! 0), and only then answers each request. An ack therefore always means
-//! "on disk". Replay marks and stored-bytes usage (each record's exact
-//! size) go into the same write. Queue and group sizes are
+//! "on disk". Replay marks, where each envelope was stored (for idempotent
+//! publish: key id and seq → offset and leaf hash, the last
+//! `limits.idempotency_window_seqs_max` seqs per key) and stored-bytes
+//! usage (each record's exact size) go into the same write. Queue and group sizes are
 //! `limits.commit_*`.
 //!
 //! Retention goes through the same writer. A group that takes a topic past
@@ -25,6 +27,7 @@ use crate::quota::{Quotas, Reservation};
 use crate::store::{Store, StoredTopic};
 use crate::trim;
 use rocksdb::WriteBatch;
+use signet_proto::merkle::Hash;
 use signet_proto::{ErrorCode, KeyId, SigningKey};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +45,9 @@ pub struct Entry {
     pub key_id: KeyId,
     /// Its sequence number, for the replay mark.
     pub seq: u64,
+    /// Its leaf hash (of its signed bytes), remembered with its offset so
+    /// a retry is answered with that offset.
+    pub leaf: Hash,
     /// The publishing principal; the record's bytes count against its
     /// stored-bytes quota.
     pub principal: Arc<str>,
@@ -144,6 +150,8 @@ struct Writer {
     next_topic_id: u32,
     /// Replay marks as persisted, so a late batch never lowers one.
     marks: HashMap<KeyId, u64>,
+    /// Seqs per key whose offsets are kept.
+    window: u64,
     /// Stored record bytes per principal, as persisted.
     usage: HashMap<Arc<str>, u64>,
     /// Signing key → the principal whose bytes its records are, as
@@ -191,6 +199,7 @@ pub fn spawn(
             })
             .collect(),
         marks: HashMap::new(),
+        window: limits.idempotency_window_seqs_max.max(1),
         usage: HashMap::new(),
         owners: HashMap::new(),
         quotas,
@@ -392,8 +401,17 @@ impl Writer {
         self.stage_retention(&mut batch, staged)?;
         self.with_groups(&mut batch, staged, |groups, host| groups.finish(host))?;
         for (key, seq) in &staged.marks {
-            if self.persisted_mark(key)? < *seq {
+            let persisted = self.persisted_mark(key)?;
+            if persisted < *seq {
                 self.store.put_replay_mark(&mut batch, key, *seq)?;
+                // Offsets of seqs that left the window are forgotten once
+                // per `window` seqs (one range deletion), so a key keeps
+                // at most two windows of entries on disk.
+                let w = self.window;
+                if persisted / w != *seq / w && *seq >= w {
+                    let below = *seq - w + 1;
+                    self.store.forget_published_below(&mut batch, key, below)?;
+                }
             }
         }
         let principals: Vec<Arc<str>> = staged
@@ -559,6 +577,8 @@ impl Writer {
         let offset = topic.next;
         self.store
             .put_message(batch, topic.id, offset, &entry.record)?;
+        self.store
+            .put_published(batch, &entry.key_id, entry.seq, offset, &entry.leaf)?;
         topic.next += 1;
         topic.bytes = topic.bytes.saturating_add(entry.record.len() as u64);
         staged.topics.insert(entry.topic.clone(), topic);
@@ -657,6 +677,7 @@ impl Host for WriterHost<'_> {
             record: append.record,
             key_id: key,
             seq: append.seq,
+            leaf: append.leaf,
             principal: Arc::from(BROKER_PRINCIPAL),
         };
         self.writer.stage(self.batch, self.staged, &entry)

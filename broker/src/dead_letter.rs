@@ -6,6 +6,7 @@
 //! everything else.
 
 use signet_proto::envelope::ENVELOPE_VERSION;
+use signet_proto::merkle::Hash;
 use signet_proto::{Envelope, Salt, SigningKey, StoredRecord, batch, codec};
 
 pub use signet_proto::dead_letter::{CONTENT_TYPE, DeadLetter};
@@ -24,8 +25,9 @@ pub struct Build<'a> {
     pub salt: [u8; 16],
 }
 
-/// The stored record of a dead letter, or `None` if it cannot be encoded.
-pub fn build(b: Build<'_>) -> Option<Vec<u8>> {
+/// The stored record of a dead letter and its leaf hash (remembered with
+/// its offset like any envelope's), or `None` if it cannot be encoded.
+pub fn build(b: Build<'_>) -> Option<(Vec<u8>, Hash)> {
     let payload = serde_json::to_vec(&b.letter).ok()?;
     let envelope = Envelope {
         version: ENVELOPE_VERSION,
@@ -40,12 +42,13 @@ pub fn build(b: Build<'_>) -> Option<Vec<u8>> {
         payload,
     };
     let signed = batch::sign(b.key, std::slice::from_ref(&envelope))?;
+    let leaf = signed.tree.leaves().first().copied()?;
     let record = StoredRecord {
         received_ms: b.letter.dead_ms,
         envelope,
         proof: signed.proof(0),
     };
-    codec::encode_body(&record).ok()
+    Some((codec::encode_body(&record).ok()?, leaf))
 }
 
 /// The original's `received_ms`, if its record decodes.

@@ -36,9 +36,28 @@ impl Head {
 /// Heads of all topics that have messages, and of names without messages
 /// while a subscription watches them (the last watcher to go removes such
 /// a name, so subscribing to names never published leaves nothing behind).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     heads: Mutex<HashMap<String, watch::Sender<Head>>>,
+    /// Moves with every head and every new topic: what pattern
+    /// subscriptions wait on (one wake per group commit, not per topic).
+    pulse: watch::Sender<Pulse>,
+}
+
+/// Counters pattern subscriptions watch: any head moved, a topic got its
+/// first message.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pulse {
+    /// Bumped whenever a head moves.
+    pub moved: u64,
+    /// Bumped whenever a topic gets its first message.
+    pub created: u64,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry::new(&[])
+    }
 }
 
 /// A subscription's watch on a topic's head; derefs to the receiver.
@@ -94,7 +113,29 @@ impl Registry {
             .collect();
         Registry {
             heads: Mutex::new(heads),
+            pulse: watch::Sender::new(Pulse::default()),
         }
+    }
+
+    /// Watches every head move and topic creation (for pattern
+    /// subscriptions).
+    pub fn watch_pulse(&self) -> watch::Receiver<Pulse> {
+        self.pulse.subscribe()
+    }
+
+    /// The topics with stored messages whose names `covers` accepts, with a
+    /// watch on each head. Walks every topic: called when a pattern
+    /// subscription opens and when topics are created or the policy
+    /// changes, not per message.
+    pub fn topics_where(
+        &self,
+        mut covers: impl FnMut(&str) -> bool,
+    ) -> Vec<(String, watch::Receiver<Head>)> {
+        self.lock()
+            .iter()
+            .filter(|(name, sender)| sender.borrow().topic_id.is_some() && covers(name))
+            .map(|(name, sender)| (name.clone(), sender.subscribe()))
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<Head>>> {
@@ -151,14 +192,19 @@ impl Registry {
     /// Moves a topic's head after a synced write and wakes its watchers.
     pub fn advance(&self, topic: &str, head: Head) {
         let mut heads = self.lock();
-        match heads.get(topic) {
-            Some(sender) => {
-                sender.send_replace(head);
-            }
+        let created = match heads.get(topic) {
+            Some(sender) => sender.send_replace(head).topic_id.is_none(),
             None => {
                 heads.insert(topic.to_owned(), watch::Sender::new(head));
+                true
             }
-        }
+        };
+        self.pulse.send_modify(|pulse| {
+            pulse.moved = pulse.moved.wrapping_add(1);
+            if created {
+                pulse.created = pulse.created.wrapping_add(1);
+            }
+        });
     }
 }
 

@@ -127,6 +127,8 @@ pub struct Append {
     pub record: Vec<u8>,
     /// Its seq under the identity key.
     pub seq: u64,
+    /// Its leaf hash.
+    pub leaf: signet_proto::merkle::Hash,
 }
 
 /// What the writer offers group commands: its view of topics (committed
@@ -396,7 +398,7 @@ impl Groups {
             dead_ms: command.now_ms,
             record: record.map(hex::encode).unwrap_or_default(),
         };
-        let Some(bytes) = deadletter::build(Build {
+        let Some((bytes, leaf)) = deadletter::build(Build {
             key,
             topic: &command.group.dead_letter,
             letter,
@@ -410,6 +412,7 @@ impl Groups {
             topic: command.group.dead_letter.clone(),
             record: bytes,
             seq,
+            leaf,
         })?;
         Ok(())
     }

@@ -44,8 +44,16 @@ pub enum Verdict {
         /// The envelope's topic, for the audit log.
         topic: String,
     },
-    /// Passed every check; to be committed with this proof.
-    Accepted(Box<(Envelope, Proof)>),
+    /// Passed every check; to be committed with this proof (and its leaf
+    /// hash, remembered for idempotent publish).
+    Accepted(Box<(Envelope, Proof, Hash)>),
+    /// A retry of an envelope already stored, byte for byte (same key,
+    /// seq and leaf hash): answered with its original offset, not stored
+    /// again.
+    Stored {
+        /// Where it was stored.
+        offset: u64,
+    },
 }
 
 /// What the ingest checks need besides the batch.
@@ -90,6 +98,13 @@ pub trait ReplayMarks {
     fn mark(&mut self, key: &KeyId) -> Result<u64, Self::Error>;
     /// Records `seq` as accepted for `key` (the caller checked it is above the mark).
     fn accept(&mut self, key: &KeyId, seq: u64);
+    /// For a seq at or below the mark: the offset it was stored at, if the
+    /// envelope stored with it had this `leaf` hash (same signed bytes)
+    /// and the seq is still in the idempotency window.
+    fn stored(&mut self, key: &KeyId, seq: u64, leaf: &Hash) -> Result<Option<u64>, Self::Error> {
+        let _ = (key, seq, leaf);
+        Ok(None)
+    }
 }
 
 impl ReplayMarks for HashMap<KeyId, u64> {
@@ -109,12 +124,15 @@ impl ReplayMarks for HashMap<KeyId, u64> {
 struct Checking {
     envelopes: Vec<Envelope>,
     refused: Vec<Option<Rejection>>,
+    /// Retries of envelopes already stored: their offsets.
+    stored: Vec<Option<u64>>,
 }
 
 impl Checking {
     fn new(envelopes: Vec<Envelope>) -> Checking {
         Checking {
             refused: vec![None; envelopes.len()],
+            stored: vec![None; envelopes.len()],
             envelopes,
         }
     }
@@ -144,15 +162,29 @@ impl Checking {
         self.envelopes
             .into_iter()
             .zip(self.refused)
+            .zip(self.stored)
             .enumerate()
-            .map(|(i, (envelope, refused))| match (refused, &signed) {
-                (None, Some(signed)) => Verdict::Accepted(Box::new((envelope, signed.proof(i)))),
-                (refused, _) => Verdict::Rejected {
-                    rejection: refused
-                        .unwrap_or_else(|| Rejection::new(ErrorCode::Internal, "unverified")),
-                    topic: envelope.topic,
+            .map(
+                |(i, ((envelope, refused), stored))| match (refused, &signed) {
+                    _ if stored.is_some() => Verdict::Stored {
+                        offset: stored.unwrap_or_default(),
+                    },
+                    (None, Some(signed)) => {
+                        let leaf = signed
+                            .tree
+                            .leaves()
+                            .get(i)
+                            .copied()
+                            .unwrap_or(Hash([0; 32]));
+                        Verdict::Accepted(Box::new((envelope, signed.proof(i), leaf)))
+                    }
+                    (refused, _) => Verdict::Rejected {
+                        rejection: refused
+                            .unwrap_or_else(|| Rejection::new(ErrorCode::Internal, "unverified")),
+                        topic: envelope.topic,
+                    },
                 },
-            })
+            )
             .collect()
     }
 }
@@ -187,7 +219,8 @@ pub fn check_publish<C: Clock, M: ReplayMarks>(
     let key = check_key_binding(ctx, &mut batch);
     let signed = check_signature(key, &publish.signature, &mut batch);
     check_payload_rules(ctx, &mut batch);
-    check_replay_and_clock(ctx, &mut batch, marks)?;
+    let leaves = signed.as_ref().map_or(&[][..], |s| s.tree.leaves());
+    check_replay_and_clock(ctx, &mut batch, leaves, marks)?;
     Ok(Checked {
         verdicts: batch.verdicts(signed),
         reserved,
@@ -422,21 +455,39 @@ fn check_encryption_rule(encrypted: bool, e: &Envelope) -> Result<(), Rejection>
 /// Step 8: each seq is above its key's mark and each timestamp within the
 /// skew window; each envelope that passes moves the mark. Marks are read
 /// only if something still passes (so only for keys bound in the policy).
+/// A seq at or below the mark is `Replay`, unless the same envelope (same
+/// leaf hash, so the same signed bytes) is stored under that key and seq
+/// within the idempotency window: then it is a retry, answered with the
+/// original offset ([`Verdict::Stored`]) and not stored again.
 fn check_replay_and_clock<C: Clock, M: ReplayMarks>(
     ctx: &IngestContext<'_, C>,
     batch: &mut Checking,
+    leaves: &[Hash],
     marks: &mut M,
 ) -> Result<(), Rejection> {
-    for (refused, e) in batch.passing() {
-        let mark = marks.mark(&e.key_id).map_err(|err| {
-            tracing::error!(error = %err, "replay mark unreadable");
-            Rejection::new(ErrorCode::Unavailable, "storage unavailable")
-        })?;
+    let unavailable = |err: M::Error| {
+        tracing::error!(error = %err, "replay mark unreadable");
+        Rejection::new(ErrorCode::Unavailable, "storage unavailable")
+    };
+    for (i, ((refused, e), stored)) in batch
+        .refused
+        .iter_mut()
+        .zip(&batch.envelopes)
+        .zip(batch.stored.iter_mut())
+        .enumerate()
+    {
+        if refused.is_some() {
+            continue;
+        }
+        let mark = marks.mark(&e.key_id).map_err(unavailable)?;
         if e.seq <= mark {
             *refused = Some(Rejection::new(
                 ErrorCode::Replay,
                 "sequence number already used",
             ));
+            if let Some(leaf) = leaves.get(i) {
+                *stored = marks.stored(&e.key_id, e.seq, leaf).map_err(unavailable)?;
+            }
         } else if e.timestamp_ms.abs_diff(ctx.now_ms) > ctx.clock_skew_ms_max {
             *refused = Some(Rejection::new(
                 ErrorCode::StaleTimestamp,
@@ -580,7 +631,7 @@ schema = "order.json"
             Ok(verdicts
                 .into_iter()
                 .map(|v| match v {
-                    Verdict::Accepted(_) => None,
+                    Verdict::Accepted(_) | Verdict::Stored { .. } => None,
                     Verdict::Rejected { rejection, .. } => Some(rejection.code),
                 })
                 .collect())
@@ -624,7 +675,7 @@ schema = "order.json"
             let Verdict::Accepted(accepted) = verdict else {
                 panic!("envelope {i} refused: {verdict:?}");
             };
-            let (envelope, proof) = accepted.as_ref();
+            let (envelope, proof, _) = accepted.as_ref();
             assert_eq!(proof.leaf_index as usize, i);
             assert!(batch::verify_record(w.alice.public_key(), envelope, proof));
         }
@@ -841,7 +892,7 @@ schema = "order.json"
             .verdicts
             .iter()
             .map(|v| match v {
-                Verdict::Accepted(_) => None,
+                Verdict::Accepted(_) | Verdict::Stored { .. } => None,
                 Verdict::Rejected { rejection, .. } => {
                     Some((rejection.code, rejection.retry_after_ms))
                 }

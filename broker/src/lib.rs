@@ -33,6 +33,7 @@
 pub mod acl;
 pub mod answer;
 pub mod audit;
+pub mod chunk;
 pub mod clock;
 pub mod commit;
 pub mod config;
@@ -50,6 +51,7 @@ pub mod handshake;
 pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod pattern;
 pub mod policy;
 pub mod policy_file;
 pub mod publish;

@@ -8,7 +8,9 @@
 //! live in [`signet_proto::limits`]; they are the same for every broker.
 //! Per-principal quotas are policy, not limits: see [`crate::quota`].
 
-use signet_proto::limits::{FRAME_BYTES_MAX_CEILING, PAYLOAD_BYTES_MAX_CEILING};
+use signet_proto::limits::{
+    FRAME_BYTES_MAX_CEILING, PATTERN_TOPICS_MAX, PAYLOAD_BYTES_MAX_CEILING,
+};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -149,6 +151,12 @@ limits! {
     /// Deliveries one consumer-group member holds unsettled at once (its `prefetch` is capped at this).
     group_prefetch_max: "deliveries" = 1024, 1, 65_536,
         keys ["limits.group_prefetch_max"];
+    /// Topics one pattern subscription (`sub --topic 'orders.>'`) follows at once; one more matching topic ends it with `TooManyTopics`.
+    pattern_topics_max: "topics" = 256, 1, PATTERN_TOPICS_MAX as u64,
+        keys ["limits.pattern_topics_max"];
+    /// Sequence numbers per signing key whose stored offset is remembered (with the replay mark, on disk), so a retried publish of a stored envelope gets its original offset instead of `Replay`.
+    idempotency_window_seqs_max: "seqs" = 1024, 1, 1_048_576,
+        keys ["limits.idempotency_window_seqs_max"];
     /// ACL decisions cached per connection before the cache is cleared.
     acl_cache_entries_max: "entries" = 1024, 16, 1_000_000,
         keys ["limits.acl_cache_entries_max"];

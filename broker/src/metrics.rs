@@ -53,6 +53,14 @@ pub fn gauge_add(name: &'static str, delta: f64) {
     metrics::gauge!(name).increment(delta);
 }
 
+/// Publish retries answered with the original offset (idempotent publish).
+pub const PUBLISH_RETRIED: &str = "signet_publish_retried_total";
+
+/// Counts a retried envelope answered with its original offset.
+pub fn retried() {
+    metrics::counter!(PUBLISH_RETRIED).increment(1);
+}
+
 /// Counts delivered messages.
 pub fn delivered(n: usize) {
     metrics::counter!(DELIVERED).increment(n as u64);

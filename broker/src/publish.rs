@@ -223,6 +223,11 @@ async fn ingest_batch(
                 accepted.push(i);
                 outcomes.push(None);
             }
+            // A retry of an envelope on disk: its original offset.
+            Verdict::Stored { offset } => {
+                metrics::retried();
+                outcomes.push(Some(Outcome::Ack(offset)));
+            }
         }
     }
     if quota_breach {
@@ -326,7 +331,11 @@ fn record_quota_breach(conn: &ConnectionState) {
 /// An accepted envelope as the commit stores it.
 fn entry(
     conn: &ConnectionState,
-    (envelope, proof): (signet_proto::Envelope, signet_proto::Proof),
+    (envelope, proof, leaf): (
+        signet_proto::Envelope,
+        signet_proto::Proof,
+        signet_proto::merkle::Hash,
+    ),
     received_ms: u64,
 ) -> Result<Entry, Rejection> {
     let (topic, key_id, seq) = (envelope.topic.clone(), envelope.key_id, envelope.seq);
@@ -342,6 +351,7 @@ fn entry(
         record,
         key_id,
         seq,
+        leaf,
         principal: conn.principal.clone(),
     })
 }

@@ -12,6 +12,7 @@ use crate::error::StoreError;
 use crate::ingest::ReplayMarks;
 use crate::store::Store;
 use signet_proto::KeyId;
+use signet_proto::merkle::Hash;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -22,22 +23,27 @@ pub struct ReplayGuard {
     /// Marks of every key seen since start (only keys bound in the policy
     /// reach this: ingest reads marks after the signature check).
     marks: Mutex<HashMap<KeyId, u64>>,
+    /// Seqs below a key's mark whose stored offset is remembered.
+    window: u64,
 }
 
 /// Access to the marks for one batch: locked on the first read, released
 /// when dropped.
 pub struct ReplayLock<'a> {
     store: &'a Store,
+    window: u64,
     guard: &'a Mutex<HashMap<KeyId, u64>>,
     marks: Option<MutexGuard<'a, HashMap<KeyId, u64>>>,
 }
 
 impl ReplayGuard {
-    /// A guard backed by `store`.
-    pub fn new(store: Arc<Store>) -> ReplayGuard {
+    /// A guard backed by `store`, answering retries of the last `window`
+    /// seqs of each key with their stored offsets.
+    pub fn new(store: Arc<Store>, window: u64) -> ReplayGuard {
         ReplayGuard {
             store,
             marks: Mutex::new(HashMap::new()),
+            window,
         }
     }
 
@@ -45,6 +51,7 @@ impl ReplayGuard {
     pub fn lock(&self) -> ReplayLock<'_> {
         ReplayLock {
             store: &self.store,
+            window: self.window,
             guard: &self.marks,
             marks: None,
         }
@@ -73,5 +80,18 @@ impl ReplayMarks for ReplayLock<'_> {
 
     fn accept(&mut self, key: &KeyId, seq: u64) {
         self.marks().insert(*key, seq);
+    }
+
+    fn stored(&mut self, key: &KeyId, seq: u64, leaf: &Hash) -> Result<Option<u64>, StoreError> {
+        let mark = self.mark(key)?;
+        if mark.saturating_sub(seq) >= self.window {
+            return Ok(None);
+        }
+        // A seq accepted but not yet committed is not found: its retry is
+        // a Replay until the commit lands.
+        Ok(match self.store.published(key, seq)? {
+            Some((offset, stored)) if stored == *leaf => Some(offset),
+            _ => None,
+        })
     }
 }

@@ -7,7 +7,7 @@ use crate::audit::Event;
 use crate::frames::{self, Budgeted};
 use crate::metrics;
 use crate::state::{BrokerState, ConnectionState};
-use crate::{group, publish, subscribe, tls};
+use crate::{group, pattern, publish, subscribe, tls};
 use serde_json::json;
 use signet_proto::ErrorCode;
 use signet_proto::frame::ClientFrame;
@@ -132,6 +132,13 @@ async fn dispatch(
                 ),
             )
             .await;
+        }
+        Ok(Budgeted {
+            frame: ClientFrame::SubscribePattern(sub),
+            budget,
+        }) => {
+            drop(budget);
+            pattern::run(conn, sub, send, recv).await;
         }
         Err(e) => answer::frame_failure(&conn, &mut send, &mut recv, e).await,
     }

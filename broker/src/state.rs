@@ -59,13 +59,14 @@ impl BrokerState {
             &settings.data_dir,
             settings.limits.storage_free_bytes_min,
         ));
+        let window = settings.limits.idempotency_window_seqs_max;
         BrokerState {
             disk,
             settings,
             policy,
             quotas,
             audit,
-            replay: ReplayGuard::new(store.clone()),
+            replay: ReplayGuard::new(store.clone(), window),
             store,
             registry,
             commits,

@@ -8,7 +8,10 @@
 //! - `subs`: consumer-group state (group markers and per-topic cursors);
 //! - `topic_meta`: topic id → first offset (u64 BE) ‖ stored record bytes
 //!   (u64 BE): retention moves the first offset up, offsets are never reused;
-//! - `key_owners`: key id → the principal whose bytes its records count as.
+//! - `key_owners`: key id → the principal whose bytes its records count as;
+//! - `published`: key id ‖ seq (u64 BE) → offset (u64 BE) ‖ leaf hash (32
+//!   bytes), for the last `idempotency_window_seqs_max` seqs of each key
+//!   (idempotent publish).
 //!
 //! Only the group-commit writer ([`crate::commit`]) writes, always with
 //! `sync = true`; readers read ranges by offset.
@@ -20,6 +23,7 @@ use rocksdb::{
 };
 use signet_proto::KeyId;
 use signet_proto::frame::Delivery;
+use signet_proto::merkle::Hash;
 use std::path::Path;
 
 /// Messages by topic id and offset.
@@ -37,8 +41,11 @@ pub const CF_TOPIC_META: &str = "topic_meta";
 /// Signing key id → principal.
 pub const CF_KEY_OWNERS: &str = "key_owners";
 
+/// Signing key id ‖ seq → offset ‖ leaf hash of the stored envelope.
+pub const CF_PUBLISHED: &str = "published";
+
 /// Every column family (a tool opening the database must name them all).
-pub const FAMILIES: [&str; 7] = [
+pub const FAMILIES: [&str; 8] = [
     CF_MESSAGES,
     CF_TOPICS,
     CF_REPLAY,
@@ -46,10 +53,19 @@ pub const FAMILIES: [&str; 7] = [
     CF_SUBS,
     CF_TOPIC_META,
     CF_KEY_OWNERS,
+    CF_PUBLISHED,
 ];
 
 /// A key and its value.
 pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// The `published` key of `seq` of signing key `key`.
+fn published_key(key: &KeyId, seq: u64) -> [u8; 24] {
+    let mut out = [0u8; 24];
+    out[..16].copy_from_slice(&key.0);
+    out[16..].copy_from_slice(&seq.to_be_bytes());
+    out
+}
 
 /// Length of a message key.
 pub const MESSAGE_KEY_BYTES: usize = 12;
@@ -295,6 +311,64 @@ impl Store {
         topic_id: u32,
     ) -> Result<(), StoreError> {
         batch.put_cf(self.cf(CF_TOPICS)?, name.as_bytes(), topic_id.to_be_bytes());
+        Ok(())
+    }
+
+    /// Where the envelope of `key` and `seq` was stored, and its leaf hash,
+    /// if that seq is still in the idempotency window.
+    pub fn published(&self, key: &KeyId, seq: u64) -> Result<Option<(u64, Hash)>, StoreError> {
+        let Some(value) = self
+            .db
+            .get_pinned_cf(self.cf(CF_PUBLISHED)?, published_key(key, seq))?
+        else {
+            return Ok(None);
+        };
+        let corrupt = StoreError::Corrupt {
+            family: CF_PUBLISHED,
+            what: "offset and leaf hash",
+        };
+        let value: &[u8; 40] = value.as_ref().try_into().map_err(|_| corrupt)?;
+        let (offset, leaf) = value.split_at(8);
+        let offset = u64::from_be_bytes(offset.try_into().map_err(|_| StoreError::Corrupt {
+            family: CF_PUBLISHED,
+            what: "offset",
+        })?);
+        let leaf: [u8; 32] = leaf.try_into().map_err(|_| StoreError::Corrupt {
+            family: CF_PUBLISHED,
+            what: "leaf hash",
+        })?;
+        Ok(Some((offset, Hash(leaf))))
+    }
+
+    /// Adds where an envelope was stored to a write batch.
+    pub fn put_published(
+        &self,
+        batch: &mut WriteBatch,
+        key: &KeyId,
+        seq: u64,
+        offset: u64,
+        leaf: &Hash,
+    ) -> Result<(), StoreError> {
+        let mut value = [0u8; 40];
+        value[..8].copy_from_slice(&offset.to_be_bytes());
+        value[8..].copy_from_slice(&leaf.0);
+        batch.put_cf(self.cf(CF_PUBLISHED)?, published_key(key, seq), value);
+        Ok(())
+    }
+
+    /// Adds the removal of `key`'s entries for seqs below `below` to a
+    /// write batch (one range deletion).
+    pub fn forget_published_below(
+        &self,
+        batch: &mut WriteBatch,
+        key: &KeyId,
+        below: u64,
+    ) -> Result<(), StoreError> {
+        batch.delete_range_cf(
+            self.cf(CF_PUBLISHED)?,
+            published_key(key, 0),
+            published_key(key, below),
+        );
         Ok(())
     }
 

@@ -99,6 +99,12 @@ impl SystemPublisher {
         };
         let signed =
             batch::sign(&self.key, std::slice::from_ref(&envelope)).ok_or(SystemError::Build)?;
+        let leaf = signed
+            .tree
+            .leaves()
+            .first()
+            .copied()
+            .ok_or(SystemError::Build)?;
         let record = StoredRecord {
             received_ms,
             envelope,
@@ -112,6 +118,7 @@ impl SystemPublisher {
                 record,
                 key_id: self.key.id(),
                 seq,
+                leaf,
                 principal: Arc::from(BROKER_PRINCIPAL),
             }],
             reply,

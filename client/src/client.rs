@@ -4,17 +4,16 @@ use crate::config::ClientConfig;
 use crate::consumer::Consumer;
 use crate::error::Error;
 use crate::keyfile::read_private;
-use crate::limits::FRAME_BYTES_MAX;
+use crate::link::{Link, ReconnectPolicy};
 use crate::message::{OutgoingMessage, PendingAck, Request};
 use crate::payload::Payloads;
 use crate::publisher::{self, PublisherSettings};
-use crate::subscription::Subscription;
+use crate::subscription::{self, Subscription};
 use crate::tls;
 use crate::verify::Verifier;
 use signet_proto::crypt::DecryptionKey;
-use signet_proto::frame::{ClientFrame, GroupStatus, ServerFrame, StartAt, Subscribe};
+use signet_proto::frame::{GroupStatus, StartAt};
 use signet_proto::schema::Schema;
-use signet_proto::stream::{read_frame, write_frame};
 use signet_proto::{ErrorCode, SigningKey};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,9 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 
 /// A connection to a broker.
 pub struct Client {
-    /// The QUIC endpoint the connection runs on.
-    endpoint: quinn::Endpoint,
-    /// The mutually authenticated connection to the broker.
+    /// The connection in use, dialed again after it is lost.
+    link: Link,
+    /// The first connection (for [`Client::connection`]).
     conn: quinn::Connection,
     /// The publishing task's queue; `None` without a signing key.
     publisher: Option<mpsc::Sender<Request>>,
@@ -103,9 +102,19 @@ impl Client {
             .map_err(|e| Error::Connect(e.to_string()))?
             .await
             .map_err(|e| Error::Connect(e.to_string()))?;
+        let link = Link::new(
+            endpoint,
+            addr,
+            config.server_name.clone(),
+            conn.clone(),
+            ReconnectPolicy {
+                attempts: config.reconnect_attempts,
+                wait_max: config.reconnect_max,
+            },
+        );
         let publisher = signer.map(|(key, key_path)| {
             publisher::start(
-                conn.clone(),
+                link.clone(),
                 key,
                 key_path,
                 PublisherSettings {
@@ -118,7 +127,7 @@ impl Client {
             )
         });
         Ok(Client {
-            endpoint,
+            link,
             conn,
             publisher,
             trust: Verifier::new(config.trust),
@@ -171,41 +180,39 @@ impl Client {
             })
     }
 
-    /// Subscribes to a topic from `start`. Every message is verified
-    /// against this client's trusted keys before it is yielded.
+    /// Subscribes to a topic, or to a pattern (`orders.>`, `*.created`:
+    /// every matching topic this principal may read, including topics
+    /// created later, in offset order per topic). Every message is verified
+    /// against this client's trusted keys before it is yielded. A pattern
+    /// starts each topic at `Earliest` or `Latest` (`Offset` is refused
+    /// with `BadFrame`). After a lost connection the subscription resumes
+    /// by itself where delivery stopped (see the client file's
+    /// `reconnect_attempts`).
     pub async fn subscribe(&self, topic: &str, start: StartAt) -> Result<Subscription, Error> {
-        if let Err(e) = signet_proto::topic::validate_name(topic) {
-            return Err(Error::Invalid {
-                code: ErrorCode::BadTopic,
-                detail: e.to_string(),
-            });
+        let pattern = signet_proto::topic::validate_name(topic).is_err();
+        if pattern {
+            if let Err(e) = signet_proto::topic::validate_pattern(topic) {
+                return Err(Error::Invalid {
+                    code: ErrorCode::BadTopic,
+                    detail: e.to_string(),
+                });
+            }
+            if let StartAt::Offset(_) = start {
+                return Err(Error::Invalid {
+                    code: ErrorCode::BadFrame,
+                    detail: "a pattern subscription starts at Earliest or Latest".into(),
+                });
+            }
         }
-        let (mut send, mut recv) = self
-            .conn
-            .open_bi()
-            .await
-            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
-        let request = ClientFrame::Subscribe(Subscribe {
-            topic: topic.to_owned(),
+        subscription::subscribe(
+            self.link.clone(),
+            topic,
+            pattern,
             start,
-        });
-        write_frame(&mut send, &request)
-            .await
-            .map_err(|e| Error::ConnectionLost(e.to_string()))?;
-        match read_frame::<ServerFrame, _>(&mut recv, FRAME_BYTES_MAX).await {
-            Ok(Some(ServerFrame::Subscribed { next_offset })) => Ok(Subscription::start(
-                topic.to_owned(),
-                next_offset,
-                send,
-                recv,
-                self.trust.clone(),
-                self.payloads.clone(),
-            )),
-            Ok(Some(ServerFrame::Error(r))) => Err(Error::rejected(r)),
-            Ok(Some(_)) => Err(Error::Protocol("unexpected answer to subscribe".into())),
-            Ok(None) => Err(Error::ConnectionLost("subscription refused".into())),
-            Err(e) => Err(Error::ConnectionLost(e.to_string())),
-        }
+            self.trust.clone(),
+            self.payloads.clone(),
+        )
+        .await
     }
 
     /// Joins the consumer group `group` (with the default prefetch of
@@ -219,7 +226,8 @@ impl Client {
     /// Joins `group` holding at most `prefetch` unsettled deliveries (the
     /// broker caps it at its `group_prefetch_max`).
     pub async fn consume_with(&self, group: &str, prefetch: u32) -> Result<Consumer, Error> {
-        let streams = crate::consumer::join(&self.conn, group, prefetch).await?;
+        let streams =
+            crate::consumer::join(&self.link.current().await.conn, group, prefetch).await?;
         Ok(Consumer::start(
             group.to_owned(),
             streams,
@@ -241,16 +249,17 @@ impl Client {
 
     /// The state of consumer group `group` (for a principal that may join it).
     pub async fn group_info(&self, group: &str) -> Result<GroupStatus, Error> {
-        crate::consumer::group_info(&self.conn, group).await
+        crate::consumer::group_info(&self.link.current().await.conn, group).await
     }
 
-    /// The underlying QUIC connection, for tools that speak frames
-    /// directly (tests, diagnostics). The TLS checks already happened.
+    /// The first QUIC connection, for tools that speak frames directly
+    /// (tests, diagnostics). The TLS checks already happened. It is not
+    /// replaced when the client reconnects.
     pub fn connection(&self) -> &quinn::Connection {
         &self.conn
     }
 
-    /// Why the connection closed, if it has.
+    /// Why the first connection closed, if it has.
     pub fn close_reason(&self) -> Option<String> {
         self.conn.close_reason().map(|r| r.to_string())
     }
@@ -259,7 +268,8 @@ impl Client {
     /// in flight when the connection closes may or may not be stored.
     pub async fn close(self) {
         drop(self.publisher);
+        self.link.close().await;
         self.conn.close(0u32.into(), b"bye");
-        self.endpoint.wait_idle().await;
+        self.link.endpoint().wait_idle().await;
     }
 }

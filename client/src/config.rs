@@ -6,7 +6,8 @@
 use crate::error::Error;
 use crate::limits::{
     INFLIGHT_BATCHES_MAX, LINGER_US_MAX, QUOTA_RETRIES_MAX, QUOTA_RETRY_WAIT_MS_MAX,
-    TRUST_KEYS_MAX, TRUST_TOPICS_PER_KEY_MAX,
+    RECONNECT_ATTEMPTS_DEFAULT, RECONNECT_ATTEMPTS_MAX, RECONNECT_WAIT_MS_DEFAULT,
+    RECONNECT_WAIT_MS_MAX, RECONNECT_WAIT_MS_MIN, TRUST_KEYS_MAX, TRUST_TOPICS_PER_KEY_MAX,
 };
 use crate::verify::TrustedKey;
 use serde::Deserialize;
@@ -44,6 +45,12 @@ struct ClientFile {
     /// Longest wait before such a retry, in ms (at most
     /// [`QUOTA_RETRY_WAIT_MS_MAX`]).
     quota_retry_max_ms: Option<u64>,
+    /// Reconnect attempts after a lost connection (at most
+    /// [`RECONNECT_ATTEMPTS_MAX`]; 0: never reconnect).
+    reconnect_attempts: Option<u32>,
+    /// Longest wait between reconnect attempts, in ms (at most
+    /// [`RECONNECT_WAIT_MS_MAX`]).
+    reconnect_max_ms: Option<u64>,
     /// Schema files by topic name or pattern.
     #[serde(default)]
     schemas: HashMap<String, PathBuf>,
@@ -103,6 +110,13 @@ pub struct ClientConfig {
     pub quota_retries: u32,
     /// The longest single wait of such a retry. Default 5 s.
     pub quota_retry_max: Duration,
+    /// How many times in a row the client dials the broker again after a
+    /// lost connection before it gives up (`Error::GaveUp`). Default 0
+    /// (off: opt in). At most 1000.
+    pub reconnect_attempts: u32,
+    /// The longest wait between two attempts (the waits double from 50 ms
+    /// up to this, each with full jitter). Default 2 s.
+    pub reconnect_max: Duration,
     /// X25519 private key files (32 raw bytes) this client decrypts with;
     /// several during a key rotation.
     pub private_keys: Vec<PathBuf>,
@@ -260,6 +274,15 @@ impl ClientConfig {
                 file.quota_retry_max_ms
                     .unwrap_or(5_000)
                     .min(QUOTA_RETRY_WAIT_MS_MAX),
+            ),
+            reconnect_attempts: file
+                .reconnect_attempts
+                .unwrap_or(RECONNECT_ATTEMPTS_DEFAULT)
+                .min(RECONNECT_ATTEMPTS_MAX),
+            reconnect_max: Duration::from_millis(
+                file.reconnect_max_ms
+                    .unwrap_or(RECONNECT_WAIT_MS_DEFAULT)
+                    .clamp(RECONNECT_WAIT_MS_MIN, RECONNECT_WAIT_MS_MAX),
             ),
         })
     }

@@ -64,6 +64,18 @@ pub enum Error {
     /// The client file names no signing key, so this client cannot publish.
     #[error("no signing key configured")]
     NoSigningKey,
+    /// The connection was lost and the client stopped dialing again:
+    /// `attempts` attempts failed in a row, or the last one failed in a way
+    /// a retry cannot fix (the broker's certificate or ours refused, the
+    /// address unusable), or reconnecting is off (`reconnect_attempts =
+    /// 0`). What was in flight is unknown.
+    #[error("gave up reconnecting after {attempts} attempts: {last}")]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// Why the connection was lost, or why the last attempt failed.
+        last: String,
+    },
     /// The broker broke the protocol.
     #[error("protocol error: {0}")]
     Protocol(String),

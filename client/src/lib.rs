@@ -28,6 +28,7 @@ mod error;
 pub mod fuzzing;
 mod keyfile;
 mod limits;
+mod link;
 mod message;
 mod order;
 mod payload;

@@ -79,3 +79,24 @@ pub const QUOTA_RETRY_WAIT_MS_MAX: u64 = 60_000;
 /// signing key to finish, in ms: 60 000 (1 minute). One key's seqs must
 /// reach the broker in order, so processes sharing a key take turns.
 pub const SEQ_LOCK_WAIT_MS_MAX: u64 = 60_000;
+
+/// Reconnect attempts in a row after a lost connection, by default: off
+/// (opt in per client file, like `quota_retries`).
+pub const RECONNECT_ATTEMPTS_DEFAULT: u32 = 0;
+
+/// Most reconnect attempts in a row a client file may ask for.
+pub const RECONNECT_ATTEMPTS_MAX: u32 = 1000;
+
+/// The first wait before a reconnect attempt, in ms (doubled per attempt).
+pub const RECONNECT_WAIT_MS_MIN: u64 = 50;
+
+/// The longest wait between reconnect attempts, by default, in ms.
+pub const RECONNECT_WAIT_MS_DEFAULT: u64 = 2_000;
+
+/// The longest wait between reconnect attempts a client file may ask for,
+/// in ms.
+pub const RECONNECT_WAIT_MS_MAX: u64 = 60_000;
+
+/// Most topics a pattern subscription tracks resume positions for (the
+/// protocol's bound on `SubscribePattern.resume`).
+pub const PATTERN_TOPICS_MAX: usize = signet_proto::limits::PATTERN_TOPICS_MAX;

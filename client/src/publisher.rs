@@ -18,12 +18,20 @@
 //! `quota_retry_max`): a publisher over its rate is slowed, not starved.
 //! Only the first refused message of a stream spends one of its retries;
 //! the others were refused because of it.
+//!
+//! A lost connection: every batch sent and not answered is kept, byte for
+//! byte (same key, seqs, salts and batch signature). Once the [`Link`] has
+//! a new connection, they are sent again, in order, on a new stream before
+//! anything newer; the broker answers a batch it already stored with the
+//! original offsets (idempotent publish) and stores one it never got. If
+//! the link gives up, they are answered with its `Error::GaveUp`.
 
 use crate::error::Error;
 use crate::limits::{
     BATCH_BYTES_MAX, BATCH_ENVELOPES_MAX, FRAME_BYTES_MAX, PAYLOAD_BYTES_MAX,
     PUBLISH_QUEUE_MESSAGES_MAX, SEQ_LOCK_WAIT_MS_MAX,
 };
+use crate::link::Link;
 use crate::message::{OutgoingMessage, Reply, Request};
 use crate::payload::{BatchKeys, Payloads};
 use crate::seq::SeqAllocator;
@@ -59,6 +67,8 @@ struct Sent {
 struct InFlight {
     /// The `request_id` its `Results` must carry.
     request_id: u64,
+    /// The frame as sent, to send again after a lost connection.
+    frame: Arc<ClientFrame>,
     /// One per envelope sent, in order.
     sent: Vec<Sent>,
     /// Its place among the `max_inflight_batches`, freed with the batch.
@@ -82,14 +92,14 @@ pub(crate) struct PublisherSettings {
 
 /// Starts the publishing tasks; returns the queue to send requests into.
 pub(crate) fn start(
-    conn: quinn::Connection,
+    link: Link,
     key: Arc<SigningKey>,
     key_path: PathBuf,
     settings: PublisherSettings,
 ) -> mpsc::Sender<Request> {
     let (queue, requests) = mpsc::channel(PUBLISH_QUEUE_MESSAGES_MAX);
     let publisher = Publisher {
-        conn,
+        link,
         key,
         seq: SeqAllocator::new(&key_path),
         inflight: Arc::new(Semaphore::new(settings.max_inflight_batches)),
@@ -148,13 +158,25 @@ impl Source {
     }
 }
 
+/// How a publish stream's reader ended.
+#[derive(Default)]
+struct Ended {
+    /// Messages refused for quota, to send again.
+    again: Vec<Queued>,
+    /// Batches sent and not answered when the stream failed (the
+    /// connection may be gone): to send again on a new connection.
+    unanswered: Vec<InFlight>,
+}
+
 /// The publish stream in use.
 struct PublishStream {
     send: quinn::SendStream,
+    /// The generation of the connection it runs on.
+    generation: u64,
     /// Batches sent, for the reader to answer.
     acks: mpsc::UnboundedSender<InFlight>,
-    /// Answers the batches; returns the messages to send again, in order.
-    reader: tokio::task::JoinHandle<Vec<Queued>>,
+    /// Answers the batches; returns what to send again, in order.
+    reader: tokio::task::JoinHandle<Ended>,
     /// Set at the stream's first `QuotaExceeded`: how long to wait before
     /// sending again; also wakes when the reader ends.
     stopped: watch::Receiver<Option<Duration>>,
@@ -176,7 +198,7 @@ enum Wake {
 }
 
 struct Publisher {
-    conn: quinn::Connection,
+    link: Link,
     key: Arc<SigningKey>,
     seq: SeqAllocator,
     settings: PublisherSettings,
@@ -204,15 +226,13 @@ impl Publisher {
                 self.retire(waiting).await;
                 continue;
             }
-            if self.stream.is_none() {
-                match self.conn.open_bi().await {
-                    Ok((send, recv)) => self.stream = Some(self.open(send, recv)),
-                    Err(e) => {
-                        self.fail_all(waiting, &Error::ConnectionLost(e.to_string()))
-                            .await;
-                        return;
-                    }
+            if self.stream.is_none()
+                && let Err(error) = self.open_stream(Vec::new()).await
+            {
+                for q in waiting {
+                    let _ = q.reply.send(Err(error.clone()));
                 }
+                continue;
             }
             let Ok(permit) = self.inflight.clone().acquire_owned().await else {
                 break;
@@ -238,34 +258,64 @@ impl Publisher {
             let Some(stream) = self.stream.as_mut() else {
                 break;
             };
+            let frame = Arc::new(ClientFrame::Publish(publish));
             let in_flight = InFlight {
                 request_id: self.request_id,
+                frame: frame.clone(),
                 sent,
                 _permit: permit,
             };
             if stream.acks.send(in_flight).is_err() {
                 break;
             }
-            // A failed write ends the stream; its reader answers what is in
-            // flight and the next batch opens a new stream.
-            let _ = write_frame(&mut stream.send, &ClientFrame::Publish(publish)).await;
+            // A failed write ends the stream; its reader hands back what is
+            // in flight (sent again on a new connection if this one is
+            // gone) and the next batch opens a new stream.
+            let _ = write_frame(&mut stream.send, frame.as_ref()).await;
         }
         if let Some(mut stream) = self.stream.take() {
             let _ = stream.send.finish();
         }
     }
 
-    /// Starts answering a new publish stream.
-    fn open(&self, send: quinn::SendStream, recv: quinn::RecvStream) -> PublishStream {
+    /// Opens a publish stream on the link's connection (dialing again if
+    /// it is gone) and sends `resend` on it first, in order.
+    async fn open_stream(&mut self, resend: Vec<InFlight>) -> Result<(), Error> {
+        let mut current = self.link.current().await;
+        // A connection lost between dialing and opening is dialed again;
+        // the link bounds the attempts.
+        let mut tries = 0;
+        let (send, recv) = loop {
+            match current.conn.open_bi().await {
+                Ok(streams) => break streams,
+                Err(e) => {
+                    tries += 1;
+                    if tries > 3 || !self.link.lost(current.generation).await {
+                        return Err(Error::ConnectionLost(e.to_string()));
+                    }
+                    current = self.link.reconnect(current.generation).await?;
+                }
+            }
+        };
         let (acks, pending) = mpsc::unbounded_channel();
         let (stop, stopped) = watch::channel(None);
         let reader = tokio::spawn(read_results(recv, pending, stop));
-        PublishStream {
+        let mut stream = PublishStream {
             send,
+            generation: current.generation,
             acks,
             reader,
             stopped,
+        };
+        for batch in resend {
+            let frame = batch.frame.clone();
+            if stream.acks.send(batch).is_err() {
+                break;
+            }
+            let _ = write_frame(&mut stream.send, frame.as_ref()).await;
         }
+        self.stream = Some(stream);
+        Ok(())
     }
 
     /// The first message of the next batch: one to send again, else a new
@@ -332,21 +382,39 @@ impl Publisher {
         let _ = stream.send.finish();
         drop(stream.acks);
         let wait = stream.stopped.borrow().unwrap_or_default();
-        let again = stream.reader.await.unwrap_or_default();
+        let Ended { again, unanswered } = stream.reader.await.unwrap_or_default();
+        if !unanswered.is_empty() {
+            self.resend(stream.generation, unanswered).await;
+        }
         if !again.is_empty() {
             tokio::time::sleep(wait.min(self.settings.quota_retry_max)).await;
         }
         self.source.put_back(again.into_iter());
     }
 
-    /// Answers `waiting`, everything waiting to be sent again and every
-    /// later publish with `error` (the connection is gone).
-    async fn fail_all(&mut self, waiting: Vec<Queued>, error: &Error) {
-        for q in waiting.into_iter().chain(self.source.again.drain(..)) {
-            let _ = q.reply.send(Err(error.clone()));
-        }
-        while let Some(r) = self.source.requests.recv().await {
-            let _ = r.reply.send(Err(error.clone()));
+    /// Sends again, on a new connection, the batches a stream left
+    /// unanswered; answers them with the error if the connection was not
+    /// lost (only the stream failed) or the link gives up.
+    async fn resend(&mut self, generation: u64, batches: Vec<InFlight>) {
+        let error = if self.link.lost(generation).await {
+            match self.link.reconnect(generation).await {
+                Ok(_) => {
+                    let Err(error) = self.open_stream(batches).await else {
+                        return;
+                    };
+                    // open_stream consumed them only on success.
+                    tracing::debug!(%error, "publish stream could not be opened again");
+                    return;
+                }
+                Err(error) => error,
+            }
+        } else {
+            Error::ConnectionLost("publish stream closed by the broker".into())
+        };
+        for batch in batches {
+            for sent in batch.sent {
+                let _ = sent.reply.send(Err(error.clone()));
+            }
         }
     }
 }
@@ -536,18 +604,23 @@ fn refused(
 }
 
 /// Reads `Results` in order and answers each publish; returns the messages
-/// refused for quota that are to be sent again, in order.
+/// refused for quota that are to be sent again, in order, and, when the
+/// stream failed without an answer from the broker, the batches still
+/// unanswered.
 async fn read_results(
     mut recv: quinn::RecvStream,
     mut pending: mpsc::UnboundedReceiver<InFlight>,
     stop: watch::Sender<Option<Duration>>,
-) -> Vec<Queued> {
+) -> Ended {
     let mut again = Vec::new();
     let failure = loop {
         match read_frame::<ServerFrame, _>(&mut recv, FRAME_BYTES_MAX).await {
             Ok(Some(ServerFrame::Results(results))) => {
                 let Some(batch) = pending.recv().await else {
-                    return again;
+                    return Ended {
+                        again,
+                        unanswered: Vec::new(),
+                    };
                 };
                 if batch.request_id != results.request_id
                     || batch.sent.len() != results.outcomes.len()
@@ -570,12 +643,17 @@ async fn read_results(
         }
     };
     pending.close();
+    let mut unanswered = Vec::new();
     while let Some(batch) = pending.recv().await {
+        if let Error::ConnectionLost(_) = failure {
+            unanswered.push(batch);
+            continue;
+        }
         for sent in batch.sent {
             let _ = sent.reply.send(Err(failure.clone()));
         }
     }
-    again
+    Ended { again, unanswered }
 }
 
 #[cfg(test)]

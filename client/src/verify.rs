@@ -118,6 +118,22 @@ impl Verifier {
         Ok(record)
     }
 
+    /// Like [`Verifier::verify`], with the seq order kept by the caller in
+    /// `order` (a pattern subscription keeps one per topic: a key's seqs
+    /// rise within each topic, not across topics delivered side by side).
+    pub(crate) fn verify_in(
+        &mut self,
+        subscribed: &str,
+        bytes: &[u8],
+        order: &mut SeqOrder,
+    ) -> Result<StoredRecord, Rejected> {
+        let record = self.verify_any_order(subscribed, bytes)?;
+        order
+            .accept(&record.envelope.key_id, record.envelope.seq)
+            .map_err(|detail| rejected(ErrorCode::Replay, detail))?;
+        Ok(record)
+    }
+
     /// As [`Verifier::verify`] without the seq order: for consumer-group
     /// deliveries, which come in any order and again after a nak or an
     /// expired lease. Everything else (topic, trusted key, proof,

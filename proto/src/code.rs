@@ -64,6 +64,7 @@ codes! {
     BadTopic(302) "the topic name or pattern is invalid";
     QuotaExceeded(303) "the principal is over its quota; retry later";
     TooManyInFlight(304) "too many unacknowledged publishes on this connection";
+    TooManyTopics(305) "a pattern subscription would cover more topics than the broker allows";
     // 4xx: payload
     SchemaViolation(400) "the payload does not match the topic's schema";
     EncryptionRequired(401) "the topic requires an encrypted payload";

@@ -15,10 +15,16 @@
 //!   by one [`ServerFrame::Settled`].
 //! - group info: client sends one [`ClientFrame::GroupInfo`]; the broker
 //!   answers [`ServerFrame::GroupStatus`] or [`ServerFrame::Error`].
+//! - pattern subscription: client sends one [`ClientFrame::SubscribePattern`];
+//!   the broker answers [`ServerFrame::SubscribedPattern`] or
+//!   [`ServerFrame::Error`], then [`ServerFrame::DeliverTopic`] frames, each
+//!   from one topic, in offset order per topic (and [`ServerFrame::Gap`]s).
 
 use crate::code::ErrorCode;
 use crate::envelope::Envelope;
-use crate::limits::{BATCH_ENVELOPES_MAX, DELIVER_MESSAGES_MAX, SETTLE_OPS_MAX};
+use crate::limits::{
+    BATCH_ENVELOPES_MAX, DELIVER_MESSAGES_MAX, PATTERN_TOPICS_MAX, SETTLE_OPS_MAX,
+};
 use serde::{Deserialize, Serialize};
 
 /// A batch of envelopes signed together. The broker rebuilds the Merkle
@@ -103,6 +109,32 @@ pub struct GroupInfo {
     pub group: String,
 }
 
+/// One topic's position in a pattern subscription: the next offset to
+/// deliver from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicOffset {
+    /// A topic name.
+    pub topic: String,
+    /// The next offset of that topic to deliver.
+    pub offset: u64,
+}
+
+/// Open a subscription to every topic matching a pattern that the
+/// principal may read, including topics created later.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribePattern {
+    /// A topic pattern (`*` one token, `>` the rest), or a plain name.
+    pub pattern: String,
+    /// Where each topic covered when the subscription opens starts:
+    /// `Earliest` or `Latest` (`Offset` is refused with `BadFrame`).
+    pub start: StartAt,
+    /// Resume positions from an earlier subscription to the same pattern:
+    /// a listed topic starts at its offset instead of at `start` (at most
+    /// [`PATTERN_TOPICS_MAX`] entries).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, PATTERN_TOPICS_MAX>")]
+    pub resume: Vec<TopicOffset>,
+}
+
 /// Frames a client sends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientFrame {
@@ -114,6 +146,8 @@ pub enum ClientFrame {
     Settle(#[serde(deserialize_with = "crate::bounded::vec::<_, _, SETTLE_OPS_MAX>")] Vec<Settle>),
     /// Ask for a group's state (first and only frame of its stream).
     GroupInfo(GroupInfo),
+    /// Open a subscription to every matching topic (first frame of its stream).
+    SubscribePattern(SubscribePattern),
 }
 
 /// The outcome of one envelope of a batch.
@@ -267,6 +301,19 @@ pub enum ServerFrame {
     /// removed (`reason`, e.g. `retention`) before this subscription
     /// reached them. Offsets are never reused; delivery goes on at `to + 1`.
     Gap(Gap),
+    /// The pattern subscription is open; where each topic it covers now
+    /// starts (topics the principal may read only).
+    SubscribedPattern {
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, PATTERN_TOPICS_MAX>")]
+        topics: Vec<TopicOffset>,
+    },
+    /// Messages of one topic of a pattern subscription, in offset order,
+    /// without gaps (at most 512).
+    DeliverTopic {
+        topic: String,
+        #[serde(deserialize_with = "crate::bounded::vec::<_, _, DELIVER_MESSAGES_MAX>")]
+        deliveries: Vec<Delivery>,
+    },
 }
 
 /// Messages a subscription skips because they no longer exist.

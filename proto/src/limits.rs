@@ -58,6 +58,12 @@ pub const DETAIL_BYTES_MAX: usize = 256;
 /// decoding.
 pub const DELIVER_MESSAGES_MAX: usize = 512;
 
+/// Largest number of topics one pattern subscription covers, and of
+/// entries in its `SubscribePattern.resume` and `SubscribedPattern.topics`
+/// lists (also capped while decoding). A broker may allow fewer
+/// (`pattern_topics_max`).
+pub const PATTERN_TOPICS_MAX: usize = 1024;
+
 /// The largest payload limit a broker may be configured with
 /// (`broker.max_message_bytes`), in bytes. A client checks payloads against
 /// this, never against a smaller guess, so it is never stricter than a

@@ -55,6 +55,11 @@ pub struct Tree {
 }
 
 impl Tree {
+    /// The leaf hashes, in order.
+    pub fn leaves(&self) -> &[Hash] {
+        self.levels.first().map_or(&[], Vec::as_slice)
+    }
+
     /// Builds the tree over `leaves`. Returns `None` for no leaves.
     pub fn build(leaves: Vec<Hash>) -> Option<Tree> {
         if leaves.is_empty() {
