@@ -412,3 +412,72 @@ async fn publishing_stops_when_the_disk_fills_and_resumes_when_space_returns() {
     auditor.close().await;
     sandbox.stop().await;
 }
+
+/// A pattern subscription gets the same retention view as an exact one:
+/// a live reader of `orders.>` sees every offset of the trimmed topic
+/// delivered or announced as a gap, `Earliest` starts at the first
+/// readable offset without a gap, and a resume position below the first
+/// offset is answered with a `Gap` frame naming the topic and the range.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_subscription_is_told_what_retention_removed() {
+    use signet_proto::frame::{ClientFrame, Gap, ServerFrame, SubscribePattern, TopicOffset};
+    use signet_proto::stream::{read_frame, write_frame};
+
+    let mut sandbox = start_with(&principals(), &retention_policy("max_msgs = 100")).await;
+    let alice = client(&sandbox, "alice").await;
+    let auditor = client(&sandbox, "auditor").await;
+    let mut live = within(auditor.subscribe("orders.>", StartAt::Latest))
+        .await
+        .unwrap();
+    publish_many(&alice, 1000, 1024).await;
+    Seen::until(&mut live, 999).await.covers(0, 999);
+    await_first(&sandbox, 900).await;
+
+    let mut earliest = within(auditor.subscribe("orders.>", StartAt::Earliest))
+        .await
+        .unwrap();
+    let first = next(&mut earliest).await.unwrap();
+    assert_eq!((first.topic.as_str(), first.offset), (TOPIC, 900));
+
+    // On the wire: resuming at 0 is told 0..=899 are gone, then gets 900.
+    let (mut send, mut recv) = within(auditor.connection().open_bi()).await.unwrap();
+    let frame = ClientFrame::SubscribePattern(SubscribePattern {
+        pattern: "orders.>".into(),
+        start: signet_proto::frame::StartAt::Earliest,
+        resume: vec![TopicOffset {
+            topic: TOPIC.into(),
+            offset: 0,
+        }],
+    });
+    within(write_frame(&mut send, &frame)).await.unwrap();
+    let read = async |recv: &mut quinn::RecvStream| {
+        within(read_frame::<ServerFrame, _>(recv, 1 << 24))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    assert!(matches!(
+        read(&mut recv).await,
+        ServerFrame::SubscribedPattern { .. }
+    ));
+    assert_eq!(
+        read(&mut recv).await,
+        ServerFrame::Gap(Gap {
+            topic: TOPIC.into(),
+            from: 0,
+            to: 899,
+            reason: "retention".into(),
+        })
+    );
+    match read(&mut recv).await {
+        ServerFrame::DeliverTopic { topic, deliveries } => {
+            assert_eq!(topic, TOPIC);
+            assert_eq!(deliveries[0].offset, 900);
+        }
+        other => panic!("expected deliveries, got {other:?}"),
+    }
+    drop((live, earliest));
+    alice.close().await;
+    auditor.close().await;
+    sandbox.stop().await;
+}

@@ -26,6 +26,10 @@ use signet_proto::{ErrorCode, SigningKey};
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+/// Longest wait at shutdown for connections to finish closing (QUIC's
+/// draining period) before the socket is let go.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(2);
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
@@ -259,6 +263,10 @@ async fn run(
         quinn::VarInt::from(ErrorCode::Unavailable.0),
         b"broker shutting down",
     );
+    // Clients learn of the close (and reconnect) before the port is let
+    // go, so a broker started right after on the same address can bind it.
+    let _ = tokio::time::timeout(SHUTDOWN_DRAIN, endpoint.wait_idle()).await;
+    drop(endpoint);
     audit.record(Event::system("broker_stopped", json!({})));
     drop(audit);
     if let Some(thread) = audit_thread {
@@ -346,6 +354,13 @@ async fn accept_loop(
             }
         });
     }
+    // Every connection is told why before its task ends (a dropped
+    // connection would close with 0): `Unavailable` makes clients dial
+    // again.
+    endpoint.close(
+        quinn::VarInt::from(ErrorCode::Unavailable.0),
+        b"broker shutting down",
+    );
     connections.shutdown().await;
 }
 

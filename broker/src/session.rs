@@ -76,7 +76,12 @@ pub async fn serve(
                 }
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
-            _ = shutdown.changed() => break,
+            _ = shutdown.changed() => {
+                // Said explicitly: `Unavailable` tells the client to dial
+                // again (dropping the connection would close it with 0).
+                conn.close(ErrorCode::Unavailable.0.into(), b"broker shutting down");
+                break;
+            }
         }
     }
     streams.shutdown().await;

@@ -226,14 +226,24 @@ impl Client {
     /// Joins `group` holding at most `prefetch` unsettled deliveries (the
     /// broker caps it at its `group_prefetch_max`).
     pub async fn consume_with(&self, group: &str, prefetch: u32) -> Result<Consumer, Error> {
-        let streams =
-            crate::consumer::join(&self.link.current().await.conn, group, prefetch).await?;
+        let mut current = self.link.current().await;
+        let streams = loop {
+            match crate::consumer::join(&current.conn, group, prefetch).await {
+                Ok(streams) => break streams,
+                Err(e) => current = self.link.retry_on(&current, e).await?,
+            }
+        };
+        let membership = crate::consumer::Membership {
+            link: self.link.clone(),
+            current,
+            group: group.to_owned(),
+            prefetch,
+        };
         Ok(Consumer::start(
-            group.to_owned(),
+            membership,
             streams,
             self.trust.clone(),
             self.payloads.clone(),
-            prefetch,
         ))
     }
 
@@ -249,7 +259,13 @@ impl Client {
 
     /// The state of consumer group `group` (for a principal that may join it).
     pub async fn group_info(&self, group: &str) -> Result<GroupStatus, Error> {
-        crate::consumer::group_info(&self.link.current().await.conn, group).await
+        let mut current = self.link.current().await;
+        loop {
+            match crate::consumer::group_info(&current.conn, group).await {
+                Ok(status) => return Ok(status),
+                Err(e) => current = self.link.retry_on(&current, e).await?,
+            }
+        }
     }
 
     /// The first QUIC connection, for tools that speak frames directly

@@ -3,8 +3,11 @@
 //! [`Delivery::ack`], [`Delivery::nak`], [`Delivery::extend`] or
 //! [`Delivery::term`].
 //!
-//! [`join`] opens the member's stream on a connection (one function, so a
-//! reconnecting client can call it again to rejoin). A reading task
+//! [`join`] opens the member's stream on a connection. After a lost
+//! connection the member dials again through the [`Link`] and joins again
+//! (a new membership: settlements of deliveries from before the loss fail
+//! with `ConnectionLost`, their leases end at their deadlines and the group
+//! redelivers that work, with its delivery count). A reading task
 //! verifies every delivery end to end (the publisher's signature against
 //! the client's `[trust]`, like a subscription, in any order) and answers
 //! settlements; a writing task batches settlements into `Settle` frames.
@@ -13,6 +16,7 @@
 
 use crate::error::Error;
 use crate::limits::FRAME_BYTES_MAX;
+use crate::link::{Current, Link};
 use crate::message::Message;
 use crate::payload::Payloads;
 use crate::verify::Verifier;
@@ -24,6 +28,7 @@ use signet_proto::limits::SETTLE_OPS_MAX;
 use signet_proto::stream::{read_frame, write_frame};
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -33,7 +38,9 @@ use tokio::sync::{mpsc, oneshot};
 pub const DEFAULT_PREFETCH: u32 = 64;
 
 type SettleReply = oneshot::Sender<Result<(), Error>>;
-type Waiting = Arc<Mutex<VecDeque<Vec<SettleReply>>>>;
+/// Settlements sent and not answered: per `Settle` frame, in order, the
+/// generation of the connection it went out on and its replies.
+type Waiting = Arc<Mutex<VecDeque<(u64, Vec<SettleReply>)>>>;
 
 /// One settlement on its way to the writing task.
 struct SettleRequest {
@@ -53,6 +60,8 @@ pub struct Delivery {
     pub deadline_ms: u64,
     token: Vec<u8>,
     settle: mpsc::Sender<SettleRequest>,
+    /// The generation of the connection its membership ran on.
+    generation: u64,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -130,6 +139,8 @@ impl Delivery {
 pub struct Consumer {
     deliveries: mpsc::Receiver<Result<Delivery, Error>>,
     tasks: [tokio::task::JoinHandle<()>; 2],
+    /// The generation of the connection the membership runs on now.
+    generation: Arc<AtomicU64>,
 }
 
 impl Drop for Consumer {
@@ -144,7 +155,19 @@ impl Stream for Consumer {
     type Item = Result<Delivery, Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.deliveries.poll_recv(cx)
+        // Deliveries of a membership lost before the application took
+        // them are skipped: their leases are gone and the group delivers
+        // them again.
+        loop {
+            match self.deliveries.poll_recv(cx) {
+                Poll::Ready(Some(Ok(d)))
+                    if d.generation < self.generation.load(Ordering::SeqCst) =>
+                {
+                    continue;
+                }
+                other => return other,
+            }
+        }
     }
 }
 
@@ -198,53 +221,96 @@ pub async fn group_info(conn: &quinn::Connection, group: &str) -> Result<GroupSt
     }
 }
 
+/// Where a member is joined, and how to join again after a lost
+/// connection.
+pub(crate) struct Membership {
+    pub link: Link,
+    /// The connection the stream runs on.
+    pub current: Current,
+    pub group: String,
+    pub prefetch: u32,
+}
+
 impl Consumer {
     /// Starts the reading and writing tasks on a joined stream.
     pub(crate) fn start(
-        group: String,
+        membership: Membership,
         streams: (quinn::SendStream, quinn::RecvStream),
         verifier: Verifier,
         payloads: Arc<Payloads>,
-        prefetch: u32,
     ) -> Consumer {
         let (send, recv) = streams;
-        let (tx, deliveries) = mpsc::channel(prefetch.max(1) as usize);
+        let (tx, deliveries) = mpsc::channel(membership.prefetch.max(1) as usize);
         let (settle_tx, settle_rx) = mpsc::channel(SETTLE_OPS_MAX);
+        let (streams_tx, streams_rx) = mpsc::channel(1);
         let waiting: Waiting = Arc::default();
+        let generation = membership.current.generation;
+        let shared_generation = Arc::new(AtomicU64::new(generation));
         let reader = tokio::spawn(read_deliveries(
             Reader {
-                group,
+                generation: shared_generation.clone(),
+                membership,
                 verifier,
                 payloads,
                 settle: settle_tx,
                 waiting: waiting.clone(),
+                streams: streams_tx,
             },
             recv,
             tx,
         ));
-        let writer = tokio::spawn(write_settlements(send, settle_rx, waiting));
+        let writer = tokio::spawn(write_settlements(
+            (generation, send),
+            streams_rx,
+            settle_rx,
+            waiting,
+        ));
         Consumer {
             deliveries,
             tasks: [reader, writer],
+            generation: shared_generation,
         }
     }
 }
 
 struct Reader {
-    group: String,
+    /// The membership's connection generation, shared with [`Consumer`].
+    generation: Arc<AtomicU64>,
+    membership: Membership,
     verifier: Verifier,
     payloads: Arc<Payloads>,
     settle: mpsc::Sender<SettleRequest>,
     waiting: Waiting,
+    /// Send streams of rejoined memberships, for the writing task.
+    streams: mpsc::Sender<(u64, quinn::SendStream)>,
 }
 
+/// Fails every settlement waiting for an answer (of any connection).
 fn fail_waiting(waiting: &Waiting, error: &Error) {
     let mut queue = waiting.lock().unwrap_or_else(|p| p.into_inner());
-    for replies in queue.drain(..) {
+    for (_, replies) in queue.drain(..) {
         for reply in replies {
             let _ = reply.send(Err(error.clone()));
         }
     }
+}
+
+/// The replies of the oldest `Settle` sent on the connection of
+/// `generation`; those of older connections are failed on the way (their
+/// answers can never come).
+fn next_waiting(waiting: &Waiting, generation: u64) -> Option<Vec<SettleReply>> {
+    let mut queue = waiting.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some((g, replies)) = queue.pop_front() {
+        if g == generation {
+            return Some(replies);
+        }
+        for reply in replies {
+            let _ = reply.send(Err(Error::ConnectionLost(
+                "settled on a lost connection".into(),
+            )));
+        }
+    }
+    None
 }
 
 async fn read_deliveries(
@@ -252,9 +318,122 @@ async fn read_deliveries(
     mut recv: quinn::RecvStream,
     tx: mpsc::Sender<Result<Delivery, Error>>,
 ) {
-    let error = loop {
-        match read_frame::<ServerFrame, _>(&mut recv, FRAME_BYTES_MAX).await {
-            Ok(Some(ServerFrame::GroupDeliver(deliveries))) => {
+    // Verified deliveries the application has not taken yet (kept across
+    // a rejoin: the ones from before fail to settle, see the module doc).
+    let mut pending = VecDeque::new();
+    loop {
+        let Some(error) = read_membership(&mut r, recv, &tx, &mut pending).await else {
+            return;
+        };
+        fail_waiting(&r.waiting, &error);
+        let lost = matches!(error, Error::ConnectionLost(_))
+            && r.membership
+                .link
+                .lost(r.membership.current.generation)
+                .await;
+        if !lost {
+            for delivery in pending.drain(..).chain([Err(error)]) {
+                if tx.send(delivery).await.is_err() {
+                    return;
+                }
+            }
+            return;
+        }
+        // The connection is gone: join again on a new one. Leases of the
+        // old membership end at their deadlines (their tokens are no
+        // longer this member's), so the group redelivers that work.
+        match rejoin(&mut r.membership).await {
+            Ok((send, new_recv)) => {
+                recv = new_recv;
+                let generation = r.membership.current.generation;
+                r.generation.store(generation, Ordering::SeqCst);
+                // Not taken yet, and no longer settleable: dropped.
+                pending.retain(|d| !matches!(d, Ok(d) if d.generation < generation));
+                if r.streams.send((generation, send)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                for delivery in pending.drain(..).chain([Err(e)]) {
+                    if tx.send(delivery).await.is_err() {
+                        return;
+                    }
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Dials again through the link and joins the group on the new connection.
+async fn rejoin(m: &mut Membership) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
+    m.current = m.link.reconnect(m.current.generation).await?;
+    loop {
+        match join(&m.current.conn, &m.group, m.prefetch).await {
+            Ok(streams) => return Ok(streams),
+            Err(e) => m.current = m.link.retry_on(&m.current, e).await?,
+        }
+    }
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Reads a membership's frames into `frames` (a task of its own, so the
+/// reader can wait on the application and on the broker at once).
+async fn read_frames(
+    mut recv: quinn::RecvStream,
+    frames: mpsc::Sender<Result<Option<ServerFrame>, Error>>,
+) {
+    loop {
+        let frame = read_frame::<ServerFrame, _>(&mut recv, FRAME_BYTES_MAX)
+            .await
+            .map_err(|e| Error::ConnectionLost(e.to_string()));
+        let more = matches!(frame, Ok(Some(_)));
+        if frames.send(frame).await.is_err() || !more {
+            return;
+        }
+    }
+}
+
+/// Reads one membership's frames until it fails (`None`: the application
+/// dropped the consumer). Settlements are answered as their `Settled`
+/// arrives even while the application is not taking deliveries (up to
+/// twice the prefetch wait here; beyond that the broker is made to wait).
+async fn read_membership(
+    r: &mut Reader,
+    recv: quinn::RecvStream,
+    tx: &mpsc::Sender<Result<Delivery, Error>>,
+    pending: &mut VecDeque<Result<Delivery, Error>>,
+) -> Option<Error> {
+    let generation = r.membership.current.generation;
+    let pending_max = (r.membership.prefetch.max(1) as usize).saturating_mul(2);
+    let (frames_tx, mut frames) = mpsc::channel(1);
+    let _reading = AbortOnDrop(tokio::spawn(read_frames(recv, frames_tx)));
+    loop {
+        let frame = tokio::select! {
+            permit = tx.reserve(), if !pending.is_empty() => {
+                let Ok(permit) = permit else { return None };
+                if let Some(delivery) = pending.pop_front() {
+                    permit.send(delivery);
+                }
+                continue;
+            }
+            frame = frames.recv(), if pending.len() < pending_max => frame,
+        };
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Some(e),
+            None => return Some(Error::ConnectionLost("membership stream ended".into())),
+        };
+        match frame {
+            Some(ServerFrame::GroupDeliver(deliveries)) => {
                 for d in deliveries {
                     let verdict = r
                         .verifier
@@ -267,28 +446,22 @@ async fn read_deliveries(
                         .and_then(|record| r.payloads.open(d.offset, record))
                         .map(|message| Delivery {
                             message,
-                            group: r.group.clone(),
+                            group: r.membership.group.clone(),
                             delivery_count: d.delivery_count,
                             deadline_ms: d.deadline_ms,
                             token: d.token,
                             settle: r.settle.clone(),
+                            generation,
                         });
-                    if tx.send(verdict).await.is_err() {
-                        return;
-                    }
+                    pending.push_back(verdict);
                 }
             }
-            Ok(Some(ServerFrame::Settled(outcomes))) => {
-                let replies = r
-                    .waiting
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .pop_front();
-                let Some(replies) = replies else {
-                    break Error::Protocol("Settled without a Settle".into());
+            Some(ServerFrame::Settled(outcomes)) => {
+                let Some(replies) = next_waiting(&r.waiting, generation) else {
+                    return Some(Error::Protocol("Settled without a Settle".into()));
                 };
                 if replies.len() != outcomes.len() {
-                    break Error::Protocol("Settled does not match its Settle".into());
+                    return Some(Error::Protocol("Settled does not match its Settle".into()));
                 }
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(match outcome {
@@ -297,22 +470,46 @@ async fn read_deliveries(
                     });
                 }
             }
-            Ok(Some(ServerFrame::Error(rejection))) => break Error::rejected(rejection),
-            Ok(Some(_)) => break Error::Protocol("unexpected frame on a consume stream".into()),
-            Ok(None) => break Error::ConnectionLost("membership closed by the broker".into()),
-            Err(e) => break Error::ConnectionLost(e.to_string()),
+            Some(ServerFrame::Error(rejection)) => return Some(Error::rejected(rejection)),
+            Some(_) => {
+                return Some(Error::Protocol(
+                    "unexpected frame on a consume stream".into(),
+                ));
+            }
+            None => {
+                return Some(Error::ConnectionLost(
+                    "membership closed by the broker".into(),
+                ));
+            }
         }
-    };
-    fail_waiting(&r.waiting, &error);
-    let _ = tx.send(Err(error)).await;
+    }
 }
 
+/// Sends settlements in `Settle` frames on the current membership's
+/// stream; a rejoin hands it a new one. Settlements made while there is no
+/// stream fail with `ConnectionLost` (their leases were the old
+/// membership's).
 async fn write_settlements(
-    mut send: quinn::SendStream,
+    first: (u64, quinn::SendStream),
+    mut streams: mpsc::Receiver<(u64, quinn::SendStream)>,
     mut requests: mpsc::Receiver<SettleRequest>,
     waiting: Waiting,
 ) {
-    while let Some(first) = requests.recv().await {
+    let mut stream = Some(first);
+    loop {
+        let first = tokio::select! {
+            joined = streams.recv() => match joined {
+                Some(joined) => {
+                    stream = Some(joined);
+                    continue;
+                }
+                None => return,
+            },
+            request = requests.recv() => match request {
+                Some(request) => request,
+                None => return,
+            },
+        };
         let mut batch = vec![first];
         while batch.len() < SETTLE_OPS_MAX {
             match requests.try_recv() {
@@ -322,14 +519,26 @@ async fn write_settlements(
         }
         let (settles, replies): (Vec<Settle>, Vec<SettleReply>) =
             batch.into_iter().map(|r| (r.settle, r.reply)).unzip();
+        let Some((generation, send)) = stream.as_mut() else {
+            for reply in replies {
+                let _ = reply.send(Err(Error::ConnectionLost("membership lost".into())));
+            }
+            continue;
+        };
         // Queued before the frame goes out, so the answer always finds it.
         waiting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push_back(replies);
-        if let Err(e) = write_frame(&mut send, &ClientFrame::Settle(settles)).await {
-            fail_waiting(&waiting, &Error::ConnectionLost(e.to_string()));
-            return;
+            .push_back((*generation, replies));
+        if let Err(e) = write_frame(send, &ClientFrame::Settle(settles)).await {
+            tracing::debug!(error = %e, "settle not sent: membership lost");
+            // Never sent, so never answered: fail it here (only this task
+            // pushes, so the newest entry is this frame's).
+            let unsent = waiting.lock().unwrap_or_else(|p| p.into_inner()).pop_back();
+            for reply in unsent.into_iter().flat_map(|(_, replies)| replies) {
+                let _ = reply.send(Err(Error::ConnectionLost(e.to_string())));
+            }
+            stream = None;
         }
     }
 }

@@ -80,9 +80,10 @@ pub const QUOTA_RETRY_WAIT_MS_MAX: u64 = 60_000;
 /// reach the broker in order, so processes sharing a key take turns.
 pub const SEQ_LOCK_WAIT_MS_MAX: u64 = 60_000;
 
-/// Reconnect attempts in a row after a lost connection, by default: off
-/// (opt in per client file, like `quota_retries`).
-pub const RECONNECT_ATTEMPTS_DEFAULT: u32 = 0;
+/// Reconnect attempts in a row after a lost connection, by default (with
+/// waits doubling from 50 ms to `reconnect_max_ms`, about 12 s in all at
+/// the default; a client file may say 0 to turn reconnecting off).
+pub const RECONNECT_ATTEMPTS_DEFAULT: u32 = 10;
 
 /// Most reconnect attempts in a row a client file may ask for.
 pub const RECONNECT_ATTEMPTS_MAX: u32 = 1000;

@@ -8,11 +8,13 @@
 //! generation) without dialing again. Dialing waits before each attempt:
 //! 50 ms doubling up to `reconnect_max`, each wait drawn uniformly from
 //! zero to that bound (full jitter), for at most `reconnect_attempts`
-//! attempts in a row; then, and at once for what a retry cannot fix, the
-//! task gets [`Error::GaveUp`]. Not retried: a connection this client
-//! closed; a broker close with a code other than `Unavailable` or
-//! `QuotaExceeded` (e.g. `Forbidden`: the certificate names no principal
-//! the broker knows); a TLS failure (a certificate refused either way).
+//! attempts in a row (a connection lost within [`STABLE_CONNECTION`] of
+//! being made does not start a new count); then, and at once for what a
+//! retry cannot fix, the task gets [`Error::GaveUp`]. Not retried: a
+//! connection this client closed; a broker close with a code other than
+//! `Unavailable` (e.g. `Forbidden`: the certificate names no principal the
+//! broker knows; `QuotaExceeded`: the principal's connection quota); a TLS
+//! failure (a certificate refused either way).
 //! Anything that owns a stream (a consumer-group member, say) re-opens it
 //! the same way: on a lost connection, `reconnect(generation)`, then open
 //! its stream again on the connection returned.
@@ -22,7 +24,7 @@ use crate::limits::RECONNECT_WAIT_MS_MIN;
 use signet_proto::ErrorCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
 /// How the link dials again.
@@ -39,7 +41,18 @@ pub(crate) struct ReconnectPolicy {
 pub(crate) struct Current {
     pub conn: quinn::Connection,
     pub generation: u64,
+    /// When it was established.
+    established: Instant,
+    /// Dials in a row that led to it without a connection lasting
+    /// [`STABLE_CONNECTION`] in between.
+    streak: u32,
 }
+
+/// A connection that lasted this long was in use: the next loss starts a
+/// new count of attempts. One lost sooner (a broker that accepts and at
+/// once closes, say at its connection cap) counts on, so such a loop ends
+/// after `reconnect_attempts` dials.
+const STABLE_CONNECTION: Duration = Duration::from_secs(5);
 
 /// The shared handle on the connection in use.
 #[derive(Clone)]
@@ -62,10 +75,11 @@ pub(crate) fn retryable(error: &quinn::ConnectionError) -> bool {
     use quinn::ConnectionError as E;
     match error {
         E::LocallyClosed | E::VersionMismatch | E::CidsExhausted => false,
+        // The broker stopping, its storage failing or its connection cap:
+        // worth another try. Not a principal's own connection quota
+        // (`QuotaExceeded`): the application holds too many connections.
         E::ApplicationClosed(close) => {
-            let code = u64::from(close.error_code);
-            code == u64::from(ErrorCode::Unavailable.0)
-                || code == u64::from(ErrorCode::QuotaExceeded.0)
+            u64::from(close.error_code) == u64::from(ErrorCode::Unavailable.0)
         }
         // TLS alerts are transport codes 0x100..=0x1ff: a certificate or
         // handshake refused, which no retry fixes.
@@ -109,6 +123,8 @@ impl Link {
                 current: Mutex::new(Current {
                     conn,
                     generation: 1,
+                    established: Instant::now(),
+                    streak: 0,
                 }),
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -141,6 +157,23 @@ impl Link {
         current.generation != generation || current.conn.close_reason().is_some()
     }
 
+    /// After opening a stream on `current` failed with `error`: the
+    /// connection to try again on when that connection is gone (dialed
+    /// again as [`Link::reconnect`] allows), or `error` as it is (another
+    /// failure, or reconnecting is off). Callers loop: open, and on an
+    /// error `current = link.retry_on(&current, e).await?`.
+    pub async fn retry_on(&self, current: &Current, error: Error) -> Result<Current, Error> {
+        match error {
+            Error::ConnectionLost(detail)
+                if self.shared.policy.attempts > 0 && self.lost(current.generation).await =>
+            {
+                tracing::debug!(%detail, "stream lost with its connection; dialing again");
+                self.reconnect(current.generation).await
+            }
+            error => Err(error),
+        }
+    }
+
     /// A live connection newer than `generation`: the one another task
     /// already dialed, or a new one dialed now (see the module doc for
     /// the waits and what gives up).
@@ -163,11 +196,18 @@ impl Link {
                 last: why.to_string(),
             });
         }
-        let mut bound = Duration::from_millis(RECONNECT_WAIT_MS_MIN);
+        let mut streak = if current.established.elapsed() >= STABLE_CONNECTION {
+            0
+        } else {
+            current.streak
+        };
         let mut last = why.to_string();
-        for attempt in 1..=self.shared.policy.attempts {
+        while streak < self.shared.policy.attempts {
+            streak += 1;
+            let bound = Duration::from_millis(RECONNECT_WAIT_MS_MIN)
+                .saturating_mul(1 << (streak - 1).min(20))
+                .min(self.shared.policy.wait_max);
             tokio::time::sleep(jitter(bound)).await;
-            bound = (bound * 2).min(self.shared.policy.wait_max);
             if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 break;
             }
@@ -179,25 +219,29 @@ impl Link {
                 Ok(connecting) => connecting,
                 Err(e) => {
                     return Err(Error::GaveUp {
-                        attempts: attempt,
+                        attempts: streak,
                         last: e.to_string(),
                     });
                 }
             };
             match connecting.await {
                 Ok(conn) => {
-                    tracing::info!(attempt, "reconnected to the broker");
-                    current.conn = conn;
-                    current.generation += 1;
+                    tracing::info!(attempt = streak, "reconnected to the broker");
+                    *current = Current {
+                        conn,
+                        generation: current.generation + 1,
+                        established: Instant::now(),
+                        streak,
+                    };
                     return Ok(current.clone());
                 }
                 Err(e) if retryable(&e) => {
-                    tracing::debug!(attempt, error = %e, "reconnect attempt failed");
+                    tracing::debug!(attempt = streak, error = %e, "reconnect attempt failed");
                     last = e.to_string();
                 }
                 Err(e) => {
                     return Err(Error::GaveUp {
-                        attempts: attempt,
+                        attempts: streak,
                         last: e.to_string(),
                     });
                 }

@@ -197,8 +197,13 @@ pub(crate) async fn subscribe(
             start,
         }
     };
-    let current = link.current().await;
-    let (send, recv, next_offset) = open(&current.conn, &mut target).await?;
+    let mut current = link.current().await;
+    let (send, recv, next_offset) = loop {
+        match open(&current.conn, &mut target).await {
+            Ok(opened) => break opened,
+            Err(e) => current = link.retry_on(&current, e).await?,
+        }
+    };
     let (tx, messages) = mpsc::channel(SUBSCRIPTION_BUFFER_MESSAGES_MAX);
     let reader = Reader {
         link,
@@ -251,26 +256,26 @@ impl Reader {
                 return;
             }
             // The connection is gone: subscribe again where delivery stopped.
-            let reopened = loop {
-                match self.link.reconnect(self.current.generation).await {
-                    Ok(current) => {
-                        self.current = current;
-                        self.target.resume();
-                        match open(&self.current.conn, &mut self.target).await {
-                            Ok((s, r, _)) => break Ok((s, r)),
-                            Err(Error::ConnectionLost(_)) => continue,
-                            Err(e) => break Err(e),
-                        }
-                    }
-                    Err(e) => break Err(e),
-                }
-            };
+            let reopened = self.reopen().await;
             match reopened {
                 Ok((s, r)) => (send, recv) = (s, r),
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
                     return;
                 }
+            }
+        }
+    }
+
+    /// Dials again through the link and subscribes again on the new
+    /// connection, where delivery stopped.
+    async fn reopen(&mut self) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
+        self.current = self.link.reconnect(self.current.generation).await?;
+        self.target.resume();
+        loop {
+            match open(&self.current.conn, &mut self.target).await {
+                Ok((send, recv, _)) => return Ok((send, recv)),
+                Err(e) => self.current = self.link.retry_on(&self.current, e).await?,
             }
         }
     }
