@@ -521,3 +521,54 @@ async fn symlinks_planted_at_the_seq_reservation_paths_are_not_followed() {
     assert_eq!(stored_count(&sandbox, "orders.link").await, 1);
     sandbox.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_with_a_pattern_prints_every_matching_topic_with_its_offsets() {
+    let mut sandbox = started().await;
+    let alice_file = sandbox.write_client_file("alice").unwrap();
+    let alice = client(&sandbox, "alice").await;
+    for (topic, body) in [("orders.a", "1"), ("orders.b", "2"), ("orders.a", "3")] {
+        within(alice.publish(topic, body.as_bytes().to_vec()))
+            .await
+            .unwrap();
+    }
+    // A topic outside the pattern (its last message).
+    let bob = client(&sandbox, "bob").await;
+    within(bob.publish("billing.x", b"4".to_vec()))
+        .await
+        .unwrap();
+    bob.close().await;
+    let run = signet(&[
+        "sub",
+        "--client",
+        alice_file.to_str().unwrap(),
+        "--topic",
+        "orders.>",
+        "--earliest",
+        "--count",
+        "3",
+    ])
+    .await;
+    assert!(run.status.success(), "{}", run.stderr);
+    let mut got: Vec<(String, u64, Value)> = json_lines(&run.stdout)
+        .iter()
+        .map(|v| {
+            (
+                v["topic"].as_str().unwrap().to_owned(),
+                v["offset"].as_u64().unwrap(),
+                v["payload"].clone(),
+            )
+        })
+        .collect();
+    got.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    assert_eq!(
+        got,
+        vec![
+            ("orders.a".to_owned(), 0, serde_json::json!("1")),
+            ("orders.a".to_owned(), 1, serde_json::json!("3")),
+            ("orders.b".to_owned(), 0, serde_json::json!("2")),
+        ]
+    );
+    alice.close().await;
+    sandbox.stop().await;
+}
