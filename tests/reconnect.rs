@@ -125,6 +125,19 @@ fn reconnect_specs() -> Vec<PrincipalSpec> {
 
 const GROUP: &str = "[[group]]\nname = \"work\"\ntopics = [\"orders.>\"]\nstart = \"earliest\"\nack_wait = \"1s\"\nmax_deliveries = 100\nbackoff = [\"100ms\"]\ndead_letter = \"dlq.work\"\nmax_in_flight = 1000\n";
 
+/// Reads `n` messages from a pattern subscription into `seen` (offsets per topic).
+async fn read_pattern(
+    sub: &mut signet_client::Subscription,
+    n: usize,
+    seen: &mut std::collections::BTreeMap<String, Vec<u64>>,
+) {
+    use futures_util::StreamExt;
+    for _ in 0..n {
+        let m = within(sub.next()).await.unwrap().unwrap();
+        seen.entry(m.topic.clone()).or_default().push(m.offset);
+    }
+}
+
 /// The broker restarts under a live topic subscription, a live pattern
 /// subscription and a group member: each resumes by itself, the
 /// subscriptions with no gap and no duplicate, the member by joining
@@ -175,13 +188,7 @@ async fn subscriptions_and_a_group_member_resume_across_a_broker_restart() {
         exact_seen.push(within(exact.next()).await.unwrap().unwrap().offset);
     }
     let mut pattern_seen: BTreeMap<String, Vec<u64>> = BTreeMap::new();
-    for _ in 0..20 {
-        let m = within(pattern.next()).await.unwrap().unwrap();
-        pattern_seen
-            .entry(m.topic.clone())
-            .or_default()
-            .push(m.offset);
-    }
+    read_pattern(&mut pattern, 20, &mut pattern_seen).await;
     // The member acks some and holds some unacked across the restart.
     let mut acked: BTreeSet<(String, u64)> = BTreeSet::new();
     for _ in 0..3 {
@@ -203,13 +210,7 @@ async fn subscriptions_and_a_group_member_resume_across_a_broker_restart() {
         (0..20).collect::<Vec<u64>>(),
         "no gap, no duplicate"
     );
-    for _ in 0..20 {
-        let m = within(pattern.next()).await.unwrap().unwrap();
-        pattern_seen
-            .entry(m.topic.clone())
-            .or_default()
-            .push(m.offset);
-    }
+    read_pattern(&mut pattern, 20, &mut pattern_seen).await;
     for (topic, offsets) in &pattern_seen {
         assert_eq!(offsets, &(0..20).collect::<Vec<u64>>(), "{topic}");
     }

@@ -30,6 +30,7 @@ use crate::fanout::{Head, Pulse};
 use crate::limits::Limits;
 use crate::metrics;
 use crate::state::ConnectionState;
+use crate::subscribe::{self, Live};
 use serde_json::json;
 use signet_proto::frame::{Rejection, ServerFrame, StartAt, SubscribePattern, TopicOffset};
 use signet_proto::stream::write_frame;
@@ -156,25 +157,8 @@ pub async fn run(
     }
     let mut policy = conn.broker.watch_policy();
     policy.borrow_and_update();
-    let quota = match conn.broker.quota(&conn.broker.policy(), &conn.principal) {
-        Ok(quota) => quota,
-        Err(e) => {
-            tracing::error!(error = %e, "usage unreadable");
-            return refuse(&mut send, ErrorCode::Unavailable, "storage unavailable").await;
-        }
-    };
-    let Some(_slot) = quota.open_subscription() else {
-        metrics::quota_hit("subscriptions");
-        conn.broker.audit.record(Event::new(
-            "quota_breach",
-            json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "kind": "subscriptions" }),
-        ));
-        return refuse(
-            &mut send,
-            ErrorCode::QuotaExceeded,
-            "too many subscriptions for this principal",
-        )
-        .await;
+    let Some(_slot) = subscribe::slot(&conn, &mut send).await else {
+        return;
     };
     // The pulse is watched before the first scan, so a topic created
     // during the scan is found by the next one.
@@ -218,7 +202,7 @@ pub async fn run(
         "subscription_opened",
         json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "pattern": sub.pattern }),
     ));
-    let mut live = Live::open(&conn, &sub.pattern);
+    let mut live = Live::open(&conn, "pattern", &sub.pattern);
     let mut waits = Waits {
         send: &mut send,
         recv: &mut recv,
@@ -226,37 +210,6 @@ pub async fn run(
         policy: &mut policy,
     };
     live.reason = deliver(&conn, &mut cover, created, &mut waits).await;
-}
-
-/// A live pattern subscription: counted in the gauge, its closing logged
-/// and audited however it ends.
-struct Live<'a> {
-    conn: &'a ConnectionState,
-    pattern: &'a str,
-    reason: &'static str,
-}
-
-impl<'a> Live<'a> {
-    fn open(conn: &'a ConnectionState, pattern: &'a str) -> Live<'a> {
-        metrics::gauge_add(metrics::SUBSCRIPTIONS_LIVE, 1.0);
-        Live {
-            conn,
-            pattern,
-            reason: "connection closed",
-        }
-    }
-}
-
-impl Drop for Live<'_> {
-    fn drop(&mut self) {
-        metrics::gauge_add(metrics::SUBSCRIPTIONS_LIVE, -1.0);
-        let (principal, pattern, reason) = (&*self.conn.principal, self.pattern, self.reason);
-        tracing::info!(%principal, %pattern, reason, "pattern subscription closed");
-        self.conn.broker.audit.record(Event::new(
-            "subscription_closed",
-            json!({ "principal": principal, "remote": self.conn.conn.remote_address().to_string(), "pattern": pattern, "reason": reason }),
-        ));
-    }
 }
 
 /// What a pattern subscription waits on.

@@ -22,6 +22,7 @@ use crate::chunk::{self, Piece};
 use crate::fanout::Head;
 use crate::metrics;
 use crate::policy::Policy;
+use crate::quota::Slot;
 use crate::state::ConnectionState;
 use serde_json::json;
 use signet_proto::frame::{Rejection, ServerFrame, StartAt, Subscribe};
@@ -61,25 +62,8 @@ pub async fn run(
         )
         .await;
     }
-    let quota = match conn.broker.quota(&conn.broker.policy(), &conn.principal) {
-        Ok(quota) => quota,
-        Err(e) => {
-            tracing::error!(error = %e, "usage unreadable");
-            return refuse(&mut send, ErrorCode::Unavailable, "storage unavailable").await;
-        }
-    };
-    let Some(_slot) = quota.open_subscription() else {
-        metrics::quota_hit("subscriptions");
-        conn.broker.audit.record(Event::new(
-            "quota_breach",
-            json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "kind": "subscriptions" }),
-        ));
-        return refuse(
-            &mut send,
-            ErrorCode::QuotaExceeded,
-            "too many subscriptions for this principal",
-        )
-        .await;
+    let Some(_slot) = slot(&conn, &mut send).await else {
+        return;
     };
     let mut head = conn.broker.registry.watch(&sub.topic);
     let now = *head.borrow_and_update();
@@ -100,7 +84,7 @@ pub async fn run(
         "subscription_opened",
         json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "topic": sub.topic, "from": cursor }),
     ));
-    let mut live = Live::open(&conn, &sub.topic);
+    let mut live = Live::open(&conn, "topic", &sub.topic);
     let mut stream = Streams {
         send: &mut send,
         recv: &mut recv,
@@ -110,20 +94,24 @@ pub async fn run(
     live.reason = deliver(&conn, &sub.topic, cursor, &mut stream).await;
 }
 
-/// A live subscription: counted in the gauge, and its closing logged and
-/// audited however it ends (also when the connection's task is aborted).
-struct Live<'a> {
+/// A live subscription (exact or pattern): counted in the gauge, and its
+/// closing logged and audited however it ends (also when the connection's
+/// task is aborted).
+pub(crate) struct Live<'a> {
     conn: &'a ConnectionState,
-    topic: &'a str,
-    reason: &'static str,
+    /// `"topic"` or `"pattern"`: the audit field that names `subscribed`.
+    kind: &'static str,
+    subscribed: &'a str,
+    pub reason: &'static str,
 }
 
 impl<'a> Live<'a> {
-    fn open(conn: &'a ConnectionState, topic: &'a str) -> Live<'a> {
+    pub fn open(conn: &'a ConnectionState, kind: &'static str, subscribed: &'a str) -> Live<'a> {
         metrics::gauge_add(metrics::SUBSCRIPTIONS_LIVE, 1.0);
         Live {
             conn,
-            topic,
+            kind,
+            subscribed,
             reason: "connection closed",
         }
     }
@@ -132,13 +120,49 @@ impl<'a> Live<'a> {
 impl Drop for Live<'_> {
     fn drop(&mut self) {
         metrics::gauge_add(metrics::SUBSCRIPTIONS_LIVE, -1.0);
-        let (principal, topic, reason) = (&*self.conn.principal, self.topic, self.reason);
-        tracing::info!(%principal, %topic, reason, "subscription closed");
-        self.conn.broker.audit.record(Event::new(
-            "subscription_closed",
-            json!({ "principal": principal, "remote": self.conn.conn.remote_address().to_string(), "topic": topic, "reason": reason }),
-        ));
+        let (principal, kind, subscribed, reason) = (
+            &*self.conn.principal,
+            self.kind,
+            self.subscribed,
+            self.reason,
+        );
+        tracing::info!(%principal, kind, %subscribed, reason, "subscription closed");
+        let mut fields = json!({ "principal": principal, "remote": self.conn.conn.remote_address().to_string(), "reason": reason });
+        fields[kind] = json!(subscribed);
+        self.conn
+            .broker
+            .audit
+            .record(Event::new("subscription_closed", fields));
     }
+}
+
+/// A place among the principal's subscriptions (`max_subscriptions`), or
+/// `None` with the refusal sent (`QuotaExceeded`, audited; `Unavailable`
+/// when usage cannot be read).
+pub(crate) async fn slot(conn: &ConnectionState, send: &mut quinn::SendStream) -> Option<Slot> {
+    let quota = match conn.broker.quota(&conn.broker.policy(), &conn.principal) {
+        Ok(quota) => quota,
+        Err(e) => {
+            tracing::error!(error = %e, "usage unreadable");
+            refuse(send, ErrorCode::Unavailable, "storage unavailable").await;
+            return None;
+        }
+    };
+    let slot = quota.open_subscription();
+    if slot.is_none() {
+        metrics::quota_hit("subscriptions");
+        conn.broker.audit.record(Event::new(
+            "quota_breach",
+            json!({ "principal": &*conn.principal, "remote": conn.conn.remote_address().to_string(), "kind": "subscriptions" }),
+        ));
+        refuse(
+            send,
+            ErrorCode::QuotaExceeded,
+            "too many subscriptions for this principal",
+        )
+        .await;
+    }
+    slot
 }
 
 /// What a subscription waits on.
