@@ -19,7 +19,7 @@ use crate::audit::Event;
 use crate::commit::CommitRequest;
 use crate::frames::{self, FrameError};
 use crate::group_config::{GroupPolicy, valid_group_name};
-use crate::group_state::Settlement;
+use crate::group_state::{Settlement, Waiting};
 use crate::group_writer::{Command, GroupLease, GroupWork, Op, Outcome};
 use crate::limits::Limits;
 use crate::state::ConnectionState;
@@ -170,6 +170,9 @@ struct Pending {
     ops: Vec<(String, u64, Option<SettleAction>)>,
     /// Outcomes of ops refused before the writer.
     early: Vec<Option<Rejection>>,
+    /// A lease command follows the settlements in the same write (its
+    /// outcome is the last).
+    leases: bool,
 }
 
 struct Member<'a> {
@@ -188,6 +191,19 @@ impl Member<'_> {
         self.held.retain(|_, deadline| *deadline > now);
         self.prefetch
             .saturating_sub(u32::try_from(self.held.len()).unwrap_or(u32::MAX))
+    }
+
+    /// A lease of up to `want` deliveries, under the grants in force now.
+    fn lease(&self, want: u32) -> Option<Command> {
+        let grants = match self.conn.policy().principal(&self.conn.principal) {
+            Some(p) => Arc::new(p.grants.clone()),
+            None => Arc::new(crate::acl::Grants::default()),
+        };
+        self.command(Op::Lease {
+            member: self.member,
+            want,
+            grants,
+        })
     }
 
     fn command(&self, op: Op) -> Option<Command> {
@@ -210,20 +226,14 @@ impl Member<'_> {
         let mut want = true;
         let mut forced = true;
         let mut next_wake: Option<u64> = None;
+        // A settle write in flight carries a lease command.
+        let mut settle_leasing = false;
         loop {
             let now = now_ms();
-            if lease.is_none() && want {
+            if lease.is_none() && !settle_leasing && want {
                 let credit = self.credit(now);
                 if credit > 0 || forced {
-                    let grants = match self.conn.policy().principal(&self.conn.principal) {
-                        Some(p) => Arc::new(p.grants.clone()),
-                        None => Arc::new(crate::acl::Grants::default()),
-                    };
-                    let Some(command) = self.command(Op::Lease {
-                        member: self.member,
-                        want: credit,
-                        grants,
-                    }) else {
+                    let Some(command) = self.lease(credit) else {
                         return "no randomness";
                     };
                     let Some(reply) = submit(self.conn, vec![command]).await else {
@@ -243,8 +253,14 @@ impl Member<'_> {
             tokio::select! {
                 frame = frames.recv() => match frame {
                     Some(Ok(ClientFrame::Settle(ops))) => {
-                        match self.settle(ops).await {
-                            Some(p) => settles.push_back(p),
+                        // With no lease outstanding, the next lease rides in
+                        // the settlements' write (one synced write, not two).
+                        let lease_too = lease.is_none() && !settle_leasing;
+                        match self.settle(ops, lease_too).await {
+                            Some(p) => {
+                                settle_leasing |= p.leases;
+                                settles.push_back(p);
+                            }
                             None => return "broker stopping",
                         }
                     }
@@ -284,8 +300,15 @@ impl Member<'_> {
                 }
                 out = wait_settle(settles.front_mut()), if !settles.is_empty() => {
                     let Some(pending) = settles.pop_front() else { continue };
+                    if pending.leases {
+                        settle_leasing = false;
+                    }
                     match self.settled(pending, out).await {
-                        Ok(()) => want = true,
+                        Ok(Some(waiting)) => {
+                            next_wake = waiting.wake_at_ms;
+                            want = true;
+                        }
+                        Ok(None) => want = true,
                         Err(()) => return "stream closed",
                     }
                 }
@@ -323,8 +346,18 @@ impl Member<'_> {
     }
 
     /// Turns one `Settle` frame into commands and sends them to the writer.
-    async fn settle(&mut self, ops: Vec<Settle>) -> Option<Pending> {
-        let mut commands = Vec::with_capacity(ops.len());
+    /// With `lease_too`, a lease command for the credit these settlements
+    /// free (acks, naks and terms of deliveries this member holds) goes in
+    /// the same write, after them.
+    async fn settle(&mut self, ops: Vec<Settle>, lease_too: bool) -> Option<Pending> {
+        let freed = ops
+            .iter()
+            .filter(|op| {
+                !matches!(op.action, SettleAction::Extend)
+                    && self.held.contains_key(&(op.topic.clone(), op.offset))
+            })
+            .count();
+        let mut commands = Vec::with_capacity(ops.len() + 1);
         let mut meta = Vec::with_capacity(ops.len());
         let mut early = Vec::with_capacity(ops.len());
         for op in ops {
@@ -355,23 +388,39 @@ impl Member<'_> {
             meta.push((op.topic, op.offset, Some(op.action)));
             early.push(None);
         }
+        let credit = self
+            .credit(now_ms())
+            .saturating_add(u32::try_from(freed).unwrap_or(u32::MAX))
+            .min(self.prefetch);
+        let leases = lease_too && credit > 0;
+        if leases {
+            commands.push(self.lease(credit)?);
+        }
         let reply = submit(self.conn, commands).await?;
         Some(Pending {
             reply,
             ops: meta,
             early,
+            leases,
         })
     }
 
-    /// Answers one `Settle` frame once its write returned.
+    /// Answers one `Settle` frame once its write returned, then sends what
+    /// a lease that rode along leased (and returns why the group waits).
     async fn settled(
         &mut self,
         pending: Pending,
         out: Result<Vec<Outcome>, ErrorCode>,
-    ) -> Result<(), ()> {
+    ) -> Result<Option<Waiting>, ()> {
         let mut results = Vec::with_capacity(pending.ops.len());
+        let mut leased = None;
         let outcomes: Vec<Option<Outcome>> = match out {
-            Ok(outcomes) => outcomes.into_iter().map(Some).collect(),
+            Ok(mut outcomes) => {
+                if pending.leases && outcomes.len() > pending.ops.len() {
+                    leased = outcomes.pop();
+                }
+                outcomes.into_iter().map(Some).collect()
+            }
             Err(_) => pending.ops.iter().map(|_| None).collect(),
         };
         for (((topic, offset, action), outcome), early) in
@@ -408,7 +457,16 @@ impl Member<'_> {
         }
         write_frame(self.send, &ServerFrame::Settled(results))
             .await
-            .map_err(|_| ())
+            .map_err(|_| ())?;
+        match leased {
+            Some(Outcome::Leased { leases, waiting }) => {
+                if !leases.is_empty() {
+                    self.deliver(leases).await?;
+                }
+                Ok(Some(waiting))
+            }
+            _ => Ok(None),
+        }
     }
 
     /// Reads the leased records and sends them.
