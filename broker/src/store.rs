@@ -415,6 +415,17 @@ impl Store {
         Ok(())
     }
 
+    /// Adds the deletion of one message to a write batch.
+    pub fn delete_message(
+        &self,
+        batch: &mut WriteBatch,
+        topic_id: u32,
+        offset: u64,
+    ) -> Result<(), StoreError> {
+        batch.delete_cf(self.cf(CF_MESSAGES)?, message_key(topic_id, offset));
+        Ok(())
+    }
+
     /// The principal a signing key's records count for, if recorded.
     pub fn key_owner(&self, key: &KeyId) -> Result<Option<String>, StoreError> {
         match self.db.get_pinned_cf(self.cf(CF_KEY_OWNERS)?, key.0)? {
