@@ -148,16 +148,20 @@ impl Store {
             let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt("topic name"))?;
             let id: [u8; 4] = id.as_ref().try_into().map_err(|_| corrupt("topic id"))?;
             let id = u32::from_be_bytes(id);
-            let next_offset = self.last_offset(id)?.map_or(0, |o| o + 1);
+            let last = self.last_offset(id)?.map_or(0, |o| o + 1);
             let (first_offset, bytes) = match self.topic_meta(id)? {
                 Some(meta) => meta,
                 // Written by a broker before retention: count once.
-                None => self.scan_topic(id, next_offset)?,
+                None => self.scan_topic(id, last)?,
             };
+            // A topic whose every message retention (or its work-queue
+            // group) deleted has no last record: its next offset is its
+            // first (offsets are never reused).
+            let next_offset = last.max(first_offset);
             out.push(StoredTopic {
                 name,
                 id,
-                first_offset: first_offset.min(next_offset),
+                first_offset,
                 next_offset,
                 bytes,
             });
