@@ -201,6 +201,24 @@ async fn group_info_counts_pending_work_that_retention_removed() {
         (27, 16, 1, 1),
         "2..=28 were removed before the group got to them"
     );
+    // `signet group info` prints it too.
+    let file = sandbox.write_client_file("w2").unwrap();
+    let run = common::process::signet(&[
+        "group",
+        "info",
+        "--client",
+        file.to_str().unwrap(),
+        "--group",
+        "work",
+    ])
+    .await;
+    assert!(run.ok(), "{}", run.stderr);
+    let info: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+    let t = &info["topics"][0];
+    assert_eq!(
+        (t["removed"].as_u64(), t["pending"].as_u64()),
+        (Some(27), Some(16))
+    );
     // The held lease is still the member's to settle; the group goes on
     // at the first offset retention left.
     within(d1.ack()).await.unwrap();

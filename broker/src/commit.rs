@@ -15,7 +15,10 @@
 //! principals that stored them, in the same synced write. A [`Trim`]
 //! (computed by [`crate::retention`]'s passes for the age limit and for
 //! limits a reload lowered) does the same on its own. A trim carries what
-//! it changes, so applying it reads no clock.
+//! it changes, so applying it reads no clock. On a work-queue topic the
+//! messages its group acked or dead-lettered, and every record below the
+//! group's acked floor, are deleted in the same write as the settlements
+//! (`stage_work_done`).
 
 use crate::error::StoreError;
 use crate::fanout::{Head, Registry};
@@ -576,7 +579,8 @@ impl Writer {
                 topic.id,
                 topic.first,
                 committed.next,
-                &work,
+                work.floor,
+                &work.offsets,
                 |key| Ok(self.persisted_owner(&key)?.cloned()),
             )?;
             if removal.first == topic.first && removal.offsets.is_empty() {

@@ -20,6 +20,13 @@
 //! passes without publishes) and limits lowered by a reload. Offsets are
 //! never reused.
 //!
+//! A work-queue topic (`retention = { work_queue = "billing" }`, no other
+//! limit) belongs to one group: the writer deletes each message in the
+//! same synced write as that group's ack or dead letter
+//! ([`crate::trim::settled`], staged by [`crate::commit`]); the policy
+//! checks the group exists, consumes every topic the entry matches
+//! ([`covers`]) and is the only owner ([`overlap`]).
+//!
 //! Reads never return a message past its count or age limit, even before
 //! a pass ran: subscriptions start at [`Retention::first_readable`] and skip
 //! records older than the age limit, and tell the subscriber what they

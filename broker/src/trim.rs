@@ -186,18 +186,19 @@ pub struct Removal {
 
 /// The records of a work-queue topic (id `topic_id`, first offset `first`,
 /// records committed below `end`) its group settled: every record still
-/// stored below the group's acked floor (at most [`TRIM_RECORDS_MAX`] per
-/// write; the first offset moves past them) and the offsets settled in
+/// stored below the group's acked `floor` (at most [`TRIM_RECORDS_MAX`] per
+/// write; the first offset moves past them) and the offsets `done` in
 /// this write above it. `owner` tells whose bytes a key's records are.
 pub fn settled(
     store: &Store,
     topic_id: u32,
     first: u64,
     end: u64,
-    work: &crate::group_writer::WorkDone,
+    floor: u64,
+    done: &std::collections::BTreeSet<u64>,
     mut owner: impl FnMut(KeyId) -> Result<Option<Arc<str>>, StoreError>,
 ) -> Result<Removal, StoreError> {
-    let floor = work.floor.min(end);
+    let floor = floor.min(end);
     let mut removal = Removal {
         first,
         ..Removal::default()
@@ -232,7 +233,7 @@ pub fn settled(
             _ => floor,
         };
     }
-    for offset in work.offsets.range(removal.first.max(first)..end) {
+    for offset in done.range(removal.first.max(first)..end) {
         if let Some(record) = store.message(topic_id, *offset)? {
             take(*offset, &record, &mut removal)?;
         }
