@@ -379,3 +379,59 @@ async fn a_sigkill_between_acks_loses_nothing_acked_and_deletes_nothing_early() 
     broker.start_kill().unwrap();
     within(broker.wait()).await.unwrap();
 }
+
+/// A settlement with a forged token (on a leased message, or on one never
+/// leased) is refused with `LeaseInvalid` and deletes nothing: only a
+/// settlement the group accepted deletes from a work queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_ack_on_a_work_queue_is_refused_and_deletes_nothing() {
+    use signet_client::ErrorCode;
+    use signet_proto::frame::{ClientFrame, Outcome, ServerFrame, Settle, SettleAction};
+    use signet_proto::stream::{read_frame, write_frame};
+
+    let mut sandbox = start_with(&specs(), &work_queue("30s")).await;
+    publish_n(&sandbox, 2).await;
+    let broker = sandbox.broker().unwrap();
+    let before = broker.topic_state(TOPIC).unwrap();
+    let w1 = client(&sandbox, "w1").await;
+    let (mut send, mut recv) = within(signet_client::consumer::join(w1.connection(), "billing", 1))
+        .await
+        .unwrap();
+    let frame = within(read_frame::<ServerFrame, _>(&mut recv, u32::MAX))
+        .await
+        .unwrap()
+        .unwrap();
+    let ServerFrame::GroupDeliver(ds) = frame else {
+        panic!("expected a delivery, got {frame:?}");
+    };
+    assert_eq!(ds[0].offset, 0);
+    for (offset, token) in [(0u64, vec![0x5a; 16]), (1, ds[0].token.clone())] {
+        let settle = Settle {
+            topic: TOPIC.into(),
+            offset,
+            token,
+            action: SettleAction::Ack,
+        };
+        within(write_frame(&mut send, &ClientFrame::Settle(vec![settle])))
+            .await
+            .unwrap();
+        let answer = within(read_frame::<ServerFrame, _>(&mut recv, u32::MAX))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(&answer, ServerFrame::Settled(o) if matches!(&o[0], Outcome::Nack(r) if r.code == ErrorCode::LeaseInvalid)),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(
+        broker.topic_state(TOPIC).unwrap(),
+        before,
+        "nothing deleted"
+    );
+    assert_eq!(broker.stored_bytes("producer"), Some(before.2));
+    assert_eq!(stored(&sandbox, 1).await, ([0, 1].into(), vec![]));
+    let info = within(w1.group_info("billing")).await.unwrap();
+    assert_eq!((info.topics[0].acked, info.topics[0].in_flight), (0, 1));
+    sandbox.stop().await;
+}
