@@ -466,6 +466,22 @@ mod tests {
     }
 
     #[test]
+    fn a_work_queue_group_owns_the_topics_its_entry_decides() {
+        let text = format!(
+            "{TEXT}[[group]]\nname = \"billing\"\ntopics = [\"jobs.>\"]\nstart = \"earliest\"\nack_wait = \"1s\"\nmax_deliveries = 3\ndead_letter = \"dlq.billing\"\nmax_in_flight = 10\n[[topic]]\nname = \"jobs.b\"\n[[topic]]\nname = \"jobs.>\"\nretention = {{ work_queue = \"billing\" }}\n"
+        );
+        let policy = load(&text, Path::new("/"));
+        let g = &policy.groups["billing"];
+        assert!(g.owns("jobs.a"));
+        assert!(g.owns("jobs.x.y"));
+        assert!(
+            !g.owns("jobs.b"),
+            "the first matching entry (no retention) decides"
+        );
+        assert!(!g.owns("orders.a"));
+    }
+
+    #[test]
     fn no_principal_may_publish_to_a_dead_letter_topic() {
         let dir = tempfile::tempdir().unwrap();
         let group = "[[group]]\nname = \"g\"\ntopics = [\"jobs.>\"]\nstart = \"earliest\"\nack_wait = \"1s\"\nmax_deliveries = 3\ndead_letter = \"dlq.g\"\nmax_in_flight = 10\n";

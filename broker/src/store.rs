@@ -579,6 +579,28 @@ mod tests {
     }
 
     #[test]
+    fn a_topic_emptied_by_retention_keeps_its_next_offset_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = WriteBatch::default();
+            store.put_topic(&mut batch, "t", 1).unwrap();
+            for offset in 0..3 {
+                store.put_message(&mut batch, 1, offset, b"rec").unwrap();
+            }
+            store.write_synced(batch).unwrap();
+            let mut batch = WriteBatch::default();
+            store.delete_messages(&mut batch, 1, 0, 2).unwrap();
+            store.delete_message(&mut batch, 1, 2).unwrap();
+            store.put_topic_meta(&mut batch, 1, 3, 0).unwrap();
+            store.write_synced(batch).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let t = &store.load_topics().unwrap()[0];
+        assert_eq!((t.first_offset, t.next_offset, t.bytes), (3, 3, 0));
+    }
+
+    #[test]
     fn a_chunk_stops_before_a_record_that_would_pass_its_budget() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
