@@ -179,6 +179,7 @@ pub async fn group_command(command: GroupCommand) -> Result<ExitCode> {
                 "redelivered": t.redelivered,
                 "acked": t.acked,
                 "dead": t.dead,
+                "removed": t.removed,
             })
         })
         .collect();

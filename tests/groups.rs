@@ -524,6 +524,7 @@ async fn signet_consume_group_info_and_sub_on_the_dead_letter_topic() {
         (t["acked_floor"].as_u64(), t["in_flight"].as_u64()),
         (Some(3), Some(0))
     );
+    assert_eq!(t["removed"].as_u64(), Some(0), "nothing lost to retention");
     assert!(info[0]["waiting"].is_null());
 
     let outsider = sandbox.write_client_file("outsider").unwrap();

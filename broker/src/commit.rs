@@ -15,11 +15,14 @@
 //! principals that stored them, in the same synced write. A [`Trim`]
 //! (computed by [`crate::retention`]'s passes for the age limit and for
 //! limits a reload lowered) does the same on its own. A trim carries what
-//! it changes, so applying it reads no clock.
+//! it changes, so applying it reads no clock. On a work-queue topic the
+//! messages its group acked or dead-lettered, and every record below the
+//! group's acked floor, are deleted in the same write as the settlements
+//! (`stage_work_done`).
 
 use crate::error::StoreError;
 use crate::fanout::{Head, Registry};
-use crate::group_writer::{Append, GroupWork, Groups, Host};
+use crate::group_writer::{Append, GroupWork, Groups, Host, WorkDone};
 use crate::limits::Limits;
 use crate::metrics;
 use crate::policy::Policy;
@@ -399,6 +402,12 @@ impl Writer {
             }
         }
         self.stage_retention(&mut batch, staged)?;
+        let done = self
+            .groups
+            .as_mut()
+            .map(Groups::take_work_done)
+            .unwrap_or_default();
+        self.stage_work_done(&mut batch, staged, done)?;
         self.with_groups(&mut batch, staged, |groups, host| groups.finish(host))?;
         for (key, seq) in &staged.marks {
             let persisted = self.persisted_mark(key)?;
@@ -541,6 +550,57 @@ impl Writer {
         Ok(())
     }
 
+    /// Work-queue topics: deletes what their group acked or dead-lettered
+    /// in this write, and every record still stored below the group's
+    /// acked floor (moving the topic's first offset there), giving the
+    /// bytes back to their publishers, in the same write as the
+    /// settlements. Runs after [`Writer::stage_retention`], on records
+    /// committed before this write.
+    fn stage_work_done(
+        &mut self,
+        batch: &mut WriteBatch,
+        staged: &mut Staged,
+        done: std::collections::BTreeMap<String, WorkDone>,
+    ) -> Result<(), StoreError> {
+        for (name, work) in done {
+            let (Some(committed), Some(mut topic)) = (
+                self.topics.get(&name).copied(),
+                staged
+                    .topics
+                    .get(&name)
+                    .or_else(|| self.topics.get(&name))
+                    .copied(),
+            ) else {
+                continue;
+            };
+            let store = self.store.clone();
+            let removal = trim::settled(
+                &store,
+                topic.id,
+                topic.first,
+                committed.next,
+                work.floor,
+                &work.offsets,
+                |key| Ok(self.persisted_owner(&key)?.cloned()),
+            )?;
+            if removal.first == topic.first && removal.offsets.is_empty() {
+                continue;
+            }
+            for offset in &removal.offsets {
+                self.store.delete_message(batch, topic.id, *offset)?;
+            }
+            topic.first = removal.first;
+            topic.bytes = topic.bytes.saturating_sub(removal.bytes);
+            for (principal, bytes) in removal.freed {
+                *staged.freed.entry(principal).or_insert(0) += bytes;
+            }
+            staged.topics.insert(name, topic);
+            staged.trimmed = staged.trimmed.saturating_add(removal.offsets.len() as u64);
+            staged.trimmed_bytes = staged.trimmed_bytes.saturating_add(removal.bytes);
+        }
+        Ok(())
+    }
+
     /// Whose bytes a key's records are, as persisted (read once per key).
     fn persisted_owner(&mut self, key: &KeyId) -> Result<Option<&Arc<str>>, StoreError> {
         if !self.owners.contains_key(key)
@@ -639,6 +699,14 @@ impl Host for WriterHost<'_> {
             .get(name)
             .or_else(|| self.writer.topics.get(name))
             .map(|t| (t.id, t.next))
+    }
+
+    fn first(&self, name: &str) -> u64 {
+        self.staged
+            .topics
+            .get(name)
+            .or_else(|| self.writer.topics.get(name))
+            .map_or(0, |t| t.first)
     }
 
     fn topic_names(&self) -> Vec<String> {

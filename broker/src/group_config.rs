@@ -45,9 +45,24 @@ pub struct GroupPolicy {
     pub dead_letter: String,
     /// Unacked deliveries for the whole group.
     pub max_in_flight: u32,
+    /// The `[[topic]]` patterns of the policy, in file order, up to the
+    /// last whose `retention.work_queue` is this group, each with whether
+    /// it is (the first entry matching a topic decides, as for every topic
+    /// setting). Set when the whole policy is built; empty: no work queue.
+    pub work_queue: Vec<(String, bool)>,
 }
 
 impl GroupPolicy {
+    /// Whether `name` is a work-queue topic of this group: its acks and
+    /// dead letters delete the topic's messages.
+    pub fn owns(&self, name: &str) -> bool {
+        self.work_queue
+            .iter()
+            .find(|(pattern, _)| topic::matches(pattern, name))
+            .is_some_and(|(_, owned)| *owned)
+            && self.consumes(name)
+    }
+
     /// Whether the group consumes `name` (never its own dead-letter topic,
     /// nor a system topic).
     pub fn consumes(&self, name: &str) -> bool {
@@ -155,6 +170,7 @@ pub fn group_policy(g: &GroupSection) -> Result<GroupPolicy, GroupError> {
         )));
     }
     Ok(GroupPolicy {
+        work_queue: Vec::new(),
         name: g.name.clone(),
         topics,
         start,

@@ -64,6 +64,10 @@ pub struct Cursor {
     pub dead: u64,
     /// Deliveries that were redeliveries.
     pub redelivered: u64,
+    /// Messages retention removed before the group settled them (never
+    /// leased, or waiting for a redelivery): the group's lost work.
+    #[serde(default)]
+    pub removed: u64,
 }
 
 impl Cursor {
@@ -86,6 +90,36 @@ impl Cursor {
             }
         }
         self.floor = self.window.keys().next().copied().unwrap_or(self.next);
+    }
+
+    /// How many of the group's unsettled messages lie below `first` (the
+    /// topic's first offset: retention removed them): those never leased
+    /// and those waiting for a redelivery. A leased one stays until its
+    /// member settles it or the lease expires.
+    pub fn removed_below(&self, first: u64) -> u64 {
+        let never_leased = first.saturating_sub(self.next);
+        let waiting = self
+            .window
+            .range(..first)
+            .filter(|(_, e)| matches!(e.slot, Slot::Available { .. }))
+            .count() as u64;
+        never_leased + waiting
+    }
+
+    /// Gives up the unsettled messages below `first` (see
+    /// [`Cursor::removed_below`]) and counts them in `removed`; returns how
+    /// many.
+    pub fn drop_removed(&mut self, first: u64) -> u64 {
+        let lost = self.removed_below(first);
+        if lost == 0 {
+            return 0;
+        }
+        self.window
+            .retain(|offset, e| *offset >= first || !matches!(e.slot, Slot::Available { .. }));
+        self.next = self.next.max(first);
+        self.removed = self.removed.saturating_add(lost);
+        self.compact();
+        lost
     }
 
     /// Deliveries leased and not settled.
@@ -396,6 +430,44 @@ impl GroupState {
         }
         cursor.compact();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod removed_tests {
+    use super::*;
+
+    #[test]
+    fn retention_removed_work_is_counted_once_and_leases_survive() {
+        let mut c = Cursor::at(0);
+        c.next = 4;
+        let leased = Slot::Leased {
+            token: [1; 16],
+            deadline_ms: 9,
+            member: 1,
+        };
+        for (o, slot) in [
+            (0, Slot::Available { after_ms: 0 }),
+            (1, leased.clone()),
+            (2, Slot::Acked),
+            (3, Slot::Available { after_ms: 0 }),
+        ] {
+            c.window.insert(
+                o,
+                Entry {
+                    deliveries: 1,
+                    slot,
+                },
+            );
+        }
+        // The topic now starts at 6: offset 0 and 3 (waiting) and 4, 5
+        // (never leased) are lost; the lease on 1 stays.
+        assert_eq!(c.removed_below(6), 4);
+        assert_eq!(c.drop_removed(6), 4);
+        assert_eq!((c.removed, c.next, c.floor), (4, 6, 1));
+        assert_eq!(c.window.keys().copied().collect::<Vec<_>>(), [1, 2]);
+        assert_eq!(c.drop_removed(6), 0, "counted once");
+        assert_eq!(c.drop_removed(0), 0);
     }
 }
 

@@ -18,7 +18,7 @@ use crate::group_state::{Cursor, DeadNote, GroupState, Settlement, Token, Waitin
 use crate::store::{CF_SUBS, Store};
 use signet_proto::frame::{GroupStatus, GroupTopicStatus};
 use signet_proto::{ErrorCode, SigningKey};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use tokio::sync::{oneshot, watch};
 
@@ -136,6 +136,9 @@ pub struct Append {
 pub trait Host {
     /// A topic's id and next offset, if it exists.
     fn topic(&self, name: &str) -> Option<(u32, u64)>;
+    /// A topic's first offset (retention removed what is below; 0 for a
+    /// topic that does not exist).
+    fn first(&self, name: &str) -> u64;
     /// Every topic name.
     fn topic_names(&self) -> Vec<String>;
     /// A stored record.
@@ -175,6 +178,17 @@ fn derive(seed: &[u8; 32], purpose: &[u8], i: usize) -> [u8; 16] {
     out
 }
 
+/// What a write settled on one work-queue topic: the messages its group
+/// acked or dead-lettered, and the group's acked floor after it. The
+/// writer deletes them in the same write ([`crate::commit`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkDone {
+    /// Every offset below it is acked or dead-lettered by the owning group.
+    pub floor: u64,
+    /// Offsets acked or dead-lettered in this write.
+    pub offsets: BTreeSet<u64>,
+}
+
 /// Every group's state, owned by the writer thread.
 pub struct Groups {
     committed: HashMap<String, GroupState>,
@@ -184,6 +198,8 @@ pub struct Groups {
     dirty: BTreeSet<(String, String)>,
     /// Whether this write frees work or room for other members.
     changed: bool,
+    /// Work-queue topics settled in this write.
+    work_done: BTreeMap<String, WorkDone>,
     identity: Option<Arc<SigningKey>>,
     window_max: u64,
     wake: watch::Sender<u64>,
@@ -238,6 +254,7 @@ impl Groups {
                 staged_created: HashSet::new(),
                 dirty: BTreeSet::new(),
                 changed: false,
+                work_done: BTreeMap::new(),
                 identity,
                 window_max,
                 wake,
@@ -291,12 +308,20 @@ impl Groups {
             return Ok(Outcome::Settled(Err(ErrorCode::Internal)));
         };
         let mut dead = Vec::new();
+        let mut acked = None;
         let outcome = match &command.op {
             Op::Lease {
                 member,
                 want,
                 grants,
             } => {
+                // Work retention removed before the group settled it is
+                // given up (and counted) before anything is leased.
+                for (topic, cursor) in state.cursors.iter_mut() {
+                    if cursor.drop_removed(host.first(topic)) > 0 {
+                        self.dirty.insert((policy.name.clone(), topic.clone()));
+                    }
+                }
                 let expired = state.expire(policy, command.now_ms, &mut dead);
                 let readable = |t: &str| grants.allows(Action::Subscribe, t);
                 let head = |t: &str| host.topic(t).map_or(0, |(_, next)| next);
@@ -355,11 +380,26 @@ impl Groups {
                 if result.is_ok() {
                     self.dirty.insert((policy.name.clone(), topic.clone()));
                     self.changed = true;
+                    if *action == Settlement::Ack {
+                        acked = Some((topic.clone(), *offset));
+                    }
                 }
                 Outcome::Settled(result)
             }
             Op::Info => Outcome::Settled(Err(ErrorCode::Internal)),
         };
+        let done = acked
+            .into_iter()
+            .chain(dead.iter().map(|n| (n.topic.clone(), n.offset)));
+        for (topic, offset) in done {
+            if !policy.owns(&topic) {
+                continue;
+            }
+            let floor = state.cursors.get(&topic).map_or(0, |c| c.floor);
+            let work = self.work_done.entry(topic).or_default();
+            work.floor = work.floor.max(floor);
+            work.offsets.insert(offset);
+        }
         for (i, note) in dead.iter().enumerate() {
             self.dead_letter(command, note, derive(&command.seed, b"salt", i), host)?;
         }
@@ -428,11 +468,13 @@ impl Groups {
             let in_flight_all = state.in_flight();
             for (topic, c) in &state.cursors {
                 let head = host.topic(topic).map_or(0, |t| t.1);
+                let first = host.first(topic);
                 let ready = c
                     .window
-                    .values()
-                    .filter(|e| matches!(e.slot, crate::group_state::Slot::Available { .. }));
-                let pending = head.saturating_sub(c.next) + ready.count() as u64;
+                    .range(first..)
+                    .filter(|(_, e)| matches!(e.slot, crate::group_state::Slot::Available { .. }));
+                let pending = head.saturating_sub(c.next.max(first)) + ready.count() as u64;
+                let removed = c.removed.saturating_add(c.removed_below(first));
                 let in_flight = c.in_flight();
                 if pending > 0 {
                     if in_flight_all >= u64::from(policy.max_in_flight) {
@@ -457,6 +499,7 @@ impl Groups {
                     redelivered: c.redelivered,
                     acked: c.acked,
                     dead: c.dead,
+                    removed,
                 });
             }
         }
@@ -481,6 +524,12 @@ impl Groups {
         Ok(())
     }
 
+    /// The work-queue topics settled in this write (taken once, by the
+    /// writer, after every command of the write was applied).
+    pub fn take_work_done(&mut self) -> BTreeMap<String, WorkDone> {
+        std::mem::take(&mut self.work_done)
+    }
+
     /// The write is on disk: the staged state becomes the state. Waiting
     /// members are woken when messages were stored (`stored`) or a
     /// settlement or expiry freed work or room.
@@ -488,6 +537,7 @@ impl Groups {
         self.committed.extend(self.staged.drain());
         self.created.extend(self.staged_created.drain());
         self.dirty.clear();
+        self.work_done.clear();
         if stored || std::mem::take(&mut self.changed) {
             self.wake.send_modify(|n| *n = n.wrapping_add(1));
         }
@@ -498,6 +548,7 @@ impl Groups {
         self.staged.clear();
         self.staged_created.clear();
         self.dirty.clear();
+        self.work_done.clear();
         self.changed = false;
     }
 }

@@ -186,7 +186,76 @@ impl Policy {
             policy.topics.push(topic_policy(t, base, &mut digest)?);
         }
         policy.sha256 = hex::encode(digest.finish());
+        policy.check_work_queues()?;
         Ok(policy)
+    }
+
+    /// A `retention.work_queue` must name a group that consumes every
+    /// topic its `[[topic]]` matches (by one of the group's patterns), and
+    /// no topic may be the work queue of two groups. Each group then learns
+    /// which topics it owns.
+    fn check_work_queues(&mut self) -> Result<(), PolicyError> {
+        let owners: Vec<(usize, &str, &str)> = self
+            .topics
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let group = t.retention.as_ref()?.work_queue.as_deref()?;
+                Some((i, t.pattern.as_str(), group))
+            })
+            .collect();
+        let refuse = |topic: &str, reason: String| PolicyError::Topic {
+            topic: topic.to_owned(),
+            reason,
+        };
+        for (n, (_, pattern, group)) in owners.iter().enumerate() {
+            let Some(g) = self.groups.get(*group) else {
+                return Err(refuse(
+                    pattern,
+                    format!("retention.work_queue names unknown group {group:?}"),
+                ));
+            };
+            let covered = g
+                .topics
+                .patterns()
+                .iter()
+                .any(|p| crate::retention::covers(p, pattern));
+            if !covered {
+                return Err(refuse(
+                    pattern,
+                    format!(
+                        "retention.work_queue: group {group:?} does not consume every topic this entry matches (its topics are {:?})",
+                        g.topics.patterns()
+                    ),
+                ));
+            }
+            if let Some((_, other, other_group)) = owners[..n]
+                .iter()
+                .find(|(_, p, g)| g != group && crate::retention::overlap(p, pattern))
+            {
+                return Err(refuse(
+                    pattern,
+                    format!(
+                        "retention.work_queue: topics matching both {other:?} and this entry would belong to two groups ({other_group:?} and {group:?}); a work-queue topic has one group"
+                    ),
+                ));
+            }
+        }
+        for (name, group) in self.groups.iter_mut() {
+            let Some(last) = owners.iter().rev().find(|(_, _, g)| g == name) else {
+                continue;
+            };
+            let list: Vec<(String, bool)> = self.topics[..=last.0]
+                .iter()
+                .map(|t| {
+                    let owned = t.retention.as_ref().and_then(|r| r.work_queue.as_deref())
+                        == Some(name.as_str());
+                    (t.pattern.clone(), owned)
+                })
+                .collect();
+            Arc::make_mut(group).work_queue = list;
+        }
+        Ok(())
     }
 
     /// Only the broker writes dead letters: no principal may publish to a
@@ -394,6 +463,22 @@ mod tests {
 
     fn load(text: &str, base: &Path) -> Policy {
         Policy::from_file(PolicyFile::parse(text).unwrap(), text, base).unwrap()
+    }
+
+    #[test]
+    fn a_work_queue_group_owns_the_topics_its_entry_decides() {
+        let text = format!(
+            "{TEXT}[[group]]\nname = \"billing\"\ntopics = [\"jobs.>\"]\nstart = \"earliest\"\nack_wait = \"1s\"\nmax_deliveries = 3\ndead_letter = \"dlq.billing\"\nmax_in_flight = 10\n[[topic]]\nname = \"jobs.b\"\n[[topic]]\nname = \"jobs.>\"\nretention = {{ work_queue = \"billing\" }}\n"
+        );
+        let policy = load(&text, Path::new("/"));
+        let g = &policy.groups["billing"];
+        assert!(g.owns("jobs.a"));
+        assert!(g.owns("jobs.x.y"));
+        assert!(
+            !g.owns("jobs.b"),
+            "the first matching entry (no retention) decides"
+        );
+        assert!(!g.owns("orders.a"));
     }
 
     #[test]

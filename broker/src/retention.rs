@@ -20,6 +20,13 @@
 //! passes without publishes) and limits lowered by a reload. Offsets are
 //! never reused.
 //!
+//! A work-queue topic (`retention = { work_queue = "billing" }`, no other
+//! limit) belongs to one group: the writer deletes each message in the
+//! same synced write as that group's ack or dead letter
+//! ([`crate::trim::settled`], staged by [`crate::commit`]); the policy
+//! checks the group exists, consumes every topic the entry matches
+//! ([`covers`]) and is the only owner ([`overlap`]).
+//!
 //! Reads never return a message past its count or age limit, even before
 //! a pass ran: subscriptions start at [`Retention::first_readable`] and skip
 //! records older than the age limit, and tell the subscriber what they
@@ -38,16 +45,29 @@ pub struct Retention {
     pub max_bytes: Option<u64>,
     /// Most messages kept.
     pub max_msgs: Option<u64>,
+    /// The consumer group whose acks and dead letters delete the topic's
+    /// messages (a work-queue topic; then no other limit).
+    pub work_queue: Option<String>,
 }
 
 impl Retention {
     /// The limits as written; each must be at least 1, and one is needed.
     pub fn from_section(section: &RetentionSection) -> Result<Retention, String> {
-        if section.work_queue.is_some() {
-            return Err(
-                "retention.work_queue (deleting what a group acked) is not supported yet; use max_age, max_bytes or max_msgs"
-                    .into(),
-            );
+        if let Some(group) = &section.work_queue {
+            if section.max_age.is_some()
+                || section.max_bytes.is_some()
+                || section.max_msgs.is_some()
+            {
+                return Err(format!(
+                    "retention.work_queue = {group:?} cannot be combined with max_age, max_bytes or max_msgs: a work queue keeps a message until its group acks or dead-letters it"
+                ));
+            }
+            return Ok(Retention {
+                max_age: None,
+                max_bytes: None,
+                max_msgs: None,
+                work_queue: Some(group.clone()),
+            });
         }
         let max_age = section
             .max_age
@@ -66,12 +86,13 @@ impl Retention {
             return Err("retention limits must be at least 1".into());
         }
         if max_age.is_none() && max_bytes.is_none() && section.max_msgs.is_none() {
-            return Err("retention needs max_age, max_bytes or max_msgs".into());
+            return Err("retention needs max_age, max_bytes, max_msgs or work_queue".into());
         }
         Ok(Retention {
             max_age,
             max_bytes,
             max_msgs: section.max_msgs,
+            work_queue: None,
         })
     }
 
@@ -88,6 +109,38 @@ impl Retention {
         self.max_age
             .map(|age| now_ms.saturating_sub(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)))
     }
+}
+
+/// Whether every topic name `inner` matches is matched by `outer` (both
+/// valid patterns: `*` one token, `>` one or more trailing tokens).
+pub fn covers(outer: &str, inner: &str) -> bool {
+    fn go(o: &[&str], i: &[&str]) -> bool {
+        match (o.first(), i.first()) {
+            (None, None) => true,
+            (Some(&">"), Some(_)) => true,
+            (Some(&"*"), Some(&t)) if t != ">" => go(&o[1..], &i[1..]),
+            (Some(a), Some(b)) if a == b && *a != "*" && *a != ">" => go(&o[1..], &i[1..]),
+            _ => false,
+        }
+    }
+    let o: Vec<&str> = outer.split('.').collect();
+    let i: Vec<&str> = inner.split('.').collect();
+    go(&o, &i)
+}
+
+/// Whether some topic name matches both patterns.
+pub fn overlap(a: &str, b: &str) -> bool {
+    fn go(a: &[&str], b: &[&str]) -> bool {
+        match (a.first(), b.first()) {
+            (None, None) => true,
+            (Some(&">"), Some(_)) | (Some(_), Some(&">")) => true,
+            (Some(x), Some(y)) if *x == "*" || *y == "*" || x == y => go(&a[1..], &b[1..]),
+            _ => false,
+        }
+    }
+    let a: Vec<&str> = a.split('.').collect();
+    let b: Vec<&str> = b.split('.').collect();
+    go(&a, &b)
 }
 
 #[cfg(test)]
@@ -122,6 +175,28 @@ mod tests {
         ] {
             assert!(Retention::from_section(&section(bad)).is_err(), "{bad}");
         }
+        let wq = Retention::from_section(&section("work_queue = \"billing\"")).unwrap();
+        assert_eq!(wq.work_queue.as_deref(), Some("billing"));
+        assert!(Retention::from_section(&section("work_queue = \"b\"\nmax_msgs = 5")).is_err());
+    }
+
+    #[test]
+    fn pattern_cover_and_overlap() {
+        assert!(covers("jobs.>", "jobs.a"));
+        assert!(covers("jobs.>", "jobs.*.x"));
+        assert!(covers("jobs.>", "jobs.>"));
+        assert!(covers("jobs.*", "jobs.a"));
+        assert!(covers(">", "a.b"));
+        assert!(!covers("jobs.*", "jobs.>"));
+        assert!(!covers("jobs.a", "jobs.*"));
+        assert!(!covers("jobs.*", "jobs.a.b"));
+        assert!(!covers("jobs.>", "jobs"));
+        assert!(overlap("jobs.*", "jobs.a"));
+        assert!(overlap("jobs.>", "*.a.b"));
+        assert!(overlap("*.b", "a.*"));
+        assert!(!overlap("jobs.a", "jobs.b"));
+        assert!(!overlap("jobs.*", "jobs.a.b"));
+        assert!(!overlap("jobs.>", "jobs"));
     }
 
     #[test]
@@ -130,6 +205,7 @@ mod tests {
             max_age: None,
             max_bytes: None,
             max_msgs: Some(10),
+            work_queue: None,
         };
         assert_eq!(r.first_readable(0, 5), 0);
         assert_eq!(r.first_readable(0, 25), 15);

@@ -148,16 +148,20 @@ impl Store {
             let name = String::from_utf8(name.to_vec()).map_err(|_| corrupt("topic name"))?;
             let id: [u8; 4] = id.as_ref().try_into().map_err(|_| corrupt("topic id"))?;
             let id = u32::from_be_bytes(id);
-            let next_offset = self.last_offset(id)?.map_or(0, |o| o + 1);
+            let last = self.last_offset(id)?.map_or(0, |o| o + 1);
             let (first_offset, bytes) = match self.topic_meta(id)? {
                 Some(meta) => meta,
                 // Written by a broker before retention: count once.
-                None => self.scan_topic(id, next_offset)?,
+                None => self.scan_topic(id, last)?,
             };
+            // A topic whose every message retention (or its work-queue
+            // group) deleted has no last record: its next offset is its
+            // first (offsets are never reused).
+            let next_offset = last.max(first_offset);
             out.push(StoredTopic {
                 name,
                 id,
-                first_offset: first_offset.min(next_offset),
+                first_offset,
                 next_offset,
                 bytes,
             });
@@ -415,6 +419,17 @@ impl Store {
         Ok(())
     }
 
+    /// Adds the deletion of one message to a write batch.
+    pub fn delete_message(
+        &self,
+        batch: &mut WriteBatch,
+        topic_id: u32,
+        offset: u64,
+    ) -> Result<(), StoreError> {
+        batch.delete_cf(self.cf(CF_MESSAGES)?, message_key(topic_id, offset));
+        Ok(())
+    }
+
     /// The principal a signing key's records count for, if recorded.
     pub fn key_owner(&self, key: &KeyId) -> Result<Option<String>, StoreError> {
         match self.db.get_pinned_cf(self.cf(CF_KEY_OWNERS)?, key.0)? {
@@ -561,6 +576,28 @@ mod tests {
             vec![1, 2]
         );
         assert_eq!(store.read_range(1, 0, 3, 1, 1 << 20).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_topic_emptied_by_retention_keeps_its_next_offset_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = WriteBatch::default();
+            store.put_topic(&mut batch, "t", 1).unwrap();
+            for offset in 0..3 {
+                store.put_message(&mut batch, 1, offset, b"rec").unwrap();
+            }
+            store.write_synced(batch).unwrap();
+            let mut batch = WriteBatch::default();
+            store.delete_messages(&mut batch, 1, 0, 2).unwrap();
+            store.delete_message(&mut batch, 1, 2).unwrap();
+            store.put_topic_meta(&mut batch, 1, 3, 0).unwrap();
+            store.write_synced(batch).unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let t = &store.load_topics().unwrap()[0];
+        assert_eq!((t.first_offset, t.next_offset, t.bytes), (3, 3, 0));
     }
 
     #[test]

@@ -170,6 +170,80 @@ pub fn plan(
     }))
 }
 
+/// What a work-queue write deletes from one topic.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Removal {
+    /// The topic's new first offset.
+    pub first: u64,
+    /// The stored records deleted, one by one (no range tombstones: a
+    /// work queue deletes a few records per write).
+    pub offsets: Vec<u64>,
+    /// Their record bytes.
+    pub bytes: u64,
+    /// Those bytes per principal that stored them.
+    pub freed: Vec<(Arc<str>, u64)>,
+}
+
+/// The records of a work-queue topic (id `topic_id`, first offset `first`,
+/// records committed below `end`) its group settled: every record still
+/// stored below the group's acked `floor` (at most [`TRIM_RECORDS_MAX`] per
+/// write; the first offset moves past them) and the offsets `done` in
+/// this write above it. `owner` tells whose bytes a key's records are.
+pub fn settled(
+    store: &Store,
+    topic_id: u32,
+    first: u64,
+    end: u64,
+    floor: u64,
+    done: &std::collections::BTreeSet<u64>,
+    mut owner: impl FnMut(KeyId) -> Result<Option<Arc<str>>, StoreError>,
+) -> Result<Removal, StoreError> {
+    let floor = floor.min(end);
+    let mut removal = Removal {
+        first,
+        ..Removal::default()
+    };
+    let mut freed: HashMap<Arc<str>, u64> = HashMap::new();
+    let mut take = |offset: u64, record: &[u8], removal: &mut Removal| -> Result<(), StoreError> {
+        let len = record.len() as u64;
+        removal.offsets.push(offset);
+        removal.bytes = removal.bytes.saturating_add(len);
+        if let Some((_, key_id)) = record_head(record)
+            && let Some(owner) = owner(key_id)?
+        {
+            *freed.entry(owner).or_insert(0) += len;
+        }
+        Ok(())
+    };
+    if floor > first {
+        let records = store.read_range(
+            topic_id,
+            first,
+            floor,
+            TRIM_RECORDS_MAX,
+            TRIM_READ_BYTES_MAX,
+        )?;
+        let full = records.len() >= TRIM_RECORDS_MAX
+            || records.iter().map(|d| d.record.len()).sum::<usize>() >= TRIM_READ_BYTES_MAX;
+        for d in &records {
+            take(d.offset, &d.record, &mut removal)?;
+        }
+        removal.first = match (full, records.last()) {
+            (true, Some(last)) => last.offset + 1,
+            _ => floor,
+        };
+    }
+    for offset in done.range(removal.first.max(first)..end) {
+        if let Some(record) = store.message(topic_id, *offset)? {
+            take(*offset, &record, &mut removal)?;
+        }
+    }
+    let mut freed: Vec<_> = freed.into_iter().collect();
+    freed.sort();
+    removal.freed = freed;
+    Ok(removal)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

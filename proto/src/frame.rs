@@ -251,6 +251,11 @@ pub struct GroupTopicStatus {
     pub acked: u64,
     /// Messages dead-lettered.
     pub dead: u64,
+    /// Messages retention (count, bytes or age) removed before the group
+    /// settled them: never leased, or waiting for a redelivery. Absent
+    /// from an older broker's frame (0).
+    #[serde(default)]
+    pub removed: u64,
 }
 
 /// A group's state.
