@@ -450,6 +450,7 @@ async fn js_consume(
     let hist = Arc::new(std::sync::Mutex::new(histogram()?));
     let acked = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(Notify::new());
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     let mut clients = Vec::new();
     for _ in 0..members {
@@ -466,14 +467,27 @@ async fn js_consume(
             .messages()
             .await?;
         clients.push(client);
-        let (sent_at, hist, acked, done) =
-            (sent_at.clone(), hist.clone(), acked.clone(), done.clone());
+        let (sent_at, hist, acked, done, failed) = (
+            sent_at.clone(),
+            hist.clone(),
+            acked.clone(),
+            done.clone(),
+            failed.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             while let Some(Ok(message)) = messages.next().await {
-                let (sent_at, hist, acked, done) =
-                    (sent_at.clone(), hist.clone(), acked.clone(), done.clone());
+                let (sent_at, hist, acked, done, failed) = (
+                    sent_at.clone(),
+                    hist.clone(),
+                    acked.clone(),
+                    done.clone(),
+                    failed.clone(),
+                );
                 tokio::spawn(async move {
                     if message.payload.len() != size || message.double_ack().await.is_err() {
+                        // Ends the wait: the run fails below.
+                        failed.store(true, Ordering::SeqCst);
+                        done.notify_one();
                         return;
                     }
                     let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
@@ -504,6 +518,9 @@ async fn js_consume(
     }
     for client in clients {
         client.drain().await?;
+    }
+    if failed.load(Ordering::SeqCst) {
+        bail!("a member got a message of the wrong size or its ack was not confirmed");
     }
     let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram"))?;
     Ok(sample(per_sec(total, elapsed), p99(&h)))
