@@ -195,6 +195,15 @@ impl GroupState {
         self.cursors.values().map(Cursor::in_flight).sum()
     }
 
+    /// Live leases held by `member`, on every topic.
+    pub fn leased_to(&self, member: u64) -> u64 {
+        self.cursors
+            .values()
+            .flat_map(|c| c.window.values())
+            .filter(|e| matches!(e.slot, Slot::Leased { member: m, .. } if m == member))
+            .count() as u64
+    }
+
     /// Ends every lease whose deadline passed by `now_ms`: it becomes
     /// available after its backoff, or dead when it had `max_deliveries`.
     /// Messages waiting with as many deliveries as a (lowered)

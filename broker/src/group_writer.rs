@@ -60,10 +60,14 @@ pub struct Command {
 #[derive(Debug)]
 pub enum Op {
     /// Expire what is due, then lease up to `want` messages (0: only
-    /// expire) to `member`, on topics its `grants` let it read.
+    /// expire) to `member`, on topics its `grants` let it read; with
+    /// `holding_max`, never so many that the member would hold more than
+    /// that many live leases (a lease sent with settlements counts only
+    /// the ones the writer accepted).
     Lease {
         member: u64,
         want: u32,
+        holding_max: Option<u32>,
         grants: Arc<Grants>,
     },
     /// A member settles its lease.
@@ -313,6 +317,7 @@ impl Groups {
             Op::Lease {
                 member,
                 want,
+                holding_max,
                 grants,
             } => {
                 // Work retention removed before the group settled it is
@@ -323,6 +328,13 @@ impl Groups {
                     }
                 }
                 let expired = state.expire(policy, command.now_ms, &mut dead);
+                let want = match holding_max {
+                    Some(max) => {
+                        let held = u32::try_from(state.leased_to(*member)).unwrap_or(u32::MAX);
+                        (*want).min(max.saturating_sub(held))
+                    }
+                    None => *want,
+                };
                 let readable = |t: &str| grants.allows(Action::Subscribe, t);
                 let head = |t: &str| host.topic(t).map_or(0, |(_, next)| next);
                 let seed = command.seed;
@@ -330,7 +342,7 @@ impl Groups {
                     policy,
                     command.now_ms,
                     *member,
-                    *want,
+                    want,
                     window_max,
                     &readable,
                     &head,

@@ -193,8 +193,9 @@ impl Member<'_> {
             .saturating_sub(u32::try_from(self.held.len()).unwrap_or(u32::MAX))
     }
 
-    /// A lease of up to `want` deliveries, under the grants in force now.
-    fn lease(&self, want: u32) -> Option<Command> {
+    /// A lease of up to `want` deliveries (never past `holding_max` live
+    /// leases of this member), under the grants in force now.
+    fn lease(&self, want: u32, holding_max: Option<u32>) -> Option<Command> {
         let grants = match self.conn.policy().principal(&self.conn.principal) {
             Some(p) => Arc::new(p.grants.clone()),
             None => Arc::new(crate::acl::Grants::default()),
@@ -202,6 +203,7 @@ impl Member<'_> {
         self.command(Op::Lease {
             member: self.member,
             want,
+            holding_max,
             grants,
         })
     }
@@ -233,7 +235,7 @@ impl Member<'_> {
             if lease.is_none() && !settle_leasing && want {
                 let credit = self.credit(now);
                 if credit > 0 || forced {
-                    let Some(command) = self.lease(credit) else {
+                    let Some(command) = self.lease(credit, None) else {
                         return "no randomness";
                     };
                     let Some(reply) = submit(self.conn, vec![command]).await else {
@@ -394,7 +396,9 @@ impl Member<'_> {
             .min(self.prefetch);
         let leases = lease_too && credit > 0;
         if leases {
-            commands.push(self.lease(credit)?);
+            // Counted in the writer after the settlements: refused ones
+            // free nothing, so the member never holds past its prefetch.
+            commands.push(self.lease(credit, Some(self.prefetch))?);
         }
         let reply = submit(self.conn, commands).await?;
         Some(Pending {
