@@ -7,8 +7,9 @@
 mod common;
 
 use common::process::spawn_broker;
+use common::seen::Seen;
 use common::*;
-use signet_client::{Client, Error, OutgoingMessage, StartAt, Subscription};
+use signet_client::{Client, OutgoingMessage, StartAt};
 use signet_proto::ErrorCode;
 use std::time::Duration;
 
@@ -35,59 +36,6 @@ async fn publish_many(client: &Client, n: usize, size: usize) -> Vec<u64> {
         offsets.push(within(ack).await.unwrap());
     }
     offsets
-}
-
-/// What a subscription yields, offset by offset: `Some(true)` delivered,
-/// `Some(false)` announced as removed.
-#[derive(Default)]
-struct Seen {
-    delivered: Vec<u64>,
-    gaps: Vec<(u64, u64)>,
-}
-
-impl Seen {
-    /// Reads until offset `last` was delivered or announced removed.
-    async fn until(sub: &mut Subscription, last: u64) -> Seen {
-        let mut seen = Seen::default();
-        loop {
-            match next(sub).await {
-                Ok(m) => {
-                    seen.delivered.push(m.offset);
-                    if m.offset >= last {
-                        return seen;
-                    }
-                }
-                Err(Error::Gap {
-                    topic,
-                    from,
-                    to,
-                    reason,
-                }) => {
-                    assert_eq!((topic.as_str(), reason.as_str()), (TOPIC, "retention"));
-                    seen.gaps.push((from, to));
-                    if to >= last {
-                        return seen;
-                    }
-                }
-                Err(e) => panic!("subscription failed: {e}"),
-            }
-        }
-    }
-
-    /// Every offset from `first` to `last` exactly once, delivered or in a
-    /// gap, in order.
-    fn covers(&self, first: u64, last: u64) {
-        let mut all: Vec<(u64, u64)> = self.delivered.iter().map(|o| (*o, *o)).collect();
-        all.extend(self.gaps.iter().copied());
-        all.sort_unstable();
-        let mut expected = first;
-        for (from, to) in all {
-            assert_eq!(from, expected, "offsets {expected}.. missing or repeated");
-            expected = to + 1;
-        }
-        assert_eq!(expected, last + 1);
-        assert!(self.delivered.windows(2).all(|w| w[0] < w[1]), "order");
-    }
 }
 
 /// Waits until the broker reports the topic at `first` (a retention pass).
@@ -117,12 +65,12 @@ async fn count_limit_keeps_the_newest_tells_a_late_reader_and_frees_the_disk() {
     assert_eq!(offsets, (0..1000).collect::<Vec<u64>>(), "offsets continue");
     // A reader that keeps up sees every offset, delivered or (if it fell
     // more than 100 behind) announced.
-    Seen::until(&mut live, 999).await.covers(0, 999);
+    Seen::until(&mut live, TOPIC, 999).await.covers(0, 999);
     // A reader from offset 0 is told 0..=899 are gone, then reads the rest.
     let mut late = within(auditor.subscribe(TOPIC, StartAt::Offset(0)))
         .await
         .unwrap();
-    let seen = Seen::until(&mut late, 999).await;
+    let seen = Seen::until(&mut late, TOPIC, 999).await;
     assert_eq!(seen.gaps, [(0, 899)]);
     assert_eq!(seen.delivered, (900..1000).collect::<Vec<u64>>());
     let mut earliest = within(auditor.subscribe(TOPIC, StartAt::Earliest))
@@ -174,7 +122,7 @@ async fn byte_limit_holds_the_topic_under_it() {
     let mut late = within(auditor.subscribe(TOPIC, StartAt::Offset(0)))
         .await
         .unwrap();
-    let seen = Seen::until(&mut late, 199).await;
+    let seen = Seen::until(&mut late, TOPIC, 199).await;
     seen.covers(0, 199);
     assert_eq!(seen.gaps.first().map(|g| g.0), Some(0));
     assert!(seen.delivered.len() as u64 <= 200 - first + 1);
@@ -207,7 +155,7 @@ async fn age_limit_removes_old_messages_even_without_new_publishes() {
         .await
         .unwrap();
     assert_eq!(offset, 10, "offsets are never reused");
-    let seen = Seen::until(&mut late, 10).await;
+    let seen = Seen::until(&mut late, TOPIC, 10).await;
     assert_eq!((seen.gaps, seen.delivered), (vec![(0, 9)], vec![10]));
     alice.close().await;
     auditor.close().await;
@@ -430,7 +378,7 @@ async fn a_pattern_subscription_is_told_what_retention_removed() {
         .await
         .unwrap();
     publish_many(&alice, 1000, 1024).await;
-    Seen::until(&mut live, 999).await.covers(0, 999);
+    Seen::until(&mut live, TOPIC, 999).await.covers(0, 999);
     await_first(&sandbox, 900).await;
 
     let mut earliest = within(auditor.subscribe("orders.>", StartAt::Earliest))

@@ -10,6 +10,7 @@
 mod common;
 
 use common::process::spawn_broker;
+use common::seen::Seen;
 use common::*;
 use futures_util::StreamExt;
 use signet_client::consumer::{Consumer, Delivery};
@@ -70,34 +71,10 @@ async fn stored(sandbox: &Sandbox, last: u64) -> (BTreeSet<u64>, Vec<(u64, u64)>
     let mut sub: Subscription = within(auditor.subscribe(TOPIC, StartAt::Offset(0)))
         .await
         .unwrap();
-    let mut delivered = BTreeSet::new();
-    let mut gaps = Vec::new();
-    loop {
-        match next(&mut sub).await {
-            Ok(m) => {
-                delivered.insert(m.offset);
-                if m.offset >= last {
-                    break;
-                }
-            }
-            Err(Error::Gap {
-                topic,
-                from,
-                to,
-                reason,
-            }) => {
-                assert_eq!((topic.as_str(), reason.as_str()), (TOPIC, "retention"));
-                gaps.push((from, to));
-                if to >= last {
-                    break;
-                }
-            }
-            Err(e) => panic!("subscription failed: {e}"),
-        }
-    }
+    let seen = Seen::until(&mut sub, TOPIC, last).await;
     drop(sub);
     auditor.close().await;
-    (delivered, gaps)
+    (seen.delivered.into_iter().collect(), seen.gaps)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

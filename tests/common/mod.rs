@@ -6,6 +6,7 @@
 pub mod codes;
 pub mod process;
 pub mod raw;
+pub mod seen;
 
 use futures_util::StreamExt;
 use signet_client::{Client, Message, StartAt, Subscription};
