@@ -11,12 +11,7 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    let args = bench::BenchArgs {
-        messages: env_or("SIGNET_BENCH_MESSAGES", 100_000),
-        size: env_or("SIGNET_BENCH_SIZE", 256),
-        inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
-        subscribe: false,
-    };
+    let args = bench::BenchArgs::from_env(100_000, false);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

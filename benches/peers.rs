@@ -34,14 +34,14 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use signet_testkit::bench::{self, BenchArgs, env_or};
-use signet_testkit::bench_consume;
+use signet_testkit::bench_consume::{self, AckTally};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, Notify, mpsc};
+use tokio::sync::{Mutex, mpsc};
 
 /// The systems compared, in the order they run within a repetition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -446,10 +446,7 @@ async fn js_consume(
             ..Default::default()
         })
         .await?;
-    let sent_at = Arc::new(Mutex::new(Vec::with_capacity(total)));
-    let hist = Arc::new(std::sync::Mutex::new(histogram()?));
-    let acked = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(Notify::new());
+    let tally = AckTally::new(total)?;
     let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
     let mut clients = Vec::new();
@@ -467,49 +464,35 @@ async fn js_consume(
             .messages()
             .await?;
         clients.push(client);
-        let (sent_at, hist, acked, done, failed) = (
-            sent_at.clone(),
-            hist.clone(),
-            acked.clone(),
-            done.clone(),
-            failed.clone(),
-        );
+        let (tally, failed) = (tally.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
             while let Some(Ok(message)) = messages.next().await {
-                let (sent_at, hist, acked, done, failed) = (
-                    sent_at.clone(),
-                    hist.clone(),
-                    acked.clone(),
-                    done.clone(),
-                    failed.clone(),
-                );
+                let (tally, failed) = (tally.clone(), failed.clone());
                 tokio::spawn(async move {
                     if message.payload.len() != size || message.double_ack().await.is_err() {
                         // Ends the wait: the run fails below.
                         failed.store(true, Ordering::SeqCst);
-                        done.notify_one();
+                        tally.wake();
                         return;
                     }
                     let seq = message.info().map(|i| i.stream_sequence).unwrap_or(0);
-                    let sent = sent_at
-                        .lock()
-                        .await
-                        .get((seq as usize).wrapping_sub(1))
-                        .copied();
-                    if let (Some(sent), Ok(mut h)) = (sent, hist.lock()) {
-                        h.saturating_record(elapsed_us(sent));
-                    }
-                    if acked.fetch_add(1, Ordering::SeqCst) + 1 == total {
-                        done.notify_one();
-                    }
+                    tally.acked((seq as usize).wrapping_sub(1)).await;
                 });
             }
         }));
     }
     let payload = Bytes::from(vec![0x5a_u8; size]);
     let started = Instant::now();
-    js_publish(js, subject, &payload, total, run.inflight, Some(&sent_at)).await?;
-    tokio::time::timeout(Duration::from_secs(300), done.notified())
+    js_publish(
+        js,
+        subject,
+        &payload,
+        total,
+        run.inflight,
+        Some(&tally.sent_at),
+    )
+    .await?;
+    tokio::time::timeout(Duration::from_secs(300), tally.all_acked())
         .await
         .context("the members did not ack every message in 300 s")?;
     let elapsed = started.elapsed();
@@ -522,8 +505,7 @@ async fn js_consume(
     if failed.load(Ordering::SeqCst) {
         bail!("a member got a message of the wrong size or its ack was not confirmed");
     }
-    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram"))?;
-    Ok(sample(per_sec(total, elapsed), p99(&h)))
+    Ok(sample(per_sec(total, elapsed), tally.quantile(0.99)?))
 }
 
 /// A `nats-server` child process with JetStream on a file store in its own

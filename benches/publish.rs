@@ -13,12 +13,7 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    let args = bench::BenchArgs {
-        messages: env_or("SIGNET_BENCH_MESSAGES", 200_000),
-        size: env_or("SIGNET_BENCH_SIZE", 256),
-        inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
-        subscribe: true,
-    };
+    let args = bench::BenchArgs::from_env(200_000, true);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -30,26 +25,26 @@ fn main() -> anyhow::Result<()> {
     let flood = runtime.block_on(bench::flood(
         bench::BenchArgs {
             subscribe: false,
-            ..args
+            ..args.clone()
         },
         env_or("SIGNET_BENCH_FLOOD_QUOTA", 5_000) as u32,
     ))?;
     print!("{flood}");
     let (plain, schema) = runtime.block_on(bench::schema_topic(bench::BenchArgs {
-        messages: env_or("SIGNET_BENCH_MESSAGES", 200_000) / 2,
+        messages: args.messages / 2,
         size: 0,
-        inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
         subscribe: false,
+        ..args.clone()
     }))?;
     print!("json     plain topic, 1 KiB orders: {plain}");
     print!("json     schema topic (15-field schema), 1 KiB orders: {schema}");
     for recipients in [1, 3] {
         let encrypted = runtime.block_on(bench::encrypted_topic(
             bench::BenchArgs {
-                messages: env_or("SIGNET_BENCH_MESSAGES", 200_000) / 2,
+                messages: args.messages / 2,
                 size: 0,
-                inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
                 subscribe: false,
+                ..args.clone()
             },
             recipients,
         ))?;

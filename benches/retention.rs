@@ -13,12 +13,7 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    let args = bench::BenchArgs {
-        messages: env_or("SIGNET_BENCH_MESSAGES", 200_000),
-        size: env_or("SIGNET_BENCH_SIZE", 256),
-        inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
-        subscribe: false,
-    };
+    let args = bench::BenchArgs::from_env(200_000, false);
     let rounds = env_or("SIGNET_BENCH_ROUNDS", 3);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

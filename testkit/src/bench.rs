@@ -40,6 +40,19 @@ pub struct BenchArgs {
     pub subscribe: bool,
 }
 
+impl BenchArgs {
+    /// `SIGNET_BENCH_MESSAGES` (else `messages`), `SIGNET_BENCH_SIZE`
+    /// (256) and `SIGNET_BENCH_INFLIGHT` (512) from the environment.
+    pub fn from_env(messages: usize, subscribe: bool) -> BenchArgs {
+        BenchArgs {
+            messages: env_or("SIGNET_BENCH_MESSAGES", messages),
+            size: env_or("SIGNET_BENCH_SIZE", 256),
+            inflight: env_or("SIGNET_BENCH_INFLIGHT", 512),
+            subscribe,
+        }
+    }
+}
+
 /// Figures of one run.
 #[derive(Debug, Clone)]
 pub struct Report {

@@ -10,8 +10,65 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use signet_client::Client;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
+
+/// What the members of a consume run share: when each message was
+/// published (in publish order), publish→ack latencies, how many are
+/// acked, and a wake-up once all `total` are.
+#[derive(Clone)]
+pub struct AckTally {
+    /// Publish times, in publish order (filled by the publisher).
+    pub sent_at: Arc<Mutex<Vec<Instant>>>,
+    hist: Arc<std::sync::Mutex<Histogram<u64>>>,
+    acked: Arc<AtomicUsize>,
+    done: Arc<Notify>,
+    total: usize,
+}
+
+impl AckTally {
+    /// A tally for `total` messages.
+    pub fn new(total: usize) -> Result<AckTally> {
+        Ok(AckTally {
+            sent_at: Arc::new(Mutex::new(Vec::with_capacity(total))),
+            hist: Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?)),
+            acked: Arc::new(AtomicUsize::new(0)),
+            done: Arc::new(Notify::new()),
+            total,
+        })
+    }
+
+    /// Counts the ack of the `index`-th message published (from 0) and
+    /// records its publish→ack latency.
+    pub async fn acked(&self, index: usize) {
+        let sent = self.sent_at.lock().await.get(index).copied();
+        if let (Some(sent), Ok(mut h)) = (sent, self.hist.lock()) {
+            let us = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+            let _ = h.record(us.max(1));
+        }
+        if self.acked.fetch_add(1, Ordering::SeqCst) + 1 == self.total {
+            self.done.notify_one();
+        }
+    }
+
+    /// Ends the wait in [`AckTally::all_acked`] before every message was
+    /// acked (a run that failed).
+    pub fn wake(&self) {
+        self.done.notify_one();
+    }
+
+    /// Returns once every message was acked (or [`AckTally::wake`]).
+    pub async fn all_acked(&self) {
+        self.done.notified().await;
+    }
+
+    /// The latency at quantile `q`, µs.
+    pub fn quantile(&self, q: f64) -> Result<u64> {
+        let h = self.hist.lock().map_err(|_| anyhow::anyhow!("histogram"))?;
+        Ok(h.value_at_quantile(q))
+    }
+}
 
 /// What one run measured.
 #[derive(Debug, Clone)]
@@ -54,47 +111,28 @@ pub async fn consume(args: BenchArgs, members: usize) -> Result<ConsumeReport> {
     sandbox.set_extra_policy(GROUP);
     sandbox.start().await?;
     let publisher = Client::connect(sandbox.client_config("bench")?).await?;
-    let sent_at: Arc<Mutex<Vec<Instant>>> = Arc::new(Mutex::new(Vec::with_capacity(args.messages)));
-    let hist = Arc::new(std::sync::Mutex::new(Histogram::<u64>::new(3)?));
-    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let done = Arc::new(tokio::sync::Notify::new());
+    let tally = AckTally::new(args.messages)?;
     let mut tasks = Vec::new();
     let mut clients = Vec::new();
     for _ in 0..members {
         let client = Client::connect(sandbox.client_config("bench")?).await?;
         let mut consumer = client.consume_with("bench", 1024).await?;
         clients.push(client);
-        let (sent_at, hist, acked, done, total) = (
-            sent_at.clone(),
-            hist.clone(),
-            acked.clone(),
-            done.clone(),
-            args.messages,
-        );
+        let tally = tally.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(Ok(d)) = consumer.next().await {
-                let (sent_at, hist, acked, done) =
-                    (sent_at.clone(), hist.clone(), acked.clone(), done.clone());
+                let tally = tally.clone();
                 tokio::spawn(async move {
                     if d.ack().await.is_ok() {
-                        let sent = sent_at.lock().await.get(d.offset() as usize).copied();
-                        if let Some(sent) = sent {
-                            let us = sent.elapsed().as_micros() as u64;
-                            if let Ok(mut h) = hist.lock() {
-                                let _ = h.record(us.max(1));
-                            }
-                        }
-                        if acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1 == total {
-                            done.notify_one();
-                        }
+                        tally.acked(d.offset() as usize).await;
                     }
                 });
             }
         }));
     }
     let started = Instant::now();
-    publish_load(&publisher, "bench.load", &args, Some(&sent_at)).await?;
-    tokio::time::timeout(Duration::from_secs(300), done.notified()).await?;
+    publish_load(&publisher, "bench.load", &args, Some(&tally.sent_at)).await?;
+    tokio::time::timeout(Duration::from_secs(300), tally.all_acked()).await?;
     let elapsed = started.elapsed();
     for task in tasks {
         task.abort();
@@ -104,12 +142,11 @@ pub async fn consume(args: BenchArgs, members: usize) -> Result<ConsumeReport> {
     }
     publisher.close().await;
     sandbox.stop().await;
-    let h = hist.lock().map_err(|_| anyhow::anyhow!("histogram"))?;
     Ok(ConsumeReport {
         messages: args.messages,
         size: args.size,
         members,
         elapsed,
-        latency_us: [h.value_at_quantile(0.50), h.value_at_quantile(0.99)],
+        latency_us: [tally.quantile(0.50)?, tally.quantile(0.99)?],
     })
 }
