@@ -504,11 +504,28 @@ fn build(
     let mut batch_keys = BatchKeys::new();
     let mut envelopes = Vec::with_capacity(waiting.len());
     let mut sent = Vec::with_capacity(waiting.len());
-    for Queued {
-        message,
-        reply,
-        retries_left,
-    } in waiting
+    // A fresh salt per envelope: batch-mates' proofs carry this
+    // envelope's leaf hash, which must not be guessable.
+    let salts = match Salt::random_many(waiting.len()) {
+        Ok(salts) => salts,
+        Err(e) => {
+            for queued in waiting {
+                let _ = queued.reply.send(Err(Error::Invalid {
+                    code: ErrorCode::Internal,
+                    detail: e.to_string(),
+                }));
+            }
+            return None;
+        }
+    };
+    for (
+        Queued {
+            message,
+            reply,
+            retries_left,
+        },
+        salt,
+    ) in waiting.into_iter().zip(salts)
     {
         if let Err(e) = check(&message) {
             let _ = reply.send(Err(e));
@@ -518,18 +535,6 @@ fn build(
             Ok(seq) => seq,
             Err(e) => {
                 let _ = reply.send(Err(e));
-                continue;
-            }
-        };
-        // A fresh salt per envelope: batch-mates' proofs carry this
-        // envelope's leaf hash, which must not be guessable.
-        let salt = match Salt::random() {
-            Ok(salt) => salt,
-            Err(e) => {
-                let _ = reply.send(Err(Error::Invalid {
-                    code: ErrorCode::Internal,
-                    detail: e.to_string(),
-                }));
                 continue;
             }
         };

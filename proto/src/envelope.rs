@@ -85,6 +85,25 @@ impl Salt {
             .map_err(|_| RandomError)?;
         Ok(Salt(salt))
     }
+
+    /// `n` fresh salts from one call to the system's generator (a
+    /// publisher draws a batch's salts at once: one `getrandom` per batch
+    /// instead of one per envelope).
+    pub fn random_many(n: usize) -> Result<Vec<Salt>, RandomError> {
+        use ring::rand::SecureRandom;
+        let mut bytes = vec![0u8; n * SALT_BYTES];
+        ring::rand::SystemRandom::new()
+            .fill(&mut bytes)
+            .map_err(|_| RandomError)?;
+        Ok(bytes
+            .chunks_exact(SALT_BYTES)
+            .map(|chunk| {
+                let mut salt = [0u8; SALT_BYTES];
+                salt.copy_from_slice(chunk);
+                Salt(salt)
+            })
+            .collect())
+    }
 }
 
 impl fmt::Debug for Salt {
@@ -557,6 +576,9 @@ mod tests {
     #[test]
     fn salts_are_random() {
         let (a, b) = (Salt::random().unwrap(), Salt::random().unwrap());
+        let many = Salt::random_many(3).unwrap();
+        assert_eq!(many.len(), 3);
+        assert!(many[0] != many[1] && many[1] != many[2] && many[0] != a);
         assert_ne!(a, b);
         assert_ne!(a.0, [0; SALT_BYTES]);
     }
