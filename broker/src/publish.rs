@@ -328,6 +328,10 @@ fn record_quota_breach(conn: &ConnectionState) {
     ));
 }
 
+/// MessagePack framing of a stored record beyond its fields' bytes (array
+/// and length markers, the receive time, the proof's indexes), rounded up.
+const RECORD_FRAMING_BYTES: usize = 96;
+
 /// An accepted envelope as the commit stores it.
 fn entry(
     conn: &ConnectionState,
@@ -339,12 +343,18 @@ fn entry(
     received_ms: u64,
 ) -> Result<Entry, Rejection> {
     let (topic, key_id, seq) = (envelope.topic.clone(), envelope.key_id, envelope.seq);
+    // The encoded record is about the envelope's canonical size plus the
+    // proof (signature and path) and a little framing.
+    let capacity = envelope.canonical_len()
+        + proof.signature.len()
+        + proof.path.len() * std::mem::size_of::<signet_proto::merkle::Hash>()
+        + RECORD_FRAMING_BYTES;
     let record = StoredRecord {
         received_ms,
         envelope,
         proof,
     };
-    let record = codec::encode_body(&record)
+    let record = codec::encode_body_sized(&record, capacity)
         .map_err(|_| Rejection::new(ErrorCode::Internal, "internal error"))?;
     Ok(Entry {
         topic,

@@ -47,6 +47,15 @@ pub fn encode_body<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
     rmp_serde::to_vec(value).map_err(|_| EncodeError::Serialize)
 }
 
+/// [`encode_body`] into a buffer of `capacity` bytes to start with (the
+/// caller's estimate of the encoded size: a right guess means one
+/// allocation and no copy as the buffer grows).
+pub fn encode_body_sized<T: Serialize>(value: &T, capacity: usize) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(capacity);
+    rmp_serde::encode::write(&mut out, value).map_err(|_| EncodeError::Serialize)?;
+    Ok(out)
+}
+
 /// Reads a length prefix and checks it against `max` before the caller
 /// allocates the body.
 pub fn body_len(prefix: [u8; LENGTH_PREFIX_BYTES], max: u32) -> Result<usize, DecodeError> {
