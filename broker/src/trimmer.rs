@@ -51,13 +51,17 @@ async fn pass(state: &BrokerState, shutdown: &mut watch::Receiver<bool>) -> Resu
             continue;
         };
         let mut head = head;
+        // The pass trims what is past the limits when it reaches the
+        // topic, and no further: publishes during the pass are the group
+        // commit's to trim (chasing them kept a core busy reading records
+        // while publishers ran, BENCHMARKS.md "Retention").
+        let mut floor = Floor::of(&retention, &head, Some(now_ms()));
         loop {
             if *shutdown.borrow() {
                 return Ok(());
             }
             let store = state.store.clone();
             let plan = {
-                let floor = Floor::of(&retention, &head, Some(now_ms()));
                 let mut cache = std::mem::take(&mut owners);
                 let result = tokio::task::spawn_blocking(move || {
                     let plan = head.topic_id.map_or(Ok(None), |topic_id| {
@@ -73,6 +77,7 @@ async fn pass(state: &BrokerState, shutdown: &mut watch::Receiver<bool>) -> Resu
                 plan?
             };
             let Some(plan) = plan else { break };
+            floor.excess = floor.excess.saturating_sub(plan.bytes);
             let (reply, answer) = oneshot::channel();
             let to = plan.to;
             let trim = Trim {
