@@ -261,38 +261,68 @@ impl Store {
         count_max: usize,
         bytes_max: usize,
     ) -> Result<Vec<Delivery>, StoreError> {
+        let mut out = Vec::new();
+        self.scan_range(
+            topic_id,
+            from,
+            end,
+            count_max,
+            bytes_max,
+            |offset, record| {
+                out.push(Delivery {
+                    offset,
+                    record: record.to_vec(),
+                });
+                Ok(true)
+            },
+        )?;
+        Ok(out)
+    }
+
+    /// Visits the stored records of topic `topic_id` from `from` up to
+    /// `end` in offset order, without copying them, within the same
+    /// budget as [`Store::read_range`]; stops early when `visit` returns
+    /// `false`. Retention reads only each record's length and head this way.
+    pub fn scan_range(
+        &self,
+        topic_id: u32,
+        from: u64,
+        end: u64,
+        count_max: usize,
+        bytes_max: usize,
+        mut visit: impl FnMut(u64, &[u8]) -> Result<bool, StoreError>,
+    ) -> Result<(), StoreError> {
         let messages = self.cf(CF_MESSAGES)?;
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(message_key(topic_id, end).to_vec());
-        let start = message_key(topic_id, from);
-        let iter = self.db.iterator_cf_opt(
-            messages,
-            opts,
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        let mut out = Vec::new();
-        let mut bytes = 0usize;
-        for item in iter {
-            let (key, value) = item?;
-            let Some((tid, offset)) = parse_message_key(&key) else {
+        let mut iter = self.db.raw_iterator_cf_opt(messages, opts);
+        iter.seek(message_key(topic_id, from));
+        let (mut count, mut bytes) = (0usize, 0usize);
+        while iter.valid() {
+            let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
+                break;
+            };
+            let Some((tid, offset)) = parse_message_key(key) else {
                 break;
             };
             if tid != topic_id || offset >= end {
                 break;
             }
-            if !out.is_empty() && bytes.saturating_add(value.len()) > bytes_max {
+            if count > 0 && bytes.saturating_add(value.len()) > bytes_max {
                 break;
             }
             bytes = bytes.saturating_add(value.len());
-            out.push(Delivery {
-                offset,
-                record: value.into_vec(),
-            });
-            if out.len() >= count_max || bytes >= bytes_max {
+            count += 1;
+            if !visit(offset, value)? {
+                return Ok(());
+            }
+            if count >= count_max || bytes >= bytes_max {
                 break;
             }
+            iter.next();
         }
-        Ok(out)
+        iter.status()?;
+        Ok(())
     }
 
     /// Adds a message to a write batch.

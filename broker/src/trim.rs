@@ -8,8 +8,8 @@ use crate::error::StoreError;
 use crate::fanout::Head;
 use crate::retention::Retention;
 use crate::store::Store;
-use serde::de::IgnoredAny;
-use signet_proto::{KeyId, codec};
+use signet_proto::KeyId;
+use signet_proto::keys::KEY_ID_BYTES;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -18,32 +18,33 @@ const TRIM_RECORDS_MAX: usize = 4096;
 /// Record bytes read per trim.
 const TRIM_READ_BYTES_MAX: usize = 8 * 1024 * 1024;
 
-/// The fields of a stored record retention needs, decoded without
-/// copying the rest (payload, headers, proof are skipped).
-#[derive(serde::Deserialize)]
-struct RecordHead(u64, EnvelopeHead, IgnoredAny);
+/// Fields of a stored record's envelope before its key id: version, salt,
+/// topic (the envelope is a MessagePack array in field order).
+const ENVELOPE_FIELDS: u32 = 10;
 
-/// An envelope's version, salt, topic and key id; the rest skipped.
-#[derive(serde::Deserialize)]
-#[allow(dead_code)]
-struct EnvelopeHead(
-    IgnoredAny,
-    IgnoredAny,
-    IgnoredAny,
-    KeyId,
-    IgnoredAny,
-    IgnoredAny,
-    IgnoredAny,
-    IgnoredAny,
-    IgnoredAny,
-    IgnoredAny,
-);
-
-/// When a stored record was received and which key signed it, if it
-/// decodes.
+/// When a stored record was received and which key signed it, if its
+/// head decodes: read straight from the MessagePack bytes up to the key
+/// id, the rest (payload, headers, proof) is not looked at. Retention
+/// reads thousands of records per trim in the writer thread; decoding
+/// each whole record through serde was most of that cost.
 pub fn record_head(record: &[u8]) -> Option<(u64, KeyId)> {
-    let RecordHead(received_ms, envelope, _) = codec::decode(record).ok()?;
-    Some((received_ms, envelope.3))
+    use rmp::decode::{read_array_len, read_bin_len, read_int, read_str_len};
+    let mut rd = record;
+    if read_array_len(&mut rd).ok()? != 3 {
+        return None;
+    }
+    let received_ms: u64 = read_int(&mut rd).ok()?;
+    if read_array_len(&mut rd).ok()? != ENVELOPE_FIELDS {
+        return None;
+    }
+    let _version: u8 = read_int(&mut rd).ok()?;
+    let salt = read_bin_len(&mut rd).ok()? as usize;
+    rd = rd.get(salt..)?;
+    let topic = read_str_len(&mut rd).ok()? as usize;
+    rd = rd.get(topic..)?;
+    let key_len = read_bin_len(&mut rd).ok()? as usize;
+    let key: [u8; KEY_ID_BYTES] = rd.get(..key_len)?.try_into().ok()?;
+    Some((received_ms, KeyId(key)))
 }
 
 /// When a stored record was received, if it decodes.
@@ -125,35 +126,46 @@ pub fn plan(
         excess,
         cutoff,
     } = *floor;
-    let records = store.read_range(
-        topic_id,
-        head.first_offset,
-        head.next_offset,
-        TRIM_RECORDS_MAX,
-        TRIM_READ_BYTES_MAX,
-    )?;
+    // A count limit alone says how many records go: read only those.
+    let wanted = if excess == 0 && cutoff.is_none() {
+        usize::try_from(by_count.saturating_sub(head.first_offset))
+            .unwrap_or(usize::MAX)
+            .min(TRIM_RECORDS_MAX)
+    } else {
+        TRIM_RECORDS_MAX
+    };
     let mut to = head.first_offset;
     let mut bytes = 0u64;
     let mut freed: HashMap<Arc<str>, u64> = HashMap::new();
-    for delivery in &records {
-        let decoded = record_head(&delivery.record);
-        let too_old = match (cutoff, decoded) {
-            (Some(cutoff), Some((received_ms, _))) => received_ms < cutoff,
-            _ => false,
-        };
-        if delivery.offset >= by_count && bytes >= excess && !too_old {
-            break;
-        }
-        let len = delivery.record.len() as u64;
-        bytes = bytes.saturating_add(len);
-        if let Some((_, key_id)) = decoded
-            && let Some(owner) = owner(key_id)?
-        {
-            *freed.entry(owner).or_insert(0) += len;
-        }
-        to = delivery.offset + 1;
-    }
-    if records.is_empty() && by_count > head.first_offset {
+    let mut seen = false;
+    store.scan_range(
+        topic_id,
+        head.first_offset,
+        head.next_offset,
+        wanted,
+        TRIM_READ_BYTES_MAX,
+        |offset, record| {
+            seen = true;
+            let decoded = record_head(record);
+            let too_old = match (cutoff, decoded) {
+                (Some(cutoff), Some((received_ms, _))) => received_ms < cutoff,
+                _ => false,
+            };
+            if offset >= by_count && bytes >= excess && !too_old {
+                return Ok(false);
+            }
+            let len = record.len() as u64;
+            bytes = bytes.saturating_add(len);
+            if let Some((_, key_id)) = decoded
+                && let Some(owner) = owner(key_id)?
+            {
+                *freed.entry(owner).or_insert(0) += len;
+            }
+            to = offset + 1;
+            Ok(true)
+        },
+    )?;
+    if !seen && by_count > head.first_offset {
         // Nothing stored below the count floor (already deleted): move on.
         to = by_count.min(head.next_offset);
     }
@@ -248,7 +260,7 @@ pub fn settled(
 mod tests {
     use super::*;
     use signet_proto::envelope::{CONTENT_TYPE_OCTET, Envelope};
-    use signet_proto::{Salt, SigningKey, StoredRecord, batch};
+    use signet_proto::{Salt, SigningKey, StoredRecord, batch, codec};
 
     #[test]
     fn the_record_head_is_the_stored_records_time_and_key() {
@@ -273,6 +285,19 @@ mod tests {
         };
         let bytes = codec::encode_body(&record).unwrap();
         assert_eq!(record_head(&bytes), Some((1234, key.id())));
-        assert_eq!(record_head(&bytes[..bytes.len() - 1]), None);
+        // Only the head is read: a record cut in its payload still names
+        // its key; one cut before the key id end does not decode.
+        assert_eq!(
+            record_head(&bytes[..bytes.len() - 1]),
+            Some((1234, key.id()))
+        );
+        let key_end = bytes
+            .windows(16)
+            .position(|w| w == key.id().0)
+            .expect("the key id is in the record")
+            + 16;
+        assert_eq!(record_head(&bytes[..key_end - 1]), None);
+        assert_eq!(record_head(&bytes[..key_end]), Some((1234, key.id())));
+        assert_eq!(record_head(b"\x93"), None);
     }
 }
