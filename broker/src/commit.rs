@@ -23,6 +23,7 @@
 use crate::error::StoreError;
 use crate::fanout::{Head, Registry};
 use crate::group_writer::{Append, GroupWork, Groups, Host, WorkDone};
+use crate::ledger::{Ledger, Run};
 use crate::limits::Limits;
 use crate::metrics;
 use crate::policy::Policy;
@@ -55,6 +56,13 @@ pub struct Entry {
     /// stored-bytes quota.
     pub principal: Arc<str>,
 }
+
+/// Batch bytes per stored message besides its record: the message key
+/// and the idempotency entry (key, offset and leaf hash), with RocksDB's
+/// per-entry framing.
+const ENTRY_INDEX_BYTES: usize = 96;
+/// Batch bytes for the rest of a write: replay marks, usage, topic heads.
+const BATCH_EXTRA_BYTES: usize = 4096;
 
 /// The name the broker's own messages are accounted under. It holds a
 /// space, which no principal URI can, so it never meets a principal.
@@ -168,6 +176,8 @@ struct Writer {
     groups: Option<Groups>,
     /// The broker's identity key (dead letters are its messages).
     identity: Option<Arc<SigningKey>>,
+    /// Record bytes per committed run of topics under a count limit.
+    ledger: Ledger,
 }
 
 /// Starts the writer thread.
@@ -209,6 +219,7 @@ pub fn spawn(
         policy,
         groups: Some(groups),
         identity,
+        ledger: Ledger::default(),
     };
     let thread = std::thread::Builder::new()
         .name("signet-commit".into())
@@ -241,6 +252,8 @@ struct Staged {
     trimmed_bytes: u64,
     owners: HashMap<KeyId, Arc<str>>,
     bytes: usize,
+    /// This write's records per topic id, for the ledger.
+    runs: HashMap<u32, Run>,
 }
 
 impl Writer {
@@ -323,6 +336,7 @@ impl Writer {
             }
         }
         self.topics.insert(trim.topic.clone(), topic);
+        self.ledger.trimmed(topic.id, topic.first);
         self.registry.advance(&trim.topic, topic.head());
         metrics::trimmed(trim.to - trim.from, freed);
         Ok(true)
@@ -383,7 +397,14 @@ impl Writer {
         group: &[CommitRequest],
         staged: &mut Staged,
     ) -> Result<(Vec<Vec<u64>>, Vec<Vec<crate::group_writer::Outcome>>), StoreError> {
-        let mut batch = WriteBatch::default();
+        // Sized up front for the group's records and their index entries,
+        // so RocksDB's batch buffer is not regrown (and copied) as it fills.
+        let capacity: usize = group
+            .iter()
+            .flat_map(|request| &request.entries)
+            .map(|entry| entry.record.len() + ENTRY_INDEX_BYTES)
+            .sum();
+        let mut batch = WriteBatch::with_capacity_bytes(capacity + BATCH_EXTRA_BYTES);
         let mut offsets = Vec::with_capacity(group.len());
         let mut outcomes = Vec::new();
         for request in group {
@@ -529,11 +550,24 @@ impl Writer {
                 next_offset: committed.next,
                 ..topic.head()
             };
-            let store = self.store.clone();
-            let Some(plan) = trim::plan(&store, topic.id, &head, &readable, |key| {
-                Ok(self.persisted_owner(&key)?.cloned())
-            })?
-            else {
+            // A count limit alone: whole committed runs from the ledger,
+            // when it reaches back to the first offset; else read.
+            let from_ledger = if readable.excess == 0 {
+                self.ledger
+                    .plan(topic.id, head.first_offset, readable.by_count)
+            } else {
+                None
+            };
+            let plan = match from_ledger {
+                Some(plan) => plan,
+                None => {
+                    let store = self.store.clone();
+                    trim::plan(&store, topic.id, &head, &readable, |key| {
+                        Ok(self.persisted_owner(&key)?.cloned())
+                    })?
+                }
+            };
+            let Some(plan) = plan else {
                 continue;
             };
             self.store
@@ -641,13 +675,23 @@ impl Writer {
             .put_published(batch, &entry.key_id, entry.seq, offset, &entry.leaf)?;
         topic.next += 1;
         topic.bytes = topic.bytes.saturating_add(entry.record.len() as u64);
-        staged.topics.insert(entry.topic.clone(), topic);
+        match staged.topics.get_mut(&entry.topic) {
+            Some(staged_topic) => *staged_topic = topic,
+            None => {
+                staged.topics.insert(entry.topic.clone(), topic);
+            }
+        }
         if self.persisted_owner(&entry.key_id)? != Some(&entry.principal)
             && staged.owners.get(&entry.key_id) != Some(&entry.principal)
         {
             staged.owners.insert(entry.key_id, entry.principal.clone());
         }
         staged.bytes += entry.record.len();
+        staged
+            .runs
+            .entry(topic.id)
+            .or_insert_with(|| Run::starting(offset))
+            .add(offset, entry.record.len() as u64, &entry.principal);
         let mark = staged.marks.entry(entry.key_id).or_insert(0);
         *mark = (*mark).max(entry.seq);
         *staged.usage.entry(entry.principal.clone()).or_insert(0) += entry.record.len() as u64;
@@ -677,7 +721,20 @@ impl Writer {
             metrics::trimmed(staged.trimmed, staged.trimmed_bytes);
         }
         self.owners.extend(staged.owners);
+        let policy = self.policy.borrow().clone();
+        let mut runs = staged.runs;
         for (name, topic) in staged.topics {
+            if let Some(run) = runs.remove(&topic.id) {
+                if policy
+                    .retention(&name)
+                    .is_some_and(|r| r.max_msgs.is_some())
+                {
+                    self.ledger.append(topic.id, run);
+                } else {
+                    self.ledger.forget(topic.id);
+                }
+            }
+            self.ledger.trimmed(topic.id, topic.first);
             self.registry.advance(&name, topic.head());
             self.topics.insert(name, topic);
         }

@@ -17,6 +17,9 @@
 //!   ([`quota`], [`acl`], key binding, signature, payload rules,
 //!   [`replay`] and clock);
 //! - [`commit`]: the group commit into [`store`];
+//! - [`retention`] ([`trim`], [`ledger`], [`trimmer`]): per-topic limits,
+//!   the oldest records deleted in the group commit (whole committed runs
+//!   by count from the [`ledger`], else read) and by periodic passes;
 //! - [`subscribe`] and [`fanout`]: delivery from storage, stored then live;
 //! - [`group`] ([`group_config`], [`group_state`], [`group_writer`],
 //!   [`dead_letter`]): consumer groups (leases, acks, backoff, dead letters),
@@ -49,6 +52,7 @@ pub mod group_state;
 pub mod group_writer;
 pub mod handshake;
 pub mod ingest;
+pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod pattern;
