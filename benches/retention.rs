@@ -1,10 +1,12 @@
 //! `cargo bench --bench retention`: whether retention costs publishers.
-//! Publishes `SIGNET_BENCH_MESSAGES` (default 200000) messages of
+//! Publishes `SIGNET_BENCH_MESSAGES` (default 400000) messages of
 //! `SIGNET_BENCH_SIZE` (256) bytes, `SIGNET_BENCH_INFLIGHT` (512) in
-//! flight, to a plain topic and then to a topic with
-//! `retention = { max_msgs = 100000 }` (so past the limit every commit also
-//! deletes the oldest records), alternating, `SIGNET_BENCH_ROUNDS` (3)
-//! times on one broker, and prints each figure and the ratio.
+//! flight, to a plain topic and to a topic with
+//! `retention = { max_msgs = 100000 }` (so past the limit, three quarters
+//! of the run, every few commits also delete the oldest records), each run
+//! on a fresh broker like the publish benchmark, `SIGNET_BENCH_ROUNDS` (4)
+//! rounds with the order alternating, and prints each figure, the ratio
+//! per round and the ratio of the medians.
 
 use signet_testkit::bench;
 use signet_testkit::bench::env_or;
@@ -13,8 +15,8 @@ fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "--list") {
         return Ok(());
     }
-    let args = bench::BenchArgs::from_env(200_000, false);
-    let rounds = env_or("SIGNET_BENCH_ROUNDS", 3);
+    let args = bench::BenchArgs::from_env(400_000, false);
+    let rounds = env_or("SIGNET_BENCH_ROUNDS", 4);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -27,5 +29,15 @@ fn main() -> anyhow::Result<()> {
             kept.msgs_per_sec() / plain.msgs_per_sec()
         );
     }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let plain = median(results.iter().map(|(p, _)| p.msgs_per_sec()).collect());
+    let kept = median(results.iter().map(|(_, k)| k.msgs_per_sec()).collect());
+    println!(
+        "median: no retention {plain:.0} msgs/s, max_msgs = 100000 {kept:.0} msgs/s, retained / plain = {:.2}",
+        kept / plain
+    );
     Ok(())
 }
