@@ -18,6 +18,7 @@ use std::process::ExitCode;
 use tokio::io::AsyncWriteExt;
 
 mod audit;
+mod cluster;
 mod group;
 mod output;
 
@@ -82,6 +83,11 @@ enum Command {
     Group {
         #[command(subcommand)]
         command: group::GroupCommand,
+    },
+    /// A cluster of brokers (phase A: the metadata group only; messages are not replicated yet).
+    Cluster {
+        #[command(subcommand)]
+        command: cluster::ClusterCommand,
     },
     /// Run the publish benchmark against an in-process broker.
     Bench {
@@ -265,6 +271,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Group { command } => {
             init_logs("warn");
             return group::group_command(command).await;
+        }
+        Command::Cluster { command } => {
+            init_logs("warn");
+            return cluster::cluster_command(command).await;
         }
         Command::Bench {
             messages,

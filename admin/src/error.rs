@@ -23,6 +23,9 @@ pub enum AdminError {
     /// The folder already holds a CA.
     #[error("{} already holds a CA; not overwriting it", dir.display())]
     CaExists { dir: PathBuf },
+    /// A cluster size `cluster init` does not write.
+    #[error("a cluster has 1 to 64 nodes, not {0}")]
+    BadNodes(u16),
     /// A principal name a certificate cannot carry.
     #[error("principal {0:?} must be 1 to 128 of [A-Za-z0-9-_.@]")]
     BadPrincipal(String),

@@ -4,6 +4,7 @@
 //! written once, never overwritten, secrets at mode 0600 ([`files`]).
 #![forbid(unsafe_code)]
 
+pub mod cluster;
 pub mod dev;
 pub mod error;
 pub mod files;

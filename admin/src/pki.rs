@@ -170,3 +170,49 @@ pub fn issue_with_validity(
     write_public(&files.cert, cert.pem().as_bytes())?;
     Ok(files)
 }
+
+/// Issues node `id`'s certificate, signed by the CA in `dir`, as
+/// `nodes/node<id>.crt` and `.key`: one certificate for both of the node's
+/// roles, its client listener (DNS `localhost`, IP `127.0.0.1`) and the
+/// node transport (DNS `node-<id>.signet`, URI SAN `signet://node/<id>`,
+/// server and client authentication). It names no principal, so it
+/// cannot connect as a client.
+pub fn issue_node(dir: &Path, id: u64) -> Result<ClientFiles, AdminError> {
+    let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))
+        .map_err(AdminError::io("reading", dir.join("ca.crt")))?;
+    let ca_key_pem = std::fs::read_to_string(dir.join("ca.key"))
+        .map_err(AdminError::io("reading", dir.join("ca.key")))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(AdminError::cert("reading the CA key"))?;
+    let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)
+        .map_err(AdminError::cert("reading the CA certificate"))?
+        .self_signed(&ca_key)?;
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        format!("node-{id}.signet"),
+    ])
+    .map_err(AdminError::cert("node names"))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("signet node {id}"));
+    params.subject_alt_names.push(SanType::URI(
+        format!("signet://node/{id}")
+            .try_into()
+            .map_err(AdminError::cert("node URI"))?,
+    ));
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, LEAF_VALIDITY_DAYS);
+    let cert = params.signed_by(&key, &ca_cert, &ca_key)?;
+    let files = ClientFiles {
+        cert: dir.join("nodes").join(format!("node{id}.crt")),
+        key: dir.join("nodes").join(format!("node{id}.key")),
+    };
+    write_secret(&files.key, key.serialize_pem().as_bytes())?;
+    write_public(&files.cert, cert.pem().as_bytes())?;
+    Ok(files)
+}

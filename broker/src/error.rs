@@ -24,6 +24,9 @@ pub enum ConfigError {
     /// Principals, roles or topics are invalid.
     #[error("{0}")]
     Policy(#[from] PolicyError),
+    /// The `[cluster]` section is inconsistent.
+    #[error("{0}")]
+    Cluster(#[from] crate::cluster_config::ClusterConfigError),
 }
 
 /// Why RocksDB could not be read or written.
@@ -55,6 +58,8 @@ pub enum BrokerError {
     Policy { path: PathBuf, source: ConfigError },
     #[error("TLS setup failed: {0}")]
     Tls(String),
+    #[error("cluster: {0}")]
+    Cluster(String),
     #[error("unsafe configuration: {0}")]
     Unsafe(String),
     #[error("storage error: {0}")]

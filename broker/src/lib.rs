@@ -29,7 +29,9 @@
 //! - [`reload`]: hot reload of the policy (SIGHUP, file watch);
 //! - [`audit`]: the hash-chained audit log, with checkpoints signed by the
 //!   broker's identity key and published by [`system`];
-//! - [`metrics`]: counters for every acceptance and rejection.
+//! - [`metrics`]: counters for every acceptance and rejection;
+//! - [`cluster`] ([`cluster_config`]): a broker as a node of a cluster
+//!   (phase A: the metadata Raft group and the node transport).
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
@@ -38,6 +40,8 @@ pub mod answer;
 pub mod audit;
 pub mod chunk;
 pub mod clock;
+pub mod cluster;
+pub mod cluster_config;
 pub mod commit;
 pub mod config;
 pub mod dead_letter;

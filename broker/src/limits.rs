@@ -184,6 +184,12 @@ limits! {
     /// Longest an audit record waits before a signed checkpoint covers it.
     audit_checkpoint_ms_max: "ms" = 10_000, 100, 3_600_000,
         keys ["limits.audit_checkpoint_ms_max"];
+    /// Largest frame on the node transport (`[cluster]`: Raft messages between nodes); the length prefix is checked before any allocation.
+    raft_frame_bytes_max: "bytes" = 16 * MIB, 64 * KIB, 1024 * MIB,
+        keys ["limits.raft_frame_bytes_max"];
+    /// Longest one node-transport request (connect, send, answer) may take before the node counts the peer unreachable for it.
+    raft_rpc_ms_max: "ms" = 2_000, 50, 600_000,
+        keys ["limits.raft_rpc_ms_max"];
 }
 
 /// Why a limit could not be set.

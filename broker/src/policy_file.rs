@@ -34,6 +34,8 @@ pub struct PolicyFile {
     /// Consumer groups.
     #[serde(default, rename = "group")]
     pub groups: Vec<GroupSection>,
+    /// This node's place in a cluster; absent: a single broker.
+    pub cluster: Option<ClusterSection>,
 }
 
 impl PolicyFile {
@@ -49,6 +51,7 @@ impl PolicyFile {
             tls: self.tls.clone(),
             audit: self.audit.clone(),
             limits: self.limits.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -64,6 +67,33 @@ pub struct StartOnly {
     pub audit: Option<AuditSection>,
     /// `[limits]`.
     pub limits: BTreeMap<String, u64>,
+    /// `[cluster]`.
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: `node_id = 1`, `raft_listen = "127.0.0.1:7541"`,
+/// `peers = [{ id = 1, client = "127.0.0.1:7441", raft = "127.0.0.1:7541" }, …]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// This node's id.
+    pub node_id: u64,
+    /// UDP address of this node's node transport (QUIC, mutual TLS).
+    pub raft_listen: SocketAddr,
+    /// Every node of the cluster, this one included.
+    pub peers: Vec<PeerSection>,
+}
+
+/// One entry of `[cluster] peers`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerSection {
+    /// The node's id.
+    pub id: u64,
+    /// Where clients reach it.
+    pub client: String,
+    /// Where its node transport listens.
+    pub raft: SocketAddr,
 }
 
 /// `[broker]`.

@@ -9,6 +9,7 @@
 //! RocksDB before returning.
 
 use crate::audit::{Audit, CHECKPOINT_TOPIC, Checkpoints, Event};
+use crate::cluster::ClusterNode;
 use crate::commit::{self, Committer};
 use crate::config::Config;
 use crate::error::BrokerError;
@@ -39,6 +40,7 @@ pub struct Broker {
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     state: Weak<BrokerState>,
+    cluster: Option<Arc<ClusterNode>>,
 }
 
 impl Broker {
@@ -88,6 +90,11 @@ impl Broker {
         let state = self.state.upgrade().ok_or(BrokerError::Stopped)?;
         state.store.compact_messages()?;
         Ok(state.store.messages_disk_bytes()?)
+    }
+
+    /// This broker's part in a cluster, when its policy has `[cluster]`.
+    pub fn cluster(&self) -> Option<Arc<ClusterNode>> {
+        self.cluster.clone()
     }
 
     /// Runs until the broker stops by itself (it only does on shutdown).
@@ -148,6 +155,12 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
             (Audit::disabled(), None)
         }
     };
+    let cluster = match &settings.cluster {
+        Some(cluster) => Some(Arc::new(
+            ClusterNode::start(cluster, &settings.tls, &settings.data_dir, limits).await?,
+        )),
+        None => None,
+    };
     let endpoint = listen(settings.listen, server_config)?;
     let local_addr = endpoint
         .local_addr()
@@ -178,6 +191,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         enabled: identity.is_some(),
         wake: group_wake,
     };
+    state.cluster = cluster.clone();
     let state = Arc::new(state);
     let store = Arc::downgrade(&store);
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -196,6 +210,7 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
         shutdown,
         task,
         state: weak,
+        cluster,
     })
 }
 
@@ -255,7 +270,11 @@ async fn run(
         Duration::from_millis(state.limits().storage_check_ms_max),
         shutdown.clone(),
     );
+    let cluster = state.cluster.clone();
     accept_loop(&endpoint, state, shutdown).await;
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await;
+    }
     let _ = reloader.await;
     let _ = trimmer.await;
     let _ = disk.await;

@@ -145,6 +145,13 @@ async fn dispatch(
             drop(budget);
             pattern::run(conn, sub, send, recv).await;
         }
+        Ok(Budgeted {
+            frame: ClientFrame::ClusterStatus,
+            budget,
+        }) => {
+            drop(budget);
+            cluster_status(&conn, send).await;
+        }
         Err(e) => answer::frame_failure(&conn, &mut send, &mut recv, e).await,
     }
 }
@@ -175,5 +182,28 @@ impl Drop for LiveConnection {
             "connection_closed",
             json!({ "principal": self.principal, "remote": self.remote }),
         ));
+    }
+}
+
+/// Answers a `ClusterStatus` (any authenticated principal may ask): the
+/// cluster as this node sees it, or `NotClustered` from a single broker.
+async fn cluster_status(conn: &ConnectionState, mut send: quinn::SendStream) {
+    let Some(cluster) = conn.broker.cluster.clone() else {
+        return answer::refuse(
+            &mut send,
+            signet_proto::frame::Rejection::new(
+                ErrorCode::NotClustered,
+                "this broker is not a node of a cluster",
+            ),
+        )
+        .await;
+    };
+    let status = cluster.status().await;
+    let frame = signet_proto::frame::ServerFrame::ClusterStatus(status);
+    if signet_proto::stream::write_frame(&mut send, &frame)
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
     }
 }

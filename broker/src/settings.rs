@@ -2,7 +2,9 @@
 //! log, metrics and the [`Limits`]. A reload never changes them (it warns
 //! when the file's start-only sections changed; they apply after a restart).
 
-use crate::limits::{LimitError, Limits};
+use crate::cluster_config::ClusterSettings;
+use crate::error::ConfigError;
+use crate::limits::Limits;
 use crate::policy_file::{PolicyFile, StartOnly};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,8 @@ pub struct Settings {
     pub audit: Option<AuditSettings>,
     /// Every bound on what peers can make the broker hold.
     pub limits: Limits,
+    /// This node's place in a cluster; `None`: a single broker.
+    pub cluster: Option<ClusterSettings>,
     /// The policy file these came from (for reloads), if any.
     pub source: Option<PathBuf>,
     /// The start-only sections as written, to tell a reload that changed them.
@@ -77,7 +81,7 @@ pub fn resolve(base: &Path, path: &Path) -> PathBuf {
 impl Settings {
     /// Builds the settings from a parsed file; relative paths resolve
     /// against `base`.
-    pub fn from_file(file: &PolicyFile, base: &Path) -> Result<Settings, LimitError> {
+    pub fn from_file(file: &PolicyFile, base: &Path) -> Result<Settings, ConfigError> {
         let b = &file.broker;
         let old_keys = [
             ("broker.max_message_bytes", b.max_message_bytes),
@@ -121,6 +125,11 @@ impl Settings {
                 checkpoint_ms_max: limits.audit_checkpoint_ms_max,
             }),
             limits,
+            cluster: file
+                .cluster
+                .as_ref()
+                .map(ClusterSettings::from_section)
+                .transpose()?,
             source: None,
             as_written: file.start_only(),
         })

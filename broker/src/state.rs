@@ -41,6 +41,8 @@ pub struct BrokerState {
     pub disk: Arc<DiskGuard>,
     /// What consumer-group streams need (set by the server at start).
     pub groups: crate::group_writer::Hub,
+    /// This broker's part in a cluster (`[cluster]`), if any.
+    pub cluster: Option<Arc<crate::cluster::ClusterNode>>,
 }
 
 impl BrokerState {
@@ -71,6 +73,7 @@ impl BrokerState {
             registry,
             commits,
             groups: crate::group_writer::Hub::default(),
+            cluster: None,
         }
     }
 

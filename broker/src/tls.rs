@@ -21,7 +21,7 @@ pub const ALPN: &[u8] = b"signet/1";
 /// URI SAN prefix that names a principal in a client certificate.
 pub const PRINCIPAL_URI_PREFIX: &str = "signet://principal/";
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BrokerError> {
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BrokerError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
         .map_err(|e| BrokerError::Tls(format!("{}: {e}", path.display())))?
         .collect::<Result<_, _>>()

@@ -12,7 +12,7 @@ use crate::subscription::{self, Subscription};
 use crate::tls;
 use crate::verify::Verifier;
 use signet_proto::crypt::DecryptionKey;
-use signet_proto::frame::{GroupStatus, StartAt};
+use signet_proto::frame::{ClusterStatus, GroupStatus, StartAt};
 use signet_proto::schema::Schema;
 use signet_proto::{ErrorCode, SigningKey};
 use std::net::SocketAddr;
@@ -59,9 +59,57 @@ fn load_payloads(config: &ClientConfig) -> Result<Payloads, Error> {
 async fn resolve(broker: &str) -> Result<SocketAddr, Error> {
     tokio::net::lookup_host(broker)
         .await
-        .map_err(|e| Error::Connect(format!("{broker}: {e}")))?
+        .map_err(|e| Error::Connect(e.to_string()))?
         .next()
         .ok_or_else(|| Error::Connect(format!("{broker}: no address")))
+}
+
+/// Dials the file's brokers in order and keeps the first that completes
+/// the handshake; the error names the last failure.
+async fn dial_first(
+    config: &ClientConfig,
+    quic: quinn::ClientConfig,
+) -> Result<(quinn::Endpoint, SocketAddr, quinn::Connection), Error> {
+    let mut last = Error::Connect("no broker address".into());
+    for broker in &config.brokers {
+        match dial(broker, &config.server_name, quic.clone()).await {
+            Ok(dialed) => return Ok(dialed),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// One broker: a QUIC endpoint and a connection with mutual TLS.
+async fn dial(
+    broker: &str,
+    server_name: &str,
+    quic: quinn::ClientConfig,
+) -> Result<(quinn::Endpoint, SocketAddr, quinn::Connection), Error> {
+    let addr = resolve(broker).await?;
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0"
+            .parse()
+            .map_err(|_| Error::Connect("bind".into()))?
+    } else {
+        "0.0.0.0:0"
+            .parse()
+            .map_err(|_| Error::Connect("bind".into()))?
+    };
+    let socket =
+        signet_proto::stream::udp_socket(bind).map_err(|e| Error::Connect(e.to_string()))?;
+    let runtime =
+        quinn::default_runtime().ok_or_else(|| Error::Connect("no async runtime".into()))?;
+    let mut endpoint =
+        quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+            .map_err(|e| Error::Connect(e.to_string()))?;
+    endpoint.set_default_client_config(quic);
+    let conn = endpoint
+        .connect(addr, server_name)
+        .map_err(|e| Error::Connect(e.to_string()))?
+        .await
+        .map_err(|e| Error::Connect(e.to_string()))?;
+    Ok((endpoint, addr, conn))
 }
 
 impl Client {
@@ -79,29 +127,7 @@ impl Client {
         };
         let payloads = Arc::new(load_payloads(&config)?);
         let quic = tls::client_config(&config)?;
-        let addr = resolve(&config.broker).await?;
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0"
-                .parse()
-                .map_err(|_| Error::Connect("bind".into()))?
-        } else {
-            "0.0.0.0:0"
-                .parse()
-                .map_err(|_| Error::Connect("bind".into()))?
-        };
-        let socket =
-            signet_proto::stream::udp_socket(bind).map_err(|e| Error::Connect(e.to_string()))?;
-        let runtime =
-            quinn::default_runtime().ok_or_else(|| Error::Connect("no async runtime".into()))?;
-        let mut endpoint =
-            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
-                .map_err(|e| Error::Connect(e.to_string()))?;
-        endpoint.set_default_client_config(quic);
-        let conn = endpoint
-            .connect(addr, &config.server_name)
-            .map_err(|e| Error::Connect(e.to_string()))?
-            .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
+        let (endpoint, addr, conn) = dial_first(&config, quic).await?;
         let link = Link::new(
             endpoint,
             addr,
@@ -255,6 +281,18 @@ impl Client {
         message: &crate::Message,
     ) -> Result<crate::dead_letter::OpenedDeadLetter, Error> {
         crate::dead_letter::open(self.trust.clone(), &self.payloads, message)
+    }
+
+    /// The cluster as the connected node sees it (`Rejected { code:
+    /// NotClustered }` from a single broker).
+    pub async fn cluster_status(&self) -> Result<ClusterStatus, Error> {
+        let mut current = self.link.current().await;
+        loop {
+            match crate::consumer::cluster_status(&current.conn).await {
+                Ok(status) => return Ok(status),
+                Err(e) => current = self.link.retry_on(&current, e).await?,
+            }
+        }
     }
 
     /// The state of consumer group `group` (for a principal that may join it).

@@ -5,7 +5,7 @@
 
 use crate::error::Error;
 use crate::limits::{
-    INFLIGHT_BATCHES_MAX, LINGER_US_MAX, QUOTA_RETRIES_MAX, QUOTA_RETRY_WAIT_MS_MAX,
+    BROKERS_MAX, INFLIGHT_BATCHES_MAX, LINGER_US_MAX, QUOTA_RETRIES_MAX, QUOTA_RETRY_WAIT_MS_MAX,
     RECONNECT_ATTEMPTS_DEFAULT, RECONNECT_ATTEMPTS_MAX, RECONNECT_WAIT_MS_DEFAULT,
     RECONNECT_WAIT_MS_MAX, RECONNECT_WAIT_MS_MIN, TRUST_KEYS_MAX, TRUST_TOPICS_PER_KEY_MAX,
 };
@@ -20,8 +20,10 @@ use std::time::Duration;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ClientFile {
-    /// Broker address, `host:port`.
-    broker: String,
+    /// Broker address, `host:port` (or `brokers`).
+    broker: Option<String>,
+    /// Several broker addresses (cluster nodes), tried in order.
+    brokers: Option<Vec<String>>,
     /// Name the broker certificate must carry.
     server_name: String,
     /// CA certificate file (PEM).
@@ -82,8 +84,12 @@ struct EncryptionSection {
 /// What one client needs to connect, publish and verify.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// Broker address, `host:port`.
+    /// Broker address, `host:port`: the first of `brokers`.
     pub broker: String,
+    /// Every broker address the file lists (`broker`, or each of
+    /// `brokers`), in order; `connect` tries them in turn until one
+    /// answers.
+    pub brokers: Vec<String>,
     /// Name the broker certificate must carry.
     pub server_name: String,
     /// CA certificate that signed the broker's certificate (PEM).
@@ -244,8 +250,24 @@ impl ClientConfig {
                 "max_inflight_batches must be between 1 and {INFLIGHT_BATCHES_MAX}"
             ));
         }
+        let brokers = match (file.broker, file.brokers) {
+            (Some(one), None) => vec![one],
+            (None, Some(many)) if !many.is_empty() => many,
+            (None, Some(_)) => return Err("brokers is empty; list at least one address".into()),
+            (None, None) => return Err("missing field `broker` (or `brokers`)".into()),
+            (Some(_), Some(_)) => {
+                return Err("both `broker` and `brokers`: give exactly one of them".into());
+            }
+        };
+        if brokers.len() > BROKERS_MAX {
+            return Err(format!(
+                "brokers: {} addresses, at most {BROKERS_MAX}",
+                brokers.len()
+            ));
+        }
         Ok(ClientConfig {
-            broker: file.broker,
+            broker: brokers[0].clone(),
+            brokers,
             server_name: file.server_name,
             ca: resolve(&file.ca),
             cert: resolve(&file.cert),

@@ -22,7 +22,7 @@ use crate::payload::Payloads;
 use crate::verify::Verifier;
 use futures_core::Stream;
 use signet_proto::frame::{
-    ClientFrame, Consume, GroupStatus, Outcome, ServerFrame, Settle, SettleAction,
+    ClientFrame, ClusterStatus, Consume, GroupStatus, Outcome, ServerFrame, Settle, SettleAction,
 };
 use signet_proto::limits::SETTLE_OPS_MAX;
 use signet_proto::stream::{read_frame, write_frame};
@@ -195,6 +195,27 @@ pub async fn join(
         Ok(Some(ServerFrame::Error(r))) => Err(Error::rejected(r)),
         Ok(Some(_)) => Err(Error::Protocol("unexpected answer to consume".into())),
         Ok(None) => Err(Error::ConnectionLost("consume refused".into())),
+        Err(e) => Err(Error::ConnectionLost(e.to_string())),
+    }
+}
+
+/// Asks the connected node for the cluster's state.
+pub async fn cluster_status(conn: &quinn::Connection) -> Result<ClusterStatus, Error> {
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| Error::ConnectionLost(e.to_string()))?;
+    write_frame(&mut send, &ClientFrame::ClusterStatus)
+        .await
+        .map_err(|e| Error::ConnectionLost(e.to_string()))?;
+    let _ = send.finish();
+    match read_frame::<ServerFrame, _>(&mut recv, FRAME_BYTES_MAX).await {
+        Ok(Some(ServerFrame::ClusterStatus(status))) => Ok(status),
+        Ok(Some(ServerFrame::Error(r))) => Err(Error::rejected(r)),
+        Ok(Some(_)) => Err(Error::Protocol(
+            "unexpected answer to cluster status".into(),
+        )),
+        Ok(None) => Err(Error::ConnectionLost("cluster status refused".into())),
         Err(e) => Err(Error::ConnectionLost(e.to_string())),
     }
 }

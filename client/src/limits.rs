@@ -101,3 +101,7 @@ pub const RECONNECT_WAIT_MS_MAX: u64 = 60_000;
 /// Most topics a pattern subscription tracks resume positions for (the
 /// protocol's bound on `SubscribePattern.resume`).
 pub const PATTERN_TOPICS_MAX: usize = signet_proto::limits::PATTERN_TOPICS_MAX;
+
+/// Most broker addresses a client file's `brokers` lists (a cluster's
+/// nodes).
+pub const BROKERS_MAX: usize = 64;

@@ -79,6 +79,7 @@ codes! {
     Unavailable(500) "the broker cannot serve this now (storage or shutdown)";
     Internal(501) "internal broker error";
     StorageFull(502) "the broker's disk is below its free-space floor; publishes are refused until space returns";
+    NotClustered(503) "the broker is a single broker, not a node of a cluster";
 }
 
 impl fmt::Display for ErrorCode {

@@ -15,6 +15,9 @@
 //!   by one [`ServerFrame::Settled`].
 //! - group info: client sends one [`ClientFrame::GroupInfo`]; the broker
 //!   answers [`ServerFrame::GroupStatus`] or [`ServerFrame::Error`].
+//! - cluster status: client sends one [`ClientFrame::ClusterStatus`]; the
+//!   broker answers [`ServerFrame::ClusterStatus`] or [`ServerFrame::Error`]
+//!   (`NotClustered` from a single broker).
 //! - pattern subscription: client sends one [`ClientFrame::SubscribePattern`];
 //!   the broker answers [`ServerFrame::SubscribedPattern`] or
 //!   [`ServerFrame::Error`], then [`ServerFrame::DeliverTopic`] frames, each
@@ -23,7 +26,8 @@
 use crate::code::ErrorCode;
 use crate::envelope::Envelope;
 use crate::limits::{
-    BATCH_ENVELOPES_MAX, DELIVER_MESSAGES_MAX, PATTERN_TOPICS_MAX, SETTLE_OPS_MAX,
+    BATCH_ENVELOPES_MAX, CLUSTER_GROUPS_MAX, CLUSTER_NODES_MAX, DELIVER_MESSAGES_MAX,
+    PATTERN_TOPICS_MAX, SETTLE_OPS_MAX,
 };
 use serde::{Deserialize, Serialize};
 
@@ -148,6 +152,9 @@ pub enum ClientFrame {
     GroupInfo(GroupInfo),
     /// Open a subscription to every matching topic (first frame of its stream).
     SubscribePattern(SubscribePattern),
+    /// Ask a cluster node for the cluster's state (first and only frame of
+    /// its stream).
+    ClusterStatus,
 }
 
 /// The outcome of one envelope of a batch.
@@ -319,6 +326,53 @@ pub enum ServerFrame {
         #[serde(deserialize_with = "crate::bounded::vec::<_, _, DELIVER_MESSAGES_MAX>")]
         deliveries: Vec<Delivery>,
     },
+    /// The cluster's state, answering `ClusterStatus`.
+    ClusterStatus(ClusterStatus),
+}
+
+/// One node as the answering node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterNode {
+    /// The node's id.
+    pub id: u64,
+    /// Where clients reach it.
+    pub client: String,
+    /// `leader`, `follower`, `candidate`, `learner`, `shutdown`, or
+    /// `unreachable` (it did not answer the answering node in time).
+    pub state: String,
+    /// The highest Raft term it has seen (absent when unreachable).
+    pub term: Option<u64>,
+}
+
+/// One Raft group: the metadata group `meta` (and, later, data groups).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterGroup {
+    /// The group's name (`meta` for the metadata group).
+    pub name: String,
+    /// Its leader as the answering node knows it, if any.
+    pub leader: Option<u64>,
+    /// The answering node's current term in the group.
+    pub term: u64,
+    /// The highest log index known committed on the answering node.
+    pub commit_index: Option<u64>,
+    /// The highest log index applied to its state machine there.
+    pub applied_index: Option<u64>,
+    /// Its voting members (at most 64).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, CLUSTER_NODES_MAX>")]
+    pub members: Vec<u64>,
+}
+
+/// The cluster's state, as one node sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The node that answered.
+    pub node_id: u64,
+    /// Every node of its `[cluster] peers` (at most 64).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, CLUSTER_NODES_MAX>")]
+    pub nodes: Vec<ClusterNode>,
+    /// Every Raft group (at most 1024).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, CLUSTER_GROUPS_MAX>")]
+    pub groups: Vec<ClusterGroup>,
 }
 
 /// Messages a subscription skips because they no longer exist.

@@ -85,3 +85,9 @@ pub const LEASE_TOKEN_BYTES: usize = 16;
 
 /// Largest `Term` reason, in bytes (longer ones are cut).
 pub const TERM_REASON_BYTES_MAX: usize = 256;
+
+/// Nodes listed in one `ClusterStatus` (and members of one group there).
+pub const CLUSTER_NODES_MAX: usize = 64;
+
+/// Raft groups listed in one `ClusterStatus`.
+pub const CLUSTER_GROUPS_MAX: usize = 1024;

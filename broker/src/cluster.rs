@@ -1,0 +1,490 @@
+//! A broker as a node of a cluster (phase A: the metadata group only).
+//! Everything openraft-specific lives under this module, so the consensus
+//! library can be swapped; the rest of the broker sees [`ClusterNode`],
+//! [`MetaCommand`], [`MetaState`] and the status frame.
+//!
+//! - [`meta`]: the metadata commands and the deterministic state they build;
+//! - `types`: openraft's type configuration (`Meta`);
+//! - `log_store`: the Raft log and vote in RocksDB (`<data_dir>/cluster-meta`),
+//!   every write synced before it is acknowledged;
+//! - `state_machine`: applies committed entries, persisted, snapshots;
+//! - [`transport`]: QUIC + mutual TLS between nodes (node certificates only)
+//!   and the listener;
+//! - `network`: the dialing side, openraft's `RaftNetworkFactory`;
+//! - [`wire`]: the node transport's messages.
+//!
+//! Not yet here (phase B): data groups, acks after a majority commit,
+//! `NotLeader` redirects.
+
+pub(crate) mod log_store;
+pub mod meta;
+pub(crate) mod network;
+pub(crate) mod state_machine;
+pub mod transport;
+pub(crate) mod types;
+pub mod wire;
+
+use crate::cluster_config::ClusterSettings;
+use crate::error::BrokerError;
+use crate::limits::Limits;
+use crate::settings::TlsPaths;
+pub use meta::{DataGroup, MetaCommand, MetaOutcome, MetaState, NodeRecord};
+use network::{Dialer, Network};
+use openraft::ServerState;
+use signet_proto::frame::{ClusterGroup, ClusterNode as NodeView, ClusterStatus};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+use types::{MetaRaft, NodeAddr};
+
+/// Name of the metadata group in status.
+pub const META_GROUP: &str = "meta";
+
+/// Why a metadata change was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// This node is not the leader; the leader, if known.
+    #[error("not the leader (leader: {leader:?})")]
+    NotLeader { leader: Option<u64> },
+    /// Raft failed or is shutting down.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// No answer in time.
+    #[error("timed out")]
+    Timeout,
+}
+
+pub(crate) fn state_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// One node's part in the cluster: the metadata group's Raft and the node
+/// transport.
+pub struct ClusterNode {
+    settings: ClusterSettings,
+    raft: MetaRaft,
+    committed: Arc<AtomicU64>,
+    view: watch::Receiver<MetaState>,
+    dialer: Arc<Dialer>,
+    shutdown: watch::Sender<bool>,
+    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    db: Weak<rocksdb::DB>,
+    raft_addr: std::net::SocketAddr,
+}
+
+fn raft_error(e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Cluster(e.to_string())
+}
+
+impl ClusterNode {
+    /// Opens the metadata log under `data_dir`, listens on `raft_listen`,
+    /// and starts Raft; the lowest-id node initializes the cluster with
+    /// every peer when it was never initialized.
+    pub async fn start(
+        settings: &ClusterSettings,
+        tls: &TlsPaths,
+        data_dir: &Path,
+        limits: &Limits,
+    ) -> Result<ClusterNode, BrokerError> {
+        let db = log_store::open(&data_dir.join("cluster-meta"))
+            .map_err(|e| BrokerError::Storage(e.into()))?;
+        let committed = Arc::new(AtomicU64::new(0));
+        let (view_tx, view) = watch::channel(MetaState::default());
+        let machine = state_machine::StateMachine::load(db.clone(), view_tx).map_err(raft_error)?;
+        let logs = log_store::LogStore::new(db.clone(), committed.clone());
+        let server = transport::server_config(tls, limits)?;
+        let client = transport::client_config(tls, limits)?;
+        let listen_error = |source| BrokerError::Listen {
+            addr: settings.raft_listen,
+            source,
+        };
+        // A node restarted in the same process may find its port still
+        // held for a moment by the previous endpoint's driver: bounded retry.
+        let mut attempts = 0;
+        let socket = loop {
+            match signet_proto::stream::udp_socket(settings.raft_listen) {
+                Ok(socket) => break socket,
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && attempts < 50 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(listen_error(e)),
+            }
+        };
+        let runtime = quinn::default_runtime()
+            .ok_or_else(|| listen_error(std::io::Error::other("no async runtime")))?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server),
+            socket,
+            runtime,
+        )
+        .map_err(listen_error)?;
+        endpoint.set_default_client_config(client);
+        let raft_addr = endpoint.local_addr().map_err(listen_error)?;
+        let timeout = Duration::from_millis(limits.raft_rpc_ms_max);
+        let dialer = Arc::new(Dialer {
+            endpoint: std::sync::Mutex::new(Some(endpoint.clone())),
+            conns: std::sync::Mutex::new(std::collections::HashMap::new()),
+            me: settings.node_id,
+            timeout,
+            frame_bytes_max: limits.raft_frame_bytes_max,
+        });
+        let config = openraft::Config {
+            cluster_name: "signet".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 600,
+            election_timeout_max: 1200,
+            max_payload_entries: 256,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(raft_error)?;
+        let raft = openraft::Raft::new(
+            settings.node_id,
+            Arc::new(config),
+            Network {
+                dialer: dialer.clone(),
+            },
+            logs,
+            machine,
+        )
+        .await
+        .map_err(raft_error)?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let served = Arc::new(transport::Served {
+            raft: raft.clone(),
+            settings: settings.clone(),
+            frame_bytes_max: limits.raft_frame_bytes_max,
+            rpc_timeout: timeout,
+            handshakes_max: Limits::usize(limits.handshakes_max),
+        });
+        let mut tasks = vec![tokio::spawn(transport::serve(
+            endpoint,
+            served,
+            shutdown_rx.clone(),
+        ))];
+        if settings.is_founder() && !raft.is_initialized().await.map_err(raft_error)? {
+            let members: BTreeMap<u64, NodeAddr> = settings
+                .peers
+                .iter()
+                .map(|p| {
+                    (
+                        p.id,
+                        NodeAddr {
+                            client: p.client.clone(),
+                            raft: p.raft.to_string(),
+                        },
+                    )
+                })
+                .collect();
+            raft.initialize(members).await.map_err(raft_error)?;
+            tracing::info!(node = settings.node_id, "cluster initialized");
+        }
+        let node = ClusterNode {
+            settings: settings.clone(),
+            raft,
+            committed,
+            view,
+            dialer,
+            shutdown,
+            tasks: std::sync::Mutex::new(Vec::new()),
+            db: Arc::downgrade(&db),
+            raft_addr,
+        };
+        drop(db);
+        tasks.push(tokio::spawn(register_nodes(
+            node.raft.clone(),
+            node.settings.clone(),
+            node.view.clone(),
+            shutdown_rx,
+        )));
+        if let Ok(mut held) = node.tasks.lock() {
+            *held = tasks;
+        }
+        Ok(node)
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.settings.node_id
+    }
+
+    /// The address the node transport listens on (useful with port 0).
+    pub fn raft_addr(&self) -> std::net::SocketAddr {
+        self.raft_addr
+    }
+
+    /// The metadata as applied on this node.
+    pub fn metadata(&self) -> MetaState {
+        self.view.borrow().clone()
+    }
+
+    /// A watch on the metadata as applied on this node.
+    pub fn watch_metadata(&self) -> watch::Receiver<MetaState> {
+        self.view.clone()
+    }
+
+    /// The leader of the metadata group as this node knows it.
+    pub fn leader(&self) -> Option<u64> {
+        self.raft.metrics().borrow().current_leader
+    }
+
+    /// Waits until this node knows a leader other than `not`, and returns it.
+    pub async fn wait_for_leader(&self, not: Option<u64>) -> u64 {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if let Some(leader) = metrics.borrow().current_leader
+                && Some(leader) != not
+            {
+                return leader;
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Waits until every entry of this node's log is applied here.
+    pub async fn wait_applied(&self) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            {
+                let m = metrics.borrow();
+                if m.last_log_index.is_some() && m.last_applied.map(|l| l.index) == m.last_log_index
+                {
+                    return;
+                }
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// This node's current term in the metadata group.
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow().current_term
+    }
+
+    /// The last log entry of the metadata group here: (term, leader id, index).
+    pub fn last_log(&self) -> Option<(u64, u64, u64)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let index = metrics.last_log_index?;
+        let applied = metrics.last_applied?;
+        (applied.index == index).then_some((
+            applied.leader_id.term,
+            applied.leader_id.voted_for().unwrap_or_default(),
+            index,
+        ))
+    }
+
+    /// Commits a metadata command through the metadata group and returns
+    /// what applying it did; only the leader takes it.
+    pub async fn propose(&self, command: MetaCommand) -> Result<MetaOutcome, ClusterError> {
+        use openraft::error::{ClientWriteError, RaftError};
+        match self.raft.client_write(command).await {
+            Ok(response) => Ok(response.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(ClusterError::NotLeader {
+                    leader: f.leader_id,
+                })
+            }
+            Err(e) => Err(ClusterError::Raft(e.to_string())),
+        }
+    }
+
+    /// The cluster as this node sees it: every peer's state (asked over
+    /// the node transport; `unreachable` when it does not answer in
+    /// time) and each group's leader, term and indexes.
+    pub async fn status(&self) -> ClusterStatus {
+        let metrics = self.raft.metrics().borrow().clone();
+        let mut asks = Vec::new();
+        for peer in &self.settings.peers {
+            let dialer = self.dialer.clone();
+            let (id, addr) = (peer.id, peer.raft);
+            let me = id == self.settings.node_id;
+            asks.push(async move {
+                if me {
+                    None
+                } else {
+                    dialer.status(id, addr).await
+                }
+            });
+        }
+        let answers = futures_join(asks).await;
+        let nodes = self
+            .settings
+            .peers
+            .iter()
+            .zip(answers)
+            .map(|(peer, answer)| {
+                let (state, term) = if peer.id == self.settings.node_id {
+                    (
+                        state_name(metrics.state).to_owned(),
+                        Some(metrics.current_term),
+                    )
+                } else {
+                    match answer {
+                        Some(s) => (s.state, Some(s.term)),
+                        None => ("unreachable".to_owned(), None),
+                    }
+                };
+                NodeView {
+                    id: peer.id,
+                    client: peer.client.clone(),
+                    state,
+                    term,
+                }
+            })
+            .collect();
+        let committed = self.committed.load(Ordering::Relaxed);
+        let meta = ClusterGroup {
+            name: META_GROUP.to_owned(),
+            leader: metrics.current_leader,
+            term: metrics.current_term,
+            commit_index: committed.checked_sub(1),
+            applied_index: metrics.last_applied.map(|l| l.index),
+            members: metrics.membership_config.voter_ids().collect(),
+        };
+        ClusterStatus {
+            node_id: self.settings.node_id,
+            nodes,
+            groups: vec![meta],
+        }
+    }
+
+    /// Stops Raft and the node transport and closes the metadata log.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.raft.shutdown().await;
+        let tasks = match self.tasks.lock() {
+            Ok(mut held) => std::mem::take(&mut *held),
+            Err(_) => Vec::new(),
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+        let endpoint = self.dialer.endpoint.lock().ok().and_then(|mut e| e.take());
+        self.dialer.forget_all();
+        if let Some(endpoint) = endpoint {
+            endpoint.close(0u32.into(), b"node shutting down");
+            // Peers learn of the close before the port is let go, so a
+            // node started right after on the same address can bind it.
+            let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        }
+        for _ in 0..5_000 {
+            if self.db.strong_count() == 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        tracing::warn!("cluster metadata log still open after shutdown");
+    }
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn futures_join<F: std::future::Future + Send + 'static>(futures: Vec<F>) -> Vec<F::Output>
+where
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        match handle.await {
+            Ok(value) => out.push(value),
+            Err(_) => return out,
+        }
+    }
+    out
+}
+
+/// While this node leads, makes sure the metadata lists every peer.
+async fn register_nodes(
+    raft: MetaRaft,
+    settings: ClusterSettings,
+    view: watch::Receiver<MetaState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut metrics = raft.metrics();
+    loop {
+        let leading = metrics.borrow().state == ServerState::Leader;
+        let missing = {
+            let state = view.borrow();
+            settings
+                .peers
+                .iter()
+                .any(|p| !state.nodes.contains_key(&p.id))
+        };
+        if leading && missing {
+            let nodes = settings
+                .peers
+                .iter()
+                .map(|p| NodeRecord {
+                    id: p.id,
+                    client: p.client.clone(),
+                    raft: p.raft.to_string(),
+                })
+                .collect();
+            if let Err(e) = raft.client_write(MetaCommand::PutNodes(nodes)).await {
+                tracing::info!(error = %e, "registering the nodes failed; trying again as leader");
+            }
+            continue;
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Frames for attack tests: what a node that lied about itself would send.
+pub mod forge {
+    use super::ClusterNode;
+    use super::meta::MetaCommand;
+    use super::types::{Meta, MetaEntry};
+    use super::wire::{Request, Rpc};
+    use openraft::raft::AppendEntriesRequest;
+    use openraft::{CommittedLeaderId, EntryPayload, LogId, Vote};
+
+    /// The bytes (length prefix and body) of an `AppendEntries` claiming
+    /// node `claimed` leads at a higher term than `target`'s, appending
+    /// and committing `SetPolicy { sha256 }` right after `target`'s last
+    /// entry: applied by a node that trusted it.
+    pub fn takeover(target: &ClusterNode, claimed: u64, sha256: &str) -> Vec<u8> {
+        let term = target.term() + 10;
+        let prev = target
+            .last_log()
+            .map(|(t, leader, index)| LogId::new(CommittedLeaderId::new(t, leader), index));
+        let index = prev.map_or(0, |p| p.index + 1);
+        let log_id = LogId::new(CommittedLeaderId::new(term, claimed), index);
+        let entry = MetaEntry {
+            log_id,
+            payload: EntryPayload::Normal(MetaCommand::SetPolicy {
+                sha256: sha256.to_owned(),
+            }),
+        };
+        let request = Request {
+            from: claimed,
+            rpc: Rpc::Append(AppendEntriesRequest::<Meta> {
+                vote: Vote::new_committed(term, claimed),
+                prev_log_id: prev,
+                entries: vec![entry],
+                leader_commit: Some(log_id),
+            }),
+        };
+        let body = rmp_serde::to_vec_named(&request).unwrap_or_default();
+        let mut out = (body.len() as u32).to_be_bytes().to_vec();
+        out.extend_from_slice(&body);
+        out
+    }
+}

@@ -1,0 +1,234 @@
+//! The node transport's dialing side, as openraft's `RaftNetworkFactory`:
+//! one QUIC connection per peer (dialed again after a loss), one stream
+//! per call, each call bounded by `raft_rpc_ms_max`. A dialed peer must
+//! present the cluster CA's certificate for `node-<id>.signet` naming
+//! `signet://node/<id>` for the id dialed, or nothing is sent.
+
+use super::transport::{node_dns_name, node_of};
+use super::types::{Meta, NodeAddr};
+use super::wire::{self, PeerStatus, Reply, Request, Rpc, WireError};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a call to a peer failed before it was answered.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("node {0}: cannot connect: {1}")]
+    Connect(u64, String),
+    #[error("node {0} presented a certificate for another node")]
+    WrongNode(u64),
+    #[error("node {0}: {1}")]
+    Wire(u64, WireError),
+    #[error("node {0}: no answer in time")]
+    Timeout(u64),
+    #[error("node {0} refused: {1}")]
+    Refused(u64, String),
+    #[error("node {0} answered another call")]
+    Mismatch(u64),
+}
+
+/// Dials peers; shared by every connection openraft makes and by status.
+pub(crate) struct Dialer {
+    /// Taken out at shutdown, so a task that still holds the dialer does
+    /// not keep the port bound.
+    pub endpoint: std::sync::Mutex<Option<quinn::Endpoint>>,
+    /// One connection per peer, kept here (not in openraft's tasks) so
+    /// shutdown drops them all: a connection holds the socket.
+    pub conns: std::sync::Mutex<std::collections::HashMap<u64, quinn::Connection>>,
+    pub me: u64,
+    pub timeout: Duration,
+    pub frame_bytes_max: u64,
+}
+
+impl Dialer {
+    async fn connect(&self, target: u64, addr: SocketAddr) -> Result<quinn::Connection, CallError> {
+        let endpoint = self
+            .endpoint
+            .lock()
+            .ok()
+            .and_then(|e| e.clone())
+            .ok_or_else(|| CallError::Connect(target, "node shutting down".into()))?;
+        let connecting = endpoint
+            .connect(addr, &node_dns_name(target))
+            .map_err(|e| CallError::Connect(target, e.to_string()))?;
+        let conn = connecting
+            .await
+            .map_err(|e| CallError::Connect(target, e.to_string()))?;
+        if node_of(&conn) != Some(target) {
+            conn.close(0u32.into(), b"wrong node");
+            return Err(CallError::WrongNode(target));
+        }
+        Ok(conn)
+    }
+
+    /// One call on `conn` (dialed first when `None` or closed).
+    pub(crate) async fn call(
+        &self,
+        target: u64,
+        addr: SocketAddr,
+        rpc: Rpc,
+    ) -> Result<Reply, CallError> {
+        let work = async {
+            let pooled = self
+                .conns
+                .lock()
+                .ok()
+                .and_then(|c| c.get(&target).cloned())
+                .filter(|c| c.close_reason().is_none());
+            let live = match pooled {
+                Some(c) => c,
+                None => {
+                    let c = self.connect(target, addr).await?;
+                    if let Ok(mut conns) = self.conns.lock() {
+                        conns.insert(target, c.clone());
+                    }
+                    c
+                }
+            };
+            let (mut send, mut recv) = match live.open_bi().await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    self.forget(target);
+                    return Err(CallError::Connect(target, e.to_string()));
+                }
+            };
+            let request = Request { from: self.me, rpc };
+            wire::write(&mut send, &request)
+                .await
+                .map_err(|e| CallError::Wire(target, e))?;
+            let _ = send.finish();
+            wire::read::<Reply>(&mut recv, self.frame_bytes_max)
+                .await
+                .map_err(|e| CallError::Wire(target, e))
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(Reply::Refused(why))) => Err(CallError::Refused(target, why)),
+            Ok(result) => result,
+            Err(_) => Err(CallError::Timeout(target)),
+        }
+    }
+
+    /// Drops the connection to `target` (dialed again on the next call).
+    pub(crate) fn forget(&self, target: u64) {
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.remove(&target);
+        }
+    }
+
+    /// Drops every connection.
+    pub(crate) fn forget_all(&self) {
+        if let Ok(mut conns) = self.conns.lock() {
+            conns.clear();
+        }
+    }
+
+    /// Asks a peer how it is.
+    pub(crate) async fn status(&self, target: u64, addr: SocketAddr) -> Option<PeerStatus> {
+        let reply = self.call(target, addr, Rpc::Status).await;
+        match reply {
+            Ok(Reply::Status(status)) => Some(status),
+            _ => None,
+        }
+    }
+}
+
+/// openraft's factory: a [`Link`] per target.
+#[derive(Clone)]
+pub(crate) struct Network {
+    pub dialer: Arc<Dialer>,
+}
+
+/// The connection to one peer.
+pub(crate) struct Link {
+    dialer: Arc<Dialer>,
+    target: u64,
+    addr: Option<SocketAddr>,
+}
+
+impl RaftNetworkFactory<Meta> for Network {
+    type Network = Link;
+
+    async fn new_client(&mut self, target: u64, node: &NodeAddr) -> Link {
+        Link {
+            dialer: self.dialer.clone(),
+            target,
+            addr: node.raft.parse().ok(),
+        }
+    }
+}
+
+impl Link {
+    async fn call<E: std::error::Error>(
+        &mut self,
+        rpc: Rpc,
+    ) -> Result<Reply, RPCError<u64, NodeAddr, E>> {
+        let Some(addr) = self.addr else {
+            let e = CallError::Connect(self.target, "unparsable raft address".into());
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        };
+        match self.dialer.call(self.target, addr, rpc).await {
+            Ok(reply) => Ok(reply),
+            Err(e @ (CallError::Connect(..) | CallError::WrongNode(_))) => {
+                Err(RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            Err(e) => {
+                self.dialer.forget(self.target);
+                Err(RPCError::Network(NetworkError::new(&e)))
+            }
+        }
+    }
+
+    fn mismatch<E: std::error::Error>(&self) -> RPCError<u64, NodeAddr, E> {
+        RPCError::Network(NetworkError::new(&CallError::Mismatch(self.target)))
+    }
+}
+
+impl RaftNetwork<Meta> for Link {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<Meta>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
+        match self.call(Rpc::Append(rpc)).await? {
+            Reply::Append(Ok(r)) => Ok(r),
+            Reply::Append(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.mismatch()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<Meta>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, NodeAddr, RaftError<u64, InstallSnapshotError>>,
+    > {
+        match self.call(Rpc::Snapshot(rpc)).await? {
+            Reply::Snapshot(Ok(r)) => Ok(r),
+            Reply::Snapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.mismatch()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
+        match self.call(Rpc::Vote(rpc)).await? {
+            Reply::Vote(Ok(r)) => Ok(r),
+            Reply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+            _ => Err(self.mismatch()),
+        }
+    }
+}
