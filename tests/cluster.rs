@@ -311,3 +311,69 @@ async fn a_node_from_another_ca_is_refused() {
     assert_nothing_applied(&cluster, &target, term_before);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_init_then_three_broker_processes_and_cluster_status_shows_a_leader() {
+    use common::process::signet;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("c");
+    let base = free_base().to_string();
+    let init = signet(&[
+        "cluster",
+        "init",
+        "--dir",
+        d.to_str().unwrap(),
+        "--nodes",
+        "3",
+        "--port",
+        &base,
+    ])
+    .await;
+    assert!(init.ok(), "{}", init.stderr);
+    let mut nodes = Vec::new();
+    for id in 1..=3 {
+        let policy = d.join(format!("node{id}.toml"));
+        nodes.push(
+            tokio::process::Command::new(env!("CARGO_BIN_EXE_signet"))
+                .args(["broker", "--config", policy.to_str().unwrap()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    let client = d.join("publisher.toml");
+    // Each probe is a whole `cluster status` run; the cluster is ready
+    // when one names a leader that every node follows.
+    let status = within(async {
+        loop {
+            let run = signet(&["cluster", "status", "--client", client.to_str().unwrap()]).await;
+            if !run.ok() {
+                continue;
+            }
+            let status: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+            let leader = &status["groups"][0]["leader"];
+            let states: Vec<&str> = status["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["state"].as_str().unwrap())
+                .collect();
+            if leader.is_u64()
+                && states.iter().filter(|s| **s == "leader").count() == 1
+                && states.iter().filter(|s| **s == "follower").count() == 2
+            {
+                return status;
+            }
+        }
+    })
+    .await;
+    let group = &status["groups"][0];
+    assert_eq!(group["name"], "meta");
+    assert_eq!(group["members"], serde_json::json!([1, 2, 3]));
+    assert!(group["term"].as_u64().unwrap() >= 1);
+    assert!(group["commit_index"].is_u64());
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    drop(nodes);
+}

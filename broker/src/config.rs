@@ -2,6 +2,7 @@
 //! [`Settings`] and the hot-reloadable [`Policy`], both validated before the
 //! broker starts. Relative paths resolve against the policy file's folder.
 
+use crate::cluster_config::ClusterSettings;
 use crate::error::{BrokerError, ConfigError};
 use crate::policy::Policy;
 use crate::policy_file::PolicyFile;
@@ -43,7 +44,12 @@ impl Config {
     /// Parses and validates policy text; relative paths resolve against `base`.
     pub fn parse(text: &str, base: &Path) -> Result<Config, ConfigError> {
         let file = PolicyFile::parse(text)?;
-        let settings = Settings::from_file(&file, base)?;
+        let mut settings = Settings::from_file(&file, base)?;
+        settings.cluster = file
+            .cluster
+            .as_ref()
+            .map(ClusterSettings::from_section)
+            .transpose()?;
         let policy = Policy::from_file(file, text, base)?;
         Ok(Config { settings, policy })
     }

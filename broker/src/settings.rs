@@ -3,8 +3,7 @@
 //! when the file's start-only sections changed; they apply after a restart).
 
 use crate::cluster_config::ClusterSettings;
-use crate::error::ConfigError;
-use crate::limits::Limits;
+use crate::limits::{LimitError, Limits};
 use crate::policy_file::{PolicyFile, StartOnly};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,7 +80,7 @@ pub fn resolve(base: &Path, path: &Path) -> PathBuf {
 impl Settings {
     /// Builds the settings from a parsed file; relative paths resolve
     /// against `base`.
-    pub fn from_file(file: &PolicyFile, base: &Path) -> Result<Settings, ConfigError> {
+    pub fn from_file(file: &PolicyFile, base: &Path) -> Result<Settings, LimitError> {
         let b = &file.broker;
         let old_keys = [
             ("broker.max_message_bytes", b.max_message_bytes),
@@ -125,11 +124,8 @@ impl Settings {
                 checkpoint_ms_max: limits.audit_checkpoint_ms_max,
             }),
             limits,
-            cluster: file
-                .cluster
-                .as_ref()
-                .map(ClusterSettings::from_section)
-                .transpose()?,
+            // Validated by `crate::config` (`ClusterSettings::from_section`).
+            cluster: None,
             source: None,
             as_written: file.start_only(),
         })
