@@ -139,14 +139,7 @@ pub fn issue_with_validity(
     {
         return Err(AdminError::BadPrincipal(principal.to_owned()));
     }
-    let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))
-        .map_err(AdminError::io("reading", dir.join("ca.crt")))?;
-    let ca_key_pem = std::fs::read_to_string(dir.join("ca.key"))
-        .map_err(AdminError::io("reading", dir.join("ca.key")))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(AdminError::cert("reading the CA key"))?;
-    let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)
-        .map_err(AdminError::cert("reading the CA certificate"))?
-        .self_signed(&ca_key)?;
+    let (ca_cert, ca_key) = load_ca(dir)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params
@@ -171,13 +164,8 @@ pub fn issue_with_validity(
     Ok(files)
 }
 
-/// Issues node `id`'s certificate, signed by the CA in `dir`, as
-/// `nodes/node<id>.crt` and `.key`: one certificate for both of the node's
-/// roles, its client listener (DNS `localhost`, IP `127.0.0.1`) and the
-/// node transport (DNS `node-<id>.signet`, URI SAN `signet://node/<id>`,
-/// server and client authentication). It names no principal, so it
-/// cannot connect as a client.
-pub fn issue_node(dir: &Path, id: u64) -> Result<ClientFiles, AdminError> {
+/// The CA certificate and key in `dir` (`ca.crt`, `ca.key`), to sign with.
+fn load_ca(dir: &Path) -> Result<(rcgen::Certificate, KeyPair), AdminError> {
     let ca_pem = std::fs::read_to_string(dir.join("ca.crt"))
         .map_err(AdminError::io("reading", dir.join("ca.crt")))?;
     let ca_key_pem = std::fs::read_to_string(dir.join("ca.key"))
@@ -186,6 +174,17 @@ pub fn issue_node(dir: &Path, id: u64) -> Result<ClientFiles, AdminError> {
     let ca_cert = CertificateParams::from_ca_cert_pem(&ca_pem)
         .map_err(AdminError::cert("reading the CA certificate"))?
         .self_signed(&ca_key)?;
+    Ok((ca_cert, ca_key))
+}
+
+/// Issues node `id`'s certificate, signed by the CA in `dir`, as
+/// `nodes/node<id>.crt` and `.key`: one certificate for both of the node's
+/// roles, its client listener (DNS `localhost`, IP `127.0.0.1`) and the
+/// node transport (DNS `node-<id>.signet`, URI SAN `signet://node/<id>`,
+/// server and client authentication). It names no principal, so it
+/// cannot connect as a client.
+pub fn issue_node(dir: &Path, id: u64) -> Result<ClientFiles, AdminError> {
+    let (ca_cert, ca_key) = load_ca(dir)?;
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(vec![
         "localhost".to_owned(),
