@@ -274,3 +274,55 @@ async fn publishes_in_flight_across_a_restart_are_acked_once_each() {
     producer.close().await;
     sandbox.stop().await;
 }
+
+/// A publish that waits for its signing key's lock (another publisher
+/// sharing the key holds it) while the broker restarts is sent on the new
+/// connection once the lock is free: acked, stored once, and the publisher
+/// keeps working. Before, the publishing task ended when it found its
+/// stream's reader gone after the wait, and the publish (and every later
+/// one) was answered "publisher stopped" without ever being sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_waiting_for_the_key_lock_across_a_restart_is_acked_once() {
+    let mut sandbox = start_with(&reconnect_specs(), GROUP).await;
+    let producer = connect(reconnecting(&sandbox, "producer")).await;
+    let first = within(producer.publish("orders.lock", b"{\"n\":1}".to_vec()))
+        .await
+        .unwrap();
+    // Another publisher takes the key's lock (the producer lets it go once
+    // its publish is answered).
+    let mut lock_path = sandbox
+        .signing_key_path("producer")
+        .unwrap()
+        .into_os_string();
+    lock_path.push(".seq.lock");
+    let lock = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    let lock = within(tokio::task::spawn_blocking(move || {
+        lock.lock().map(|()| lock)
+    }))
+    .await
+    .unwrap()
+    .unwrap();
+    // Queued at once; its stream is open and it waits for the lock, while
+    // the restart ends that stream's connection.
+    let ack = within(producer.enqueue(signet_client::OutgoingMessage::new(
+        "orders.lock",
+        b"{\"n\":2}".to_vec(),
+    )))
+    .await
+    .unwrap();
+    within(sandbox.restart()).await.unwrap();
+    drop(lock);
+    let second = within(ack).await.expect("acked once the lock is free");
+    assert_eq!(second, first + 1);
+    let third = within(producer.publish("orders.lock", b"{\"n\":3}".to_vec()))
+        .await
+        .expect("the publisher keeps working");
+    assert_eq!(third, first + 2);
+    assert_eq!(stored_count(&sandbox, "orders.lock").await, 3);
+    producer.close().await;
+    sandbox.stop().await;
+}

@@ -180,12 +180,63 @@ struct PublishStream {
     /// Set at the stream's first `QuotaExceeded`: how long to wait before
     /// sending again; also wakes when the reader ends.
     stopped: watch::Receiver<Option<Duration>>,
+    /// Batches meant for this stream after its reader had already ended
+    /// (never written): sent again, after the ones it left unanswered,
+    /// when the stream is retired.
+    untaken: Vec<InFlight>,
 }
 
 impl PublishStream {
     /// Whether the stream must be replaced: quota refused or reader gone.
     fn done(&self) -> bool {
         self.stopped.borrow().is_some() || self.stopped.has_changed().is_err()
+    }
+
+    /// Hands `batch` to the reader (to answer) and writes it. A reader
+    /// that has ended keeps no batch, so the batch waits in `untaken`
+    /// instead: every publish is answered, never dropped. A failed write
+    /// ends the stream; its reader hands back what is in flight.
+    async fn send_batch(&mut self, batch: InFlight) {
+        let frame = batch.frame.clone();
+        match self.acks.send(batch) {
+            Ok(()) => {
+                let _ = write_frame(&mut self.send, frame.as_ref()).await;
+            }
+            Err(mpsc::error::SendError(batch)) => self.untaken.push(batch),
+        }
+    }
+}
+
+/// Where the next batch's place among those in flight came from.
+enum Place {
+    Taken(OwnedSemaphorePermit),
+    /// The stream in use stopped first (quota, or its reader ended).
+    Stopped,
+    /// The places are gone: the publisher is shutting down.
+    Closed,
+}
+
+/// A publish waiting for its answer.
+trait Answer {
+    fn answer(self, result: Result<u64, Error>);
+}
+
+impl Answer for Queued {
+    fn answer(self, result: Result<u64, Error>) {
+        let _ = self.reply.send(result);
+    }
+}
+
+impl Answer for Sent {
+    fn answer(self, result: Result<u64, Error>) {
+        let _ = self.reply.send(result);
+    }
+}
+
+/// Answers every publish in `replies` with `error`.
+fn answer_all<R: Answer>(replies: impl IntoIterator<Item = R>, error: &Error) {
+    for r in replies {
+        r.answer(Err(error.clone()));
     }
 }
 
@@ -226,24 +277,26 @@ impl Publisher {
                 self.retire(waiting).await;
                 continue;
             }
-            if self.stream.is_none()
-                && let Err(error) = self.open_stream(Vec::new()).await
-            {
-                for q in waiting {
-                    let _ = q.reply.send(Err(error.clone()));
+            let permit = match self.place().await {
+                Place::Taken(permit) => permit,
+                Place::Stopped => {
+                    self.retire(waiting).await;
+                    continue;
                 }
-                continue;
-            }
-            let Ok(permit) = self.inflight.clone().acquire_owned().await else {
-                break;
+                Place::Closed => break,
             };
             // Seqs are taken only while this publisher holds the key's lock
             // (publishers sharing a key take turns).
             let wait = Duration::from_millis(SEQ_LOCK_WAIT_MS_MAX);
             if let Err(error) = self.seq.acquire(wait).await {
-                for q in waiting {
-                    let _ = q.reply.send(Err(error.clone()));
-                }
+                answer_all(waiting, &error);
+                continue;
+            }
+            // The stream may have ended while this publisher waited for the
+            // lock: its unanswered batches go again before this one.
+            if self.stream.as_ref().is_some_and(PublishStream::done) {
+                drop(permit);
+                self.retire(waiting).await;
                 continue;
             }
             let Some((publish, sent)) = build(
@@ -255,32 +308,55 @@ impl Publisher {
             ) else {
                 continue;
             };
-            let Some(stream) = self.stream.as_mut() else {
-                break;
-            };
             let frame = Arc::new(ClientFrame::Publish(publish));
-            let in_flight = InFlight {
+            let batch = InFlight {
                 request_id: self.request_id,
-                frame: frame.clone(),
+                frame,
                 sent,
                 _permit: permit,
             };
-            if stream.acks.send(in_flight).is_err() {
-                break;
+            if self.stream.is_none()
+                && let Err((error, _)) = self.open_stream(Vec::new()).await
+            {
+                answer_all(batch.sent, &error);
+                continue;
             }
-            // A failed write ends the stream; its reader hands back what is
-            // in flight (sent again on a new connection if this one is
-            // gone) and the next batch opens a new stream.
-            let _ = write_frame(&mut stream.send, frame.as_ref()).await;
+            if let Some(stream) = self.stream.as_mut() {
+                stream.send_batch(batch).await;
+            }
         }
         if let Some(mut stream) = self.stream.take() {
             let _ = stream.send.finish();
         }
     }
 
+    /// A place among the `max_inflight_batches` for the next batch; while
+    /// every place is taken, the stream in use stopping ends the wait (its
+    /// reader keeps the places of the batches it hands back, so only
+    /// retiring it frees them).
+    async fn place(&mut self) -> Place {
+        let inflight = self.inflight.clone();
+        let stopped = async {
+            match self.stream.as_mut() {
+                Some(s) => {
+                    let _ = s.stopped.changed().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            permit = inflight.acquire_owned() => match permit {
+                Ok(permit) => Place::Taken(permit),
+                Err(_) => Place::Closed,
+            },
+            () = stopped => Place::Stopped,
+        }
+    }
+
     /// Opens a publish stream on the link's connection (dialing again if
-    /// it is gone) and sends `resend` on it first, in order.
-    async fn open_stream(&mut self, resend: Vec<InFlight>) -> Result<(), Error> {
+    /// it is gone) and sends `resend` on it first, in order. On failure,
+    /// `resend` comes back with the error, unsent.
+    async fn open_stream(&mut self, resend: Vec<InFlight>) -> Result<(), (Error, Vec<InFlight>)> {
         let mut current = self.link.current().await;
         // A connection lost between dialing and opening is dialed again;
         // the link bounds the attempts.
@@ -291,9 +367,12 @@ impl Publisher {
                 Err(e) => {
                     tries += 1;
                     if tries > 3 || !self.link.lost(current.generation).await {
-                        return Err(Error::ConnectionLost(e.to_string()));
+                        return Err((Error::ConnectionLost(e.to_string()), resend));
                     }
-                    current = self.link.reconnect(current.generation).await?;
+                    current = match self.link.reconnect(current.generation).await {
+                        Ok(current) => current,
+                        Err(error) => return Err((error, resend)),
+                    };
                 }
             }
         };
@@ -306,13 +385,10 @@ impl Publisher {
             acks,
             reader,
             stopped,
+            untaken: Vec::new(),
         };
         for batch in resend {
-            let frame = batch.frame.clone();
-            if stream.acks.send(batch).is_err() {
-                break;
-            }
-            let _ = write_frame(&mut stream.send, frame.as_ref()).await;
+            stream.send_batch(batch).await;
         }
         self.stream = Some(stream);
         Ok(())
@@ -382,7 +458,11 @@ impl Publisher {
         let _ = stream.send.finish();
         drop(stream.acks);
         let wait = stream.stopped.borrow().unwrap_or_default();
-        let Ended { again, unanswered } = stream.reader.await.unwrap_or_default();
+        let Ended {
+            again,
+            mut unanswered,
+        } = stream.reader.await.unwrap_or_default();
+        unanswered.append(&mut stream.untaken);
         if !unanswered.is_empty() {
             self.resend(stream.generation, unanswered).await;
         }
@@ -396,25 +476,23 @@ impl Publisher {
     /// unanswered; answers them with the error if the connection was not
     /// lost (only the stream failed) or the link gives up.
     async fn resend(&mut self, generation: u64, batches: Vec<InFlight>) {
-        let error = if self.link.lost(generation).await {
+        let (error, batches) = if self.link.lost(generation).await {
             match self.link.reconnect(generation).await {
-                Ok(_) => {
-                    let Err(error) = self.open_stream(batches).await else {
-                        return;
-                    };
-                    // open_stream consumed them only on success.
-                    tracing::debug!(%error, "publish stream could not be opened again");
-                    return;
-                }
-                Err(error) => error,
+                Ok(_) => match self.open_stream(batches).await {
+                    Ok(()) => return,
+                    Err(failed) => failed,
+                },
+                Err(error) => (error, batches),
             }
         } else {
-            Error::ConnectionLost("publish stream closed by the broker".into())
+            (
+                Error::ConnectionLost("publish stream closed by the broker".into()),
+                batches,
+            )
         };
+        tracing::debug!(%error, "unanswered publishes could not be sent again");
         for batch in batches {
-            for sent in batch.sent {
-                let _ = sent.reply.send(Err(error.clone()));
-            }
+            answer_all(batch.sent, &error);
         }
     }
 }
