@@ -314,8 +314,6 @@ impl Writer {
         }
         let freed = trim.bytes;
         let mut batch = WriteBatch::default();
-        self.store
-            .delete_messages(&mut batch, topic.id, trim.from, trim.to)?;
         topic.first = trim.to;
         topic.bytes = topic.bytes.saturating_sub(freed);
         self.store
@@ -327,6 +325,7 @@ impl Writer {
             totals.push((principal.clone(), total));
         }
         self.store.write_synced(batch)?;
+        self.store.raise_floor(topic.id, topic.first);
         for (principal, total) in totals {
             self.usage.insert(principal, total);
         }
@@ -422,7 +421,7 @@ impl Writer {
                 })?);
             }
         }
-        self.stage_retention(&mut batch, staged)?;
+        self.stage_retention(staged)?;
         let done = self
             .groups
             .as_mut()
@@ -469,6 +468,10 @@ impl Writer {
             self.store.put_key_owner(&mut batch, key, principal)?;
         }
         self.store.write_synced(batch)?;
+        // Durable now: what retention trimmed goes at the next compaction.
+        for topic in staged.topics.values() {
+            self.store.raise_floor(topic.id, topic.first);
+        }
         Ok((offsets, outcomes))
     }
 
@@ -515,15 +518,13 @@ impl Writer {
         Ok(bytes)
     }
 
-    /// For each topic of the group past its count or byte limit: deletes
-    /// its oldest committed records down to the limit in the same write.
-    /// Records of this group itself are never deleted here (the next
-    /// group, or a retention pass, takes them; reads skip them already).
-    fn stage_retention(
-        &mut self,
-        batch: &mut WriteBatch,
-        staged: &mut Staged,
-    ) -> Result<(), StoreError> {
+    /// For each topic of the group past its count or byte limit: moves its
+    /// first offset past its oldest committed records down to the limit in
+    /// the same write (the records leave at the next compaction, see
+    /// `floors`). Records of this group itself are never deleted here (the
+    /// next group, or a retention pass, takes them; reads skip them
+    /// already).
+    fn stage_retention(&mut self, staged: &mut Staged) -> Result<(), StoreError> {
         let policy = self.policy.borrow().clone();
         let names: Vec<String> = staged.topics.keys().cloned().collect();
         for name in names {
@@ -550,28 +551,9 @@ impl Writer {
                 next_offset: committed.next,
                 ..topic.head()
             };
-            // A count limit alone: whole committed runs from the ledger,
-            // when it reaches back to the first offset; else read.
-            let from_ledger = if readable.excess == 0 {
-                self.ledger
-                    .plan(topic.id, head.first_offset, readable.by_count)
-            } else {
-                None
-            };
-            let plan = match from_ledger {
-                Some(plan) => plan,
-                None => {
-                    let store = self.store.clone();
-                    trim::plan(&store, topic.id, &head, &readable, |key| {
-                        Ok(self.persisted_owner(&key)?.cloned())
-                    })?
-                }
-            };
-            let Some(plan) = plan else {
+            let Some(plan) = self.plan_trim(topic.id, &head, &readable)? else {
                 continue;
             };
-            self.store
-                .delete_messages(batch, topic.id, plan.from, plan.to)?;
             topic.first = plan.to;
             topic.bytes = topic.bytes.saturating_sub(plan.bytes);
             for (principal, bytes) in plan.freed {
@@ -582,6 +564,60 @@ impl Writer {
             staged.trimmed_bytes = staged.trimmed_bytes.saturating_add(plan.bytes);
         }
         Ok(())
+    }
+
+    /// The trim of a topic at `head` (records committed before this
+    /// write) down to `floor`. A count limit alone takes whole committed
+    /// runs from the ledger; records below the ledger's start (a run a
+    /// trim cut through, or written before a restart) are read first,
+    /// and so is everything under a byte or age limit.
+    fn plan_trim(
+        &mut self,
+        topic_id: u32,
+        head: &Head,
+        floor: &trim::Floor,
+    ) -> Result<Option<trim::Plan>, StoreError> {
+        let start = match self.ledger.start(topic_id) {
+            Some(start) if floor.excess == 0 && start >= head.first_offset => start,
+            _ => return self.read_trim(topic_id, head, floor),
+        };
+        if start == head.first_offset {
+            return Ok(self.ledger.plan(topic_id, start, floor.by_count).flatten());
+        }
+        // Read up to the ledger's start, then whole runs from it.
+        let below = Head {
+            next_offset: start.min(head.next_offset),
+            ..*head
+        };
+        let read_floor = trim::Floor {
+            by_count: floor.by_count.min(start),
+            ..*floor
+        };
+        let Some(read) = self.read_trim(topic_id, &below, &read_floor)? else {
+            return Ok(None);
+        };
+        if read.to < start {
+            return Ok(Some(read));
+        }
+        Ok(Some(
+            match self.ledger.plan(topic_id, start, floor.by_count).flatten() {
+                Some(runs) => read.then(runs),
+                None => read,
+            },
+        ))
+    }
+
+    /// A trim planned by reading the records.
+    fn read_trim(
+        &mut self,
+        topic_id: u32,
+        head: &Head,
+        floor: &trim::Floor,
+    ) -> Result<Option<trim::Plan>, StoreError> {
+        let store = self.store.clone();
+        trim::plan(&store, topic_id, head, floor, |key| {
+            Ok(self.persisted_owner(&key)?.cloned())
+        })
     }
 
     /// Work-queue topics: deletes what their group acked or dead-lettered

@@ -96,6 +96,13 @@ impl Ledger {
         self.topics.remove(&topic_id);
     }
 
+    /// The first offset the ledger knows of topic `topic_id`: records
+    /// below it (a run a trim cut through, or written before a restart)
+    /// must be read to be trimmed.
+    pub fn start(&self, topic_id: u32) -> Option<u64> {
+        Some(self.topics.get(&topic_id)?.front()?.from)
+    }
+
     /// A count trim of topic `topic_id` from `first` up to at most
     /// `floor`, in whole runs: `None` when the ledger does not start at
     /// `first` (the caller reads the records instead), `Some(None)` when
@@ -170,6 +177,9 @@ mod tests {
         ledger.append(1, run(6, &[(10, &a), (10, &a)]));
         ledger.trimmed(1, 7);
         assert_eq!(ledger.plan(1, 7, 10), None);
+        assert_eq!(ledger.start(1), None, "the cut run is gone");
+        ledger.append(1, run(8, &[(10, &a)]));
+        assert_eq!(ledger.start(1), Some(8), "offset 7 must be read");
     }
 
     #[test]

@@ -48,6 +48,7 @@ pub mod dead_letter;
 pub mod disk;
 pub mod error;
 pub mod fanout;
+pub mod floors;
 pub mod frames;
 pub mod fuzzing;
 pub mod group;

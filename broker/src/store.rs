@@ -17,6 +17,7 @@
 //! `sync = true`; readers read ranges by offset.
 
 use crate::error::{BrokerError, StoreError};
+use crate::floors::{BelowFloorFactory, Floors};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
     WriteBatch, WriteOptions,
@@ -25,6 +26,7 @@ use signet_proto::KeyId;
 use signet_proto::frame::Delivery;
 use signet_proto::merkle::Hash;
 use std::path::Path;
+use std::sync::Arc;
 
 /// Messages by topic id and offset.
 pub const CF_MESSAGES: &str = "messages";
@@ -78,7 +80,7 @@ pub fn message_key(topic_id: u32, offset: u64) -> [u8; MESSAGE_KEY_BYTES] {
     key
 }
 
-fn parse_message_key(key: &[u8]) -> Option<(u32, u64)> {
+pub(crate) fn parse_message_key(key: &[u8]) -> Option<(u32, u64)> {
     let key: &[u8; MESSAGE_KEY_BYTES] = key.try_into().ok()?;
     let (tid, off) = key.split_at(4);
     Some((
@@ -105,6 +107,9 @@ pub struct StoredTopic {
 /// The RocksDB database.
 pub struct Store {
     db: DB,
+    /// Each topic's first offset: nothing below it is read, and
+    /// compactions drop it.
+    floors: Arc<Floors>,
 }
 
 impl Store {
@@ -122,11 +127,43 @@ impl Store {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_keep_log_file_num(4);
-        let families = FAMILIES
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let floors = Arc::new(Floors::default());
+        let families = FAMILIES.iter().map(|name| {
+            let mut family = Options::default();
+            if *name == CF_MESSAGES {
+                family.set_compaction_filter_factory(BelowFloorFactory(floors.clone()));
+            }
+            ColumnFamilyDescriptor::new(*name, family)
+        });
         let db = DB::open_cf_descriptors(&opts, dir, families).map_err(StoreError::from)?;
-        Ok(Store { db })
+        let store = Store { db, floors };
+        store.load_floors()?;
+        Ok(store)
+    }
+
+    /// The floors are the stored first offsets.
+    fn load_floors(&self) -> Result<(), StoreError> {
+        for item in self
+            .db
+            .iterator_cf(self.cf(CF_TOPIC_META)?, IteratorMode::Start)
+        {
+            let (id, meta) = item?;
+            if let (Ok(id), Some(first)) = (
+                <[u8; 4]>::try_from(id.as_ref()),
+                meta.get(..8).and_then(|b| <[u8; 8]>::try_from(b).ok()),
+            ) {
+                self.floors
+                    .raise(u32::from_be_bytes(id), u64::from_be_bytes(first));
+            }
+        }
+        Ok(())
+    }
+
+    /// Topic `topic_id` starts at `first` now: what is below is not read
+    /// any more and leaves the disk at RocksDB's next compaction of it.
+    /// Only once the write that moved the first offset is synced.
+    pub fn raise_floor(&self, topic_id: u32, first: u64) {
+        self.floors.raise(topic_id, first);
     }
 
     fn cf(&self, name: &'static str) -> Result<&ColumnFamily, StoreError> {
@@ -296,7 +333,7 @@ impl Store {
         let mut opts = ReadOptions::default();
         opts.set_iterate_upper_bound(message_key(topic_id, end).to_vec());
         let mut iter = self.db.raw_iterator_cf_opt(messages, opts);
-        iter.seek(message_key(topic_id, from));
+        iter.seek(message_key(topic_id, from.max(self.floors.get(topic_id))));
         let (mut count, mut bytes) = (0usize, 0usize);
         while iter.valid() {
             let (Some(key), Some(value)) = (iter.key(), iter.value()) else {
@@ -432,23 +469,6 @@ impl Store {
         Ok(())
     }
 
-    /// Adds the deletion of a topic's messages `from..to` to a write batch
-    /// (one range tombstone: RocksDB reclaims the space as it compacts).
-    pub fn delete_messages(
-        &self,
-        batch: &mut WriteBatch,
-        topic_id: u32,
-        from: u64,
-        to: u64,
-    ) -> Result<(), StoreError> {
-        batch.delete_range_cf(
-            self.cf(CF_MESSAGES)?,
-            message_key(topic_id, from),
-            message_key(topic_id, to),
-        );
-        Ok(())
-    }
-
     /// Adds the deletion of one message to a write batch.
     pub fn delete_message(
         &self,
@@ -523,6 +543,9 @@ impl Store {
 
     /// One stored record, if present.
     pub fn message(&self, topic_id: u32, offset: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        if offset < self.floors.get(topic_id) {
+            return Ok(None);
+        }
         Ok(self
             .db
             .get_cf(self.cf(CF_MESSAGES)?, message_key(topic_id, offset))?)
@@ -620,7 +643,6 @@ mod tests {
             }
             store.write_synced(batch).unwrap();
             let mut batch = WriteBatch::default();
-            store.delete_messages(&mut batch, 1, 0, 2).unwrap();
             store.delete_message(&mut batch, 1, 2).unwrap();
             store.put_topic_meta(&mut batch, 1, 3, 0).unwrap();
             store.write_synced(batch).unwrap();
@@ -628,6 +650,53 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let t = &store.load_topics().unwrap()[0];
         assert_eq!((t.first_offset, t.next_offset, t.bytes), (3, 3, 0));
+    }
+
+    #[test]
+    fn records_below_the_floor_are_never_read_and_leave_at_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let mut batch = WriteBatch::default();
+            store.put_topic(&mut batch, "t", 1).unwrap();
+            store.put_topic(&mut batch, "u", 2).unwrap();
+            for offset in 0..5 {
+                store.put_message(&mut batch, 1, offset, b"rec").unwrap();
+                store.put_message(&mut batch, 2, offset, b"rec").unwrap();
+            }
+            store.write_synced(batch).unwrap();
+            let mut batch = WriteBatch::default();
+            store.put_topic_meta(&mut batch, 1, 3, 6).unwrap();
+            store.write_synced(batch).unwrap();
+            store.raise_floor(1, 3);
+            assert_eq!(store.message(1, 2).unwrap(), None);
+            assert!(store.message(1, 3).unwrap().is_some());
+            assert!(
+                store.message(2, 0).unwrap().is_some(),
+                "other topics keep theirs"
+            );
+            let read: Vec<u64> = store
+                .read_range(1, 0, 5, 100, 1 << 20)
+                .unwrap()
+                .iter()
+                .map(|d| d.offset)
+                .collect();
+            assert_eq!(read, [3, 4]);
+        }
+        // After a restart the floor is the stored first offset, and a
+        // compaction drops what is below it.
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.message(1, 0).unwrap(), None);
+        store.compact_messages().unwrap();
+        let messages = store.cf(CF_MESSAGES).unwrap();
+        let keys: Vec<(u32, u64)> = store
+            .db
+            .iterator_cf(messages, IteratorMode::Start)
+            .map(|item| parse_message_key(&item.unwrap().0).unwrap())
+            .collect();
+        let mut expected = vec![(1, 3), (1, 4)];
+        expected.extend((0..5).map(|o| (2, o)));
+        assert_eq!(keys, expected);
     }
 
     #[test]

@@ -65,6 +65,23 @@ pub struct Plan {
     pub freed: Vec<(Arc<str>, u64)>,
 }
 
+impl Plan {
+    /// This trim followed by `next`, which starts where this one ends.
+    pub fn then(mut self, next: Plan) -> Plan {
+        debug_assert_eq!(self.to, next.from);
+        self.to = next.to;
+        self.bytes = self.bytes.saturating_add(next.bytes);
+        for (owner, bytes) in next.freed {
+            match self.freed.iter_mut().find(|(o, _)| *o == owner) {
+                Some((_, total)) => *total = total.saturating_add(bytes),
+                None => self.freed.push((owner, bytes)),
+            }
+        }
+        self.freed.sort();
+        self
+    }
+}
+
 /// How far a topic must go: below `by_count`, `excess` bytes from the
 /// oldest, and every record received before `cutoff`.
 #[derive(Debug, Clone, Copy)]

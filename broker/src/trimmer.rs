@@ -3,6 +3,13 @@
 //! publish, or a limit a reload lowered) is trimmed by `Trim` commands to
 //! the group-commit writer, one at a time; each pass also exports where
 //! every topic stands as metrics.
+//!
+//! A topic written since the last pass is trimmed here by age only: its
+//! count and byte limits are the group commit's, which trims them in large
+//! steps of whole commits (`ledger`) as it writes. Trimming it here too, to
+//! the exact limit every pass, read thousands of records per pass and cut
+//! through the ledger's runs, so the group commit had to read as well
+//! (BENCHMARKS.md "Retention"). A quiet topic is trimmed to every limit.
 
 use crate::clock::now_ms;
 use crate::commit::{Command, Trim};
@@ -24,20 +31,45 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     let every = Duration::from_millis(state.limits().retention_check_ms_max);
     tokio::spawn(async move {
+        let mut written = Written::default();
         loop {
             tokio::select! {
                 () = tokio::time::sleep(every) => {}
                 _ = shutdown.changed() => return,
             }
-            if let Err(e) = pass(&state, &mut shutdown).await {
+            if let Err(e) = pass(&state, &mut shutdown, &mut written).await {
                 tracing::error!(error = %e, "retention pass failed; retried at the next");
             }
         }
     })
 }
 
+/// Each topic's next offset at the last pass.
+#[derive(Default)]
+struct Written(HashMap<String, u64>);
+
+impl Written {
+    /// Whether `topic` was written since the last pass (false the first
+    /// time it is seen); remembers `next_offset` for the next pass.
+    fn since_last(
+        &mut self,
+        seen: &mut HashMap<String, u64>,
+        topic: &str,
+        next_offset: u64,
+    ) -> bool {
+        seen.insert(topic.to_owned(), next_offset);
+        self.0
+            .get(topic)
+            .is_some_and(|&before| before != next_offset)
+    }
+}
+
 /// One pass over every topic.
-async fn pass(state: &BrokerState, shutdown: &mut watch::Receiver<bool>) -> Result<(), StoreError> {
+async fn pass(
+    state: &BrokerState,
+    shutdown: &mut watch::Receiver<bool>,
+    written: &mut Written,
+) -> Result<(), StoreError> {
     let policy = state.policy();
     let topics = state.registry.topics();
     metrics::topics(
@@ -46,16 +78,25 @@ async fn pass(state: &BrokerState, shutdown: &mut watch::Receiver<bool>) -> Resu
             .map(|(name, h)| (name.as_str(), h.first_offset, h.next_offset, h.stored_bytes)),
     );
     let mut owners = Owners::default();
+    let mut seen = HashMap::new();
     for (name, head) in topics {
         let Some(retention) = policy.retention(&name).cloned() else {
             continue;
         };
+        let busy = written.since_last(&mut seen, &name, head.next_offset);
         let mut head = head;
         // The pass trims what is past the limits when it reaches the
         // topic, and no further: publishes during the pass are the group
         // commit's to trim (chasing them kept a core busy reading records
         // while publishers ran, BENCHMARKS.md "Retention").
         let mut floor = Floor::of(&retention, &head, Some(now_ms()));
+        if busy {
+            floor = Floor {
+                by_count: head.first_offset,
+                excess: 0,
+                ..floor
+            };
+        }
         loop {
             if *shutdown.borrow() {
                 return Ok(());
@@ -102,6 +143,7 @@ async fn pass(state: &BrokerState, shutdown: &mut watch::Receiver<bool>) -> Resu
             }
         }
     }
+    written.0 = seen;
     Ok(())
 }
 
