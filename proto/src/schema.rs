@@ -83,6 +83,9 @@ impl Schema {
     /// Checks a payload; `Err` names the first violation.
     pub fn check(&self, content_type: &str, payload: &[u8]) -> Result<(), Violation> {
         let value = parse(content_type, payload)?;
+        if self.validator.is_valid(&value) {
+            return Ok(());
+        }
         match self.validator.iter_errors(&value).next() {
             None => Ok(()),
             Some(error) => Err(violation(
@@ -121,21 +124,26 @@ pub fn parse(content_type: &str, payload: &[u8]) -> Result<Value, Violation> {
     }
 }
 
-/// Deepest nesting of `[`/`{` outside strings. Scans once, allocates nothing.
+/// Deepest nesting of `[`/`{` outside strings. Scans once, allocates nothing;
+/// inside a string it jumps to the next quote or backslash (`memchr`), so
+/// long strings cost little.
 fn json_depth(bytes: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
-    for &b in bytes {
-        if in_string {
-            match (escaped, b) {
-                (true, _) => escaped = false,
-                (false, b'\\') => escaped = true,
-                (false, b'"') => in_string = false,
-                _ => {}
-            }
-            continue;
-        }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => loop {
+                // Inside a string: to its closing quote, skipping escapes.
+                match memchr::memchr2(b'"', b'\\', bytes.get(i..).unwrap_or(&[])) {
+                    Some(at) if bytes.get(i + at) == Some(&b'\\') => i += at + 2,
+                    Some(at) => {
+                        i += at + 1;
+                        break;
+                    }
+                    None => return deepest,
+                }
+            },
             b'[' | b'{' => {
                 depth += 1;
                 deepest = deepest.max(depth);
