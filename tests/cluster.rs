@@ -537,3 +537,58 @@ async fn one_follower_down_does_not_stop_acks_and_two_nodes_down_stop_every_ack(
     history::check(&acks, &replica).unwrap();
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_stopped_under_ten_thousand_pipelined_publishes_loses_no_acked_message_and_a_new_leader_takes_over()
+ {
+    let mut cluster = Cluster::start().await;
+    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let order: Vec<u64> = std::iter::once(leader)
+        .chain((1..=3).filter(|id| *id != leader))
+        .collect();
+    let survivor = order[1];
+    let publisher = cluster.client(&cluster.files.publisher, &order).await;
+    let topic = "orders.failover";
+    let long = std::time::Duration::from_secs(300);
+    let node = cluster.node(leader);
+    let (acks, stopped) = tokio::join!(
+        tokio::time::timeout(long, publish_ids(&publisher, topic, 0..10_000)),
+        async {
+            // Stopped once some publishes are applied and more in flight.
+            within(node.wait_data_applied(20)).await;
+            let stopped = std::time::Instant::now();
+            cluster.stop_node(leader).await;
+            stopped
+        }
+    );
+    let acks = acks.expect("every publish answered");
+    let new_leader = within(cluster.node(survivor).wait_for_data_leader(Some(leader))).await;
+    assert_ne!(new_leader, leader);
+    // Publishing resumes on the new leader (through the same client).
+    let resumed = within(publisher.publish(topic, "10000".to_string()))
+        .await
+        .expect("publishing resumes");
+    eprintln!(
+        "leader {leader} stopped; {} of 10000 acked; new leader {new_leader}; publishing resumed {:?} after the stop",
+        acks.len(),
+        stopped.elapsed()
+    );
+    let mut acks = acks;
+    acks.insert(10_000, resumed);
+    // Everything up to the resumed publish is committed: each survivor
+    // holds exactly offsets 0..=resumed.
+    let held = usize::try_from(resumed + 1).unwrap();
+    let mut replicas = Vec::new();
+    for id in order[1..].iter().copied() {
+        let replica = cluster.replica(id, topic, held).await;
+        assert_eq!(
+            replica.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            (0..=resumed).collect::<Vec<_>>(),
+            "node {id}: dense offsets"
+        );
+        replicas.push(replica);
+    }
+    history::check_all(&acks, &replicas).unwrap();
+    assert_eq!(replicas[0], replicas[1], "the survivors agree");
+    cluster.shutdown().await;
+}

@@ -68,6 +68,10 @@ pub enum PublishError {
     Unavailable(String),
 }
 
+/// A batch handed to the data group: resolves to its offsets.
+pub type PendingPublish =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u64>, PublishError>> + Send>>;
+
 /// Why a metadata change was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -406,29 +410,36 @@ impl ClusterNode {
         self.data.metrics().borrow().last_log_index
     }
 
-    /// Stores an accepted publish batch through the data group: returns
-    /// once a majority has it on disk and this node applied it, with the
+    /// Hands an accepted publish batch to the data group (batches handed
+    /// in one order are logged in that order) and returns what waits for
+    /// it: once a majority has it on disk and this node applied it, the
     /// offsets applying assigned. Only the leader takes it.
-    pub async fn publish(
+    pub async fn submit(
         &self,
         entries: Vec<crate::commit::Entry>,
-    ) -> Result<Vec<u64>, PublishError> {
-        use openraft::error::{ClientWriteError, RaftError};
+    ) -> Result<PendingPublish, PublishError> {
+        use openraft::error::ClientWriteError;
         let command = data::DataCommand {
             group: data::DATA_GROUP,
             records: entries.into_iter().map(data::DataRecord::from).collect(),
         };
-        let write = self.data.client_write(command);
-        match tokio::time::timeout(self.commit_timeout, write).await {
-            Ok(Ok(response)) => response.data.0.map_err(PublishError::Refused),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
-                Err(PublishError::NotLeader {
+        let answer = self
+            .data
+            .client_write_ff(command)
+            .await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        let timeout = self.commit_timeout;
+        Ok(Box::pin(async move {
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(Ok(response))) => response.data.0.map_err(PublishError::Refused),
+                Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => Err(PublishError::NotLeader {
                     client: f.leader_node.map(|n| n.client),
-                })
+                }),
+                Ok(Ok(Err(e))) => Err(PublishError::Unavailable(e.to_string())),
+                Ok(Err(_)) => Err(PublishError::Unavailable("raft stopped".into())),
+                Err(_) => Err(PublishError::Unavailable("no majority in time".into())),
             }
-            Ok(Err(e)) => Err(PublishError::Unavailable(e.to_string())),
-            Err(_) => Err(PublishError::Unavailable("no majority in time".into())),
-        }
+        }))
     }
 
     /// This node's current term in the metadata group.

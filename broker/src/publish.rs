@@ -406,8 +406,14 @@ async fn send_to_commit(
     }
     if let Some(cluster) = conn.broker.cluster.clone() {
         let broker = conn.broker.clone();
+        // Handed over here, in stream order, so batches are logged (and
+        // their seqs stored) in the order they were checked.
+        let submitted = cluster.submit(entries).await;
         return Some(Commit::Cluster(tokio::spawn(async move {
-            let result = cluster.publish(entries).await;
+            let result = match submitted {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
             drop(reserved);
             result.map_err(|e| {
                 // The marks this batch moved may not be stored: read them

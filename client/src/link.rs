@@ -20,7 +20,7 @@
 //! its stream again on the connection returned.
 
 use crate::error::Error;
-use crate::limits::RECONNECT_WAIT_MS_MIN;
+use crate::limits::{NODE_DIAL_MS_MAX, RECONNECT_WAIT_MS_MIN};
 use signet_proto::ErrorCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -197,6 +197,22 @@ impl Link {
         }
     }
 
+    /// A dial, given up after [`NODE_DIAL_MS_MAX`] when the client file
+    /// lists several brokers (a cluster node that is down does not answer
+    /// at all, and the next one should be tried).
+    async fn bounded(
+        &self,
+        connecting: quinn::Connecting,
+    ) -> Result<quinn::Connection, quinn::ConnectionError> {
+        if self.shared.brokers.len() < 2 {
+            return connecting.await;
+        }
+        match tokio::time::timeout(Duration::from_millis(NODE_DIAL_MS_MAX), connecting).await {
+            Ok(result) => result,
+            Err(_) => Err(quinn::ConnectionError::TimedOut),
+        }
+    }
+
     /// Moves to the address after the current one in the client file.
     fn next_broker(&self) {
         let brokers = &self.shared.brokers;
@@ -252,7 +268,7 @@ impl Link {
                     attempts: streak,
                     last: e.to_string(),
                 })?;
-            match connecting.await {
+            match self.bounded(connecting).await {
                 Ok(conn) => {
                     tracing::info!(attempt = streak, "redirected to the cluster leader");
                     *current = Current {
@@ -309,6 +325,11 @@ impl Link {
             if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 break;
             }
+            if streak == 1 {
+                // A cluster: the node that was lost is likely down; the
+                // next one answers, or redirects to the leader.
+                self.next_broker();
+            }
             let addr = self.addr();
             let connecting = match self.shared.endpoint.connect(addr, &self.shared.server_name) {
                 Ok(connecting) => connecting,
@@ -319,7 +340,7 @@ impl Link {
                     });
                 }
             };
-            match connecting.await {
+            match self.bounded(connecting).await {
                 Ok(conn) => {
                     tracing::info!(attempt = streak, "reconnected to the broker");
                     *current = Current {
