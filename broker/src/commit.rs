@@ -930,3 +930,96 @@ impl Host for WriterHost<'_> {
         self.writer.store.put_group_entry(self.batch, key, value)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn entry(seq: u64, leaf: u8) -> Entry {
+        Entry {
+            topic: "orders.a".into(),
+            record: vec![leaf; 8],
+            key_id: KeyId([7; 16]),
+            seq,
+            leaf: Hash([leaf; 32]),
+            principal: Arc::from("alice"),
+        }
+    }
+
+    fn request(entries: Vec<Entry>) -> (CommitRequest, oneshot::Receiver<CommitReply>) {
+        let (reply, answer) = oneshot::channel();
+        let request = CommitRequest {
+            entries,
+            reply,
+            reserved: Reservation::default(),
+            group: None,
+        };
+        (request, answer)
+    }
+
+    /// Applies `batches` as one replicated write; their answers.
+    fn replicated(sender: &mpsc::Sender<Command>, batches: Vec<Vec<Entry>>) -> Vec<CommitReply> {
+        let (requests, answers): (Vec<_>, Vec<_>) = batches.into_iter().map(request).unzip();
+        let (done, written) = oneshot::channel();
+        sender
+            .blocking_send(Command::Replicated(Replicated {
+                group: 1,
+                requests,
+                applied: b"applied".to_vec(),
+                done,
+            }))
+            .unwrap();
+        assert_eq!(written.blocking_recv(), Ok(true));
+        answers
+            .into_iter()
+            .map(|a| a.blocking_recv().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_replicated_retry_is_answered_with_its_offsets_and_a_reused_seq_is_a_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let (groups, _wake) = Groups::load(&store, None, 16).unwrap();
+        let policy = watch::channel(Arc::new(Policy::default())).1;
+        let committer = spawn(
+            store.clone(),
+            Arc::new(Registry::new(&[])),
+            Arc::new(Quotas::new(1 << 20)),
+            &[],
+            &Limits::default(),
+            policy,
+            groups,
+            None,
+        )
+        .unwrap();
+        let sender = committer.sender.clone();
+        // Two batches in one write, the second logged before the first's
+        // lower seqs (both passed the leader's ingest): both stored.
+        let first = replicated(
+            &sender,
+            vec![vec![entry(5, 5), entry(6, 6)], vec![entry(2, 2)]],
+        );
+        assert_eq!(first, vec![Ok(vec![0, 1]), Ok(vec![2])]);
+        // The same batch again (a retry after a lost ack), in a later write
+        // and within one write: the original offsets, nothing stored.
+        let again = replicated(
+            &sender,
+            vec![
+                vec![entry(5, 5), entry(6, 6)],
+                vec![entry(7, 7)],
+                vec![entry(7, 7)],
+            ],
+        );
+        assert_eq!(again, vec![Ok(vec![0, 1]), Ok(vec![3]), Ok(vec![3])]);
+        // A used seq with another envelope: the whole batch is refused.
+        let reused = replicated(&sender, vec![vec![entry(8, 8), entry(6, 9)]]);
+        assert_eq!(reused, vec![Err(ErrorCode::Replay)]);
+        assert_eq!(store.message(1, 4).unwrap(), None, "nothing of it stored");
+        assert_eq!(store.raft_applied(1).unwrap(), Some(b"applied".to_vec()));
+        drop(sender);
+        drop(committer.sender);
+        committer.thread.join().unwrap();
+    }
+}
