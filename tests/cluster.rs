@@ -3,10 +3,15 @@
 //! real QUIC with mutual TLS between them, real RocksDB logs.
 
 mod common;
+#[path = "common/history.rs"]
+mod history;
 
 use common::within;
+use history::Replica;
 use signet_broker::cluster::{ClusterNode, MetaCommand, MetaOutcome, forge};
 use signet_broker::{Broker, Config};
+use signet_client::{Client, ClientConfig, StartAt};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -83,6 +88,40 @@ impl Cluster {
             let mut view = node.watch_metadata();
             within(view.wait_for(|s| check(s))).await.unwrap();
         }
+    }
+
+    /// Node `id`'s client address.
+    fn client_addr(&self, id: u64) -> String {
+        self.brokers[(id - 1) as usize]
+            .as_ref()
+            .unwrap()
+            .local_addr()
+            .to_string()
+    }
+
+    /// A client of the `publisher` or `subscriber` file whose `brokers`
+    /// list is `ids`' client addresses, in order.
+    async fn client(&self, file: &Path, ids: &[u64]) -> Client {
+        let mut config = ClientConfig::load(file).unwrap();
+        config.brokers = ids.iter().map(|id| self.client_addr(*id)).collect();
+        config.broker = config.brokers[0].clone();
+        within(Client::connect(config)).await.unwrap()
+    }
+
+    /// What node `id` holds of `topic` up to `count` messages, read by a
+    /// subscriber connected to that node: (offset, message id).
+    async fn replica(&self, id: u64, topic: &str, count: usize) -> Replica {
+        let client = self.client(&self.files.subscriber, &[id]).await;
+        let mut sub = within(client.subscribe(topic, StartAt::Offset(0)))
+            .await
+            .unwrap();
+        let mut replica = Replica::default();
+        while replica.held.len() < count {
+            let m = common::next(&mut sub).await.unwrap();
+            let message_id: u64 = String::from_utf8(m.payload).unwrap().parse().unwrap();
+            replica.held.push((m.offset, message_id));
+        }
+        replica
     }
 
     async fn shutdown(mut self) {
@@ -376,4 +415,180 @@ async fn cluster_init_then_three_broker_processes_and_cluster_status_shows_a_lea
     assert!(group["commit_index"].is_u64());
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
     drop(nodes);
+}
+
+/// Publishes messages `ids` (each payload its id) pipelined through one
+/// client; returns id → acked offset for every ack received.
+async fn publish_ids(client: &Client, topic: &str, ids: std::ops::Range<u64>) -> HashMap<u64, u64> {
+    let sends = ids.map(|id| async move { (id, client.publish(topic, id.to_string()).await) });
+    let mut acks = HashMap::new();
+    for (id, result) in futures_util::future::join_all(sends).await {
+        if let Ok(offset) = result {
+            acks.insert(id, offset);
+        }
+    }
+    acks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_pipelined_publishes_to_the_leader_are_acked_and_held_at_the_same_offsets_on_every_node()
+ {
+    let cluster = Cluster::start().await;
+    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let publisher = cluster.client(&cluster.files.publisher, &[leader]).await;
+    let topic = "orders.replicated";
+    let acks = within(publish_ids(&publisher, topic, 0..1_000)).await;
+    assert_eq!(acks.len(), 1_000, "every publish acked");
+    let mut offsets: Vec<u64> = acks.values().copied().collect();
+    offsets.sort_unstable();
+    assert_eq!(
+        offsets,
+        (0..1_000).collect::<Vec<_>>(),
+        "dense offsets from 0"
+    );
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        replicas.push(cluster.replica(id, topic, 1_000).await);
+    }
+    history::check_all(&acks, &replicas).unwrap();
+    assert!(
+        replicas.iter().all(|r| r == &replicas[0]),
+        "every node holds the same messages"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_refuses_a_publish_with_not_leader_naming_the_leader_and_stores_nothing() {
+    let cluster = Cluster::start().await;
+    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    within(cluster.node(follower).wait_for_data_leader(None)).await;
+    let der = std::fs::read(cluster.files.dir.join("keys/publisher.ed25519")).unwrap();
+    let key = signet_proto::SigningKey::from_pkcs8(&der).unwrap();
+    let client = cluster.client(&cluster.files.publisher, &[follower]).await;
+    let seq = common::fresh_seq();
+    let publish = common::signed(
+        &key,
+        1,
+        vec![common::envelope(key.id(), "orders.refused", seq, b"1")],
+    );
+    let answer = common::raw_publish(&client, publish.clone()).await;
+    let codes: Vec<_> = common::codes::nack_codes(answer.clone());
+    assert_eq!(
+        codes,
+        vec![Some(signet_proto::ErrorCode::NotLeader)],
+        "{answer:?}"
+    );
+    let expected = format!("leader {}", cluster.client_addr(leader));
+    let signet_proto::frame::ServerFrame::Results(results) = answer else {
+        panic!("{answer:?}")
+    };
+    let signet_proto::frame::Outcome::Nack(rejection) = &results.outcomes[0] else {
+        panic!("{results:?}")
+    };
+    assert_eq!(rejection.detail, expected);
+    // The same bytes sent to the leader are stored at offset 0: the
+    // refused publish left nothing on any node.
+    let at_leader = cluster.client(&cluster.files.publisher, &[leader]).await;
+    let answer = common::raw_publish(&at_leader, publish).await;
+    let signet_proto::frame::ServerFrame::Results(results) = answer else {
+        panic!("{answer:?}")
+    };
+    assert_eq!(results.outcomes, vec![signet_proto::frame::Outcome::Ack(0)]);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_client_whose_broker_list_starts_with_a_follower_follows_not_leader_and_publishes() {
+    let cluster = Cluster::start().await;
+    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    within(cluster.node(follower).wait_for_data_leader(None)).await;
+    let others: Vec<u64> = std::iter::once(follower)
+        .chain((1..=3).filter(|id| *id != follower))
+        .collect();
+    let publisher = cluster.client(&cluster.files.publisher, &others).await;
+    let topic = "orders.redirected";
+    let acks = within(publish_ids(&publisher, topic, 0..200)).await;
+    assert_eq!(acks.len(), 200, "every publish acked after the redirect");
+    for id in 1..=3 {
+        let replica = cluster.replica(id, topic, 200).await;
+        history::check(&acks, &replica).unwrap();
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_follower_down_does_not_stop_acks_and_two_nodes_down_stop_every_ack() {
+    let mut cluster = Cluster::start().await;
+    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let publisher = cluster.client(&cluster.files.publisher, &[leader]).await;
+    let topic = "orders.majority";
+    cluster.stop_node(followers[0]).await;
+    let acks = within(publish_ids(&publisher, topic, 0..100)).await;
+    assert_eq!(acks.len(), 100, "2 of 3 is a majority: every publish acked");
+    cluster.stop_node(followers[1]).await;
+    // The leader alone: nothing is committed, so nothing is acked.
+    let lone = within(publish_ids(&publisher, topic, 100..110)).await;
+    assert!(lone.is_empty(), "acked without a majority: {lone:?}");
+    let replica = cluster.replica(leader, topic, 100).await;
+    history::check(&acks, &replica).unwrap();
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_stopped_under_ten_thousand_pipelined_publishes_loses_no_acked_message_and_a_new_leader_takes_over()
+ {
+    let mut cluster = Cluster::start().await;
+    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let order: Vec<u64> = std::iter::once(leader)
+        .chain((1..=3).filter(|id| *id != leader))
+        .collect();
+    let survivor = order[1];
+    let publisher = cluster.client(&cluster.files.publisher, &order).await;
+    let topic = "orders.failover";
+    let long = std::time::Duration::from_secs(300);
+    let node = cluster.node(leader);
+    let (acks, stopped) = tokio::join!(
+        tokio::time::timeout(long, publish_ids(&publisher, topic, 0..10_000)),
+        async {
+            // Stopped once some publishes are applied and more in flight.
+            within(node.wait_data_applied(20)).await;
+            let stopped = std::time::Instant::now();
+            cluster.stop_node(leader).await;
+            stopped
+        }
+    );
+    let acks = acks.expect("every publish answered");
+    let new_leader = within(cluster.node(survivor).wait_for_data_leader(Some(leader))).await;
+    assert_ne!(new_leader, leader);
+    // Publishing resumes on the new leader (through the same client).
+    let resumed = within(publisher.publish(topic, "10000".to_string()))
+        .await
+        .expect("publishing resumes");
+    eprintln!(
+        "leader {leader} stopped; {} of 10000 acked; new leader {new_leader}; publishing resumed {:?} after the stop",
+        acks.len(),
+        stopped.elapsed()
+    );
+    let mut acks = acks;
+    acks.insert(10_000, resumed);
+    // Everything up to the resumed publish is committed: each survivor
+    // holds exactly offsets 0..=resumed.
+    let held = usize::try_from(resumed + 1).unwrap();
+    let mut replicas = Vec::new();
+    for id in order[1..].iter().copied() {
+        let replica = cluster.replica(id, topic, held).await;
+        assert_eq!(
+            replica.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            (0..=resumed).collect::<Vec<_>>(),
+            "node {id}: dense offsets"
+        );
+        replicas.push(replica);
+    }
+    history::check_all(&acks, &replicas).unwrap();
+    assert_eq!(replicas[0], replicas[1], "the survivors agree");
+    cluster.shutdown().await;
 }

@@ -16,6 +16,7 @@
 //! Not yet here (phase B): data groups, acks after a majority commit,
 //! `NotLeader` redirects.
 
+pub mod data;
 pub(crate) mod log_store;
 pub mod meta;
 pub(crate) mod network;
@@ -38,10 +39,38 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::watch;
-use types::{MetaRaft, NodeAddr};
+use types::{DataRaft, MetaRaft, NodeAddr};
 
 /// Name of the metadata group in status.
 pub const META_GROUP: &str = "meta";
+
+/// What a node's data groups apply to: its message store, through its
+/// group-commit writer.
+pub struct DataHost {
+    pub store: Arc<crate::store::Store>,
+    pub commits: tokio::sync::mpsc::Sender<crate::commit::Command>,
+}
+
+/// Why a publish was not stored through the data group.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// This node does not lead the group; the leader's client address,
+    /// when one is known.
+    #[error("not the leader (leader at {client:?})")]
+    NotLeader { client: Option<String> },
+    /// Applying refused the batch (e.g. `Replay`).
+    #[error("refused: {0}")]
+    Refused(signet_proto::ErrorCode),
+    /// Not committed in time (no majority reachable) or Raft failed; the
+    /// batch may still be committed later (a retry is answered with its
+    /// offsets).
+    #[error("not committed: {0}")]
+    Unavailable(String),
+}
+
+/// A batch handed to the data group: resolves to its offsets.
+pub type PendingPublish =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u64>, PublishError>> + Send>>;
 
 /// Why a metadata change was not made.
 #[derive(Debug, thiserror::Error)]
@@ -79,6 +108,10 @@ pub struct ClusterNode {
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     db: Weak<rocksdb::DB>,
     raft_addr: std::net::SocketAddr,
+    data: DataRaft,
+    data_committed: Arc<AtomicU64>,
+    data_db: Weak<rocksdb::DB>,
+    commit_timeout: Duration,
 }
 
 fn raft_error(e: impl std::fmt::Display) -> BrokerError {
@@ -94,6 +127,7 @@ impl ClusterNode {
         tls: &TlsPaths,
         data_dir: &Path,
         limits: &Limits,
+        host: DataHost,
     ) -> Result<ClusterNode, BrokerError> {
         let db = log_store::open(&data_dir.join("cluster-meta"))
             .map_err(|e| BrokerError::Storage(e.into()))?;
@@ -160,9 +194,42 @@ impl ClusterNode {
         )
         .await
         .map_err(raft_error)?;
+        let data_db = log_store::open(&data_dir.join(format!("cluster-data-{}", data::DATA_GROUP)))
+            .map_err(|e| BrokerError::Storage(e.into()))?;
+        let data_committed = Arc::new(AtomicU64::new(0));
+        let data_machine =
+            data::DataMachine::load(data::DATA_GROUP, &host.store, host.commits.clone())
+                .map_err(raft_error)?;
+        let data_logs = log_store::LogStore::new(data_db.clone(), data_committed.clone());
+        let data_config = openraft::Config {
+            cluster_name: "signet-data".into(),
+            heartbeat_interval: 100,
+            election_timeout_min: 600,
+            election_timeout_max: 1200,
+            max_payload_entries: 256,
+            // No snapshots of the message store yet: the log is kept whole
+            // and a lagging replica replays it.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(raft_error)?;
+        let data = openraft::Raft::new(
+            settings.node_id,
+            Arc::new(data_config),
+            network::DataNetwork {
+                dialer: dialer.clone(),
+                group: data::DATA_GROUP,
+            },
+            data_logs,
+            data_machine,
+        )
+        .await
+        .map_err(raft_error)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let served = Arc::new(transport::Served {
             raft: raft.clone(),
+            data: vec![(data::DATA_GROUP, data.clone())],
             settings: settings.clone(),
             frame_bytes_max: limits.raft_frame_bytes_max,
             rpc_timeout: timeout,
@@ -173,22 +240,30 @@ impl ClusterNode {
             served,
             shutdown_rx.clone(),
         ))];
+        let members: BTreeMap<u64, NodeAddr> = settings
+            .peers
+            .iter()
+            .map(|p| {
+                (
+                    p.id,
+                    NodeAddr {
+                        client: p.client.clone(),
+                        raft: p.raft.to_string(),
+                    },
+                )
+            })
+            .collect();
         if settings.is_founder() && !raft.is_initialized().await.map_err(raft_error)? {
-            let members: BTreeMap<u64, NodeAddr> = settings
-                .peers
-                .iter()
-                .map(|p| {
-                    (
-                        p.id,
-                        NodeAddr {
-                            client: p.client.clone(),
-                            raft: p.raft.to_string(),
-                        },
-                    )
-                })
-                .collect();
-            raft.initialize(members).await.map_err(raft_error)?;
+            raft.initialize(members.clone()).await.map_err(raft_error)?;
             tracing::info!(node = settings.node_id, "cluster initialized");
+        }
+        if settings.is_founder() && !data.is_initialized().await.map_err(raft_error)? {
+            data.initialize(members).await.map_err(raft_error)?;
+            tracing::info!(
+                node = settings.node_id,
+                group = data::DATA_GROUP,
+                "data group initialized"
+            );
         }
         let node = ClusterNode {
             settings: settings.clone(),
@@ -200,8 +275,13 @@ impl ClusterNode {
             tasks: std::sync::Mutex::new(Vec::new()),
             db: Arc::downgrade(&db),
             raft_addr,
+            data,
+            data_committed,
+            data_db: Arc::downgrade(&data_db),
+            commit_timeout: Duration::from_millis(limits.raft_commit_ms_max),
         };
         drop(db);
+        drop(data_db);
         tasks.push(tokio::spawn(register_nodes(
             node.raft.clone(),
             node.settings.clone(),
@@ -269,6 +349,97 @@ impl ClusterNode {
                 std::future::pending::<()>().await;
             }
         }
+    }
+
+    /// The leader of the data group as this node knows it.
+    pub fn data_leader(&self) -> Option<u64> {
+        self.data.metrics().borrow().current_leader
+    }
+
+    /// The client address of the data group's leader, if known.
+    pub fn data_leader_client(&self) -> Option<String> {
+        let metrics = self.data.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.client.clone())
+    }
+
+    /// This node's current term in the data group.
+    pub fn data_term(&self) -> u64 {
+        self.data.metrics().borrow().current_term
+    }
+
+    /// Waits until this node knows a data-group leader other than `not`.
+    pub async fn wait_for_data_leader(&self, not: Option<u64>) -> u64 {
+        let mut metrics = self.data.metrics();
+        loop {
+            if let Some(leader) = metrics.borrow().current_leader
+                && Some(leader) != not
+            {
+                return leader;
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// Waits until this node applied the data group's log up to `index`
+    /// (the leader's last log index, say).
+    pub async fn wait_data_applied(&self, index: u64) {
+        let mut metrics = self.data.metrics();
+        loop {
+            if metrics
+                .borrow()
+                .last_applied
+                .is_some_and(|l| l.index >= index)
+            {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// The data group's last log index on this node.
+    pub fn data_last_log(&self) -> Option<u64> {
+        self.data.metrics().borrow().last_log_index
+    }
+
+    /// Hands an accepted publish batch to the data group (batches handed
+    /// in one order are logged in that order) and returns what waits for
+    /// it: once a majority has it on disk and this node applied it, the
+    /// offsets applying assigned. Only the leader takes it.
+    pub async fn submit(
+        &self,
+        entries: Vec<crate::commit::Entry>,
+    ) -> Result<PendingPublish, PublishError> {
+        use openraft::error::ClientWriteError;
+        let command = data::DataCommand {
+            group: data::DATA_GROUP,
+            records: entries.into_iter().map(data::DataRecord::from).collect(),
+        };
+        let answer = self
+            .data
+            .client_write_ff(command)
+            .await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        let timeout = self.commit_timeout;
+        Ok(Box::pin(async move {
+            match tokio::time::timeout(timeout, answer).await {
+                Ok(Ok(Ok(response))) => response.data.0.map_err(PublishError::Refused),
+                Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => Err(PublishError::NotLeader {
+                    client: f.leader_node.map(|n| n.client),
+                }),
+                Ok(Ok(Err(e))) => Err(PublishError::Unavailable(e.to_string())),
+                Ok(Err(_)) => Err(PublishError::Unavailable("raft stopped".into())),
+                Err(_) => Err(PublishError::Unavailable("no majority in time".into())),
+            }
+        }))
     }
 
     /// This node's current term in the metadata group.
@@ -356,16 +527,26 @@ impl ClusterNode {
             applied_index: metrics.last_applied.map(|l| l.index),
             members: metrics.membership_config.voter_ids().collect(),
         };
+        let data = self.data.metrics().borrow().clone();
+        let data_group = ClusterGroup {
+            name: format!("data-{}", data::DATA_GROUP),
+            leader: data.current_leader,
+            term: data.current_term,
+            commit_index: self.data_committed.load(Ordering::Relaxed).checked_sub(1),
+            applied_index: data.last_applied.map(|l| l.index),
+            members: data.membership_config.voter_ids().collect(),
+        };
         ClusterStatus {
             node_id: self.settings.node_id,
             nodes,
-            groups: vec![meta],
+            groups: vec![meta, data_group],
         }
     }
 
     /// Stops Raft and the node transport and closes the metadata log.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        let _ = self.data.shutdown().await;
         let _ = self.raft.shutdown().await;
         let tasks = match self.tasks.lock() {
             Ok(mut held) => std::mem::take(&mut *held),
@@ -383,7 +564,7 @@ impl ClusterNode {
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         }
         for _ in 0..5_000 {
-            if self.db.strong_count() == 0 {
+            if self.db.strong_count() == 0 && self.data_db.strong_count() == 0 {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

@@ -124,6 +124,26 @@ pub enum Command {
     Publish(CommitRequest),
     /// A retention trim.
     Trim(Trim),
+    /// Publish batches a cluster data group committed, applied in log
+    /// order in one synced write with the group's applied state.
+    Replicated(Replicated),
+}
+
+/// Committed entries of a data group (see [`crate::cluster`]): each
+/// request is answered with its offsets, or `Replay` when its key and seq
+/// hold another envelope already; a request whose every envelope is
+/// already stored (same key, seq and leaf) is answered with the original
+/// offsets and stores nothing.
+#[derive(Debug)]
+pub struct Replicated {
+    /// The data group.
+    pub group: u64,
+    /// The batches, in log order.
+    pub requests: Vec<CommitRequest>,
+    /// The group's applied state after them, written in the same batch.
+    pub applied: Vec<u8>,
+    /// Whether the write succeeded (false: nothing written).
+    pub done: oneshot::Sender<bool>,
 }
 
 impl From<CommitRequest> for Command {
@@ -254,6 +274,10 @@ struct Staged {
     bytes: usize,
     /// This write's records per topic id, for the ledger.
     runs: HashMap<u32, Run>,
+    /// Replicated entries: retries are answered from the replay index.
+    dedupe: bool,
+    /// With `dedupe`: key and seq → offset and leaf staged in this write.
+    published: HashMap<(KeyId, u64), (u64, Hash)>,
 }
 
 impl Writer {
@@ -263,6 +287,10 @@ impl Writer {
                 Command::Publish(request) => request,
                 Command::Trim(trim) => {
                     self.trim(trim);
+                    continue;
+                }
+                Command::Replicated(replicated) => {
+                    self.replicated(replicated);
                     continue;
                 }
             };
@@ -282,16 +310,22 @@ impl Writer {
                             .sum::<usize>();
                         group.push(request);
                     }
-                    Ok(Command::Trim(trim)) => {
-                        after = Some(trim);
+                    Ok(other) => {
+                        after = Some(other);
                         break;
                     }
                     Err(_) => break,
                 }
             }
-            self.commit(group, envelopes);
-            if let Some(trim) = after {
-                self.trim(trim);
+            self.commit(group, envelopes, None);
+            match after {
+                Some(Command::Trim(trim)) => self.trim(trim),
+                Some(Command::Replicated(replicated)) => self.replicated(replicated),
+                Some(Command::Publish(request)) => {
+                    let envelopes = request.entries.len();
+                    self.commit(vec![request], envelopes, None);
+                }
+                None => {}
             }
         }
     }
@@ -341,12 +375,38 @@ impl Writer {
         Ok(true)
     }
 
-    fn commit(&mut self, group: Vec<CommitRequest>, envelopes: usize) {
+    /// Applies committed data-group entries in one synced write.
+    fn replicated(&mut self, replicated: Replicated) {
+        let Replicated {
+            group,
+            requests,
+            applied,
+            done,
+        } = replicated;
+        let envelopes = requests.iter().map(|r| r.entries.len()).sum();
+        let ok = self.commit(requests, envelopes, Some((group, applied)));
+        let _ = done.send(ok);
+    }
+
+    /// Writes a group of requests and answers them; `raft`: a data group
+    /// and its applied state (replicated entries: retries deduplicated,
+    /// the state written in the same batch). Whether the write succeeded.
+    fn commit(
+        &mut self,
+        group: Vec<CommitRequest>,
+        envelopes: usize,
+        raft: Option<(u64, Vec<u8>)>,
+    ) -> bool {
         let started = Instant::now();
-        let mut staged = Staged::default();
-        let result = self.write(&group, &mut staged).inspect_err(|e| {
-            tracing::error!(error = %e, "group commit failed; nothing acked");
-        });
+        let mut staged = Staged {
+            dedupe: raft.is_some(),
+            ..Staged::default()
+        };
+        let result = self
+            .write(&group, &mut staged, raft.as_ref())
+            .inspect_err(|e| {
+                tracing::error!(error = %e, "group commit failed; nothing acked");
+            });
         metrics::commit(envelopes, staged.bytes, started.elapsed(), result.is_ok());
         match result {
             Ok((offsets, mut outcomes)) => {
@@ -365,11 +425,12 @@ impl Writer {
                         ..
                     } = request;
                     drop(reserved);
-                    let _ = reply.send(Ok(offsets));
+                    let _ = reply.send(offsets);
                     if let Some(work) = group {
                         let _ = work.reply.send(Ok(outcomes.remove(0)));
                     }
                 }
+                true
             }
             Err(_) => {
                 if let Some(groups) = &mut self.groups {
@@ -381,6 +442,7 @@ impl Writer {
                         let _ = work.reply.send(Err(ErrorCode::Unavailable));
                     }
                 }
+                false
             }
         }
     }
@@ -395,7 +457,8 @@ impl Writer {
         &mut self,
         group: &[CommitRequest],
         staged: &mut Staged,
-    ) -> Result<(Vec<Vec<u64>>, Vec<Vec<crate::group_writer::Outcome>>), StoreError> {
+        raft: Option<&(u64, Vec<u8>)>,
+    ) -> Result<(Vec<CommitReply>, Vec<Vec<crate::group_writer::Outcome>>), StoreError> {
         // Sized up front for the group's records and their index entries,
         // so RocksDB's batch buffer is not regrown (and copied) as it fills.
         let capacity: usize = group
@@ -407,11 +470,24 @@ impl Writer {
         let mut offsets = Vec::with_capacity(group.len());
         let mut outcomes = Vec::new();
         for request in group {
-            let mut request_offsets = Vec::with_capacity(request.entries.len());
-            for entry in &request.entries {
-                request_offsets.push(self.stage(&mut batch, staged, entry)?);
+            let known = if staged.dedupe {
+                self.stored_already(staged, &request.entries)?
+            } else {
+                Ok(vec![None; request.entries.len()])
+            };
+            match known {
+                Ok(known) => {
+                    let mut request_offsets = Vec::with_capacity(request.entries.len());
+                    for (entry, known) in request.entries.iter().zip(known) {
+                        request_offsets.push(match known {
+                            Some(offset) => offset,
+                            None => self.stage(&mut batch, staged, entry)?,
+                        });
+                    }
+                    offsets.push(Ok(request_offsets));
+                }
+                Err(code) => offsets.push(Err(code)),
             }
-            offsets.push(request_offsets);
             if let Some(work) = &request.group {
                 outcomes.push(self.with_groups(&mut batch, staged, |groups, host| {
                     work.commands
@@ -467,6 +543,9 @@ impl Writer {
         for (key, principal) in &staged.owners {
             self.store.put_key_owner(&mut batch, key, principal)?;
         }
+        if let Some((group, applied)) = raft {
+            self.store.put_raft_applied(&mut batch, *group, applied)?;
+        }
         self.store.write_synced(batch)?;
         // Durable now: what retention trimmed goes at the next compaction.
         for topic in staged.topics.values() {
@@ -496,6 +575,40 @@ impl Writer {
         );
         self.groups = Some(groups);
         result
+    }
+
+    /// For a replicated batch: per envelope, the offset it is stored at
+    /// already (a retry: same key, seq and leaf), or `None` (new); `Replay`
+    /// when a key's seq holds another envelope. Reads the replay index only for
+    /// seqs at or below the mark (a seq above it was never stored).
+    fn stored_already(
+        &mut self,
+        staged: &Staged,
+        entries: &[Entry],
+    ) -> Result<Result<Vec<Option<u64>>, ErrorCode>, StoreError> {
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let mark = self
+                .persisted_mark(&entry.key_id)?
+                .max(staged.marks.get(&entry.key_id).copied().unwrap_or(0));
+            if entry.seq > mark {
+                out.push(None);
+                continue;
+            }
+            let known = match staged.published.get(&(entry.key_id, entry.seq)) {
+                Some(known) => Some(*known),
+                None => self.store.published(&entry.key_id, entry.seq)?,
+            };
+            match known {
+                Some((offset, leaf)) if leaf == entry.leaf => out.push(Some(offset)),
+                Some(_) => return Ok(Err(ErrorCode::Replay)),
+                // Not in the index: a seq the leader's ingest accepted
+                // whose batch reached the log after a higher seq's (two
+                // batches in flight); stored like any new envelope.
+                None => out.push(None),
+            }
+        }
+        Ok(Ok(out))
     }
 
     fn persisted_mark(&mut self, key: &KeyId) -> Result<u64, StoreError> {
@@ -705,6 +818,11 @@ impl Writer {
             },
         };
         let offset = topic.next;
+        if staged.dedupe {
+            staged
+                .published
+                .insert((entry.key_id, entry.seq), (offset, entry.leaf));
+        }
         self.store
             .put_message(batch, topic.id, offset, &entry.record)?;
         self.store
@@ -846,5 +964,98 @@ impl Host for WriterHost<'_> {
 
     fn put(&mut self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.writer.store.put_group_entry(self.batch, key, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn entry(seq: u64, leaf: u8) -> Entry {
+        Entry {
+            topic: "orders.a".into(),
+            record: vec![leaf; 8],
+            key_id: KeyId([7; 16]),
+            seq,
+            leaf: Hash([leaf; 32]),
+            principal: Arc::from("alice"),
+        }
+    }
+
+    fn request(entries: Vec<Entry>) -> (CommitRequest, oneshot::Receiver<CommitReply>) {
+        let (reply, answer) = oneshot::channel();
+        let request = CommitRequest {
+            entries,
+            reply,
+            reserved: Reservation::default(),
+            group: None,
+        };
+        (request, answer)
+    }
+
+    /// Applies `batches` as one replicated write; their answers.
+    fn replicated(sender: &mpsc::Sender<Command>, batches: Vec<Vec<Entry>>) -> Vec<CommitReply> {
+        let (requests, answers): (Vec<_>, Vec<_>) = batches.into_iter().map(request).unzip();
+        let (done, written) = oneshot::channel();
+        sender
+            .blocking_send(Command::Replicated(Replicated {
+                group: 1,
+                requests,
+                applied: b"applied".to_vec(),
+                done,
+            }))
+            .unwrap();
+        assert_eq!(written.blocking_recv(), Ok(true));
+        answers
+            .into_iter()
+            .map(|a| a.blocking_recv().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_replicated_retry_is_answered_with_its_offsets_and_a_reused_seq_is_a_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let (groups, _wake) = Groups::load(&store, None, 16).unwrap();
+        let policy = watch::channel(Arc::new(Policy::default())).1;
+        let committer = spawn(
+            store.clone(),
+            Arc::new(Registry::new(&[])),
+            Arc::new(Quotas::new(1 << 20)),
+            &[],
+            &Limits::default(),
+            policy,
+            groups,
+            None,
+        )
+        .unwrap();
+        let sender = committer.sender.clone();
+        // Two batches in one write, the second logged before the first's
+        // lower seqs (both passed the leader's ingest): both stored.
+        let first = replicated(
+            &sender,
+            vec![vec![entry(5, 5), entry(6, 6)], vec![entry(2, 2)]],
+        );
+        assert_eq!(first, vec![Ok(vec![0, 1]), Ok(vec![2])]);
+        // The same batch again (a retry after a lost ack), in a later write
+        // and within one write: the original offsets, nothing stored.
+        let again = replicated(
+            &sender,
+            vec![
+                vec![entry(5, 5), entry(6, 6)],
+                vec![entry(7, 7)],
+                vec![entry(7, 7)],
+            ],
+        );
+        assert_eq!(again, vec![Ok(vec![0, 1]), Ok(vec![3]), Ok(vec![3])]);
+        // A used seq with another envelope: the whole batch is refused.
+        let reused = replicated(&sender, vec![vec![entry(8, 8), entry(6, 9)]]);
+        assert_eq!(reused, vec![Err(ErrorCode::Replay)]);
+        assert_eq!(store.message(1, 4).unwrap(), None, "nothing of it stored");
+        assert_eq!(store.raft_applied(1).unwrap(), Some(b"applied".to_vec()));
+        drop(sender);
+        drop(committer.sender);
+        committer.thread.join().unwrap();
     }
 }

@@ -190,6 +190,9 @@ limits! {
     /// Longest one node-transport request (connect, send, answer) may take before the node counts the peer unreachable for it.
     raft_rpc_ms_max: "ms" = 2_000, 50, 600_000,
         keys ["limits.raft_rpc_ms_max"];
+    /// Longest a cluster leader waits for a publish batch to be committed by a majority and applied before it answers `Unavailable` (the batch may still commit; a retry is answered with its offsets).
+    raft_commit_ms_max: "ms" = 10_000, 100, 600_000,
+        keys ["limits.raft_commit_ms_max"];
 }
 
 /// Why a limit could not be set.

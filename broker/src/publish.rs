@@ -23,6 +23,7 @@
 use crate::answer;
 use crate::audit::Event;
 use crate::clock::now_ms;
+use crate::cluster::PublishError;
 use crate::commit::{CommitReply, CommitRequest, Entry};
 use crate::frames::{self, Budgeted, FrameError};
 use crate::ingest::{self, Checked, IngestContext, Verdict};
@@ -204,6 +205,15 @@ async fn ingest_batch(
         );
         return Ok(refuse_all(publish, &full, held));
     }
+    if let Some(cluster) = &conn.broker.cluster {
+        // A node that does not lead the data group stores nothing: the
+        // client goes to the leader (nothing is checked or charged here).
+        if cluster.data_leader() != Some(cluster.id()) {
+            let rejection = not_leader(cluster.data_leader_client());
+            return Ok(refuse_all(publish, &rejection, held));
+        }
+        conn.broker.replay.sync_term(cluster.data_term());
+    }
     let request_id = publish.request_id;
     let now_ms = now_ms();
     let Checked { verdicts, reserved } = check(conn, publish, now_ms)?;
@@ -366,16 +376,59 @@ fn entry(
     })
 }
 
-/// Queues accepted entries for the group commit, with the stored bytes
-/// reserved for them; `None` when there is nothing to commit or the writer
-/// has stopped (shutdown). The reservation ends with the request.
+/// `NotLeader`, naming the leader's client address when one is known.
+fn not_leader(client: Option<String>) -> Rejection {
+    match client {
+        Some(client) => Rejection::new(ErrorCode::NotLeader, format!("leader {client}")),
+        None => Rejection::new(ErrorCode::NotLeader, "no leader known yet; try again"),
+    }
+}
+
+/// Where a batch's offsets come from.
+enum Commit {
+    /// This broker's group commit.
+    Local(oneshot::Receiver<CommitReply>),
+    /// A cluster's data group (committed by a majority, applied here).
+    Cluster(tokio::task::JoinHandle<Result<Vec<u64>, Rejection>>),
+}
+
+/// Queues accepted entries for the group commit (a cluster node: proposes
+/// them to the data group), with the stored bytes reserved for them;
+/// `None` when there is nothing to commit or the writer has stopped
+/// (shutdown). The reservation ends with the request.
 async fn send_to_commit(
     conn: &ConnectionState,
     entries: Vec<Entry>,
     reserved: Reservation,
-) -> Option<oneshot::Receiver<CommitReply>> {
+) -> Option<Commit> {
     if entries.is_empty() {
         return None;
+    }
+    if let Some(cluster) = conn.broker.cluster.clone() {
+        let broker = conn.broker.clone();
+        // Handed over here, in stream order, so batches are logged (and
+        // their seqs stored) in the order they were checked.
+        let submitted = cluster.submit(entries).await;
+        return Some(Commit::Cluster(tokio::spawn(async move {
+            let result = match submitted {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
+            drop(reserved);
+            result.map_err(|e| {
+                // The marks this batch moved may not be stored: read them
+                // again from storage (a retry is then answered there).
+                broker.replay.forget_all();
+                match e {
+                    PublishError::NotLeader { client } => not_leader(client),
+                    PublishError::Refused(code) => Rejection::new(code, "message not stored"),
+                    PublishError::Unavailable(why) => {
+                        tracing::warn!(error = %why, "publish not committed by the cluster");
+                        Rejection::new(ErrorCode::Unavailable, "not committed in time; retry")
+                    }
+                }
+            })
+        })));
     }
     let (reply, receiver) = oneshot::channel();
     let request = CommitRequest {
@@ -385,7 +438,7 @@ async fn send_to_commit(
         group: None,
     };
     conn.broker.commits.send(request.into()).await.ok()?;
-    Some(receiver)
+    Some(Commit::Local(receiver))
 }
 
 /// A batch whose refusals are known and whose accepted envelopes wait for
@@ -397,7 +450,7 @@ struct PendingBatch {
     /// Indexes of the envelopes sent to the commit, in order.
     accepted: Vec<usize>,
     /// The commit's answer, if anything was sent to it.
-    commit: Option<oneshot::Receiver<CommitReply>>,
+    commit: Option<Commit>,
     /// Its in-flight permit and frame budget, held until its results are
     /// written.
     held: Held,
@@ -416,17 +469,25 @@ impl PendingBatch {
     async fn resolve(self) -> (Results, Held) {
         let mut outcomes = self.outcomes;
         if let Some(commit) = self.commit {
-            match commit.await.unwrap_or(Err(ErrorCode::Unavailable)) {
+            let answer = match commit {
+                Commit::Local(receiver) => receiver
+                    .await
+                    .unwrap_or(Err(ErrorCode::Unavailable))
+                    .map_err(|code| Rejection::new(code, "message not stored")),
+                Commit::Cluster(task) => task.await.unwrap_or_else(|_| {
+                    Err(Rejection::new(ErrorCode::Unavailable, "message not stored"))
+                }),
+            };
+            match answer {
                 Ok(offsets) => {
                     for (i, offset) in self.accepted.iter().zip(offsets) {
                         outcomes[*i] = Some(Outcome::Ack(offset));
                     }
                 }
-                Err(code) => {
-                    metrics::rejected(code);
+                Err(rejection) => {
+                    metrics::rejected(rejection.code);
                     for i in &self.accepted {
-                        outcomes[*i] =
-                            Some(Outcome::Nack(Rejection::new(code, "message not stored")));
+                        outcomes[*i] = Some(Outcome::Nack(rejection.clone()));
                     }
                 }
             }

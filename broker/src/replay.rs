@@ -25,6 +25,8 @@ pub struct ReplayGuard {
     marks: Mutex<HashMap<KeyId, u64>>,
     /// Seqs below a key's mark whose stored offset is remembered.
     window: u64,
+    /// The cluster data group's term the marks were read under.
+    term: std::sync::atomic::AtomicU64,
 }
 
 /// Access to the marks for one batch: locked on the first read, released
@@ -44,6 +46,24 @@ impl ReplayGuard {
             store,
             marks: Mutex::new(HashMap::new()),
             window,
+            term: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Forgets every mark held in memory; each is read from storage again
+    /// on its next use (a cluster node: after a publish the data group
+    /// did not commit, or when the group's term changed).
+    pub fn forget_all(&self) {
+        if let Ok(mut marks) = self.marks.lock() {
+            marks.clear();
+        }
+    }
+
+    /// Forgets the marks when the cluster data group's term is not the
+    /// one they were read under (another leader may have stored since).
+    pub fn sync_term(&self, term: u64) {
+        if self.term.swap(term, std::sync::atomic::Ordering::AcqRel) != term {
+            self.forget_all();
         }
     }
 

@@ -157,7 +157,17 @@ pub async fn start(config: Config) -> Result<Broker, BrokerError> {
     };
     let cluster = match &settings.cluster {
         Some(cluster) => Some(Arc::new(
-            ClusterNode::start(cluster, &settings.tls, &settings.data_dir, limits).await?,
+            ClusterNode::start(
+                cluster,
+                &settings.tls,
+                &settings.data_dir,
+                limits,
+                crate::cluster::DataHost {
+                    store: store.clone(),
+                    commits: committer.sender.clone(),
+                },
+            )
+            .await?,
         )),
         None => None,
     };

@@ -573,6 +573,33 @@ impl Store {
         Ok(())
     }
 
+    /// The key of a cluster data group's applied state, in the replay
+    /// family (never a key id: those are 16 bytes).
+    fn raft_applied_key(group: u64) -> Vec<u8> {
+        let mut key = b"cluster/data-applied/".to_vec();
+        key.extend_from_slice(&group.to_be_bytes());
+        key
+    }
+
+    /// A cluster data group's applied state (log id and membership), as
+    /// written with the messages it applied.
+    pub fn raft_applied(&self, group: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self
+            .db
+            .get_cf(self.cf(CF_REPLAY)?, Self::raft_applied_key(group))?)
+    }
+
+    /// Adds a cluster data group's applied state to a write batch.
+    pub fn put_raft_applied(
+        &self,
+        batch: &mut WriteBatch,
+        group: u64,
+        applied: &[u8],
+    ) -> Result<(), StoreError> {
+        batch.put_cf(self.cf(CF_REPLAY)?, Self::raft_applied_key(group), applied);
+        Ok(())
+    }
+
     /// Writes a batch and syncs it to disk before returning.
     pub fn write_synced(&self, batch: WriteBatch) -> Result<(), StoreError> {
         let mut opts = WriteOptions::default();

@@ -128,9 +128,19 @@ impl Client {
         let payloads = Arc::new(load_payloads(&config)?);
         let quic = tls::client_config(&config)?;
         let (endpoint, addr, conn) = dial_first(&config, quic).await?;
+        // Every address of the file, for reconnects and `NotLeader`
+        // redirects without a leader named (one that does not resolve now
+        // is left out).
+        let mut brokers = Vec::with_capacity(config.brokers.len());
+        for broker in &config.brokers {
+            if let Ok(resolved) = resolve(broker).await {
+                brokers.push(resolved);
+            }
+        }
         let link = Link::new(
             endpoint,
             addr,
+            brokers,
             config.server_name.clone(),
             conn.clone(),
             ReconnectPolicy {

@@ -91,6 +91,11 @@ pub const RECONNECT_ATTEMPTS_MAX: u32 = 1000;
 /// The first wait before a reconnect attempt, in ms (doubled per attempt).
 pub const RECONNECT_WAIT_MS_MIN: u64 = 50;
 
+/// Longest one dial of a reconnect or `NotLeader` redirect may take when
+/// the client file lists several brokers (cluster nodes): a node that is
+/// down does not answer, and the next one is tried.
+pub const NODE_DIAL_MS_MAX: u64 = 2_000;
+
 /// The longest wait between reconnect attempts, by default, in ms.
 pub const RECONNECT_WAIT_MS_DEFAULT: u64 = 2_000;
 

@@ -20,7 +20,7 @@
 //! its stream again on the connection returned.
 
 use crate::error::Error;
-use crate::limits::RECONNECT_WAIT_MS_MIN;
+use crate::limits::{NODE_DIAL_MS_MAX, RECONNECT_WAIT_MS_MIN};
 use signet_proto::ErrorCode;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,7 +62,11 @@ pub(crate) struct Link {
 
 struct Shared {
     endpoint: quinn::Endpoint,
-    addr: SocketAddr,
+    /// The address dialed again: the one that answered last, or where a
+    /// `NotLeader` pointed.
+    addr: std::sync::Mutex<SocketAddr>,
+    /// Every address of the client file, in order.
+    brokers: Vec<SocketAddr>,
     server_name: String,
     policy: ReconnectPolicy,
     current: Mutex<Current>,
@@ -110,6 +114,7 @@ impl Link {
     pub fn new(
         endpoint: quinn::Endpoint,
         addr: SocketAddr,
+        brokers: Vec<SocketAddr>,
         server_name: String,
         conn: quinn::Connection,
         policy: ReconnectPolicy,
@@ -117,7 +122,8 @@ impl Link {
         Link {
             shared: Arc::new(Shared {
                 endpoint,
-                addr,
+                addr: std::sync::Mutex::new(addr),
+                brokers,
                 server_name,
                 policy,
                 current: Mutex::new(Current {
@@ -177,6 +183,114 @@ impl Link {
     /// A live connection newer than `generation`: the one another task
     /// already dialed, or a new one dialed now (see the module doc for
     /// the waits and what gives up).
+    fn addr(&self) -> SocketAddr {
+        match self.shared.addr.lock() {
+            Ok(addr) => *addr,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    fn set_addr(&self, to: SocketAddr) {
+        match self.shared.addr.lock() {
+            Ok(mut addr) => *addr = to,
+            Err(poisoned) => *poisoned.into_inner() = to,
+        }
+    }
+
+    /// A dial, given up after [`NODE_DIAL_MS_MAX`] when the client file
+    /// lists several brokers (a cluster node that is down does not answer
+    /// at all, and the next one should be tried).
+    async fn bounded(
+        &self,
+        connecting: quinn::Connecting,
+    ) -> Result<quinn::Connection, quinn::ConnectionError> {
+        if self.shared.brokers.len() < 2 {
+            return connecting.await;
+        }
+        match tokio::time::timeout(Duration::from_millis(NODE_DIAL_MS_MAX), connecting).await {
+            Ok(result) => result,
+            Err(_) => Err(quinn::ConnectionError::TimedOut),
+        }
+    }
+
+    /// Moves to the address after the current one in the client file.
+    fn next_broker(&self) {
+        let brokers = &self.shared.brokers;
+        if brokers.len() < 2 {
+            return;
+        }
+        let now = self.addr();
+        let next = brokers
+            .iter()
+            .position(|b| *b == now)
+            .map_or(0, |i| (i + 1) % brokers.len());
+        self.set_addr(brokers[next]);
+    }
+
+    /// A cluster node answered `NotLeader`: closes the connection of
+    /// `generation` and dials `leader` (when the node named one), else the
+    /// next address of the client file, after a backoff that grows with
+    /// each redirect in a row; bounded like reconnects (`GaveUp`).
+    pub async fn redirect(
+        &self,
+        generation: u64,
+        leader: Option<SocketAddr>,
+    ) -> Result<Current, Error> {
+        let mut current = self.shared.current.lock().await;
+        if current.generation != generation && current.conn.close_reason().is_none() {
+            return Ok(current.clone());
+        }
+        current.conn.close(0u32.into(), b"not the leader");
+        match leader {
+            Some(leader) => self.set_addr(leader),
+            None => self.next_broker(),
+        }
+        let mut streak = if current.established.elapsed() >= STABLE_CONNECTION {
+            0
+        } else {
+            current.streak
+        };
+        let mut last = "not the leader".to_owned();
+        while streak < self.shared.policy.attempts {
+            streak += 1;
+            let bound = Duration::from_millis(RECONNECT_WAIT_MS_MIN)
+                .saturating_mul(1 << (streak - 1).min(20))
+                .min(self.shared.policy.wait_max);
+            tokio::time::sleep(jitter(bound)).await;
+            if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+                break;
+            }
+            let connecting = self
+                .shared
+                .endpoint
+                .connect(self.addr(), &self.shared.server_name)
+                .map_err(|e| Error::GaveUp {
+                    attempts: streak,
+                    last: e.to_string(),
+                })?;
+            match self.bounded(connecting).await {
+                Ok(conn) => {
+                    tracing::info!(attempt = streak, "redirected to the cluster leader");
+                    *current = Current {
+                        conn,
+                        generation: current.generation + 1,
+                        established: Instant::now(),
+                        streak,
+                    };
+                    return Ok(current.clone());
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    self.next_broker();
+                }
+            }
+        }
+        Err(Error::GaveUp {
+            attempts: streak,
+            last,
+        })
+    }
+
     pub async fn reconnect(&self, generation: u64) -> Result<Current, Error> {
         let mut current = self.shared.current.lock().await;
         if current.generation != generation && current.conn.close_reason().is_none() {
@@ -211,11 +325,13 @@ impl Link {
             if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 break;
             }
-            let connecting = match self
-                .shared
-                .endpoint
-                .connect(self.shared.addr, &self.shared.server_name)
-            {
+            if streak == 1 {
+                // A cluster: the node that was lost is likely down; the
+                // next one answers, or redirects to the leader.
+                self.next_broker();
+            }
+            let addr = self.addr();
+            let connecting = match self.shared.endpoint.connect(addr, &self.shared.server_name) {
                 Ok(connecting) => connecting,
                 Err(e) => {
                     return Err(Error::GaveUp {
@@ -224,7 +340,7 @@ impl Link {
                     });
                 }
             };
-            match connecting.await {
+            match self.bounded(connecting).await {
                 Ok(conn) => {
                     tracing::info!(attempt = streak, "reconnected to the broker");
                     *current = Current {
@@ -238,6 +354,8 @@ impl Link {
                 Err(e) if retryable(&e) => {
                     tracing::debug!(attempt = streak, error = %e, "reconnect attempt failed");
                     last = e.to_string();
+                    // A cluster node that is down: the next one of the file.
+                    self.next_broker();
                 }
                 Err(e) => {
                     return Err(Error::GaveUp {

@@ -166,6 +166,9 @@ struct Ended {
     /// Batches sent and not answered when the stream failed (the
     /// connection may be gone): to send again on a new connection.
     unanswered: Vec<InFlight>,
+    /// A cluster node answered `NotLeader` (with the leader's address when
+    /// it named one): the batches go again, byte for byte, to the leader.
+    redirect: Option<Option<std::net::SocketAddr>>,
 }
 
 /// The publish stream in use.
@@ -461,15 +464,41 @@ impl Publisher {
         let Ended {
             again,
             mut unanswered,
+            redirect,
         } = stream.reader.await.unwrap_or_default();
         unanswered.append(&mut stream.untaken);
-        if !unanswered.is_empty() {
+        if let Some(leader) = redirect {
+            self.redirect(stream.generation, leader, unanswered).await;
+        } else if !unanswered.is_empty() {
             self.resend(stream.generation, unanswered).await;
         }
         if !again.is_empty() {
             tokio::time::sleep(wait.min(self.settings.quota_retry_max)).await;
         }
         self.source.put_back(again.into_iter());
+    }
+
+    /// Follows a `NotLeader`: dials the leader (or the next address of
+    /// the client file) and sends the batches again there, in order, byte
+    /// for byte (the leader answers one already stored with its offsets);
+    /// answers them with the error if the link gives up.
+    async fn redirect(
+        &mut self,
+        generation: u64,
+        leader: Option<std::net::SocketAddr>,
+        batches: Vec<InFlight>,
+    ) {
+        let (error, batches) = match self.link.redirect(generation, leader).await {
+            Ok(_) => match self.open_stream(batches).await {
+                Ok(()) => return,
+                Err(failed) => failed,
+            },
+            Err(error) => (error, batches),
+        };
+        tracing::debug!(%error, "publishes refused with NotLeader could not be sent again");
+        for batch in batches {
+            answer_all(batch.sent, &error);
+        }
     }
 
     /// Sends again, on a new connection, the batches a stream left
@@ -696,6 +725,8 @@ async fn read_results(
     stop: watch::Sender<Option<Duration>>,
 ) -> Ended {
     let mut again = Vec::new();
+    let mut unanswered = Vec::new();
+    let mut redirect = None;
     let failure = loop {
         match read_frame::<ServerFrame, _>(&mut recv, FRAME_BYTES_MAX).await {
             Ok(Some(ServerFrame::Results(results))) => {
@@ -703,12 +734,21 @@ async fn read_results(
                     return Ended {
                         again,
                         unanswered: Vec::new(),
+                        redirect: None,
                     };
                 };
                 if batch.request_id != results.request_id
                     || batch.sent.len() != results.outcomes.len()
                 {
                     break Error::Protocol("results out of order".into());
+                }
+                if let Some(leader) = not_leader(&results.outcomes) {
+                    // This node does not lead: nothing of the batch is
+                    // stored here; it and every later one go to the leader.
+                    redirect = Some(leader);
+                    unanswered.push(batch);
+                    stop.send_replace(Some(Duration::ZERO));
+                    break Error::ConnectionLost("not the leader".into());
                 }
                 for (sent, outcome) in batch.sent.into_iter().zip(results.outcomes) {
                     match outcome {
@@ -726,7 +766,6 @@ async fn read_results(
         }
     };
     pending.close();
-    let mut unanswered = Vec::new();
     while let Some(batch) = pending.recv().await {
         if let Error::ConnectionLost(_) = failure {
             unanswered.push(batch);
@@ -736,7 +775,24 @@ async fn read_results(
             let _ = sent.reply.send(Err(failure.clone()));
         }
     }
-    Ended { again, unanswered }
+    Ended {
+        again,
+        unanswered,
+        redirect,
+    }
+}
+
+/// `Some` when a batch was refused with `NotLeader`: the leader's address
+/// when the node named one (`leader <addr>`).
+fn not_leader(outcomes: &[Outcome]) -> Option<Option<std::net::SocketAddr>> {
+    outcomes.iter().find_map(|o| match o {
+        Outcome::Nack(r) if r.code == ErrorCode::NotLeader => Some(
+            r.detail
+                .strip_prefix("leader ")
+                .and_then(|addr| addr.parse().ok()),
+        ),
+        _ => None,
+    })
 }
 
 #[cfg(test)]

@@ -80,6 +80,7 @@ codes! {
     Internal(501) "internal broker error";
     StorageFull(502) "the broker's disk is below its free-space floor; publishes are refused until space returns";
     NotClustered(503) "the broker is a single broker, not a node of a cluster";
+    NotLeader(504) "this cluster node does not lead the group holding the topic; the detail names the leader's client address when one is known";
 }
 
 impl fmt::Display for ErrorCode {

@@ -8,13 +8,16 @@
 // openraft's traits fix these error types (StorageError is large).
 #![allow(clippy::result_large_err)]
 
-use super::types::{Meta, MetaEntry, StorageError};
+use super::types::StorageError;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{LogId, OptionalSend, RaftLogReader, StorageIOError, Vote};
+use openraft::{
+    LogId, OptionalSend, RaftLogId, RaftLogReader, RaftTypeConfig, StorageIOError, Vote,
+};
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
+use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
@@ -64,17 +67,48 @@ fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-/// The log store; clones share the database and the commit index.
-#[derive(Clone)]
-pub(crate) struct LogStore {
+/// The log store of one group (metadata or data, `C`); clones share the
+/// database and the commit index.
+pub(crate) struct LogStore<C> {
     db: Arc<DB>,
     /// The highest committed index + 1 (0: none), for status.
     committed: Arc<AtomicU64>,
+    group: PhantomData<fn() -> C>,
 }
 
-impl LogStore {
-    pub(crate) fn new(db: Arc<DB>, committed: Arc<AtomicU64>) -> LogStore {
-        LogStore { db, committed }
+impl<C> Clone for LogStore<C> {
+    fn clone(&self) -> Self {
+        LogStore {
+            db: self.db.clone(),
+            committed: self.committed.clone(),
+            group: PhantomData,
+        }
+    }
+}
+
+/// What the log store needs of a group's type configuration.
+pub(crate) trait Logged:
+    RaftTypeConfig<NodeId = u64, Entry = openraft::Entry<Self>>
+{
+}
+
+impl<C> Logged for C
+where
+    C: RaftTypeConfig<NodeId = u64, Entry = openraft::Entry<C>>,
+    openraft::Entry<C>: Serialize + DeserializeOwned,
+{
+}
+
+impl<C: Logged> LogStore<C>
+where
+    C::Entry: Serialize + DeserializeOwned,
+{
+    pub(crate) fn new(db: Arc<DB>, committed: Arc<AtomicU64>) -> LogStore<C> {
+        LogStore {
+            db,
+            committed,
+            group: PhantomData,
+        }
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageIOError<u64>> {
@@ -101,19 +135,22 @@ impl LogStore {
         match self.db.iterator_cf(&cf, IteratorMode::End).next() {
             Some(item) => {
                 let (_, value) = item.map_err(|e| StorageIOError::read_logs(&e))?;
-                let entry: MetaEntry = decode(&value)?;
-                Ok(Some(entry.log_id))
+                let entry: C::Entry = decode(&value)?;
+                Ok(Some(*entry.get_log_id()))
             }
             None => Ok(None),
         }
     }
 }
 
-impl RaftLogReader<Meta> for LogStore {
+impl<C: Logged> RaftLogReader<C> for LogStore<C>
+where
+    C::Entry: Serialize + DeserializeOwned,
+{
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<MetaEntry>, StorageError> {
+    ) -> Result<Vec<C::Entry>, StorageError> {
         let start = match range.start_bound() {
             Bound::Included(x) => *x,
             Bound::Excluded(x) => x.saturating_add(1),
@@ -141,10 +178,13 @@ impl RaftLogReader<Meta> for LogStore {
     }
 }
 
-impl RaftLogStorage<Meta> for LogStore {
+impl<C: Logged> RaftLogStorage<C> for LogStore<C>
+where
+    C::Entry: Serialize + DeserializeOwned,
+{
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<Meta>, StorageError> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, StorageError> {
         let last_purged_log_id: Option<LogId<u64>> = self.get(PURGED)?;
         let last_log_id = self.last_log_id()?.or(last_purged_log_id);
         Ok(LogState {
@@ -181,19 +221,15 @@ impl RaftLogStorage<Meta> for LogStore {
         Ok(committed)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<Meta>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError>
     where
-        I: IntoIterator<Item = MetaEntry> + OptionalSend,
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let cf = self.db.cf_handle(LOG).ok_or_else(|| missing(LOG))?;
         let mut batch = WriteBatch::default();
         for entry in entries {
-            batch.put_cf(&cf, index_key(entry.log_id.index), encode(&entry)?);
+            batch.put_cf(&cf, index_key(entry.get_log_id().index), encode(&entry)?);
         }
         // One synced write for the whole append: on disk before openraft
         // counts it (and before a follower answers its leader).

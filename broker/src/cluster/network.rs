@@ -5,7 +5,7 @@
 //! `signet://node/<id>` for the id dialed, or nothing is sent.
 
 use super::transport::{node_dns_name, node_of};
-use super::types::{Meta, NodeAddr};
+use super::types::{Data, Meta, NodeAddr};
 use super::wire::{self, PeerStatus, Reply, Request, Rpc, WireError};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -229,6 +229,78 @@ impl RaftNetwork<Meta> for Link {
             Reply::Vote(Ok(r)) => Ok(r),
             Reply::Vote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
             _ => Err(self.mismatch()),
+        }
+    }
+}
+
+/// openraft's factory for a data group: a [`DataLink`] per target.
+#[derive(Clone)]
+pub(crate) struct DataNetwork {
+    pub dialer: Arc<Dialer>,
+    pub group: u64,
+}
+
+/// The connection to one peer, for one data group.
+pub(crate) struct DataLink {
+    link: Link,
+    group: u64,
+}
+
+impl RaftNetworkFactory<Data> for DataNetwork {
+    type Network = DataLink;
+
+    async fn new_client(&mut self, target: u64, node: &NodeAddr) -> DataLink {
+        DataLink {
+            link: Link {
+                dialer: self.dialer.clone(),
+                target,
+                addr: node.raft.parse().ok(),
+            },
+            group: self.group,
+        }
+    }
+}
+
+impl RaftNetwork<Data> for DataLink {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<Data>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
+        let target = self.link.target;
+        match self.link.call(Rpc::DataAppend(self.group, rpc)).await? {
+            Reply::DataAppend(Ok(r)) => Ok(r),
+            Reply::DataAppend(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(target, e))),
+            _ => Err(self.link.mismatch()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<Data>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, NodeAddr, RaftError<u64, InstallSnapshotError>>,
+    > {
+        let target = self.link.target;
+        match self.link.call(Rpc::DataSnapshot(self.group, rpc)).await? {
+            Reply::DataSnapshot(Ok(r)) => Ok(r),
+            Reply::DataSnapshot(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(target, e))),
+            _ => Err(self.link.mismatch()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
+        let target = self.link.target;
+        match self.link.call(Rpc::DataVote(self.group, rpc)).await? {
+            Reply::DataVote(Ok(r)) => Ok(r),
+            Reply::DataVote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(target, e))),
+            _ => Err(self.link.mismatch()),
         }
     }
 }

@@ -152,10 +152,21 @@ pub fn client_config(
 /// What the listener needs.
 pub(crate) struct Served {
     pub raft: MetaRaft,
+    /// The data groups this node is a member of, by group id.
+    pub data: Vec<(u64, super::types::DataRaft)>,
     pub settings: ClusterSettings,
     pub frame_bytes_max: u64,
     pub rpc_timeout: Duration,
     pub handshakes_max: usize,
+}
+
+impl Served {
+    fn data_group(&self, group: u64) -> Option<&super::types::DataRaft> {
+        self.data
+            .iter()
+            .find(|(id, _)| *id == group)
+            .map(|(_, r)| r)
+    }
 }
 
 /// Accepts peers until shutdown.
@@ -267,6 +278,18 @@ async fn serve_stream(
                 term: metrics.current_term,
             })
         }
+        Rpc::DataAppend(group, r) => match served.data_group(group) {
+            Some(data) => Reply::DataAppend(data.append_entries(r).await),
+            None => Reply::Refused(format!("no data group {group} here")),
+        },
+        Rpc::DataVote(group, r) => match served.data_group(group) {
+            Some(data) => Reply::DataVote(data.vote(r).await),
+            None => Reply::Refused(format!("no data group {group} here")),
+        },
+        Rpc::DataSnapshot(group, r) => match served.data_group(group) {
+            Some(data) => Reply::DataSnapshot(data.install_snapshot(r).await),
+            None => Reply::Refused(format!("no data group {group} here")),
+        },
     };
     if wire::write(&mut send, &reply).await.is_ok() {
         let _ = send.finish();

@@ -2,6 +2,7 @@
 //! `u64`, a node is known by its two addresses, log entries carry
 //! [`MetaCommand`]s and answer [`MetaOutcome`]s.
 
+use super::data::{DataCommand, DataOutcome};
 use super::meta::{MetaCommand, MetaOutcome};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -36,3 +37,16 @@ pub type MetaRaft = openraft::Raft<Meta>;
 pub type MetaEntry = openraft::Entry<Meta>;
 /// A storage failure, as openraft takes it.
 pub type StorageError = openraft::StorageError<u64>;
+
+openraft::declare_raft_types!(
+    /// A data group's types: entries are accepted publish batches.
+    pub Data:
+        D = DataCommand,
+        R = DataOutcome,
+        Node = NodeAddr,
+);
+
+/// A data group's Raft instance.
+pub type DataRaft = openraft::Raft<Data>;
+/// One entry of a data group's log.
+pub type DataEntry = openraft::Entry<Data>;

@@ -3,7 +3,7 @@
 //! (named fields). The length is checked against `raft_frame_bytes_max`
 //! before anything is allocated.
 
-use super::types::Meta;
+use super::types::{Data, Meta};
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -24,13 +24,17 @@ pub struct Request {
     pub rpc: Rpc,
 }
 
-/// The Raft calls, and a status probe.
+/// The Raft calls of the metadata group and of the data groups (each
+/// with its group id), and a status probe.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Rpc {
     Append(AppendEntriesRequest<Meta>),
     Vote(VoteRequest<u64>),
     Snapshot(InstallSnapshotRequest<Meta>),
     Status,
+    DataAppend(u64, AppendEntriesRequest<Data>),
+    DataVote(u64, VoteRequest<u64>),
+    DataSnapshot(u64, InstallSnapshotRequest<Data>),
 }
 
 impl Rpc {
@@ -41,6 +45,9 @@ impl Rpc {
             Rpc::Vote(r) => r.vote.leader_id().voted_for(),
             Rpc::Snapshot(r) => r.vote.leader_id().voted_for(),
             Rpc::Status => None,
+            Rpc::DataAppend(_, r) => r.vote.leader_id().voted_for(),
+            Rpc::DataVote(_, r) => r.vote.leader_id().voted_for(),
+            Rpc::DataSnapshot(_, r) => r.vote.leader_id().voted_for(),
         }
     }
 }
@@ -61,6 +68,9 @@ pub enum Reply {
     Vote(Result<VoteResponse<u64>, RaftError<u64>>),
     Snapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     Status(PeerStatus),
+    DataAppend(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    DataVote(Result<VoteResponse<u64>, RaftError<u64>>),
+    DataSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
     /// Not served (the sender is not who it claims to be).
     Refused(String),
 }

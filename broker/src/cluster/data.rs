@@ -1,0 +1,225 @@
+//! A data group (phase B: one group, id [`DATA_GROUP`], every node a
+//! member, every topic in it). Its log entries are accepted publish
+//! batches as the leader's ingest produced them ([`DataCommand`]: topic,
+//! stored record, key id + seq + leaf for the replay index, principal for
+//! usage), so applying one reads no policy and no clock.
+//!
+//! The state machine hands each applied run of entries to the broker's
+//! group-commit writer ([`crate::commit`]) as one
+//! [`Command::Replicated`](crate::commit::Command::Replicated): offsets are
+//! assigned there, in log order, on every replica, in one synced RocksDB
+//! write that also holds this group's applied log id and membership, so a
+//! restart neither applies an entry twice nor skips one. The writer answers
+//! a batch already stored (same key, seq and leaf) with its original
+//! offsets instead of storing it again.
+//!
+//! The group's log is its own database, `<data_dir>/cluster-data-<id>`.
+//! Snapshots are not built (the log is never purged in phase B), so a
+//! replica catches up by replaying the log.
+
+// openraft's traits fix these error types (StorageError is large).
+#![allow(clippy::result_large_err)]
+
+use super::log_store::{decode, encode};
+use super::types::{Data, DataEntry, NodeAddr, StorageError};
+use crate::commit::{Command, CommitRequest, Entry, Replicated};
+use crate::quota::Reservation;
+use crate::store::Store;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use signet_proto::merkle::Hash;
+use signet_proto::{ErrorCode, KeyId};
+use std::io::Cursor;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot};
+
+/// The id of the one data group of phase B.
+pub const DATA_GROUP: u64 = 1;
+
+/// One accepted envelope as replicated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataRecord {
+    pub topic: String,
+    #[serde(with = "serde_bytes")]
+    pub record: Vec<u8>,
+    pub key_id: KeyId,
+    pub seq: u64,
+    pub leaf: Hash,
+    pub principal: String,
+}
+
+/// One log entry of a data group: one accepted publish batch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataCommand {
+    /// The group it is for.
+    pub group: u64,
+    /// The accepted envelopes, in batch order.
+    pub records: Vec<DataRecord>,
+}
+
+/// What applying one entry gave: the batch's offsets, or why nothing was
+/// stored (`Replay`: a seq already used by another envelope).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataOutcome(pub Result<Vec<u64>, ErrorCode>);
+
+impl From<Entry> for DataRecord {
+    fn from(e: Entry) -> DataRecord {
+        DataRecord {
+            topic: e.topic,
+            record: e.record,
+            key_id: e.key_id,
+            seq: e.seq,
+            leaf: e.leaf,
+            principal: e.principal.to_string(),
+        }
+    }
+}
+
+impl From<DataRecord> for Entry {
+    fn from(r: DataRecord) -> Entry {
+        Entry {
+            topic: r.topic,
+            record: r.record,
+            key_id: r.key_id,
+            seq: r.seq,
+            leaf: r.leaf,
+            principal: Arc::from(r.principal),
+        }
+    }
+}
+
+/// The applied log id and membership of a data group, stored with the
+/// messages (see [`Store::raft_applied`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct DataApplied {
+    pub last_applied: Option<LogId<u64>>,
+    pub membership: StoredMembership<u64, NodeAddr>,
+}
+
+/// A data group's state machine: the node's message store, written by the
+/// group-commit writer.
+#[derive(Clone)]
+pub(crate) struct DataMachine {
+    group: u64,
+    commits: mpsc::Sender<Command>,
+    applied: DataApplied,
+}
+
+fn io(e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::write_state_machine(&std::io::Error::other(e.to_string())).into()
+}
+
+impl DataMachine {
+    /// The machine of `group`, its applied state read from `store`.
+    pub(crate) fn load(
+        group: u64,
+        store: &Store,
+        commits: mpsc::Sender<Command>,
+    ) -> Result<DataMachine, StorageError> {
+        let applied = match store.raft_applied(group).map_err(io)? {
+            Some(bytes) => decode(&bytes)?,
+            None => DataApplied::default(),
+        };
+        Ok(DataMachine {
+            group,
+            commits,
+            applied,
+        })
+    }
+}
+
+impl RaftSnapshotBuilder<Data> for DataMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<Data>, StorageError> {
+        // Never asked for: the snapshot policy is `Never` and the log is
+        // not purged. A snapshot holding no messages must not be installed.
+        Err(io("data group snapshots are not supported"))
+    }
+}
+
+impl RaftStateMachine<Data> for DataMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<u64>>, StoredMembership<u64, NodeAddr>), StorageError> {
+        Ok((self.applied.last_applied, self.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<DataOutcome>, StorageError>
+    where
+        I: IntoIterator<Item = DataEntry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut applied = self.applied.clone();
+        let mut requests = Vec::new();
+        let mut answers = Vec::new();
+        for entry in entries {
+            applied.last_applied = Some(entry.log_id);
+            match entry.payload {
+                EntryPayload::Normal(command) if command.group == self.group => {
+                    let (reply, answer) = oneshot::channel();
+                    requests.push(CommitRequest {
+                        entries: command.records.into_iter().map(Entry::from).collect(),
+                        reply,
+                        reserved: Reservation::default(),
+                        group: None,
+                    });
+                    answers.push(Some(answer));
+                }
+                EntryPayload::Normal(_) => answers.push(None),
+                EntryPayload::Blank => answers.push(None),
+                EntryPayload::Membership(membership) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), membership);
+                    answers.push(None);
+                }
+            }
+        }
+        let (done, written) = oneshot::channel();
+        let command = Command::Replicated(Replicated {
+            group: self.group,
+            requests,
+            applied: encode(&applied)?,
+            done,
+        });
+        self.commits
+            .send(command)
+            .await
+            .map_err(|_| io("the commit writer stopped"))?;
+        if !matches!(written.await, Ok(true)) {
+            return Err(io("the replicated write failed"));
+        }
+        self.applied = applied;
+        let mut outcomes = Vec::with_capacity(answers.len());
+        for answer in answers {
+            outcomes.push(DataOutcome(match answer {
+                Some(answer) => answer.await.unwrap_or(Err(ErrorCode::Unavailable)),
+                None => Ok(Vec::new()),
+            }));
+        }
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        _meta: &SnapshotMeta<u64, NodeAddr>,
+        _snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        Err(io("data group snapshots are not supported"))
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<Data>>, StorageError> {
+        Ok(None)
+    }
+}
