@@ -15,7 +15,7 @@
 //! below records a compaction already dropped. At open the floors are the
 //! stored first offsets.
 
-use crate::store::parse_message_key;
+use crate::message_key::parse_message_key;
 use rocksdb::compaction_filter::{CompactionFilter, Decision};
 use rocksdb::compaction_filter_factory::{CompactionFilterContext, CompactionFilterFactory};
 use std::collections::HashMap;
@@ -95,7 +95,7 @@ impl CompactionFilter for BelowFloor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::message_key;
+    use crate::message_key::message_key;
 
     #[test]
     fn a_floor_only_rises_and_drops_only_its_topics_keys_below_it() {

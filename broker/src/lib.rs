@@ -59,6 +59,7 @@ pub mod handshake;
 pub mod ingest;
 pub mod ledger;
 pub mod limits;
+pub mod message_key;
 pub mod metrics;
 pub mod pattern;
 pub mod policy;

@@ -18,6 +18,8 @@
 
 use crate::error::{BrokerError, StoreError};
 use crate::floors::{BelowFloorFactory, Floors};
+use crate::message_key::parse_message_key;
+pub use crate::message_key::{MESSAGE_KEY_BYTES, message_key};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
     WriteBatch, WriteOptions,
@@ -67,26 +69,6 @@ fn published_key(key: &KeyId, seq: u64) -> [u8; 24] {
     out[..16].copy_from_slice(&key.0);
     out[16..].copy_from_slice(&seq.to_be_bytes());
     out
-}
-
-/// Length of a message key.
-pub const MESSAGE_KEY_BYTES: usize = 12;
-
-/// The `messages` key of `offset` in topic `topic_id`.
-pub fn message_key(topic_id: u32, offset: u64) -> [u8; MESSAGE_KEY_BYTES] {
-    let mut key = [0u8; MESSAGE_KEY_BYTES];
-    key[..4].copy_from_slice(&topic_id.to_be_bytes());
-    key[4..].copy_from_slice(&offset.to_be_bytes());
-    key
-}
-
-pub(crate) fn parse_message_key(key: &[u8]) -> Option<(u32, u64)> {
-    let key: &[u8; MESSAGE_KEY_BYTES] = key.try_into().ok()?;
-    let (tid, off) = key.split_at(4);
-    Some((
-        u32::from_be_bytes(tid.try_into().ok()?),
-        u64::from_be_bytes(off.try_into().ok()?),
-    ))
 }
 
 /// A topic as found on disk at start.
