@@ -180,9 +180,6 @@ impl Link {
         }
     }
 
-    /// A live connection newer than `generation`: the one another task
-    /// already dialed, or a new one dialed now (see the module doc for
-    /// the waits and what gives up).
     fn addr(&self) -> SocketAddr {
         match self.shared.addr.lock() {
             Ok(addr) => *addr,
@@ -245,52 +242,13 @@ impl Link {
             Some(leader) => self.set_addr(leader),
             None => self.next_broker(),
         }
-        let mut streak = if current.established.elapsed() >= STABLE_CONNECTION {
-            0
-        } else {
-            current.streak
-        };
-        let mut last = "not the leader".to_owned();
-        while streak < self.shared.policy.attempts {
-            streak += 1;
-            let bound = Duration::from_millis(RECONNECT_WAIT_MS_MIN)
-                .saturating_mul(1 << (streak - 1).min(20))
-                .min(self.shared.policy.wait_max);
-            tokio::time::sleep(jitter(bound)).await;
-            if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
-                break;
-            }
-            let connecting = self
-                .shared
-                .endpoint
-                .connect(self.addr(), &self.shared.server_name)
-                .map_err(|e| Error::GaveUp {
-                    attempts: streak,
-                    last: e.to_string(),
-                })?;
-            match self.bounded(connecting).await {
-                Ok(conn) => {
-                    tracing::info!(attempt = streak, "redirected to the cluster leader");
-                    *current = Current {
-                        conn,
-                        generation: current.generation + 1,
-                        established: Instant::now(),
-                        streak,
-                    };
-                    return Ok(current.clone());
-                }
-                Err(e) => {
-                    last = e.to_string();
-                    self.next_broker();
-                }
-            }
-        }
-        Err(Error::GaveUp {
-            attempts: streak,
-            last,
-        })
+        self.redial(&mut current, Redial::Redirect, "not the leader".to_owned())
+            .await
     }
 
+    /// A live connection newer than `generation`: the one another task
+    /// already dialed, or a new one dialed now (see the module doc for
+    /// the waits and what gives up).
     pub async fn reconnect(&self, generation: u64) -> Result<Current, Error> {
         let mut current = self.shared.current.lock().await;
         if current.generation != generation && current.conn.close_reason().is_none() {
@@ -310,12 +268,25 @@ impl Link {
                 last: why.to_string(),
             });
         }
+        self.redial(&mut current, Redial::Lost, why.to_string())
+            .await
+    }
+
+    /// Dials the link's address again with the module doc's backoff (the
+    /// streak of attempts in a row grows it), moving to the next address
+    /// of the client file after each failed dial, at most the policy's
+    /// attempts (`GaveUp`); `current` becomes the new connection.
+    async fn redial(
+        &self,
+        current: &mut Current,
+        why: Redial,
+        mut last: String,
+    ) -> Result<Current, Error> {
         let mut streak = if current.established.elapsed() >= STABLE_CONNECTION {
             0
         } else {
             current.streak
         };
-        let mut last = why.to_string();
         while streak < self.shared.policy.attempts {
             streak += 1;
             let bound = Duration::from_millis(RECONNECT_WAIT_MS_MIN)
@@ -325,24 +296,29 @@ impl Link {
             if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 break;
             }
-            if streak == 1 {
+            if streak == 1 && matches!(why, Redial::Lost) {
                 // A cluster: the node that was lost is likely down; the
                 // next one answers, or redirects to the leader.
                 self.next_broker();
             }
-            let addr = self.addr();
-            let connecting = match self.shared.endpoint.connect(addr, &self.shared.server_name) {
-                Ok(connecting) => connecting,
-                Err(e) => {
-                    return Err(Error::GaveUp {
-                        attempts: streak,
-                        last: e.to_string(),
-                    });
-                }
-            };
+            let connecting = self
+                .shared
+                .endpoint
+                .connect(self.addr(), &self.shared.server_name)
+                .map_err(|e| Error::GaveUp {
+                    attempts: streak,
+                    last: e.to_string(),
+                })?;
             match self.bounded(connecting).await {
                 Ok(conn) => {
-                    tracing::info!(attempt = streak, "reconnected to the broker");
+                    match why {
+                        Redial::Lost => {
+                            tracing::info!(attempt = streak, "reconnected to the broker")
+                        }
+                        Redial::Redirect => {
+                            tracing::info!(attempt = streak, "redirected to the cluster leader")
+                        }
+                    }
                     *current = Current {
                         conn,
                         generation: current.generation + 1,
@@ -351,8 +327,10 @@ impl Link {
                     };
                     return Ok(current.clone());
                 }
-                Err(e) if retryable(&e) => {
-                    tracing::debug!(attempt = streak, error = %e, "reconnect attempt failed");
+                // A redirect tries every node; a lost connection gives up
+                // on an error a new dial cannot mend (a refused certificate).
+                Err(e) if retryable(&e) || matches!(why, Redial::Redirect) => {
+                    tracing::debug!(attempt = streak, error = %e, "dial failed");
                     last = e.to_string();
                     // A cluster node that is down: the next one of the file.
                     self.next_broker();
@@ -366,10 +344,22 @@ impl Link {
             }
         }
         Err(Error::GaveUp {
-            attempts: self.shared.policy.attempts,
+            attempts: match why {
+                Redial::Lost => self.shared.policy.attempts,
+                Redial::Redirect => streak,
+            },
             last,
         })
     }
+}
+
+/// Why the link dials again.
+#[derive(Clone, Copy)]
+enum Redial {
+    /// The connection was lost.
+    Lost,
+    /// A cluster node answered `NotLeader`.
+    Redirect,
 }
 
 #[cfg(test)]

@@ -219,27 +219,10 @@ enum Place {
     Closed,
 }
 
-/// A publish waiting for its answer.
-trait Answer {
-    fn answer(self, result: Result<u64, Error>);
-}
-
-impl Answer for Queued {
-    fn answer(self, result: Result<u64, Error>) {
-        let _ = self.reply.send(result);
-    }
-}
-
-impl Answer for Sent {
-    fn answer(self, result: Result<u64, Error>) {
-        let _ = self.reply.send(result);
-    }
-}
-
 /// Answers every publish in `replies` with `error`.
-fn answer_all<R: Answer>(replies: impl IntoIterator<Item = R>, error: &Error) {
-    for r in replies {
-        r.answer(Err(error.clone()));
+fn answer_all(replies: impl IntoIterator<Item = Reply>, error: &Error) {
+    for reply in replies {
+        let _ = reply.send(Err(error.clone()));
     }
 }
 
@@ -292,7 +275,7 @@ impl Publisher {
             // (publishers sharing a key take turns).
             let wait = Duration::from_millis(SEQ_LOCK_WAIT_MS_MAX);
             if let Err(error) = self.seq.acquire(wait).await {
-                answer_all(waiting, &error);
+                answer_all(waiting.into_iter().map(|q| q.reply), &error);
                 continue;
             }
             // The stream may have ended while this publisher waited for the
@@ -321,7 +304,7 @@ impl Publisher {
             if self.stream.is_none()
                 && let Err((error, _)) = self.open_stream(Vec::new()).await
             {
-                answer_all(batch.sent, &error);
+                answer_all(batch.sent.into_iter().map(|s| s.reply), &error);
                 continue;
             }
             if let Some(stream) = self.stream.as_mut() {
@@ -488,40 +471,38 @@ impl Publisher {
         leader: Option<std::net::SocketAddr>,
         batches: Vec<InFlight>,
     ) {
-        let (error, batches) = match self.link.redirect(generation, leader).await {
-            Ok(_) => match self.open_stream(batches).await {
-                Ok(()) => return,
-                Err(failed) => failed,
-            },
-            Err(error) => (error, batches),
-        };
-        tracing::debug!(%error, "publishes refused with NotLeader could not be sent again");
-        for batch in batches {
-            answer_all(batch.sent, &error);
-        }
+        let dialed = self.link.redirect(generation, leader).await.map(drop);
+        self.send_again(dialed, batches).await;
     }
 
     /// Sends again, on a new connection, the batches a stream left
     /// unanswered; answers them with the error if the connection was not
     /// lost (only the stream failed) or the link gives up.
     async fn resend(&mut self, generation: u64, batches: Vec<InFlight>) {
-        let (error, batches) = if self.link.lost(generation).await {
-            match self.link.reconnect(generation).await {
-                Ok(_) => match self.open_stream(batches).await {
-                    Ok(()) => return,
-                    Err(failed) => failed,
-                },
-                Err(error) => (error, batches),
-            }
+        let dialed = if self.link.lost(generation).await {
+            self.link.reconnect(generation).await.map(drop)
         } else {
-            (
-                Error::ConnectionLost("publish stream closed by the broker".into()),
-                batches,
-            )
+            Err(Error::ConnectionLost(
+                "publish stream closed by the broker".into(),
+            ))
         };
-        tracing::debug!(%error, "unanswered publishes could not be sent again");
+        self.send_again(dialed, batches).await;
+    }
+
+    /// Sends `batches` again, in order, on a new stream of the connection
+    /// the link `dialed`; answers them with the error when there is none
+    /// or the stream cannot be opened.
+    async fn send_again(&mut self, dialed: Result<(), Error>, batches: Vec<InFlight>) {
+        let (error, batches) = match dialed {
+            Ok(()) => match self.open_stream(batches).await {
+                Ok(()) => return,
+                Err(failed) => failed,
+            },
+            Err(error) => (error, batches),
+        };
+        tracing::debug!(%error, "publishes could not be sent again");
         for batch in batches {
-            answer_all(batch.sent, &error);
+            answer_all(batch.sent.into_iter().map(|s| s.reply), &error);
         }
     }
 }
@@ -616,12 +597,11 @@ fn build(
     let salts = match Salt::random_many(waiting.len()) {
         Ok(salts) => salts,
         Err(e) => {
-            for queued in waiting {
-                let _ = queued.reply.send(Err(Error::Invalid {
-                    code: ErrorCode::Internal,
-                    detail: e.to_string(),
-                }));
-            }
+            let error = Error::Invalid {
+                code: ErrorCode::Internal,
+                detail: e.to_string(),
+            };
+            answer_all(waiting.into_iter().map(|q| q.reply), &error);
             return None;
         }
     };
@@ -771,9 +751,7 @@ async fn read_results(
             unanswered.push(batch);
             continue;
         }
-        for sent in batch.sent {
-            let _ = sent.reply.send(Err(failure.clone()));
-        }
+        answer_all(batch.sent.into_iter().map(|s| s.reply), &failure);
     }
     Ended {
         again,
