@@ -35,16 +35,23 @@ struct Cluster {
     _dir: tempfile::TempDir,
     files: signet_admin::cluster::ClusterFiles,
     brokers: Vec<Option<Broker>>,
+    /// Applied to each node's configuration before it starts.
+    tweak: fn(&mut Config),
 }
 
 impl Cluster {
     async fn start() -> Cluster {
+        Cluster::start_with(|_| {}).await
+    }
+
+    async fn start_with(tweak: fn(&mut Config)) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let files = signet_admin::cluster::init(&dir.path().join("c"), 3, free_base()).unwrap();
         let mut cluster = Cluster {
             _dir: dir,
             files,
             brokers: vec![None, None, None],
+            tweak,
         };
         for id in 1..=3 {
             cluster.start_node(id).await;
@@ -53,7 +60,8 @@ impl Cluster {
     }
 
     async fn start_node(&mut self, id: u64) {
-        let config = Config::load(&self.files.nodes[(id - 1) as usize]).unwrap();
+        let mut config = Config::load(&self.files.nodes[(id - 1) as usize]).unwrap();
+        (self.tweak)(&mut config);
         let listen = config.settings.listen;
         let broker = signet_broker::start(config)
             .await
@@ -102,26 +110,13 @@ impl Cluster {
     /// A client of the `publisher` or `subscriber` file whose `brokers`
     /// list is `ids`' client addresses, in order.
     async fn client(&self, file: &Path, ids: &[u64]) -> Client {
-        let mut config = ClientConfig::load(file).unwrap();
-        config.brokers = ids.iter().map(|id| self.client_addr(*id)).collect();
-        config.broker = config.brokers[0].clone();
-        within(Client::connect(config)).await.unwrap()
+        client_of(file, ids.iter().map(|id| self.client_addr(*id)).collect()).await
     }
 
-    /// What node `id` holds of `topic` up to `count` messages, read by a
-    /// subscriber connected to that node: (offset, message id).
+    /// What node `id` holds of `topic` up to `count` messages.
     async fn replica(&self, id: u64, topic: &str, count: usize) -> Replica {
         let client = self.client(&self.files.subscriber, &[id]).await;
-        let mut sub = within(client.subscribe(topic, StartAt::Offset(0)))
-            .await
-            .unwrap();
-        let mut replica = Replica::default();
-        while replica.held.len() < count {
-            let m = common::next(&mut sub).await.unwrap();
-            let message_id: u64 = String::from_utf8(m.payload).unwrap().parse().unwrap();
-            replica.held.push((m.offset, message_id));
-        }
-        replica
+        replica_of(&client, topic, count).await
     }
 
     async fn shutdown(mut self) {
@@ -129,6 +124,30 @@ impl Cluster {
             broker.shutdown().await;
         }
     }
+}
+
+/// A client of the `publisher` or `subscriber` file whose `brokers` list
+/// is `addrs`, in order.
+async fn client_of(file: &Path, addrs: Vec<String>) -> Client {
+    let mut config = ClientConfig::load(file).unwrap();
+    config.brokers = addrs;
+    config.broker = config.brokers[0].clone();
+    within(Client::connect(config)).await.unwrap()
+}
+
+/// What the node `client` is connected to holds of `topic`, up to `count`
+/// messages, read by a subscription from offset 0: (offset, message id).
+async fn replica_of(client: &Client, topic: &str, count: usize) -> Replica {
+    let mut sub = within(client.subscribe(topic, StartAt::Offset(0)))
+        .await
+        .unwrap();
+    let mut replica = Replica::default();
+    while replica.held.len() < count {
+        let m = common::next(&mut sub).await.unwrap();
+        let message_id: u64 = String::from_utf8(m.payload).unwrap().parse().unwrap();
+        replica.held.push((m.offset, message_id));
+    }
+    replica
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -420,12 +439,35 @@ async fn cluster_init_then_three_broker_processes_and_cluster_status_shows_a_lea
 /// Publishes messages `ids` (each payload its id) pipelined through one
 /// client; returns id → acked offset for every ack received.
 async fn publish_ids(client: &Client, topic: &str, ids: std::ops::Range<u64>) -> HashMap<u64, u64> {
-    let sends = ids.map(|id| async move { (id, client.publish(topic, id.to_string()).await) });
-    let mut acks = HashMap::new();
-    for (id, result) in futures_util::future::join_all(sends).await {
-        if let Ok(offset) = result {
-            acks.insert(id, offset);
+    publish_counting(client, topic, ids, &tokio::sync::Semaphore::new(0)).await
+}
+
+/// [`publish_ids`], adding a permit to `acked` for each ack as it comes.
+async fn publish_counting(
+    client: &Client,
+    topic: &str,
+    ids: std::ops::Range<u64>,
+    acked: &tokio::sync::Semaphore,
+) -> HashMap<u64, u64> {
+    let sends = ids.map(|id| async move {
+        let result = client.publish(topic, id.to_string()).await;
+        if result.is_ok() {
+            acked.add_permits(1);
         }
+        (id, result)
+    });
+    let mut acks = HashMap::new();
+    let mut errors: HashMap<String, usize> = HashMap::new();
+    for (id, result) in futures_util::future::join_all(sends).await {
+        match result {
+            Ok(offset) => {
+                acks.insert(id, offset);
+            }
+            Err(e) => *errors.entry(e.to_string()).or_default() += 1,
+        }
+    }
+    if !errors.is_empty() {
+        eprintln!("{topic}: {} acked; refused: {errors:?}", acks.len());
     }
     acks
 }
@@ -541,6 +583,10 @@ async fn one_follower_down_does_not_stop_acks_and_two_nodes_down_stop_every_ack(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_leader_stopped_under_ten_thousand_pipelined_publishes_loses_no_acked_message_and_a_new_leader_takes_over()
  {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let mut cluster = Cluster::start().await;
     let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
     let order: Vec<u64> = std::iter::once(leader)
@@ -562,6 +608,9 @@ async fn the_leader_stopped_under_ten_thousand_pipelined_publishes_loses_no_acke
         }
     );
     let acks = acks.expect("every publish answered");
+    // In-flight publishes move to the new leader with the same key and
+    // seq: each is acked, once (the checker below).
+    assert_eq!(acks.len(), 10_000, "every publish acked across the stop");
     let new_leader = within(cluster.node(survivor).wait_for_data_leader(Some(leader))).await;
     assert_ne!(new_leader, leader);
     // Publishing resumes on the new leader (through the same client).
@@ -591,4 +640,209 @@ async fn the_leader_stopped_under_ten_thousand_pipelined_publishes_loses_no_acke
     history::check_all(&acks, &replicas).unwrap();
     assert_eq!(replicas[0], replicas[1], "the survivors agree");
     cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_cut_off_from_the_others_acks_nothing_and_its_unacked_tail_is_discarded_after_healing()
+ {
+    // A publish without a majority is answered after 3 s (not the default 10 s).
+    let cluster = Cluster::start_with(|c| c.settings.limits.raft_commit_ms_max = 3_000).await;
+    let old = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    let topic = "orders.partitioned";
+    // A client of the old leader only: the partition is between the nodes,
+    // not between this client and its node.
+    let at_old = cluster.client(&cluster.files.publisher, &[old]).await;
+    let mut acks = within(publish_ids(&at_old, topic, 0..100)).await;
+    assert_eq!(acks.len(), 100);
+    cluster.node(old).isolate(true);
+    // The cut-off leader may log these, but no majority has them: none is
+    // acked.
+    let cut = within(publish_ids(&at_old, topic, 100..150)).await;
+    assert!(cut.is_empty(), "acked without a majority: {cut:?}");
+    // The majority side elects a leader and takes writes.
+    let new = within(cluster.node(others[0]).wait_for_data_leader(Some(old))).await;
+    assert_ne!(new, old);
+    let at_new = cluster.client(&cluster.files.publisher, &[new]).await;
+    let written = within(publish_ids(&at_new, topic, 150..250)).await;
+    assert_eq!(written.len(), 100, "the majority side acks");
+    acks.extend(written);
+    // Healed: the old leader follows the new term; whatever it logged
+    // alone is replaced by the new leader's log.
+    cluster.node(old).isolate(false);
+    within(cluster.node(old).wait_for_data_leader(Some(old))).await;
+    let last = within(at_new.publish(topic, "250".to_string()))
+        .await
+        .unwrap();
+    acks.insert(250, last);
+    assert_eq!(last, 200, "the 50 unacked publishes took no offsets");
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        let replica = cluster.replica(id, topic, 201).await;
+        assert_eq!(
+            replica.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            (0..=200).collect::<Vec<_>>(),
+            "node {id}: dense offsets"
+        );
+        assert!(
+            replica.held.iter().all(|(_, m)| !(100..150).contains(m)),
+            "node {id} holds a publish only the cut-off leader logged"
+        );
+        replicas.push(replica);
+    }
+    history::check_all(&acks, &replicas).unwrap();
+    assert!(
+        replicas.iter().all(|r| r == &replicas[0]),
+        "the replicas agree"
+    );
+    cluster.shutdown().await;
+}
+
+/// Three `signet broker` processes of one `cluster init`, each with its
+/// own data dir, killed when dropped.
+struct Processes {
+    _dir: tempfile::TempDir,
+    files: signet_admin::cluster::ClusterFiles,
+    children: Vec<Option<tokio::process::Child>>,
+}
+
+impl Processes {
+    async fn start() -> Processes {
+        let dir = tempfile::tempdir().unwrap();
+        let files = signet_admin::cluster::init(&dir.path().join("c"), 3, free_base()).unwrap();
+        let mut processes = Processes {
+            _dir: dir,
+            files,
+            children: vec![None, None, None],
+        };
+        for id in 1..=3 {
+            processes.spawn(id);
+        }
+        processes
+    }
+
+    /// Starts node `id`'s broker process (its log in `node<id>.log`).
+    fn spawn(&mut self, id: u64) {
+        let policy = &self.files.nodes[(id - 1) as usize];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.files.dir.join(format!("node{id}.log")))
+            .unwrap();
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_signet"))
+            .args(["broker", "--config", policy.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.children[(id - 1) as usize] = Some(child);
+    }
+
+    /// SIGKILL to node `id`'s process; returns once it is gone.
+    async fn kill(&mut self, id: u64) {
+        let mut child = self.children[(id - 1) as usize].take().unwrap();
+        child.start_kill().unwrap();
+        within(child.wait()).await.unwrap();
+    }
+
+    fn client_addr(&self, id: u64) -> String {
+        let config = Config::load(&self.files.nodes[(id - 1) as usize]).unwrap();
+        config.settings.listen.to_string()
+    }
+
+    async fn client(&self, file: &Path, ids: &[u64]) -> Client {
+        client_of(file, ids.iter().map(|id| self.client_addr(*id)).collect()).await
+    }
+
+    /// The data group's leader once each node of `ids` names the same one,
+    /// other than `not` (asked through `cluster status` on each node).
+    async fn data_leader(&self, ids: &[u64], not: Option<u64>) -> u64 {
+        let mut clients = Vec::new();
+        for id in ids {
+            clients.push(self.client(&self.files.subscriber, &[*id]).await);
+        }
+        within(async {
+            loop {
+                let mut named = Vec::new();
+                for client in &clients {
+                    let leader = match client.cluster_status().await {
+                        Ok(status) => status
+                            .groups
+                            .iter()
+                            .find(|g| g.name.starts_with("data"))
+                            .and_then(|g| g.leader),
+                        Err(_) => None,
+                    };
+                    named.push(leader);
+                }
+                if let Some(Some(leader)) = named.first().copied()
+                    && named.iter().all(|l| *l == Some(leader))
+                    && Some(leader) != not
+                {
+                    return leader;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_the_leader_under_ten_thousand_pipelined_publishes_loses_no_acked_message() {
+    let mut nodes = Processes::start().await;
+    let leader = nodes.data_leader(&[1, 2, 3], None).await;
+    let survivors: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    // The client file `cluster init` wrote lists every node; the leader first.
+    let order: Vec<u64> = std::iter::once(leader).chain(survivors.clone()).collect();
+    let publisher = nodes.client(&nodes.files.publisher, &order).await;
+    let topic = "orders.killed";
+    let acked = tokio::sync::Semaphore::new(0);
+    let long = std::time::Duration::from_secs(300);
+    let (acks, killed) = tokio::join!(
+        tokio::time::timeout(long, publish_counting(&publisher, topic, 0..10_000, &acked)),
+        async {
+            // Killed once some publishes are acked and more in flight.
+            within(acked.acquire_many(100)).await.unwrap().forget();
+            let killed = std::time::Instant::now();
+            nodes.kill(leader).await;
+            killed
+        }
+    );
+    let acks = acks.expect("every publish answered");
+    assert_eq!(acks.len(), 10_000, "every publish acked across the kill");
+    let new_leader = nodes.data_leader(&survivors, Some(leader)).await;
+    let resumed = within(publisher.publish(topic, "10000".to_string()))
+        .await
+        .expect("publishing resumes on the new leader");
+    eprintln!(
+        "leader {leader} killed (SIGKILL); {} of 10000 acked; new leader {new_leader}; publishing resumed {:?} after the kill",
+        acks.len(),
+        killed.elapsed()
+    );
+    let mut acks = acks;
+    acks.insert(10_000, resumed);
+    // Every survivor holds exactly offsets 0..=resumed, each acked
+    // message once at its acked offset; the killed node, restarted, holds
+    // the same (its unacked tail, if any, replaced by the new leader's log).
+    nodes.spawn(leader);
+    let held = usize::try_from(resumed + 1).unwrap();
+    let mut replicas = Vec::new();
+    for id in survivors.iter().copied().chain([leader]) {
+        let client = nodes.client(&nodes.files.subscriber, &[id]).await;
+        let replica = replica_of(&client, topic, held).await;
+        assert_eq!(
+            replica.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            (0..=resumed).collect::<Vec<_>>(),
+            "node {id}: dense offsets"
+        );
+        replicas.push(replica);
+    }
+    history::check_all(&acks, &replicas).unwrap();
+    assert!(
+        replicas.iter().all(|r| r == &replicas[0]),
+        "every node agrees, the restarted one too"
+    );
 }

@@ -166,12 +166,14 @@ impl ClusterNode {
         endpoint.set_default_client_config(client);
         let raft_addr = endpoint.local_addr().map_err(listen_error)?;
         let timeout = Duration::from_millis(limits.raft_rpc_ms_max);
+        let isolated = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let dialer = Arc::new(Dialer {
             endpoint: std::sync::Mutex::new(Some(endpoint.clone())),
             conns: std::sync::Mutex::new(std::collections::HashMap::new()),
             me: settings.node_id,
             timeout,
             frame_bytes_max: limits.raft_frame_bytes_max,
+            isolated: isolated.clone(),
         });
         let config = openraft::Config {
             cluster_name: "signet".into(),
@@ -234,6 +236,7 @@ impl ClusterNode {
             frame_bytes_max: limits.raft_frame_bytes_max,
             rpc_timeout: timeout,
             handshakes_max: Limits::usize(limits.handshakes_max),
+            isolated: isolated.clone(),
         });
         let mut tasks = vec![tokio::spawn(transport::serve(
             endpoint,
@@ -348,6 +351,20 @@ impl ClusterNode {
             if metrics.changed().await.is_err() {
                 std::future::pending::<()>().await;
             }
+        }
+    }
+
+    /// Cuts this node off from every peer, both ways (`true`), or joins it
+    /// again (`false`): its calls fail at once and the calls it receives
+    /// are read and dropped unanswered, as a network partition would lose
+    /// them. A fault-injection point for partition tests; nothing in the
+    /// broker calls it, and no file or command reaches it.
+    pub fn isolate(&self, cut: bool) {
+        self.dialer
+            .isolated
+            .store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            self.dialer.forget_all();
         }
     }
 

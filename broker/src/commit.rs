@@ -579,7 +579,8 @@ impl Writer {
 
     /// For a replicated batch: per envelope, the offset it is stored at
     /// already (a retry: same key, seq and leaf), or `None` (new); `Replay`
-    /// when a key's seq holds another envelope. Reads the replay index only for
+    /// when a key's seq holds another envelope, or when it is not in the
+    /// index and as far below the mark as the idempotency window. Reads the replay index only for
     /// seqs at or below the mark (a seq above it was never stored).
     fn stored_already(
         &mut self,
@@ -602,9 +603,14 @@ impl Writer {
             match known {
                 Some((offset, leaf)) if leaf == entry.leaf => out.push(Some(offset)),
                 Some(_) => return Ok(Err(ErrorCode::Replay)),
-                // Not in the index: a seq the leader's ingest accepted
-                // whose batch reached the log after a higher seq's (two
-                // batches in flight); stored like any new envelope.
+                // Not in the index and older than the window: a retry
+                // whose offset is forgotten, or a seq never used that far
+                // behind; nothing tells them apart, so nothing is stored.
+                None if mark - entry.seq >= self.window => return Ok(Err(ErrorCode::Replay)),
+                // Not in the index, within the window: a seq the leader's
+                // ingest accepted whose batch reached the log after a
+                // higher seq's (two batches in flight); stored like any
+                // new envelope.
                 None => out.push(None),
             }
         }
@@ -1014,7 +1020,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replicated_retry_is_answered_with_its_offsets_and_a_reused_seq_is_a_replay() {
+    fn a_replicated_retry_is_answered_with_its_offsets_and_a_reused_or_forgotten_seq_is_a_replay() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let (groups, _wake) = Groups::load(&store, None, 16).unwrap();
@@ -1053,6 +1059,20 @@ mod tests {
         let reused = replicated(&sender, vec![vec![entry(8, 8), entry(6, 9)]]);
         assert_eq!(reused, vec![Err(ErrorCode::Replay)]);
         assert_eq!(store.message(1, 4).unwrap(), None, "nothing of it stored");
+        // A seq not in the index: within the window of the mark it is
+        // stored (a batch logged after a higher seq's); as far below the
+        // mark as the window (16384 by default) it is refused, since a
+        // retry whose offset was forgotten cannot be told from it.
+        let far = replicated(
+            &sender,
+            vec![
+                vec![entry(20_000, 20)],
+                vec![entry(19_000, 21)],
+                vec![entry(3, 22)],
+            ],
+        );
+        assert_eq!(far, vec![Ok(vec![4]), Ok(vec![5]), Err(ErrorCode::Replay)]);
+        assert_eq!(store.message(1, 6).unwrap(), None, "the old seq not stored");
         assert_eq!(store.raft_applied(1).unwrap(), Some(b"applied".to_vec()));
         drop(sender);
         drop(committer.sender);

@@ -155,7 +155,7 @@ limits! {
     pattern_topics_max: "topics" = 256, 1, PATTERN_TOPICS_MAX as u64,
         keys ["limits.pattern_topics_max"];
     /// Sequence numbers per signing key whose stored offset is remembered (with the replay mark, on disk), so a retried publish of a stored envelope gets its original offset instead of `Replay`.
-    idempotency_window_seqs_max: "seqs" = 1024, 1, 1_048_576,
+    idempotency_window_seqs_max: "seqs" = 16_384, 1, 1_048_576,
         keys ["limits.idempotency_window_seqs_max"];
     /// ACL decisions cached per connection before the cache is cleared.
     acl_cache_entries_max: "entries" = 1024, 16, 1_000_000,

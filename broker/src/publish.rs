@@ -406,6 +406,7 @@ async fn send_to_commit(
     }
     if let Some(cluster) = conn.broker.cluster.clone() {
         let broker = conn.broker.clone();
+        let marks = highest_seqs(&entries);
         // Handed over here, in stream order, so batches are logged (and
         // their seqs stored) in the order they were checked.
         let submitted = cluster.submit(entries).await;
@@ -415,17 +416,19 @@ async fn send_to_commit(
                 Err(e) => Err(e),
             };
             drop(reserved);
-            result.map_err(|e| {
-                // The marks this batch moved may not be stored: read them
-                // again from storage (a retry is then answered there).
-                broker.replay.forget_all();
-                match e {
-                    PublishError::NotLeader { client } => not_leader(client),
-                    PublishError::Refused(code) => Rejection::new(code, "message not stored"),
-                    PublishError::Unavailable(why) => {
-                        tracing::warn!(error = %why, "publish not committed by the cluster");
-                        Rejection::new(ErrorCode::Unavailable, "not committed in time; retry")
-                    }
+            if result.is_ok() {
+                // Applied: the seqs are on disk here; ingest refuses them
+                // from now on (before, only applying did).
+                for (key, seq) in &marks {
+                    broker.replay.applied(key, *seq);
+                }
+            }
+            result.map_err(|e| match e {
+                PublishError::NotLeader { client } => not_leader(client),
+                PublishError::Refused(code) => Rejection::new(code, "message not stored"),
+                PublishError::Unavailable(why) => {
+                    tracing::warn!(error = %why, "publish not committed by the cluster");
+                    Rejection::new(ErrorCode::Unavailable, "not committed in time; retry")
                 }
             })
         })));
@@ -439,6 +442,18 @@ async fn send_to_commit(
     };
     conn.broker.commits.send(request.into()).await.ok()?;
     Some(Commit::Local(receiver))
+}
+
+/// Each signing key's highest seq among `entries`.
+fn highest_seqs(entries: &[Entry]) -> Vec<(signet_proto::KeyId, u64)> {
+    let mut marks: Vec<(signet_proto::KeyId, u64)> = Vec::new();
+    for entry in entries {
+        match marks.iter_mut().find(|(key, _)| *key == entry.key_id) {
+            Some((_, seq)) => *seq = (*seq).max(entry.seq),
+            None => marks.push((entry.key_id, entry.seq)),
+        }
+    }
+    marks
 }
 
 /// A batch whose refusals are known and whose accepted envelopes wait for

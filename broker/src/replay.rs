@@ -1,12 +1,20 @@
 //! Replay protection: per signing key, the highest accepted sequence number.
 //!
-//! The in-memory mark moves when an envelope passes every check (before its
-//! commit), so two batches in flight cannot both pass with the same seq. The
-//! group-commit writer persists the mark in the same synced write as the
-//! messages, so it holds across restarts; a mark is loaded from storage the
-//! first time its key is seen. Ingest reads and moves marks through
-//! [`ReplayMarks`]; the lock is taken only when the first mark is read,
-//! after the signature check, so signature checks run in parallel.
+//! On a single broker the in-memory mark moves when an envelope passes
+//! every check (before its commit), so two batches in flight cannot both
+//! pass with the same seq. The group-commit writer persists the mark in the
+//! same synced write as the messages, so it holds across restarts; a mark
+//! is loaded from storage the first time its key is seen. Ingest reads and
+//! moves marks through [`ReplayMarks`]; the lock is taken only when the
+//! first mark is read, after the signature check, so signature checks run
+//! in parallel.
+//!
+//! On a cluster node ([`Marks::Applied`]) the mark moves only when the data
+//! group has applied the seq: a proposal the group refuses or never commits
+//! (a leader change) moves nothing, so its retry passes ingest again, and
+//! applying answers a retry of an envelope already in the log with its
+//! original offset (`commit::Writer::stored_already`). Within one batch,
+//! an accepted seq still raises the mark for the envelopes after it.
 
 use crate::error::StoreError;
 use crate::ingest::ReplayMarks;
@@ -27,6 +35,19 @@ pub struct ReplayGuard {
     window: u64,
     /// The cluster data group's term the marks were read under.
     term: std::sync::atomic::AtomicU64,
+    /// When a mark moves.
+    moves: Marks,
+}
+
+/// When a key's mark moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Marks {
+    /// When ingest accepts a seq (a single broker: its own group commit
+    /// stores what it is handed, or fails whole and stops the broker's
+    /// acks).
+    Accepted,
+    /// When the cluster's data group applied the seq ([`ReplayGuard::applied`]).
+    Applied,
 }
 
 /// Access to the marks for one batch: locked on the first read, released
@@ -36,17 +57,32 @@ pub struct ReplayLock<'a> {
     window: u64,
     guard: &'a Mutex<HashMap<KeyId, u64>>,
     marks: Option<MutexGuard<'a, HashMap<KeyId, u64>>>,
+    moves: Marks,
+    /// Seqs this batch accepted ([`Marks::Applied`]: not shared).
+    batch: HashMap<KeyId, u64>,
 }
 
 impl ReplayGuard {
     /// A guard backed by `store`, answering retries of the last `window`
     /// seqs of each key with their stored offsets.
-    pub fn new(store: Arc<Store>, window: u64) -> ReplayGuard {
+    pub fn new(store: Arc<Store>, window: u64, moves: Marks) -> ReplayGuard {
         ReplayGuard {
             store,
             marks: Mutex::new(HashMap::new()),
             window,
             term: std::sync::atomic::AtomicU64::new(0),
+            moves,
+        }
+    }
+
+    /// The data group applied `seq` of `key` ([`Marks::Applied`]): raises
+    /// the mark held in memory, if any (one not held is read from storage,
+    /// where applying wrote it).
+    pub fn applied(&self, key: &KeyId, seq: u64) {
+        if let Ok(mut marks) = self.marks.lock()
+            && let Some(mark) = marks.get_mut(key)
+        {
+            *mark = (*mark).max(seq);
         }
     }
 
@@ -74,6 +110,8 @@ impl ReplayGuard {
             window: self.window,
             guard: &self.marks,
             marks: None,
+            moves: self.moves,
+            batch: HashMap::new(),
         }
     }
 }
@@ -90,16 +128,26 @@ impl ReplayMarks for ReplayLock<'_> {
     type Error = StoreError;
 
     fn mark(&mut self, key: &KeyId) -> Result<u64, StoreError> {
-        if let Some(mark) = self.marks().get(key) {
-            return Ok(*mark);
-        }
-        let mark = self.store.replay_mark(key)?.unwrap_or(0);
-        self.marks().insert(*key, mark);
-        Ok(mark)
+        let shared = match self.marks().get(key) {
+            Some(mark) => *mark,
+            None => {
+                let mark = self.store.replay_mark(key)?.unwrap_or(0);
+                self.marks().insert(*key, mark);
+                mark
+            }
+        };
+        Ok(shared.max(self.batch.get(key).copied().unwrap_or(0)))
     }
 
     fn accept(&mut self, key: &KeyId, seq: u64) {
-        self.marks().insert(*key, seq);
+        match self.moves {
+            Marks::Accepted => {
+                self.marks().insert(*key, seq);
+            }
+            Marks::Applied => {
+                self.batch.insert(*key, seq);
+            }
+        }
     }
 
     fn stored(&mut self, key: &KeyId, seq: u64, leaf: &Hash) -> Result<Option<u64>, StoreError> {

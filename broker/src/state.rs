@@ -12,7 +12,7 @@ use crate::fanout::Registry;
 use crate::limits::Limits;
 use crate::policy::Policy;
 use crate::quota::{PrincipalQuota, Quotas};
-use crate::replay::ReplayGuard;
+use crate::replay::{Marks, ReplayGuard};
 use crate::settings::Settings;
 use crate::store::Store;
 use std::sync::{Arc, Mutex};
@@ -62,13 +62,17 @@ impl BrokerState {
             settings.limits.storage_free_bytes_min,
         ));
         let window = settings.limits.idempotency_window_seqs_max;
+        let moves = match settings.cluster {
+            Some(_) => Marks::Applied,
+            None => Marks::Accepted,
+        };
         BrokerState {
             disk,
             settings,
             policy,
             quotas,
             audit,
-            replay: ReplayGuard::new(store.clone(), window),
+            replay: ReplayGuard::new(store.clone(), window, moves),
             store,
             registry,
             commits,

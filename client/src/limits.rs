@@ -96,6 +96,16 @@ pub const RECONNECT_WAIT_MS_MIN: u64 = 50;
 /// down does not answer, and the next one is tried.
 pub const NODE_DIAL_MS_MAX: u64 = 2_000;
 
+/// Longest a connection may stay silent before the client counts it lost,
+/// in ms, when the client file lists several brokers: 5 000 (5 s), with a
+/// keep-alive every [`NODE_KEEP_ALIVE_MS`]. A cluster node killed outright
+/// sends no close, so this bounds how long in-flight publishes wait before
+/// they move to another node. A single broker keeps QUIC's 30 s.
+pub const NODE_IDLE_MS_MAX: u64 = 5_000;
+
+/// Keep-alive interval towards a cluster node, in ms: 1 000.
+pub const NODE_KEEP_ALIVE_MS: u64 = 1_000;
+
 /// The longest wait between reconnect attempts, by default, in ms.
 pub const RECONNECT_WAIT_MS_DEFAULT: u64 = 2_000;
 

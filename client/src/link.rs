@@ -82,8 +82,11 @@ pub(crate) fn retryable(error: &quinn::ConnectionError) -> bool {
         // The broker stopping, its storage failing or its connection cap:
         // worth another try. Not a principal's own connection quota
         // (`QuotaExceeded`): the application holds too many connections.
+        // Code 0: the broker dropped the connection without a reason (its
+        // task ended, as when a node stops).
         E::ApplicationClosed(close) => {
-            u64::from(close.error_code) == u64::from(ErrorCode::Unavailable.0)
+            let code = u64::from(close.error_code);
+            code == u64::from(ErrorCode::Unavailable.0) || code == 0
         }
         // TLS alerts are transport codes 0x100..=0x1ff: a certificate or
         // handshake refused, which no retry fixes.

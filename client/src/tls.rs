@@ -5,10 +5,12 @@
 use crate::config::ClientConfig;
 use crate::error::Error;
 use crate::keyfile::read_private;
+use crate::limits::{NODE_IDLE_MS_MAX, NODE_KEEP_ALIVE_MS};
 use quinn::crypto::rustls::QuicClientConfig;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The only ALPN protocol spoken.
 pub const ALPN: &[u8] = b"signet/1";
@@ -50,11 +52,21 @@ pub fn client_config(config: &ClientConfig) -> Result<quinn::ClientConfig, Error
     transport
         .max_concurrent_bidi_streams(0u32.into())
         .max_concurrent_uni_streams(0u32.into())
-        .keep_alive_interval(Some(std::time::Duration::from_secs(10)))
+        .keep_alive_interval(Some(Duration::from_secs(10)))
         .stream_receive_window((8u32 * 1024 * 1024).into())
         .receive_window((32u32 * 1024 * 1024).into())
         .send_window(32 * 1024 * 1024)
         .datagram_receive_buffer_size(None);
+    if config.brokers.len() > 1 {
+        // A cluster: a node that dies without a word is noticed in
+        // seconds, so in-flight publishes move to the new leader.
+        transport
+            .keep_alive_interval(Some(Duration::from_millis(NODE_KEEP_ALIVE_MS)))
+            .max_idle_timeout(Some(
+                quinn::IdleTimeout::try_from(Duration::from_millis(NODE_IDLE_MS_MAX))
+                    .map_err(|e| Error::Config(e.to_string()))?,
+            ));
+    }
     client.transport_config(Arc::new(transport));
     Ok(client)
 }

@@ -47,6 +47,8 @@ pub(crate) struct Dialer {
     pub me: u64,
     pub timeout: Duration,
     pub frame_bytes_max: u64,
+    /// Set while the node is cut off from its peers ([`super::ClusterNode::isolate`]).
+    pub isolated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Dialer {
@@ -77,6 +79,9 @@ impl Dialer {
         addr: SocketAddr,
         rpc: Rpc,
     ) -> Result<Reply, CallError> {
+        if self.isolated.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CallError::Connect(target, "cut off from its peers".into()));
+        }
         let work = async {
             let pooled = self
                 .conns

@@ -158,6 +158,9 @@ pub(crate) struct Served {
     pub frame_bytes_max: u64,
     pub rpc_timeout: Duration,
     pub handshakes_max: usize,
+    /// Set while the node is cut off from its peers: calls are read and
+    /// dropped unanswered, as a partition would lose them.
+    pub isolated: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Served {
@@ -264,6 +267,9 @@ async fn serve_stream(
         )
         .await;
         conn.close(NOT_A_NODE.into(), b"a node speaks for itself only");
+        return;
+    }
+    if served.isolated.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
     let raft = &served.raft;
