@@ -1,11 +1,11 @@
-//! `signet cluster init` and `signet cluster status`.
+//! `signet cluster init`, `signet cluster status` and `signet dev --cluster`.
 
 use anyhow::Result;
 use clap::Subcommand;
 use serde_json::{Value, json};
 use signet_admin::cluster;
 use signet_client::{Client, ClientConfig, Error as ClientError};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Subcommand)]
@@ -103,4 +103,68 @@ async fn status(client: PathBuf) -> Result<ExitCode> {
     );
     client.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `signet dev --cluster N`: writes a cluster of `nodes` under `dir` when
+/// it holds none (as `cluster init`), runs every node in this process
+/// until Ctrl-C, and prints how to use it.
+pub async fn dev_cluster(dir: &Path, nodes: u16, port: u16) -> Result<()> {
+    let written = (1..)
+        .take_while(|id| dir.join(format!("node{id}.toml")).exists())
+        .count();
+    let files = if written == 0 {
+        cluster::init(dir, nodes, port)?
+    } else if written == usize::from(nodes) {
+        cluster::ClusterFiles {
+            dir: dir.to_path_buf(),
+            nodes: (1..=nodes)
+                .map(|id| dir.join(format!("node{id}.toml")))
+                .collect(),
+            publisher: dir.join("publisher.toml"),
+            subscriber: dir.join("subscriber.toml"),
+        }
+    } else {
+        anyhow::bail!(
+            "{} holds a cluster of {written} nodes, not {nodes}: use --cluster {written} or another --dir",
+            dir.display()
+        );
+    };
+    let mut brokers = Vec::new();
+    for node in &files.nodes {
+        let config = signet_broker::Config::load(node)?;
+        brokers.push(signet_broker::start(config).await?);
+    }
+    println!(
+        "signet dev cluster: {} nodes in this process",
+        brokers.len()
+    );
+    for (node, broker) in files.nodes.iter().zip(&brokers) {
+        println!(
+            "  node:       {}  ({})",
+            broker.local_addr(),
+            node.display()
+        );
+    }
+    println!(
+        "  publisher:  {}  (lists every node)",
+        files.publisher.display()
+    );
+    println!(
+        "  subscriber: {}  (lists every node)",
+        files.subscriber.display()
+    );
+    println!("try:");
+    println!(
+        "  signet cluster status --client {}",
+        files.publisher.display()
+    );
+    println!(
+        "  signet pub --client {} --topic orders.created --data '{{\"id\":1}}'",
+        files.publisher.display()
+    );
+    crate::wait_for_signal().await?;
+    for broker in brokers {
+        broker.shutdown().await;
+    }
+    Ok(())
 }

@@ -72,6 +72,13 @@ enum Command {
         /// UDP address to listen on (used when the policy is first written).
         #[arg(long, default_value = dev::DEFAULT_LISTEN)]
         listen: SocketAddr,
+        /// Run a cluster of this many nodes in this process instead (files in DIR/cluster, written
+        /// by `cluster init` when missing).
+        #[arg(long)]
+        cluster: Option<u16>,
+        /// With --cluster: node i serves clients on PORT+i-1 and its node transport on PORT+100+i-1.
+        #[arg(long, default_value_t = signet_admin::cluster::DEFAULT_BASE_PORT)]
+        port: u16,
     },
     /// Publish messages; prints one JSON line per ack.
     Pub(PubArgs),
@@ -252,9 +259,23 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let broker = signet_broker::start(config).await?;
             run_until_signal(broker).await?;
         }
-        Command::Dev { dir, listen } => {
+        Command::Dev {
+            dir,
+            listen,
+            cluster: None,
+            ..
+        } => {
             init_logs("info");
             dev_command(&dir, listen).await?;
+        }
+        Command::Dev {
+            dir,
+            cluster: Some(nodes),
+            port,
+            ..
+        } => {
+            init_logs("info");
+            cluster::dev_cluster(&dir.join("cluster"), nodes, port).await?;
         }
         Command::Pub(args) => {
             init_logs("warn");
@@ -404,13 +425,19 @@ fn check_policy(path: &std::path::Path) -> ExitCode {
 }
 
 async fn run_until_signal(broker: signet_broker::Broker) -> Result<()> {
+    wait_for_signal().await?;
+    broker.shutdown().await;
+    Ok(())
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+async fn wait_for_signal() -> Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = tokio::signal::ctrl_c() => r?,
         _ = terminate.recv() => {}
     }
     tracing::info!("shutting down");
-    broker.shutdown().await;
     Ok(())
 }
 

@@ -846,3 +846,73 @@ async fn kill_9_of_the_leader_under_ten_thousand_pipelined_publishes_loses_no_ac
         "every node agrees, the restarted one too"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dev_cluster_runs_three_nodes_in_one_process_that_take_a_publish_and_serve_it() {
+    use common::process::signet;
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_base().to_string();
+    let mut dev = tokio::process::Command::new(env!("CARGO_BIN_EXE_signet"))
+        .args(["dev", "--cluster", "3", "--port", &base, "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let (mut nodes, mut publisher, mut subscriber) = (0, None, None);
+    while publisher.is_none() || subscriber.is_none() {
+        let line = within(lines.next_line())
+            .await
+            .unwrap()
+            .expect("dev --cluster prints its files");
+        let line = line.trim_start();
+        let path = || line.split_whitespace().nth(1).map(str::to_owned);
+        if line.starts_with("node:") {
+            nodes += 1;
+        } else if line.starts_with("publisher:") {
+            publisher = path();
+        } else if line.starts_with("subscriber:") {
+            subscriber = path();
+        }
+    }
+    assert_eq!(nodes, 3);
+    let (publisher, subscriber) = (publisher.unwrap(), subscriber.unwrap());
+    // The nodes listen before the files are printed; the first publish may
+    // meet an election and follow `NotLeader` to the leader.
+    let run = signet(&[
+        "pub",
+        "--client",
+        &publisher,
+        "--topic",
+        "orders.created",
+        "--data",
+        r#"{"id":1}"#,
+    ])
+    .await;
+    assert!(run.ok(), "{}", run.stderr);
+    let run = signet(&[
+        "sub",
+        "--client",
+        &subscriber,
+        "--topic",
+        "orders.created",
+        "--from-offset",
+        "0",
+        "--count",
+        "1",
+    ])
+    .await;
+    assert!(run.ok(), "{}", run.stderr);
+    let got: serde_json::Value = serde_json::from_str(run.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(got["payload"], serde_json::json!({"id": 1}));
+    assert_eq!(got["offset"], 0);
+    let status = signet(&["cluster", "status", "--client", &publisher]).await;
+    assert!(status.ok(), "{}", status.stderr);
+    let status: serde_json::Value = serde_json::from_str(status.stdout.trim()).unwrap();
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    dev.start_kill().unwrap();
+    let _ = within(dev.wait()).await;
+}
