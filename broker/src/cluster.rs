@@ -134,7 +134,8 @@ impl ClusterNode {
         let committed = Arc::new(AtomicU64::new(0));
         let (view_tx, view) = watch::channel(MetaState::default());
         let machine = state_machine::StateMachine::load(db.clone(), view_tx).map_err(raft_error)?;
-        let logs = log_store::LogStore::new(db.clone(), committed.clone());
+        let logs = log_store::LogStore::new(db.clone(), committed.clone())
+            .map_err(|e| raft_error(format!("raft log syncer: {e}")))?;
         let server = transport::server_config(tls, limits)?;
         let client = transport::client_config(tls, limits)?;
         let listen_error = |source| BrokerError::Listen {
@@ -202,7 +203,8 @@ impl ClusterNode {
         let data_machine =
             data::DataMachine::load(data::DATA_GROUP, &host.store, host.commits.clone())
                 .map_err(raft_error)?;
-        let data_logs = log_store::LogStore::new(data_db.clone(), data_committed.clone());
+        let data_logs = log_store::LogStore::new(data_db.clone(), data_committed.clone())
+            .map_err(|e| raft_error(format!("raft log syncer: {e}")))?;
         let data_config = openraft::Config {
             cluster_name: "signet-data".into(),
             heartbeat_interval: 100,

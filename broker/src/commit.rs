@@ -125,7 +125,8 @@ pub enum Command {
     /// A retention trim.
     Trim(Trim),
     /// Publish batches a cluster data group committed, applied in log
-    /// order in one synced write with the group's applied state.
+    /// order in one write with the group's applied state (not synced:
+    /// the Raft log holds them on disk; synced when it trims).
     Replicated(Replicated),
 }
 
@@ -375,7 +376,7 @@ impl Writer {
         Ok(true)
     }
 
-    /// Applies committed data-group entries in one synced write.
+    /// Applies committed data-group entries in one write.
     fn replicated(&mut self, replicated: Replicated) {
         let Replicated {
             group,
@@ -543,10 +544,28 @@ impl Writer {
         for (key, principal) in &staged.owners {
             self.store.put_key_owner(&mut batch, key, principal)?;
         }
-        if let Some((group, applied)) = raft {
-            self.store.put_raft_applied(&mut batch, *group, applied)?;
+        match raft {
+            // Committed entries of a data group are on disk in a majority's
+            // Raft logs already: applying them need not wait for a sync
+            // (after a crash, openraft applies again from the applied
+            // state written here, which goes or stays with the batch).
+            // A write that raises a topic's first offset is synced before
+            // the floor rises, as on a single broker.
+            Some((group, applied)) => {
+                self.store.put_raft_applied(&mut batch, *group, applied)?;
+                let trims = staged.topics.iter().any(|(name, topic)| {
+                    self.topics
+                        .get(name)
+                        .is_some_and(|before| before.first != topic.first)
+                });
+                if trims {
+                    self.store.write_synced(batch)?;
+                } else {
+                    self.store.write_unsynced(batch)?;
+                }
+            }
+            None => self.store.write_synced(batch)?,
         }
-        self.store.write_synced(batch)?;
         // Durable now: what retention trimmed goes at the next compaction.
         for topic in staged.topics.values() {
             self.store.raise_floor(topic.id, topic.first);

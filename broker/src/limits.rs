@@ -154,7 +154,7 @@ limits! {
     /// Topics one pattern subscription (`sub --topic 'orders.>'`) follows at once; one more matching topic ends it with `TooManyTopics`.
     pattern_topics_max: "topics" = 256, 1, PATTERN_TOPICS_MAX as u64,
         keys ["limits.pattern_topics_max"];
-    /// Sequence numbers per signing key whose stored offset is remembered (with the replay mark, on disk), so a retried publish of a stored envelope gets its original offset instead of `Replay`.
+    /// Sequence numbers per signing key whose stored offset is remembered (with the replay mark, on disk), so a retried publish of a stored envelope gets its original offset instead of `Replay`. The default covers what a client has in flight by default (64 batches of 256), so every publish it resends after a reconnect or a cluster failover is answered.
     idempotency_window_seqs_max: "seqs" = 16_384, 1, 1_048_576,
         keys ["limits.idempotency_window_seqs_max"];
     /// ACL decisions cached per connection before the cache is cleared.

@@ -588,6 +588,14 @@ impl Store {
         opts.set_sync(true);
         Ok(self.db.write_opt(batch, &opts)?)
     }
+
+    /// Writes `batch` atomically to the write-ahead log without waiting
+    /// for the disk: a crash may lose it whole (never part of it). Only
+    /// for writes that can be made again (a cluster's applied entries,
+    /// which its Raft log holds).
+    pub fn write_unsynced(&self, batch: WriteBatch) -> Result<(), StoreError> {
+        Ok(self.db.write_opt(batch, &WriteOptions::default())?)
+    }
 }
 
 #[cfg(test)]

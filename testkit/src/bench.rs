@@ -74,7 +74,7 @@ impl Report {
     }
 
     /// A report of a publish run without a subscriber.
-    fn publish_only(
+    pub(crate) fn publish_only(
         args: &BenchArgs,
         size: usize,
         publish_elapsed: Duration,
@@ -524,6 +524,11 @@ pub async fn retention_topic(
         out.push((plain, kept));
     }
     Ok(out)
+}
+
+/// One publish run on a fresh broker, no subscriber, no retention.
+pub(crate) async fn single_run(args: &BenchArgs) -> Result<Report> {
+    retention_run(args, None).await
 }
 
 /// One publish run on a fresh broker, to a topic with

@@ -5,5 +5,6 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_cluster;
 pub mod bench_consume;
 pub mod sandbox;

@@ -3,7 +3,10 @@
 //! `log` (index u64 BE → MessagePack entry), `raft` (vote, committed,
 //! last purged) and `sm` (the applied state, see
 //! [`super::state_machine`]). Every write is synced before openraft is
-//! told it is done, so an append acknowledged to a leader is on disk.
+//! told it is done, so an append acknowledged to a leader is on disk:
+//! an append is written at once (readable) and synced by the group's
+//! [`Syncer`] thread, one sync for every append queued meanwhile, so
+//! openraft's task goes on replicating while the disk works.
 
 // openraft's traits fix these error types (StorageError is large).
 #![allow(clippy::result_large_err)]
@@ -17,7 +20,6 @@ use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, Writ
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt::Debug;
-use std::marker::PhantomData;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
@@ -68,20 +70,51 @@ fn index_key(index: u64) -> [u8; 8] {
 }
 
 /// The log store of one group (metadata or data, `C`); clones share the
-/// database and the commit index.
-pub(crate) struct LogStore<C> {
+/// database, the commit index and the syncer.
+pub(crate) struct LogStore<C: RaftTypeConfig> {
     db: Arc<DB>,
     /// The highest committed index + 1 (0: none), for status.
     committed: Arc<AtomicU64>,
-    group: PhantomData<fn() -> C>,
+    /// Appends written and waiting for their sync.
+    syncer: std::sync::mpsc::Sender<LogFlushed<C>>,
 }
 
-impl<C> Clone for LogStore<C> {
+impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
             db: self.db.clone(),
             committed: self.committed.clone(),
-            group: PhantomData,
+            syncer: self.syncer.clone(),
+        }
+    }
+}
+
+/// Syncs a group's write-ahead log off openraft's task: waits for an
+/// append, takes every other one queued meanwhile, syncs once, and tells
+/// openraft each is on disk, in order. Ends when every [`LogStore`] clone
+/// is gone.
+struct Syncer<C: RaftTypeConfig> {
+    db: Arc<DB>,
+    queue: std::sync::mpsc::Receiver<LogFlushed<C>>,
+}
+
+impl<C: RaftTypeConfig> Syncer<C> {
+    fn run(self) {
+        while let Ok(first) = self.queue.recv() {
+            let mut flushed = vec![first];
+            flushed.extend(self.queue.try_iter());
+            let synced = self.db.flush_wal(true);
+            if let Err(e) = &synced {
+                tracing::error!(error = %e, "raft log sync failed");
+            }
+            for callback in flushed {
+                callback.log_io_completed(
+                    synced
+                        .as_ref()
+                        .map(|_| ())
+                        .map_err(|e| std::io::Error::other(e.to_string())),
+                );
+            }
         }
     }
 }
@@ -103,12 +136,21 @@ impl<C: Logged> LogStore<C>
 where
     C::Entry: Serialize + DeserializeOwned,
 {
-    pub(crate) fn new(db: Arc<DB>, committed: Arc<AtomicU64>) -> LogStore<C> {
-        LogStore {
+    /// The store of `db`, with its syncer thread.
+    pub(crate) fn new(db: Arc<DB>, committed: Arc<AtomicU64>) -> std::io::Result<LogStore<C>> {
+        let (syncer, queue) = std::sync::mpsc::channel();
+        let thread = Syncer::<C> {
+            db: db.clone(),
+            queue,
+        };
+        std::thread::Builder::new()
+            .name("signet-raft-sync".into())
+            .spawn(move || thread.run())?;
+        Ok(LogStore {
             db,
             committed,
-            group: PhantomData,
-        }
+            syncer,
+        })
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageIOError<u64>> {
@@ -123,11 +165,23 @@ where
         }
     }
 
-    fn put<T: Serialize>(&self, key: &[u8], value: &T) -> Result<(), StorageIOError<u64>> {
+    /// A synced write of `value` under `key`, or unsynced when `sync` is
+    /// false (a value openraft can do without after a crash).
+    fn put<T: Serialize>(
+        &self,
+        key: &[u8],
+        value: &T,
+        sync: bool,
+    ) -> Result<(), StorageIOError<u64>> {
         let cf = self.db.cf_handle(RAFT).ok_or_else(|| missing(RAFT))?;
         let mut batch = WriteBatch::default();
         batch.put_cf(&cf, key, encode(value)?);
-        write_synced(&self.db, batch).map_err(|e| StorageIOError::write(&e))
+        let written = if sync {
+            write_synced(&self.db, batch)
+        } else {
+            self.db.write(batch)
+        };
+        written.map_err(|e| StorageIOError::write(&e))
     }
 
     fn last_log_id(&self) -> Result<Option<LogId<u64>>, StorageIOError<u64>> {
@@ -198,7 +252,7 @@ where
     }
 
     async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError> {
-        self.put(VOTE, vote)
+        self.put(VOTE, vote, true)
             .map_err(|e| StorageIOError::write_vote(&e).into())
     }
 
@@ -207,7 +261,9 @@ where
     }
 
     async fn save_committed(&mut self, committed: Option<LogId<u64>>) -> Result<(), StorageError> {
-        self.put(COMMITTED, &committed)?;
+        // Not synced: a commit index lost in a crash is learnt again from
+        // the leader (openraft needs none to restart safely).
+        self.put(COMMITTED, &committed, false)?;
         let value = committed.map_or(0, |c| c.index.saturating_add(1));
         self.committed.fetch_max(value, Ordering::Relaxed);
         Ok(())
@@ -231,14 +287,19 @@ where
         for entry in entries {
             batch.put_cf(&cf, index_key(entry.get_log_id().index), encode(&entry)?);
         }
-        // One synced write for the whole append: on disk before openraft
-        // counts it (and before a follower answers its leader).
-        let written = write_synced(&self.db, batch);
-        match written {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
+        // One write for the whole append, readable at once; the syncer
+        // tells openraft when it is on disk (before that, a leader does not
+        // count it and a follower does not answer its leader).
+        match self.db.write(batch) {
+            Ok(()) => match self.syncer.send(callback) {
+                Ok(()) => Ok(()),
+                Err(std::sync::mpsc::SendError(callback)) => {
+                    let e = std::io::Error::other("the raft log syncer stopped");
+                    let error = StorageIOError::write_logs(&e).into();
+                    callback.log_io_completed(Err(e));
+                    Err(error)
+                }
+            },
             Err(e) => {
                 callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
                 Err(StorageIOError::write_logs(&e).into())
@@ -255,7 +316,7 @@ where
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
-        self.put(PURGED, &log_id)?;
+        self.put(PURGED, &log_id, true)?;
         let cf = self.db.cf_handle(LOG).ok_or_else(|| missing(LOG))?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(&cf, index_key(0), index_key(log_id.index.saturating_add(1)));

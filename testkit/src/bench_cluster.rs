@@ -1,0 +1,84 @@
+//! The cluster benchmark: acked publishes per second and publish→ack
+//! latency through a three-node cluster on this machine (every accepted
+//! batch logged, fsynced and applied on all three, acked after a majority
+//! has it on disk), against one broker in the same run.
+
+use crate::bench::{BenchArgs, Report, publish_load};
+use anyhow::{Context, Result, bail};
+use signet_broker::{Broker, Config};
+use signet_client::{Client, ClientConfig};
+use std::time::Instant;
+
+/// Nodes in the benchmark cluster.
+const NODES: u16 = 3;
+
+/// A base port whose client and node-transport ports are free now (node
+/// `i` serves clients on `base + i - 1`, peers on `base + 100 + i - 1`).
+fn free_base() -> Result<u16> {
+    for attempt in 0..200u16 {
+        let seed = u16::try_from(std::process::id() % 20_000).unwrap_or(0);
+        let base = 30_000 + (seed + attempt * 97) % 20_000;
+        let free = (0..NODES).all(|i| {
+            [base + i, base + 100 + i]
+                .iter()
+                .all(|port| std::net::UdpSocket::bind(("127.0.0.1", *port)).is_ok())
+        });
+        if free {
+            return Ok(base);
+        }
+    }
+    bail!("no free ports for a cluster")
+}
+
+/// One publish run through a fresh three-node cluster (files written by
+/// `cluster init`, the nodes in this process), publishing to the data
+/// group's leader.
+pub async fn cluster_run(args: &BenchArgs) -> Result<Report> {
+    let dir = tempfile::tempdir()?;
+    let files = signet_admin::cluster::init(&dir.path().join("c"), NODES, free_base()?)?;
+    let mut brokers: Vec<Broker> = Vec::new();
+    for node in &files.nodes {
+        brokers.push(signet_broker::start(Config::load(node)?).await?);
+    }
+    let node = brokers[0].cluster().context("a cluster node")?;
+    let leader = node.wait_for_data_leader(None).await;
+    let index = usize::try_from(leader)?
+        .checked_sub(1)
+        .context("node ids start at 1")?;
+    let mut config = ClientConfig::load(&files.publisher)?;
+    let leader_addr = brokers
+        .get(index)
+        .context("the leader is one of the nodes")?
+        .local_addr()
+        .to_string();
+    // The leader first: no redirect in the measured run.
+    config.brokers.retain(|b| *b != leader_addr);
+    config.brokers.insert(0, leader_addr.clone());
+    config.broker = leader_addr;
+    let client = Client::connect(config).await?;
+    let started = Instant::now();
+    let hist = publish_load(&client, "orders.bench", args, None).await?;
+    let report = Report::publish_only(args, args.size, started.elapsed(), &hist);
+    client.close().await;
+    for broker in brokers {
+        broker.shutdown().await;
+    }
+    Ok(report)
+}
+
+/// `rounds` pairs of runs, one broker then the cluster (the order
+/// alternating per round), each on fresh data dirs: (single, cluster).
+pub async fn cluster_vs_single(args: BenchArgs, rounds: usize) -> Result<Vec<(Report, Report)>> {
+    let mut out = Vec::new();
+    for round in 0..rounds {
+        let pair = if round % 2 == 0 {
+            let single = crate::bench::single_run(&args).await?;
+            (single, cluster_run(&args).await?)
+        } else {
+            let cluster = cluster_run(&args).await?;
+            (crate::bench::single_run(&args).await?, cluster)
+        };
+        out.push(pair);
+    }
+    Ok(out)
+}
