@@ -698,6 +698,86 @@ async fn a_leader_cut_off_from_the_others_acks_nothing_and_its_unacked_tail_is_d
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_every_node_under_load_loses_and_duplicates_no_acked_message() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let mut cluster = Cluster::start().await;
+    within(cluster.node(1).wait_for_data_leader(None)).await;
+    let publisher = cluster.client(&cluster.files.publisher, &[1, 2, 3]).await;
+    let topic = "orders.rolling";
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let acked = tokio::sync::Semaphore::new(0);
+    let load = async {
+        // Rounds of 500 pipelined publishes until every node has been
+        // restarted once.
+        let (mut acks, mut sent) = (HashMap::new(), 0u64);
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            acks.extend(publish_counting(&publisher, topic, sent..sent + 500, &acked).await);
+            sent += 500;
+        }
+        (acks, sent)
+    };
+    let restarts = async {
+        for id in 1..=3 {
+            // Each restart happens under load: some publishes acked since
+            // the last one.
+            within(acked.acquire_many(300)).await.unwrap().forget();
+            cluster.stop_node(id).await;
+            cluster.start_node(id).await;
+            // Caught up: the restarted node applied what the leader has.
+            let others: Vec<u64> = (1..=3).filter(|other| *other != id).collect();
+            let leader = within(cluster.node(others[0]).wait_for_data_leader(None)).await;
+            let last = cluster.node(leader).data_last_log().unwrap_or(0);
+            within(cluster.node(id).wait_data_applied(last)).await;
+        }
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    };
+    let ((mut acks, sent), ()) = tokio::time::timeout(std::time::Duration::from_secs(300), async {
+        tokio::join!(load, restarts)
+    })
+    .await
+    .expect("the load and the restarts end");
+    eprintln!("rolling restart: {} of {sent} acked", acks.len());
+    assert_eq!(
+        acks.len() as u64,
+        sent,
+        "every publish acked through the restarts"
+    );
+    let last = within(publisher.publish(topic, sent.to_string()))
+        .await
+        .unwrap();
+    acks.insert(sent, last);
+    let held = usize::try_from(last + 1).unwrap();
+    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let end = cluster.node(leader).data_last_log().unwrap_or(0);
+    for id in 1..=3 {
+        eprintln!(
+            "node {id}: last log {:?}, waiting for {end}",
+            cluster.node(id).data_last_log()
+        );
+        within(cluster.node(id).wait_data_applied(end)).await;
+    }
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        let replica = cluster.replica(id, topic, held).await;
+        assert_eq!(
+            replica.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            (0..=last).collect::<Vec<_>>(),
+            "node {id}: dense offsets"
+        );
+        replicas.push(replica);
+    }
+    history::check_all(&acks, &replicas).unwrap();
+    assert!(
+        replicas.iter().all(|r| r == &replicas[0]),
+        "the replicas agree"
+    );
+    cluster.shutdown().await;
+}
+
 /// Three `signet broker` processes of one `cluster init`, each with its
 /// own data dir, killed when dropped.
 struct Processes {

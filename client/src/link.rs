@@ -9,7 +9,7 @@
 //! 50 ms doubling up to `reconnect_max`, each wait drawn uniformly from
 //! zero to that bound (full jitter), for at most `reconnect_attempts`
 //! attempts in a row (a connection lost within [`STABLE_CONNECTION`] of
-//! being made does not start a new count); then, and at once for what a
+//! being made, and that carried no ack, does not start a new count); then, and at once for what a
 //! retry cannot fix, the task gets [`Error::GaveUp`]. Not retried: a
 //! connection this client closed; a broker close with a code other than
 //! `Unavailable` (e.g. `Forbidden`: the certificate names no principal the
@@ -227,6 +227,17 @@ impl Link {
         self.set_addr(brokers[next]);
     }
 
+    /// The connection of `generation` carried an ack: the dials that led
+    /// to it are not counted against the next loss (a rolling restart of
+    /// a cluster moves a client several times within seconds, each time
+    /// to a node that works).
+    pub async fn progressed(&self, generation: u64) {
+        let mut current = self.shared.current.lock().await;
+        if current.generation == generation {
+            current.streak = 0;
+        }
+    }
+
     /// A cluster node answered `NotLeader`: closes the connection of
     /// `generation` and dials `leader` (when the node named one), else the
     /// next address of the client file, after a backoff that grows with
@@ -262,8 +273,11 @@ impl Link {
             // The caller's stream failed on a live connection: nothing to redial.
             None => return Ok(current.clone()),
         };
+        // Closed here but not by `close`: a redirect that gave up; the
+        // next publish dials again.
+        let redirected = matches!(why, quinn::ConnectionError::LocallyClosed);
         if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst)
-            || !retryable(&why)
+            || !(retryable(&why) || redirected)
             || self.shared.policy.attempts == 0
         {
             return Err(Error::GaveUp {

@@ -169,6 +169,9 @@ struct Ended {
     /// A cluster node answered `NotLeader` (with the leader's address when
     /// it named one): the batches go again, byte for byte, to the leader.
     redirect: Option<Option<std::net::SocketAddr>>,
+    /// Whether the stream carried at least one ack (the connection did
+    /// its work: the dials that led to it are no longer "in a row").
+    acked: bool,
 }
 
 /// The publish stream in use.
@@ -448,7 +451,11 @@ impl Publisher {
             again,
             mut unanswered,
             redirect,
+            acked,
         } = stream.reader.await.unwrap_or_default();
+        if acked {
+            self.link.progressed(stream.generation).await;
+        }
         unanswered.append(&mut stream.untaken);
         if let Some(leader) = redirect {
             self.redirect(stream.generation, leader, unanswered).await;
@@ -707,6 +714,7 @@ async fn read_results(
     let mut again = Vec::new();
     let mut unanswered = Vec::new();
     let mut redirect = None;
+    let mut acked = false;
     let failure = loop {
         match read_frame::<ServerFrame, _>(&mut recv, FRAME_BYTES_MAX).await {
             Ok(Some(ServerFrame::Results(results))) => {
@@ -715,6 +723,7 @@ async fn read_results(
                         again,
                         unanswered: Vec::new(),
                         redirect: None,
+                        acked,
                     };
                 };
                 if batch.request_id != results.request_id
@@ -733,6 +742,7 @@ async fn read_results(
                 for (sent, outcome) in batch.sent.into_iter().zip(results.outcomes) {
                     match outcome {
                         Outcome::Ack(offset) => {
+                            acked = true;
                             let _ = sent.reply.send(Ok(offset));
                         }
                         Outcome::Nack(r) => refused(sent, r, &stop, &mut again),
@@ -757,6 +767,7 @@ async fn read_results(
         again,
         unanswered,
         redirect,
+        acked,
     }
 }
 
