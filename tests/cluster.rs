@@ -436,6 +436,21 @@ async fn cluster_init_then_three_broker_processes_and_cluster_status_shows_a_lea
     drop(nodes);
 }
 
+/// Each replica holds exactly offsets `0..=last`, the checker finds no
+/// acked message lost, duplicated or moved, and the replicas are the same.
+fn assert_replicas_agree(acks: &HashMap<u64, u64>, replicas: &[(u64, Replica)], last: u64) {
+    for (id, replica) in replicas {
+        assert_eq!(
+            replica.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
+            (0..=last).collect::<Vec<_>>(),
+            "node {id}: dense offsets"
+        );
+    }
+    let held: Vec<Replica> = replicas.iter().map(|(_, r)| r.clone()).collect();
+    history::check_all(acks, &held).unwrap();
+    assert!(held.iter().all(|r| r == &held[0]), "the replicas agree");
+}
+
 /// Publishes messages `ids` (each payload its id) pipelined through one
 /// client; returns id → acked offset for every ack received.
 async fn publish_ids(client: &Client, topic: &str, ids: std::ops::Range<u64>) -> HashMap<u64, u64> {
@@ -629,16 +644,9 @@ async fn the_leader_stopped_under_ten_thousand_pipelined_publishes_loses_no_acke
     let held = usize::try_from(resumed + 1).unwrap();
     let mut replicas = Vec::new();
     for id in order[1..].iter().copied() {
-        let replica = cluster.replica(id, topic, held).await;
-        assert_eq!(
-            replica.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
-            (0..=resumed).collect::<Vec<_>>(),
-            "node {id}: dense offsets"
-        );
-        replicas.push(replica);
+        replicas.push((id, cluster.replica(id, topic, held).await));
     }
-    history::check_all(&acks, &replicas).unwrap();
-    assert_eq!(replicas[0], replicas[1], "the survivors agree");
+    assert_replicas_agree(&acks, &replicas, resumed);
     cluster.shutdown().await;
 }
 
@@ -679,22 +687,13 @@ async fn a_leader_cut_off_from_the_others_acks_nothing_and_its_unacked_tail_is_d
     let mut replicas = Vec::new();
     for id in 1..=3 {
         let replica = cluster.replica(id, topic, 201).await;
-        assert_eq!(
-            replica.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
-            (0..=200).collect::<Vec<_>>(),
-            "node {id}: dense offsets"
-        );
         assert!(
             replica.held.iter().all(|(_, m)| !(100..150).contains(m)),
             "node {id} holds a publish only the cut-off leader logged"
         );
-        replicas.push(replica);
+        replicas.push((id, replica));
     }
-    history::check_all(&acks, &replicas).unwrap();
-    assert!(
-        replicas.iter().all(|r| r == &replicas[0]),
-        "the replicas agree"
-    );
+    assert_replicas_agree(&acks, &replicas, 200);
     cluster.shutdown().await;
 }
 
@@ -762,19 +761,9 @@ async fn a_rolling_restart_of_every_node_under_load_loses_and_duplicates_no_acke
     }
     let mut replicas = Vec::new();
     for id in 1..=3 {
-        let replica = cluster.replica(id, topic, held).await;
-        assert_eq!(
-            replica.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
-            (0..=last).collect::<Vec<_>>(),
-            "node {id}: dense offsets"
-        );
-        replicas.push(replica);
+        replicas.push((id, cluster.replica(id, topic, held).await));
     }
-    history::check_all(&acks, &replicas).unwrap();
-    assert!(
-        replicas.iter().all(|r| r == &replicas[0]),
-        "the replicas agree"
-    );
+    assert_replicas_agree(&acks, &replicas, last);
     cluster.shutdown().await;
 }
 
@@ -912,19 +901,9 @@ async fn kill_9_of_the_leader_under_ten_thousand_pipelined_publishes_loses_no_ac
     let mut replicas = Vec::new();
     for id in survivors.iter().copied().chain([leader]) {
         let client = nodes.client(&nodes.files.subscriber, &[id]).await;
-        let replica = replica_of(&client, topic, held).await;
-        assert_eq!(
-            replica.held.iter().map(|(o, _)| *o).collect::<Vec<_>>(),
-            (0..=resumed).collect::<Vec<_>>(),
-            "node {id}: dense offsets"
-        );
-        replicas.push(replica);
+        replicas.push((id, replica_of(&client, topic, held).await));
     }
-    history::check_all(&acks, &replicas).unwrap();
-    assert!(
-        replicas.iter().all(|r| r == &replicas[0]),
-        "every node agrees, the restarted one too"
-    );
+    assert_replicas_agree(&acks, &replicas, resumed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -46,6 +46,9 @@ pub(crate) struct Current {
     /// Dials in a row that led to it without a connection lasting
     /// [`STABLE_CONNECTION`] in between.
     streak: u32,
+    /// Closed by the link to follow a `NotLeader` (not by the application):
+    /// dialed again on the next use even if that redirect gave up.
+    redirected: bool,
 }
 
 /// A connection that lasted this long was in use: the next loss starts a
@@ -134,6 +137,7 @@ impl Link {
                     generation: 1,
                     established: Instant::now(),
                     streak: 0,
+                    redirected: false,
                 }),
                 closed: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -252,6 +256,7 @@ impl Link {
             return Ok(current.clone());
         }
         current.conn.close(0u32.into(), b"not the leader");
+        current.redirected = true;
         match leader {
             Some(leader) => self.set_addr(leader),
             None => self.next_broker(),
@@ -273,9 +278,9 @@ impl Link {
             // The caller's stream failed on a live connection: nothing to redial.
             None => return Ok(current.clone()),
         };
-        // Closed here but not by `close`: a redirect that gave up; the
-        // next publish dials again.
-        let redirected = matches!(why, quinn::ConnectionError::LocallyClosed);
+        // Closed by a redirect that gave up (not by the application): the
+        // next use dials again.
+        let redirected = current.redirected && matches!(why, quinn::ConnectionError::LocallyClosed);
         if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst)
             || !(retryable(&why) || redirected)
             || self.shared.policy.attempts == 0
@@ -341,6 +346,7 @@ impl Link {
                         generation: current.generation + 1,
                         established: Instant::now(),
                         streak,
+                        redirected: false,
                     };
                     return Ok(current.clone());
                 }
