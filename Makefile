@@ -36,6 +36,7 @@ lint: deps
 bench: deps
 	$(CARGO) bench --bench publish
 	$(CARGO) bench --bench retention
+	$(CARGO) bench --bench cluster
 
 # Signet side by side with NATS JetStream (BENCHMARKS.md, "Side by side with
 # NATS JetStream"): installs the peer when `nats-server` is not on PATH
