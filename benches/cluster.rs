@@ -28,14 +28,10 @@ fn main() -> anyhow::Result<()> {
             cluster.msgs_per_sec() / single.msgs_per_sec()
         );
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
-    let single = median(results.iter().map(|(s, _)| s.msgs_per_sec()).collect());
-    let cluster = median(results.iter().map(|(_, c)| c.msgs_per_sec()).collect());
+    let single = bench::median(results.iter().map(|(s, _)| s.msgs_per_sec()).collect());
+    let cluster = bench::median(results.iter().map(|(_, c)| c.msgs_per_sec()).collect());
     let p99 = |pick: fn(&(bench::Report, bench::Report)) -> &bench::Report| {
-        median(results.iter().map(|r| pick(r).ack_us[1] as f64).collect())
+        bench::median(results.iter().map(|r| pick(r).ack_us[1] as f64).collect())
     };
     println!(
         "median: one broker {single:.0} msgs/s (ack p99 {:.0} us), 3-node cluster {cluster:.0} msgs/s (ack p99 {:.0} us), cluster / one broker = {:.2}",

@@ -29,12 +29,8 @@ fn main() -> anyhow::Result<()> {
             kept.msgs_per_sec() / plain.msgs_per_sec()
         );
     }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
-    let plain = median(results.iter().map(|(p, _)| p.msgs_per_sec()).collect());
-    let kept = median(results.iter().map(|(_, k)| k.msgs_per_sec()).collect());
+    let plain = bench::median(results.iter().map(|(p, _)| p.msgs_per_sec()).collect());
+    let kept = bench::median(results.iter().map(|(_, k)| k.msgs_per_sec()).collect());
     println!(
         "median: no retention {plain:.0} msgs/s, max_msgs = 100000 {kept:.0} msgs/s, retained / plain = {:.2}",
         kept / plain

@@ -27,6 +27,12 @@ pub fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
+/// The middle of `values` (the upper one of an even count; 0 when none).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct BenchArgs {
