@@ -158,7 +158,7 @@ async fn group_info_counts_pending_work_that_retention_removed() {
         group("work", "30s"),
         group("billing", "30s")
     );
-    let sandbox = start_with(&specs(), &policy).await;
+    let mut sandbox = start_with(&specs(), &policy).await;
     publish_n(&sandbox, 2).await;
     let w2 = client(&sandbox, "w2").await;
     // One delivery at a time: 0 acked, 1 held (leased) while the count
@@ -207,6 +207,9 @@ async fn group_info_counts_pending_work_that_retention_removed() {
     assert_eq!((t.removed, t.acked, t.acked_floor), (27, 3, 30));
     drop(c);
     w2.close().await;
+    // Stopped before the process exits: RocksDB's threads must not outlive
+    // the test (a compaction running at exit aborted with "pthread lock").
+    sandbox.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -117,8 +117,18 @@ impl Dialer {
         };
         match tokio::time::timeout(self.timeout, work).await {
             Ok(Ok(Reply::Refused(why))) => Err(CallError::Refused(target, why)),
-            Ok(result) => result,
-            Err(_) => Err(CallError::Timeout(target)),
+            Ok(Ok(reply)) => Ok(reply),
+            // No answer: the pooled connection may lead to a process that
+            // is gone (a peer restarted on the same address); the next
+            // call dials again instead of waiting out the idle timeout.
+            Ok(Err(e)) => {
+                self.forget(target);
+                Err(e)
+            }
+            Err(_) => {
+                self.forget(target);
+                Err(CallError::Timeout(target))
+            }
         }
     }
 
