@@ -83,6 +83,7 @@ publish = ["orders.>"]
 [[role]]
 name = "orders-reader"
 subscribe = ["orders.>"]
+consume = ["orders-workers"]
 
 [[principal]]
 name = "publisher"
@@ -100,6 +101,18 @@ schema = "schemas/orders.created.json"
 
 [[topic]]
 name = "orders.>"
+
+# A consumer group: its leases, acks and dead letters go through the data
+# group's Raft log, so they survive the loss of any one node.
+[[group]]
+name = "orders-workers"
+topics = ["orders.>"]
+start = "earliest"
+ack_wait = "30s"
+max_deliveries = 5
+backoff = ["1s", "5s"]
+dead_letter = "dlq.orders-workers"
+max_in_flight = 1000
 "#
     )
 }
@@ -183,6 +196,7 @@ mod tests {
         let node2 = std::fs::read_to_string(&files.nodes[1]).unwrap();
         assert!(node2.contains("node_id = 2"));
         assert!(node2.contains("raft_listen = \"127.0.0.1:7552\""));
+        assert!(node2.contains("consume = [\"orders-workers\"]"));
         let client = std::fs::read_to_string(&files.publisher).unwrap();
         assert!(
             client

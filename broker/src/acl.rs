@@ -29,7 +29,8 @@ pub enum Action {
 /// tokens once, following the literal child and the `*` child and stopping
 /// at a `>`, so its cost depends on the topic's length, not on how many
 /// patterns the set holds (1,000 rules cost what 10 do).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "Vec<String>", try_from = "Vec<String>")]
 pub struct PatternSet {
     root: Node,
     patterns: Vec<String>,
@@ -111,6 +112,26 @@ impl PatternSet {
     }
 }
 
+impl From<PatternSet> for Vec<String> {
+    fn from(set: PatternSet) -> Vec<String> {
+        set.patterns
+    }
+}
+
+/// A replicated command's patterns are checked again as they are read.
+impl TryFrom<Vec<String>> for PatternSet {
+    type Error = String;
+
+    fn try_from(patterns: Vec<String>) -> Result<PatternSet, String> {
+        let mut set = PatternSet::default();
+        for p in patterns {
+            topic::validate_pattern(&p).map_err(|e| format!("pattern {p:?}: {e}"))?;
+            set.insert(&p);
+        }
+        Ok(set)
+    }
+}
+
 impl<S: AsRef<str>> FromIterator<S> for PatternSet {
     fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
         let mut set = PatternSet::default();
@@ -122,7 +143,7 @@ impl<S: AsRef<str>> FromIterator<S> for PatternSet {
 }
 
 /// The patterns one principal holds, merged from itself and its roles.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Grants {
     /// Patterns the principal may publish to.
     pub publish: PatternSet,
@@ -213,6 +234,17 @@ impl DecisionCache {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_pattern_set_is_serialized_as_its_patterns_and_checked_when_read() {
+        let set: PatternSet = ["orders.>", "a.*.c"].into_iter().collect();
+        let bytes = rmp_serde::to_vec(&set).unwrap();
+        let back: PatternSet = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, set);
+        assert!(back.matches("orders.eu.created") && back.matches("a.b.c"));
+        let bad = rmp_serde::to_vec(&vec!["a.>.b".to_owned()]).unwrap();
+        assert!(rmp_serde::from_slice::<PatternSet>(&bad).is_err());
+    }
+
     use super::*;
 
     fn grants() -> Grants {

@@ -72,6 +72,28 @@ pub enum PublishError {
 pub type PendingPublish =
     std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<u64>, PublishError>> + Send>>;
 
+/// A member's consumer-group commands in the data group's log: their
+/// outcomes once applied here.
+pub type PendingWork = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = Result<Vec<crate::group_writer::Outcome>, PublishError>>
+            + Send,
+    >,
+>;
+
+type PendingData = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<data::DataOutcome, PublishError>> + Send>,
+>;
+
+/// `NotLeader`, naming the leader's client address when one is known.
+pub fn not_leader(client: Option<String>) -> signet_proto::frame::Rejection {
+    use signet_proto::{ErrorCode, frame::Rejection};
+    match client {
+        Some(client) => Rejection::new(ErrorCode::NotLeader, format!("leader {client}")),
+        None => Rejection::new(ErrorCode::NotLeader, "no leader known yet; try again"),
+    }
+}
+
 /// Why a metadata change was not made.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -207,9 +229,13 @@ impl ClusterNode {
             .map_err(|e| raft_error(format!("raft log syncer: {e}")))?;
         let data_config = openraft::Config {
             cluster_name: "signet-data".into(),
-            heartbeat_interval: 100,
-            election_timeout_min: 600,
-            election_timeout_max: 1200,
+            // openraft gives each AppendEntries one heartbeat interval to
+            // be answered, and the follower syncs before it answers: 250 ms
+            // keeps a loaded machine's fsync inside it. Appends are also
+            // cut to `network::APPEND_BYTES_MAX`.
+            heartbeat_interval: 250,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
             max_payload_entries: 256,
             // No snapshots of the message store yet: the log is kept whole
             // and a lagging replica replays it.
@@ -437,11 +463,46 @@ impl ClusterNode {
         &self,
         entries: Vec<crate::commit::Entry>,
     ) -> Result<PendingPublish, PublishError> {
+        let pending = self
+            .propose_data(data::DataCommand {
+                group: data::DATA_GROUP,
+                records: entries.into_iter().map(data::DataRecord::from).collect(),
+                work: Vec::new(),
+            })
+            .await?;
+        Ok(Box::pin(async move {
+            pending.await?.offsets.map_err(PublishError::Refused)
+        }))
+    }
+
+    /// Hands a consumer-group member's commands (leases, settlements) to
+    /// the data group, like [`ClusterNode::submit`]: commands handed in
+    /// one order are applied in that order, on every replica, and the
+    /// returned future gives this node's outcomes once applied here.
+    pub async fn submit_work(
+        &self,
+        commands: Vec<crate::group_writer::Command>,
+    ) -> Result<PendingWork, PublishError> {
+        let pending = self
+            .propose_data(data::DataCommand {
+                group: data::DATA_GROUP,
+                records: Vec::new(),
+                work: commands,
+            })
+            .await?;
+        Ok(Box::pin(async move {
+            match pending.await?.work {
+                Some(Ok(outcomes)) => Ok(outcomes),
+                Some(Err(code)) => Err(PublishError::Refused(code)),
+                None => Err(PublishError::Unavailable("no outcome".into())),
+            }
+        }))
+    }
+
+    /// Queues `command` in the data group's log (in call order) and
+    /// returns what waits for it to be committed and applied here.
+    async fn propose_data(&self, command: data::DataCommand) -> Result<PendingData, PublishError> {
         use openraft::error::ClientWriteError;
-        let command = data::DataCommand {
-            group: data::DATA_GROUP,
-            records: entries.into_iter().map(data::DataRecord::from).collect(),
-        };
         let answer = self
             .data
             .client_write_ff(command)
@@ -450,7 +511,7 @@ impl ClusterNode {
         let timeout = self.commit_timeout;
         Ok(Box::pin(async move {
             match tokio::time::timeout(timeout, answer).await {
-                Ok(Ok(Ok(response))) => response.data.0.map_err(PublishError::Refused),
+                Ok(Ok(Ok(response))) => Ok(response.data),
                 Ok(Ok(Err(ClientWriteError::ForwardToLeader(f)))) => Err(PublishError::NotLeader {
                     client: f.leader_node.map(|n| n.client),
                 }),
@@ -459,6 +520,12 @@ impl ClusterNode {
                 Err(_) => Err(PublishError::Unavailable("no majority in time".into())),
             }
         }))
+    }
+
+    /// Whether this node leads the data group (a node that does not
+    /// refuses publishes and group members with [`not_leader`]).
+    pub fn leads_data(&self) -> bool {
+        self.data_leader() == Some(self.id())
     }
 
     /// This node's current term in the metadata group.

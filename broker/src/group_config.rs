@@ -18,7 +18,7 @@ pub const MAX_IN_FLIGHT_MAX: u32 = 1_000_000;
 pub const GROUP_NAME_BYTES_MAX: usize = 64;
 
 /// Where a new group begins on a topic it already finds stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Start {
     /// At offset 0.
     Earliest,
@@ -26,8 +26,9 @@ pub enum Start {
     Latest,
 }
 
-/// One consumer group, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One consumer group, validated (serialized into the consumer-group
+/// commands a cluster replicates).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GroupPolicy {
     /// Its name.
     pub name: String,

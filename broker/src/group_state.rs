@@ -160,7 +160,7 @@ pub struct Lease {
 }
 
 /// Why leasing stopped although messages wait, and when to try again.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
     /// Why the group cannot lease what waits, if it cannot.
     pub reason: Option<String>,
@@ -170,7 +170,7 @@ pub struct Waiting {
 }
 
 /// What a member asks to do with its lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Settlement {
     /// Done.
     Ack,

@@ -16,6 +16,7 @@ use crate::error::StoreError;
 use crate::group_config::{GroupPolicy, Start};
 use crate::group_state::{Cursor, DeadNote, GroupState, Settlement, Token, Waiting};
 use crate::store::{CF_SUBS, Store};
+use serde::{Deserialize, Serialize};
 use signet_proto::frame::{GroupStatus, GroupTopicStatus};
 use signet_proto::{ErrorCode, SigningKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -42,8 +43,9 @@ impl Default for Hub {
     }
 }
 
-/// One command for the writer.
-#[derive(Debug)]
+/// One command for the writer (also the entry a cluster's data group
+/// replicates: it carries everything applying it reads).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Command {
     /// The group's policy when the command was made.
     pub group: Arc<GroupPolicy>,
@@ -57,7 +59,7 @@ pub struct Command {
 }
 
 /// What a command does.
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Op {
     /// Expire what is due, then lease up to `want` messages (0: only
     /// expire) to `member`, on topics its `grants` let it read; with
@@ -75,6 +77,7 @@ pub enum Op {
         member: u64,
         topic: String,
         offset: u64,
+        #[serde(with = "serde_bytes")]
         token: Vec<u8>,
         action: Settlement,
     },
@@ -83,7 +86,7 @@ pub enum Op {
 }
 
 /// One delivery leased: the message to read and send.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GroupLease {
     /// Topic.
     pub topic: String,
@@ -100,7 +103,7 @@ pub struct GroupLease {
 }
 
 /// A command's result, sent once its write is on disk.
-#[derive(Debug)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Outcome {
     /// Leases made (maybe none) and why the group waits.
     Leased {

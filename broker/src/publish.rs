@@ -23,7 +23,7 @@
 use crate::answer;
 use crate::audit::Event;
 use crate::clock::now_ms;
-use crate::cluster::PublishError;
+use crate::cluster::{PublishError, not_leader};
 use crate::commit::{CommitReply, CommitRequest, Entry};
 use crate::frames::{self, Budgeted, FrameError};
 use crate::ingest::{self, Checked, IngestContext, Verdict};
@@ -208,7 +208,7 @@ async fn ingest_batch(
     if let Some(cluster) = &conn.broker.cluster {
         // A node that does not lead the data group stores nothing: the
         // client goes to the leader (nothing is checked or charged here).
-        if cluster.data_leader() != Some(cluster.id()) {
+        if !cluster.leads_data() {
             let rejection = not_leader(cluster.data_leader_client());
             return Ok(refuse_all(publish, &rejection, held));
         }
@@ -374,14 +374,6 @@ fn entry(
         leaf,
         principal: conn.principal.clone(),
     })
-}
-
-/// `NotLeader`, naming the leader's client address when one is known.
-fn not_leader(client: Option<String>) -> Rejection {
-    match client {
-        Some(client) => Rejection::new(ErrorCode::NotLeader, format!("leader {client}")),
-        None => Rejection::new(ErrorCode::NotLeader, "no leader known yet; try again"),
-    }
 }
 
 /// Where a batch's offsets come from.

@@ -21,6 +21,7 @@ use crate::message::Message;
 use crate::payload::Payloads;
 use crate::verify::Verifier;
 use futures_core::Stream;
+use signet_proto::ErrorCode;
 use signet_proto::frame::{
     ClientFrame, ClusterStatus, Consume, GroupStatus, Outcome, ServerFrame, Settle, SettleAction,
 };
@@ -347,12 +348,22 @@ async fn read_deliveries(
             return;
         };
         fail_waiting(&r.waiting, &error);
-        let lost = matches!(error, Error::ConnectionLost(_))
-            && r.membership
-                .link
-                .lost(r.membership.current.generation)
-                .await;
-        if !lost {
+        let moved = match &error {
+            Error::ConnectionLost(_) => {
+                r.membership
+                    .link
+                    .lost(r.membership.current.generation)
+                    .await
+            }
+            // A cluster node that lost the group's leadership: the member
+            // joins again on the leader.
+            Error::Rejected {
+                code: ErrorCode::NotLeader,
+                ..
+            } => true,
+            _ => false,
+        };
+        if !moved {
             for delivery in pending.drain(..).chain([Err(error)]) {
                 if tx.send(delivery).await.is_err() {
                     return;
@@ -360,10 +371,11 @@ async fn read_deliveries(
             }
             return;
         }
-        // The connection is gone: join again on a new one. Leases of the
-        // old membership end at their deadlines (their tokens are no
-        // longer this member's), so the group redelivers that work.
-        match rejoin(&mut r.membership).await {
+        // The connection is gone (or the node no longer leads): join
+        // again on a new one. Leases of the old membership end at their
+        // deadlines (their tokens are no longer this member's), so the
+        // group redelivers that work.
+        match rejoin(&mut r.membership, error).await {
             Ok((send, new_recv)) => {
                 recv = new_recv;
                 let generation = r.membership.current.generation;
@@ -386,9 +398,13 @@ async fn read_deliveries(
     }
 }
 
-/// Dials again through the link and joins the group on the new connection.
-async fn rejoin(m: &mut Membership) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
-    m.current = m.link.reconnect(m.current.generation).await?;
+/// Dials again through the link (after the membership ended with `why`)
+/// and joins the group on the new connection.
+async fn rejoin(
+    m: &mut Membership,
+    why: Error,
+) -> Result<(quinn::SendStream, quinn::RecvStream), Error> {
+    m.current = m.link.retry_on(&m.current, why).await?;
     loop {
         match join(&m.current.conn, &m.group, m.prefetch).await {
             Ok(streams) => return Ok(streams),
@@ -437,6 +453,7 @@ async fn read_membership(
     let pending_max = (r.membership.prefetch.max(1) as usize).saturating_mul(2);
     let (frames_tx, mut frames) = mpsc::channel(1);
     let _reading = AbortOnDrop(tokio::spawn(read_frames(recv, frames_tx)));
+    let mut progressed = false;
     loop {
         let frame = tokio::select! {
             permit = tx.reserve(), if !pending.is_empty() => {
@@ -455,6 +472,13 @@ async fn read_membership(
         };
         match frame {
             Some(ServerFrame::GroupDeliver(deliveries)) => {
+                if !progressed {
+                    // This membership works: the dials that led to it are
+                    // not counted against the next move (a rolling restart
+                    // of a cluster moves a member several times).
+                    r.membership.link.progressed(generation).await;
+                    progressed = true;
+                }
                 for d in deliveries {
                     let verdict = r
                         .verifier

@@ -172,8 +172,9 @@ impl Link {
 
     /// After opening a stream on `current` failed with `error`: the
     /// connection to try again on when that connection is gone (dialed
-    /// again as [`Link::reconnect`] allows), or `error` as it is (another
-    /// failure, or reconnecting is off). Callers loop: open, and on an
+    /// again as [`Link::reconnect`] allows), or after a cluster node's
+    /// `NotLeader` the leader's (see [`Link::redirect`]), or `error` as it
+    /// is (another failure, or reconnecting is off). Callers loop: open, and on an
     /// error `current = link.retry_on(&current, e).await?`.
     pub async fn retry_on(&self, current: &Current, error: Error) -> Result<Current, Error> {
         match error {
@@ -182,6 +183,17 @@ impl Link {
             {
                 tracing::debug!(%detail, "stream lost with its connection; dialing again");
                 self.reconnect(current.generation).await
+            }
+            // A cluster node that does not lead (a consumer group's
+            // commands go through the leader): follow it there.
+            Error::Rejected {
+                code: ErrorCode::NotLeader,
+                detail,
+                ..
+            } if self.shared.policy.attempts > 0 => {
+                tracing::debug!(%detail, "not the leader; redirecting");
+                self.redirect(current.generation, leader_named(&detail))
+                    .await
             }
             error => Err(error),
         }
@@ -374,6 +386,13 @@ impl Link {
             last,
         })
     }
+}
+
+/// The leader a `NotLeader` detail names (`leader <addr>`), if any.
+pub(crate) fn leader_named(detail: &str) -> Option<SocketAddr> {
+    detail
+        .strip_prefix("leader ")
+        .and_then(|addr| addr.parse().ok())
 }
 
 /// Why the link dials again.

@@ -775,11 +775,9 @@ async fn read_results(
 /// when the node named one (`leader <addr>`).
 fn not_leader(outcomes: &[Outcome]) -> Option<Option<std::net::SocketAddr>> {
     outcomes.iter().find_map(|o| match o {
-        Outcome::Nack(r) if r.code == ErrorCode::NotLeader => Some(
-            r.detail
-                .strip_prefix("leader ")
-                .and_then(|addr| addr.parse().ok()),
-        ),
+        Outcome::Nack(r) if r.code == ErrorCode::NotLeader => {
+            Some(crate::link::leader_named(&r.detail))
+        }
         _ => None,
     })
 }

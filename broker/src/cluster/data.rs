@@ -13,6 +13,15 @@
 //! a batch already stored (same key, seq and leaf) with its original
 //! offsets instead of storing it again.
 //!
+//! An entry may also carry consumer-group commands
+//! ([`crate::group_writer::Command`]: a member's lease or settlements,
+//! with the group's policy, the leader's time and a random seed), applied
+//! by the same writer in the same write on every replica, so a group's
+//! acks, leases and dead letters survive the loss of its leader. Applying
+//! one reads no clock, no RNG and no policy. A dead letter is signed by
+//! the applying node's identity key (every replica stores the same
+//! letter at the same offset; the signature says which node wrote it).
+//!
 //! The group's log is its own database, `<data_dir>/cluster-data-<id>`.
 //! Snapshots are not built (the log is never purged in phase B), so a
 //! replica catches up by replaying the log.
@@ -23,6 +32,7 @@
 use super::log_store::{decode, encode};
 use super::types::{Data, DataEntry, NodeAddr, StorageError};
 use crate::commit::{Command, CommitRequest, Entry, Replicated};
+use crate::group_writer::{Command as GroupCommand, GroupWork, Outcome as GroupOutcome};
 use crate::quota::Reservation;
 use crate::store::Store;
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -52,19 +62,29 @@ pub struct DataRecord {
     pub principal: String,
 }
 
-/// One log entry of a data group: one accepted publish batch.
+/// One log entry of a data group: one accepted publish batch, or
+/// consumer-group commands (leases, settlements) of one member.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DataCommand {
     /// The group it is for.
     pub group: u64,
     /// The accepted envelopes, in batch order.
     pub records: Vec<DataRecord>,
+    /// Consumer-group commands, applied after the records in the same
+    /// write. Each carries its group's policy, its time and its random
+    /// seed, so every replica applies it alike.
+    #[serde(default)]
+    pub work: Vec<GroupCommand>,
 }
 
 /// What applying one entry gave: the batch's offsets, or why nothing was
-/// stored (`Replay`: a seq already used by another envelope).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DataOutcome(pub Result<Vec<u64>, ErrorCode>);
+/// stored (`Replay`: a seq already used by another envelope); and the
+/// outcomes of its consumer-group commands, if it had any.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataOutcome {
+    pub offsets: Result<Vec<u64>, ErrorCode>,
+    pub work: Option<Result<Vec<GroupOutcome>, ErrorCode>>,
+}
 
 impl From<Entry> for DataRecord {
     fn from(e: Entry) -> DataRecord {
@@ -162,13 +182,20 @@ impl RaftStateMachine<Data> for DataMachine {
             match entry.payload {
                 EntryPayload::Normal(command) if command.group == self.group => {
                     let (reply, answer) = oneshot::channel();
+                    let (work, worked) = if command.work.is_empty() {
+                        (None, None)
+                    } else {
+                        let (reply, worked) = oneshot::channel();
+                        let commands = command.work;
+                        (Some(GroupWork { commands, reply }), Some(worked))
+                    };
                     requests.push(CommitRequest {
                         entries: command.records.into_iter().map(Entry::from).collect(),
                         reply,
                         reserved: Reservation::default(),
-                        group: None,
+                        group: work,
                     });
-                    answers.push(Some(answer));
+                    answers.push(Some((answer, worked)));
                 }
                 EntryPayload::Normal(_) => answers.push(None),
                 EntryPayload::Blank => answers.push(None),
@@ -195,10 +222,19 @@ impl RaftStateMachine<Data> for DataMachine {
         self.applied = applied;
         let mut outcomes = Vec::with_capacity(answers.len());
         for answer in answers {
-            outcomes.push(DataOutcome(match answer {
-                Some(answer) => answer.await.unwrap_or(Err(ErrorCode::Unavailable)),
-                None => Ok(Vec::new()),
-            }));
+            outcomes.push(match answer {
+                Some((answer, worked)) => DataOutcome {
+                    offsets: answer.await.unwrap_or(Err(ErrorCode::Unavailable)),
+                    work: match worked {
+                        Some(worked) => Some(worked.await.unwrap_or(Err(ErrorCode::Unavailable))),
+                        None => None,
+                    },
+                },
+                None => DataOutcome {
+                    offsets: Ok(Vec::new()),
+                    work: None,
+                },
+            });
         }
         Ok(outcomes)
     }

@@ -5,7 +5,7 @@
 //! `signet://node/<id>` for the id dialed, or nothing is sent.
 
 use super::transport::{node_dns_name, node_of};
-use super::types::{Data, Meta, NodeAddr};
+use super::types::{Data, DataEntry, Meta, NodeAddr};
 use super::wire::{self, PeerStatus, Reply, Request, Rpc, WireError};
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -18,6 +18,48 @@ use openraft::raft::{
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The most bytes of publish batches one AppendEntries carries (always at
+/// least one entry). openraft gives every AppendEntries one heartbeat
+/// interval to be answered and counts entries, not bytes: a catch-up of
+/// `max_payload_entries` large batches (tens of MB) would time out every
+/// time, and a restarted replica would never catch up.
+pub(crate) const APPEND_BYTES_MAX: usize = 1 << 20;
+
+/// Keeps the first entries of `entries` that fit in `bytes_max` (at least
+/// one) and drops the rest; returns the log id of the last one kept if any
+/// were dropped.
+pub(crate) fn bounded(
+    entries: &mut Vec<DataEntry>,
+    bytes_max: usize,
+) -> Option<openraft::LogId<u64>> {
+    let mut total = 0usize;
+    let mut keep = entries.len();
+    for (i, entry) in entries.iter().enumerate() {
+        total = total.saturating_add(entry_bytes(entry));
+        if total > bytes_max && i > 0 {
+            keep = i;
+            break;
+        }
+    }
+    if keep == entries.len() {
+        return None;
+    }
+    entries.truncate(keep);
+    entries.last().map(|e| e.log_id)
+}
+
+/// About how many bytes an entry takes on the wire.
+fn entry_bytes(entry: &DataEntry) -> usize {
+    match &entry.payload {
+        openraft::EntryPayload::Normal(command) => command
+            .records
+            .iter()
+            .map(|r| r.record.len() + r.topic.len() + r.principal.len() + 64)
+            .sum(),
+        _ => 64,
+    }
+}
 
 /// Why a call to a peer failed before it was answered.
 #[derive(Debug, thiserror::Error)]
@@ -283,7 +325,14 @@ impl RaftNetwork<Data> for DataLink {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, NodeAddr, RaftError<u64>>> {
         let target = self.link.target;
+        let mut rpc = rpc;
+        let sent = bounded(&mut rpc.entries, APPEND_BYTES_MAX);
         match self.link.call(Rpc::DataAppend(self.group, rpc)).await? {
+            // Only the first entries went: say how far the follower now
+            // matches, and openraft sends the rest next.
+            Reply::DataAppend(Ok(AppendEntriesResponse::Success)) if sent.is_some() => {
+                Ok(AppendEntriesResponse::PartialSuccess(sent))
+            }
             Reply::DataAppend(Ok(r)) => Ok(r),
             Reply::DataAppend(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(target, e))),
             _ => Err(self.link.mismatch()),
@@ -317,5 +366,49 @@ impl RaftNetwork<Data> for DataLink {
             Reply::DataVote(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(target, e))),
             _ => Err(self.link.mismatch()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::data::{DataCommand, DataRecord};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    fn entry(index: u64, bytes: usize) -> DataEntry {
+        DataEntry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(DataCommand {
+                group: 1,
+                records: vec![DataRecord {
+                    topic: "t".into(),
+                    record: vec![0; bytes],
+                    key_id: signet_proto::KeyId([0; 16]),
+                    seq: index,
+                    leaf: signet_proto::merkle::Hash([0; 32]),
+                    principal: "p".into(),
+                }],
+                work: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn an_append_is_cut_to_its_byte_budget_but_always_carries_one_entry() {
+        let mut entries: Vec<DataEntry> = (1..=10).map(|i| entry(i, 300_000)).collect();
+        let last = bounded(&mut entries, APPEND_BYTES_MAX);
+        assert_eq!(entries.len(), 3);
+        assert_eq!(last.map(|l| l.index), Some(3));
+
+        let mut one = vec![entry(7, 5 << 20), entry(8, 10)];
+        assert_eq!(
+            bounded(&mut one, APPEND_BYTES_MAX).map(|l| l.index),
+            Some(7)
+        );
+        assert_eq!(one.len(), 1);
+
+        let mut small: Vec<DataEntry> = (1..=256).map(|i| entry(i, 1_000)).collect();
+        assert_eq!(bounded(&mut small, APPEND_BYTES_MAX), None);
+        assert_eq!(small.len(), 256);
     }
 }

@@ -16,6 +16,7 @@
 use super::{now_ms, seed};
 use crate::answer;
 use crate::audit::Event;
+use crate::cluster::{PublishError, not_leader};
 use crate::commit::CommitRequest;
 use crate::frames::{self, FrameError};
 use crate::group_config::{GroupPolicy, valid_group_name};
@@ -42,9 +43,29 @@ async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, detail: &str) {
     answer::refuse(send, Rejection::new(code, detail)).await;
 }
 
-/// Sends commands to the writer; `None` if it stopped.
+/// Sends commands to the writer (a cluster node: to the data group's log,
+/// which every replica's writer applies); `None` if it stopped.
 async fn submit(conn: &ConnectionState, commands: Vec<Command>) -> Option<Reply> {
     let (reply, answer) = oneshot::channel();
+    if let Some(cluster) = &conn.broker.cluster {
+        // Queued here, in the member's order; answered by a task.
+        let submitted = cluster.submit_work(commands).await;
+        tokio::spawn(async move {
+            let result = match submitted {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
+            let _ = reply.send(result.map_err(|e| match e {
+                PublishError::NotLeader { .. } => ErrorCode::NotLeader,
+                PublishError::Refused(code) => code,
+                PublishError::Unavailable(why) => {
+                    tracing::warn!(error = %why, "group commands not committed by the cluster");
+                    ErrorCode::Unavailable
+                }
+            }));
+        });
+        return Some(answer);
+    }
     conn.broker
         .commits
         .send(CommitRequest::group(GroupWork { commands, reply }).into())
@@ -88,6 +109,13 @@ pub async fn run(
             "consumer groups need the broker's identity key ([broker] identity_key)",
         )
         .await;
+    }
+    if let Some(cluster) = &conn.broker.cluster
+        && !cluster.leads_data()
+    {
+        // A group's leases and settlements go through the data group's
+        // leader: the member joins there.
+        return answer::refuse(&mut send, not_leader(cluster.data_leader_client())).await;
     }
     let Some(member_seed) = seed() else {
         return refuse(&mut send, ErrorCode::Internal, "no randomness").await;
@@ -285,7 +313,7 @@ impl Member<'_> {
                 out = wait(&mut lease), if lease.is_some() => {
                     lease = None;
                     match out {
-                        Some(Outcome::Leased { leases, waiting }) => {
+                        Ok(Outcome::Leased { leases, waiting }) => {
                             next_wake = waiting.wake_at_ms;
                             if !leases.is_empty() {
                                 want = true;
@@ -294,6 +322,7 @@ impl Member<'_> {
                                 }
                             }
                         }
+                        Err(ErrorCode::NotLeader) => return self.not_leader().await,
                         _ => {
                             refuse(self.send, ErrorCode::Unavailable, "storage unavailable").await;
                             return "storage unavailable";
@@ -305,7 +334,12 @@ impl Member<'_> {
                     if pending.leases {
                         settle_leasing = false;
                     }
-                    match self.settled(pending, out).await {
+                    let moved = matches!(out, Err(ErrorCode::NotLeader));
+                    let settled = self.settled(pending, out).await;
+                    if moved {
+                        return self.not_leader().await;
+                    }
+                    match settled {
                         Ok(Some(waiting)) => {
                             next_wake = waiting.wake_at_ms;
                             want = true;
@@ -345,6 +379,20 @@ impl Member<'_> {
                 _ = self.send.stopped() => return "closed by member",
             }
         }
+    }
+
+    /// Ends the stream with `NotLeader` (naming the leader when known): this
+    /// node lost the data group's leadership; the member joins the new
+    /// leader, and its leases here end at their deadlines.
+    async fn not_leader(&mut self) -> &'static str {
+        let leader = self
+            .conn
+            .broker
+            .cluster
+            .as_ref()
+            .and_then(|c| c.data_leader_client());
+        answer::refuse(self.send, not_leader(leader)).await;
+        "not the leader"
     }
 
     /// Turns one `Settle` frame into commands and sends them to the writer.
@@ -418,6 +466,7 @@ impl Member<'_> {
     ) -> Result<Option<Waiting>, ()> {
         let mut results = Vec::with_capacity(pending.ops.len());
         let mut leased = None;
+        let mut failed = None;
         let outcomes: Vec<Option<Outcome>> = match out {
             Ok(mut outcomes) => {
                 if pending.leases && outcomes.len() > pending.ops.len() {
@@ -425,7 +474,10 @@ impl Member<'_> {
                 }
                 outcomes.into_iter().map(Some).collect()
             }
-            Err(_) => pending.ops.iter().map(|_| None).collect(),
+            Err(code) => {
+                failed = Some(code);
+                pending.ops.iter().map(|_| None).collect()
+            }
         };
         for (((topic, offset, action), outcome), early) in
             pending.ops.into_iter().zip(outcomes).zip(pending.early)
@@ -453,10 +505,16 @@ impl Member<'_> {
                     code,
                     "the lease token is not this member's live lease on that message",
                 ))),
-                _ => results.push(Wire::Nack(Rejection::new(
-                    ErrorCode::Unavailable,
-                    "storage unavailable; nothing changed",
-                ))),
+                _ => results.push(Wire::Nack(match failed {
+                    Some(ErrorCode::NotLeader) => Rejection::new(
+                        ErrorCode::NotLeader,
+                        "this node no longer leads the group; settle again after rejoining",
+                    ),
+                    _ => Rejection::new(
+                        ErrorCode::Unavailable,
+                        "the settlement was not confirmed; the lease ends at its deadline",
+                    ),
+                })),
             }
         }
         write_frame(self.send, &ServerFrame::Settled(results))
@@ -527,12 +585,15 @@ impl Member<'_> {
     }
 }
 
-/// The lease reply's first outcome.
-async fn wait(lease: &mut Option<Reply>) -> Option<Outcome> {
-    let reply = lease.as_mut()?;
+/// The lease reply's first outcome, or why there is none.
+async fn wait(lease: &mut Option<Reply>) -> Result<Outcome, ErrorCode> {
+    let Some(reply) = lease.as_mut() else {
+        return Err(ErrorCode::Internal);
+    };
     match reply.await {
-        Ok(Ok(outcomes)) => outcomes.into_iter().next(),
-        _ => None,
+        Ok(Ok(outcomes)) => outcomes.into_iter().next().ok_or(ErrorCode::Internal),
+        Ok(Err(code)) => Err(code),
+        Err(_) => Err(ErrorCode::Unavailable),
     }
 }
 
