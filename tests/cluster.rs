@@ -128,6 +128,25 @@ impl Cluster {
         replica_of(&client, topic, count).await
     }
 
+    /// Node `id`'s (first offset, next offset, bytes) of `topic`.
+    fn topic_state(&self, id: u64, topic: &str) -> Option<(u64, u64, u64)> {
+        self.brokers[(id - 1) as usize]
+            .as_ref()
+            .unwrap()
+            .topic_state(topic)
+    }
+
+    /// Waits until node `id`'s first offset of `topic` is at least `first`
+    /// (the state is read every 10 ms; a trim has no event to await).
+    async fn await_first(&self, id: u64, topic: &str, first: u64) {
+        within(async {
+            while self.topic_state(id, topic).is_none_or(|s| s.0 < first) {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+    }
+
     async fn shutdown(mut self) {
         for broker in self.brokers.iter_mut().filter_map(Option::take) {
             broker.shutdown().await;
@@ -765,6 +784,49 @@ async fn a_rolling_restart_of_every_node_under_load_loses_and_duplicates_no_acke
         replicas.push((id, cluster.replica(id, topic, held).await));
     }
     assert_replicas_agree(&acks, &replicas, last);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn age_retention_is_a_log_entry_of_the_leader_and_a_follower_cut_off_deletes_nothing() {
+    let cluster = Cluster::start_editing(
+        |config| {
+            config.settings.limits.retention_check_ms_max = 20;
+        },
+        |policy| {
+            policy.replace(
+                "[[topic]]\nname = \"orders.>\"",
+                "[[topic]]\nname = \"orders.aged\"\nretention = { max_age = \"300ms\" }\n\n[[topic]]\nname = \"orders.>\"",
+            )
+        },
+    )
+    .await;
+    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let cut = (1..=3).find(|id| *id != leader).unwrap();
+    let other = (1..=3).find(|id| *id != leader && *id != cut).unwrap();
+    let publisher = cluster.client(&cluster.files.publisher, &[leader]).await;
+    let topic = "orders.aged";
+    let acks = publish_ids(&publisher, topic, 0..50).await;
+    assert_eq!(acks.len(), 50);
+    let end = cluster.node(leader).data_last_log().unwrap_or(0);
+    within(cluster.node(cut).wait_data_applied(end)).await;
+    // The follower is cut off holding all 50; its clock says they are
+    // old just as the leader's does.
+    cluster.node(cut).isolate(true);
+    cluster.await_first(leader, topic, 50).await;
+    cluster.await_first(other, topic, 50).await;
+    assert_eq!(
+        cluster.topic_state(cut, topic).map(|s| s.0),
+        Some(0),
+        "a follower cut off from the leader deleted messages on its own"
+    );
+    // Healed, it applies the leader's trim from the log.
+    cluster.node(cut).isolate(false);
+    cluster.await_first(cut, topic, 50).await;
+    for id in 1..=3 {
+        let (first, next, bytes) = cluster.topic_state(id, topic).unwrap();
+        assert_eq!((first, next, bytes), (50, 50, 0), "node {id}");
+    }
     cluster.shutdown().await;
 }
 

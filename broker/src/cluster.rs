@@ -468,6 +468,7 @@ impl ClusterNode {
                 group: data::DATA_GROUP,
                 records: entries.into_iter().map(data::DataRecord::from).collect(),
                 work: Vec::new(),
+                trim: None,
             })
             .await?;
         Ok(Box::pin(async move {
@@ -488,6 +489,7 @@ impl ClusterNode {
                 group: data::DATA_GROUP,
                 records: Vec::new(),
                 work: commands,
+                trim: None,
             })
             .await?;
         Ok(Box::pin(async move {
@@ -497,6 +499,24 @@ impl ClusterNode {
                 None => Err(PublishError::Unavailable("no outcome".into())),
             }
         }))
+    }
+
+    /// Commits a retention trim through the data group (only the leader's
+    /// retention pass trims a cluster's topics) and returns whether this
+    /// node applied it (false: stale).
+    pub async fn submit_trim(&self, trim: data::DataTrim) -> Result<bool, PublishError> {
+        let pending = self
+            .propose_data(data::DataCommand {
+                group: data::DATA_GROUP,
+                records: Vec::new(),
+                work: Vec::new(),
+                trim: Some(trim),
+            })
+            .await?;
+        match pending.await?.trimmed {
+            Some(trimmed) => Ok(trimmed),
+            None => Err(PublishError::Unavailable("no outcome".into())),
+        }
     }
 
     /// Queues `command` in the data group's log (in call order) and

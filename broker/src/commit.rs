@@ -115,6 +115,10 @@ pub struct Trim {
     pub freed: Vec<(Arc<str>, u64)>,
     /// Whether it was applied (false: stale), once written.
     pub reply: oneshot::Sender<Result<bool, StoreError>>,
+    /// A cluster's trim is a data-group entry: the group and its applied
+    /// state after the entry, written in the same batch (also when the
+    /// trim is stale).
+    pub raft: Option<(u64, Vec<u8>)>,
 }
 
 /// What the writer applies, in the order received.
@@ -341,14 +345,22 @@ impl Writer {
     }
 
     fn write_trim(&mut self, trim: &Trim) -> Result<bool, StoreError> {
-        let Some(mut topic) = self.topics.get(&trim.topic).copied() else {
+        let stale = match self.topics.get(&trim.topic) {
+            Some(topic) => topic.first != trim.from || trim.to <= trim.from || trim.to > topic.next,
+            None => true,
+        };
+        let mut batch = WriteBatch::default();
+        if let Some((group, applied)) = &trim.raft {
+            self.store.put_raft_applied(&mut batch, *group, applied)?;
+        }
+        let Some(mut topic) = self.topics.get(&trim.topic).copied().filter(|_| !stale) else {
+            if trim.raft.is_some() {
+                // Applied (as nothing): the log holds it, no sync needed.
+                self.store.write_unsynced(batch)?;
+            }
             return Ok(false);
         };
-        if topic.first != trim.from || trim.to <= trim.from || trim.to > topic.next {
-            return Ok(false);
-        }
         let freed = trim.bytes;
-        let mut batch = WriteBatch::default();
         topic.first = trim.to;
         topic.bytes = topic.bytes.saturating_sub(freed);
         self.store

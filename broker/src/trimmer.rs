@@ -12,6 +12,7 @@
 //! (BENCHMARKS.md "Retention"). A quiet topic is trimmed to every limit.
 
 use crate::clock::now_ms;
+use crate::cluster::data::DataTrim;
 use crate::commit::{Command, Trim};
 use crate::error::StoreError;
 use crate::metrics;
@@ -77,6 +78,13 @@ async fn pass(
             .iter()
             .map(|(name, h)| (name.as_str(), h.first_offset, h.next_offset, h.stored_bytes)),
     );
+    if let Some(cluster) = &state.cluster
+        && !cluster.leads_data()
+    {
+        // A cluster's trims are entries of the data group's log, planned
+        // by its leader: a follower deletes nothing on its own clock.
+        return Ok(());
+    }
     let mut owners = Owners::default();
     let mut seen = HashMap::new();
     for (name, head) in topics {
@@ -119,23 +127,46 @@ async fn pass(
             };
             let Some(plan) = plan else { break };
             floor.excess = floor.excess.saturating_sub(plan.bytes);
-            let (reply, answer) = oneshot::channel();
             let to = plan.to;
-            let trim = Trim {
-                topic: name.clone(),
-                from: plan.from,
-                to,
-                bytes: plan.bytes,
-                freed: plan.freed,
-                reply,
-            };
-            if state.commits.send(Command::Trim(trim)).await.is_err() {
-                return Ok(());
-            }
-            match answer.await {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) | Err(_) => break,
-                Ok(Err(e)) => return Err(e),
+            if let Some(cluster) = &state.cluster {
+                let trim = DataTrim {
+                    topic: name.clone(),
+                    from: plan.from,
+                    to,
+                    bytes: plan.bytes,
+                    freed: plan
+                        .freed
+                        .into_iter()
+                        .map(|(principal, bytes)| (principal.to_string(), bytes))
+                        .collect(),
+                };
+                match cluster.submit_trim(trim).await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, topic = %name, "retention trim not committed by the cluster");
+                        return Ok(());
+                    }
+                }
+            } else {
+                let (reply, answer) = oneshot::channel();
+                let trim = Trim {
+                    topic: name.clone(),
+                    from: plan.from,
+                    to,
+                    bytes: plan.bytes,
+                    freed: plan.freed,
+                    reply,
+                    raft: None,
+                };
+                if state.commits.send(Command::Trim(trim)).await.is_err() {
+                    return Ok(());
+                }
+                match answer.await {
+                    Ok(Ok(true)) => {}
+                    Ok(Ok(false)) | Err(_) => break,
+                    Ok(Err(e)) => return Err(e),
+                }
             }
             match state.registry.head(&name) {
                 Some(now) if now.first_offset == to => head = now,

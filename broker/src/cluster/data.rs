@@ -31,7 +31,7 @@
 
 use super::log_store::{decode, encode};
 use super::types::{Data, DataEntry, NodeAddr, StorageError};
-use crate::commit::{Command, CommitRequest, Entry, Replicated};
+use crate::commit::{Command, CommitRequest, Entry, Replicated, Trim};
 use crate::group_writer::{Command as GroupCommand, GroupWork, Outcome as GroupOutcome};
 use crate::quota::Reservation;
 use crate::store::Store;
@@ -75,6 +75,21 @@ pub struct DataCommand {
     /// seed, so every replica applies it alike.
     #[serde(default)]
     pub work: Vec<GroupCommand>,
+    /// A retention trim the leader's retention pass planned (then
+    /// `records` and `work` are empty). Applying it on every replica
+    /// deletes the same range (a stale one, nowhere).
+    #[serde(default)]
+    pub trim: Option<DataTrim>,
+}
+
+/// A retention trim as replicated (see [`crate::commit::Trim`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DataTrim {
+    pub topic: String,
+    pub from: u64,
+    pub to: u64,
+    pub bytes: u64,
+    pub freed: Vec<(String, u64)>,
 }
 
 /// What applying one entry gave: the batch's offsets, or why nothing was
@@ -84,6 +99,8 @@ pub struct DataCommand {
 pub struct DataOutcome {
     pub offsets: Result<Vec<u64>, ErrorCode>,
     pub work: Option<Result<Vec<GroupOutcome>, ErrorCode>>,
+    /// For a trim: whether it applied (false: stale).
+    pub trimmed: Option<bool>,
 }
 
 impl From<Entry> for DataRecord {
@@ -160,6 +177,74 @@ impl RaftSnapshotBuilder<Data> for DataMachine {
     }
 }
 
+/// What waits for one applied entry's outcome.
+enum Answer {
+    /// Nothing to answer (blank, membership, another group's).
+    Nothing,
+    /// A write's offsets, and its group commands' outcomes.
+    Written(
+        oneshot::Receiver<crate::commit::CommitReply>,
+        Option<oneshot::Receiver<Result<Vec<GroupOutcome>, ErrorCode>>>,
+    ),
+    /// A trim: whether it applied (false: stale).
+    Trimmed(bool),
+}
+
+impl DataMachine {
+    /// Writes `requests` (maybe none) with the group's applied state
+    /// `applied`, in one write; the state becomes this machine's.
+    async fn write(
+        &mut self,
+        requests: Vec<CommitRequest>,
+        applied: &DataApplied,
+    ) -> Result<(), StorageError> {
+        let (done, written) = oneshot::channel();
+        let command = Command::Replicated(Replicated {
+            group: self.group,
+            requests,
+            applied: encode(applied)?,
+            done,
+        });
+        self.commits
+            .send(command)
+            .await
+            .map_err(|_| io("the commit writer stopped"))?;
+        if !matches!(written.await, Ok(true)) {
+            return Err(io("the replicated write failed"));
+        }
+        self.applied = applied.clone();
+        Ok(())
+    }
+
+    /// Applies a retention trim with the applied state after its entry.
+    async fn trim(&mut self, trim: DataTrim, applied: &DataApplied) -> Result<bool, StorageError> {
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Trim(Trim {
+            topic: trim.topic,
+            from: trim.from,
+            to: trim.to,
+            bytes: trim.bytes,
+            freed: trim
+                .freed
+                .into_iter()
+                .map(|(principal, bytes)| (Arc::from(principal), bytes))
+                .collect(),
+            reply,
+            raft: Some((self.group, encode(applied)?)),
+        });
+        self.commits
+            .send(command)
+            .await
+            .map_err(|_| io("the commit writer stopped"))?;
+        let trimmed = match answer.await {
+            Ok(Ok(trimmed)) => trimmed,
+            _ => return Err(io("the replicated trim failed")),
+        };
+        self.applied = applied.clone();
+        Ok(trimmed)
+    }
+}
+
 impl RaftStateMachine<Data> for DataMachine {
     type SnapshotBuilder = Self;
 
@@ -178,9 +263,20 @@ impl RaftStateMachine<Data> for DataMachine {
         let mut requests = Vec::new();
         let mut answers = Vec::new();
         for entry in entries {
+            let before = applied.clone();
             applied.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Normal(command) if command.group == self.group => {
+                    if let Some(trim) = command.trim {
+                        // What came before is written first, then the
+                        // trim with the applied state after it.
+                        if !requests.is_empty() {
+                            self.write(std::mem::take(&mut requests), &before).await?;
+                        }
+                        let trimmed = self.trim(trim, &applied).await?;
+                        answers.push(Answer::Trimmed(trimmed));
+                        continue;
+                    }
                     let (reply, answer) = oneshot::channel();
                     let (work, worked) = if command.work.is_empty() {
                         (None, None)
@@ -195,45 +291,38 @@ impl RaftStateMachine<Data> for DataMachine {
                         reserved: Reservation::default(),
                         group: work,
                     });
-                    answers.push(Some((answer, worked)));
+                    answers.push(Answer::Written(answer, worked));
                 }
-                EntryPayload::Normal(_) => answers.push(None),
-                EntryPayload::Blank => answers.push(None),
+                EntryPayload::Normal(_) => answers.push(Answer::Nothing),
+                EntryPayload::Blank => answers.push(Answer::Nothing),
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
-                    answers.push(None);
+                    answers.push(Answer::Nothing);
                 }
             }
         }
-        let (done, written) = oneshot::channel();
-        let command = Command::Replicated(Replicated {
-            group: self.group,
-            requests,
-            applied: encode(&applied)?,
-            done,
-        });
-        self.commits
-            .send(command)
-            .await
-            .map_err(|_| io("the commit writer stopped"))?;
-        if !matches!(written.await, Ok(true)) {
-            return Err(io("the replicated write failed"));
-        }
-        self.applied = applied;
+        self.write(requests, &applied).await?;
         let mut outcomes = Vec::with_capacity(answers.len());
         for answer in answers {
+            let nothing = DataOutcome {
+                offsets: Ok(Vec::new()),
+                work: None,
+                trimmed: None,
+            };
             outcomes.push(match answer {
-                Some((answer, worked)) => DataOutcome {
+                Answer::Written(answer, worked) => DataOutcome {
                     offsets: answer.await.unwrap_or(Err(ErrorCode::Unavailable)),
                     work: match worked {
                         Some(worked) => Some(worked.await.unwrap_or(Err(ErrorCode::Unavailable))),
                         None => None,
                     },
+                    trimmed: None,
                 },
-                None => DataOutcome {
-                    offsets: Ok(Vec::new()),
-                    work: None,
+                Answer::Trimmed(trimmed) => DataOutcome {
+                    trimmed: Some(trimmed),
+                    ..nothing
                 },
+                Answer::Nothing => nothing,
             });
         }
         Ok(outcomes)

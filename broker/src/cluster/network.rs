@@ -389,6 +389,7 @@ mod tests {
                     principal: "p".into(),
                 }],
                 work: Vec::new(),
+                trim: None,
             }),
         }
     }
