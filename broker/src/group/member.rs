@@ -12,6 +12,11 @@
 //! earliest backoff or lease deadline the writer reported passes. A reload
 //! that takes the `consume` grant away ends the stream with `Forbidden`;
 //! the member's leases then expire at their deadlines.
+//!
+//! On a cluster node the commands go through the data group's log
+//! ([`crate::cluster::ClusterNode::submit_work`]) instead, so every
+//! replica applies them; a member joins only on the data leader and its
+//! stream ends with `NotLeader` when this node stops leading.
 
 use super::{now_ms, seed};
 use crate::answer;
