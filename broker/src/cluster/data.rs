@@ -22,6 +22,10 @@
 //! the applying node's identity key (every replica stores the same
 //! letter at the same offset; the signature says which node wrote it).
 //!
+//! An entry may instead carry a retention trim ([`DataTrim`]) that the
+//! leader's retention pass planned: applied on every replica with the
+//! applied log id in the same synced write (a stale one writes only that).
+//!
 //! The group's log is its own database, `<data_dir>/cluster-data-<id>`.
 //! Snapshots are not built (the log is never purged in phase B), so a
 //! replica catches up by replaying the log.
