@@ -735,9 +735,13 @@ async fn a_rolling_restart_of_every_node_under_load_loses_and_duplicates_no_acke
     let acked = tokio::sync::Semaphore::new(0);
     let load = async {
         // Rounds of 500 pipelined publishes until every node has been
-        // restarted once.
+        // restarted once, at most one round per 50 ms (10,000 msgs/s,
+        // under the publisher's default quota of 50,000/s: unpaced, a
+        // fast machine hit it and got `QuotaExceeded`).
         let (mut acks, mut sent) = (HashMap::new(), 0u64);
+        let mut pace = tokio::time::interval(std::time::Duration::from_millis(50));
         while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            pace.tick().await;
             acks.extend(publish_counting(&publisher, topic, sent..sent + 500, &acked).await);
             sent += 500;
         }
