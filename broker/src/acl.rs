@@ -234,6 +234,8 @@ impl DecisionCache {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn a_pattern_set_is_serialized_as_its_patterns_and_checked_when_read() {
         let set: PatternSet = ["orders.>", "a.*.c"].into_iter().collect();
@@ -244,8 +246,6 @@ mod tests {
         let bad = rmp_serde::to_vec(&vec!["a.>.b".to_owned()]).unwrap();
         assert!(rmp_serde::from_slice::<PatternSet>(&bad).is_err());
     }
-
-    use super::*;
 
     fn grants() -> Grants {
         Grants {

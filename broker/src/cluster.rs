@@ -465,10 +465,8 @@ impl ClusterNode {
     ) -> Result<PendingPublish, PublishError> {
         let pending = self
             .propose_data(data::DataCommand {
-                group: data::DATA_GROUP,
                 records: entries.into_iter().map(data::DataRecord::from).collect(),
-                work: Vec::new(),
-                trim: None,
+                ..data::DataCommand::default()
             })
             .await?;
         Ok(Box::pin(async move {
@@ -486,10 +484,8 @@ impl ClusterNode {
     ) -> Result<PendingWork, PublishError> {
         let pending = self
             .propose_data(data::DataCommand {
-                group: data::DATA_GROUP,
-                records: Vec::new(),
                 work: commands,
-                trim: None,
+                ..data::DataCommand::default()
             })
             .await?;
         Ok(Box::pin(async move {
@@ -507,10 +503,8 @@ impl ClusterNode {
     pub async fn submit_trim(&self, trim: data::DataTrim) -> Result<bool, PublishError> {
         let pending = self
             .propose_data(data::DataCommand {
-                group: data::DATA_GROUP,
-                records: Vec::new(),
-                work: Vec::new(),
                 trim: Some(trim),
+                ..data::DataCommand::default()
             })
             .await?;
         match pending.await?.trimmed {
@@ -521,8 +515,12 @@ impl ClusterNode {
 
     /// Queues `command` in the data group's log (in call order) and
     /// returns what waits for it to be committed and applied here.
-    async fn propose_data(&self, command: data::DataCommand) -> Result<PendingData, PublishError> {
+    async fn propose_data(
+        &self,
+        mut command: data::DataCommand,
+    ) -> Result<PendingData, PublishError> {
         use openraft::error::ClientWriteError;
+        command.group = data::DATA_GROUP;
         let answer = self
             .data
             .client_write_ff(command)

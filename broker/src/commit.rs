@@ -345,15 +345,16 @@ impl Writer {
     }
 
     fn write_trim(&mut self, trim: &Trim) -> Result<bool, StoreError> {
-        let stale = match self.topics.get(&trim.topic) {
-            Some(topic) => topic.first != trim.from || trim.to <= trim.from || trim.to > topic.next,
-            None => true,
-        };
+        let live = self
+            .topics
+            .get(&trim.topic)
+            .copied()
+            .filter(|t| t.first == trim.from && trim.from < trim.to && trim.to <= t.next);
         let mut batch = WriteBatch::default();
         if let Some((group, applied)) = &trim.raft {
             self.store.put_raft_applied(&mut batch, *group, applied)?;
         }
-        let Some(mut topic) = self.topics.get(&trim.topic).copied().filter(|_| !stale) else {
+        let Some(mut topic) = live else {
             if trim.raft.is_some() {
                 // Applied (as nothing): the log holds it, no sync needed.
                 self.store.write_unsynced(batch)?;

@@ -13,7 +13,7 @@
 
 use crate::clock::now_ms;
 use crate::cluster::data::DataTrim;
-use crate::commit::{Command, Trim};
+use crate::commit::Command;
 use crate::error::StoreError;
 use crate::metrics;
 use crate::state::BrokerState;
@@ -128,18 +128,18 @@ async fn pass(
             let Some(plan) = plan else { break };
             floor.excess = floor.excess.saturating_sub(plan.bytes);
             let to = plan.to;
+            let trim = DataTrim {
+                topic: name.clone(),
+                from: plan.from,
+                to,
+                bytes: plan.bytes,
+                freed: plan
+                    .freed
+                    .into_iter()
+                    .map(|(principal, bytes)| (principal.to_string(), bytes))
+                    .collect(),
+            };
             if let Some(cluster) = &state.cluster {
-                let trim = DataTrim {
-                    topic: name.clone(),
-                    from: plan.from,
-                    to,
-                    bytes: plan.bytes,
-                    freed: plan
-                        .freed
-                        .into_iter()
-                        .map(|(principal, bytes)| (principal.to_string(), bytes))
-                        .collect(),
-                };
                 match cluster.submit_trim(trim).await {
                     Ok(true) => {}
                     Ok(false) => break,
@@ -150,15 +150,7 @@ async fn pass(
                 }
             } else {
                 let (reply, answer) = oneshot::channel();
-                let trim = Trim {
-                    topic: name.clone(),
-                    from: plan.from,
-                    to,
-                    bytes: plan.bytes,
-                    freed: plan.freed,
-                    reply,
-                    raft: None,
-                };
+                let trim = trim.into_trim(reply, None);
                 if state.commits.send(Command::Trim(trim)).await.is_err() {
                     return Ok(());
                 }

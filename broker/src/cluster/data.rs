@@ -67,8 +67,9 @@ pub struct DataRecord {
 }
 
 /// One log entry of a data group: one accepted publish batch, or
-/// consumer-group commands (leases, settlements) of one member.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// consumer-group commands (leases, settlements) of one member, or a
+/// retention trim.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DataCommand {
     /// The group it is for.
     pub group: u64,
@@ -94,6 +95,29 @@ pub struct DataTrim {
     pub to: u64,
     pub bytes: u64,
     pub freed: Vec<(String, u64)>,
+}
+
+impl DataTrim {
+    /// The writer's command for this trim.
+    pub(crate) fn into_trim(
+        self,
+        reply: oneshot::Sender<Result<bool, crate::error::StoreError>>,
+        raft: Option<(u64, Vec<u8>)>,
+    ) -> Trim {
+        Trim {
+            topic: self.topic,
+            from: self.from,
+            to: self.to,
+            bytes: self.bytes,
+            freed: self
+                .freed
+                .into_iter()
+                .map(|(principal, bytes)| (Arc::from(principal), bytes))
+                .collect(),
+            reply,
+            raft,
+        }
+    }
 }
 
 /// What applying one entry gave: the batch's offsets, or why nothing was
@@ -223,19 +247,7 @@ impl DataMachine {
     /// Applies a retention trim with the applied state after its entry.
     async fn trim(&mut self, trim: DataTrim, applied: &DataApplied) -> Result<bool, StorageError> {
         let (reply, answer) = oneshot::channel();
-        let command = Command::Trim(Trim {
-            topic: trim.topic,
-            from: trim.from,
-            to: trim.to,
-            bytes: trim.bytes,
-            freed: trim
-                .freed
-                .into_iter()
-                .map(|(principal, bytes)| (Arc::from(principal), bytes))
-                .collect(),
-            reply,
-            raft: Some((self.group, encode(applied)?)),
-        });
+        let command = Command::Trim(trim.into_trim(reply, Some((self.group, encode(applied)?))));
         self.commits
             .send(command)
             .await

@@ -513,7 +513,7 @@ impl Member<'_> {
                 _ => results.push(Wire::Nack(match failed {
                     Some(ErrorCode::NotLeader) => Rejection::new(
                         ErrorCode::NotLeader,
-                        "this node no longer leads the group; settle again after rejoining",
+                        "this node no longer leads the group; the settlement may still apply, else the lease ends at its deadline",
                     ),
                     _ => Rejection::new(
                         ErrorCode::Unavailable,
