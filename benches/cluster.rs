@@ -1,5 +1,7 @@
 //! `cargo bench --bench cluster`: acked publishes through a three-node
-//! cluster on this machine against one broker, in the same run.
+//! cluster on this machine against one broker, in the same run: the
+//! cluster once on one topic (one data group, one leader) and once on a
+//! topic of each of its three data groups in turn (three leaders).
 //! `SIGNET_BENCH_MESSAGES` (default 200000) messages of
 //! `SIGNET_BENCH_SIZE` (256) bytes, `SIGNET_BENCH_INFLIGHT` (512) in
 //! flight, `SIGNET_BENCH_ROUNDS` (4) rounds with the order alternating,
@@ -20,24 +22,28 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let results = runtime.block_on(bench_cluster::cluster_vs_single(args, rounds))?;
-    for (round, (single, cluster)) in results.iter().enumerate() {
-        print!("round {round}: one broker:       {single}");
-        print!("round {round}: 3-node cluster:   {cluster}");
+    for (round, r) in results.iter().enumerate() {
+        print!("round {round}: one broker:                 {}", r.single);
+        print!("round {round}: 3-node cluster, 1 group:    {}", r.cluster);
+        print!("round {round}: 3-node cluster, 3 groups:   {}", r.spread);
         println!(
-            "round {round}: cluster / one broker = {:.2}",
-            cluster.msgs_per_sec() / single.msgs_per_sec()
+            "round {round}: cluster / one broker = {:.2} (1 group), {:.2} (3 groups)",
+            r.cluster.msgs_per_sec() / r.single.msgs_per_sec(),
+            r.spread.msgs_per_sec() / r.single.msgs_per_sec()
         );
     }
-    let single = bench::median(results.iter().map(|(s, _)| s.msgs_per_sec()).collect());
-    let cluster = bench::median(results.iter().map(|(_, c)| c.msgs_per_sec()).collect());
-    let p99 = |pick: fn(&(bench::Report, bench::Report)) -> &bench::Report| {
-        bench::median(results.iter().map(|r| pick(r).ack_us[1] as f64).collect())
+    let median = |pick: fn(&bench_cluster::Round) -> &bench::Report| {
+        let rate = bench::median(results.iter().map(|r| pick(r).msgs_per_sec()).collect());
+        let p99 = bench::median(results.iter().map(|r| pick(r).ack_us[1] as f64).collect());
+        (rate, p99)
     };
+    let (single, single_p99) = median(|r| &r.single);
+    let (cluster, cluster_p99) = median(|r| &r.cluster);
+    let (spread, spread_p99) = median(|r| &r.spread);
     println!(
-        "median: one broker {single:.0} msgs/s (ack p99 {:.0} us), 3-node cluster {cluster:.0} msgs/s (ack p99 {:.0} us), cluster / one broker = {:.2}",
-        p99(|r| &r.0),
-        p99(|r| &r.1),
-        cluster / single
+        "median: one broker {single:.0} msgs/s (ack p99 {single_p99:.0} us), 3-node cluster {cluster:.0} msgs/s (ack p99 {cluster_p99:.0} us) on 1 group, {spread:.0} msgs/s (ack p99 {spread_p99:.0} us) on 3 groups; cluster / one broker = {:.2} (1 group), {:.2} (3 groups)",
+        cluster / single,
+        spread / single
     );
     Ok(())
 }

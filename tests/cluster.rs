@@ -1,5 +1,5 @@
-//! A cluster of real brokers (phase A: the metadata Raft group and the
-//! node transport): three nodes on 127.0.0.1 written by `cluster init`,
+//! A cluster of real brokers: three nodes on 127.0.0.1 written by
+//! `cluster init` (three data groups, each first led by another node),
 //! real QUIC with mutual TLS between them, real RocksDB logs.
 
 mod common;
@@ -14,6 +14,12 @@ use signet_client::{Client, ClientConfig, StartAt};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+/// The data group holding the `orders.*` topics these tests use (`cluster
+/// init` writes one data group per node).
+fn orders() -> u64 {
+    signet_proto::placement::group_of("orders", 3)
+}
 
 /// A base port whose six ports (clients and node transports) are free now.
 fn free_base() -> u16 {
@@ -446,7 +452,11 @@ async fn cluster_init_then_three_broker_processes_and_cluster_status_shows_a_lea
                 .iter()
                 .map(|n| n["state"].as_str().unwrap())
                 .collect();
+            let data_led = status["groups"].as_array().unwrap()[1..]
+                .iter()
+                .all(|g| g["leader"].is_u64());
             if leader.is_u64()
+                && data_led
                 && states.iter().filter(|s| **s == "leader").count() == 1
                 && states.iter().filter(|s| **s == "follower").count() == 2
             {
@@ -461,7 +471,87 @@ async fn cluster_init_then_three_broker_processes_and_cluster_status_shows_a_lea
     assert!(group["term"].as_u64().unwrap() >= 1);
     assert!(group["commit_index"].is_u64());
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    // One data group per node, each first led by another node.
+    let data: Vec<(String, u64)> = status["groups"].as_array().unwrap()[1..]
+        .iter()
+        .map(|g| {
+            (
+                g["name"].as_str().unwrap().to_owned(),
+                g["leader"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        data,
+        vec![
+            ("data-1".into(), 1),
+            ("data-2".into(), 2),
+            ("data-3".into(), 3)
+        ],
+        "{status}"
+    );
     drop(nodes);
+}
+
+/// A topic of each data group: `payments` (group 1), `orders` (2) and
+/// `shipping` (3) with three groups.
+const SPREAD: [(&str, u64); 3] = [
+    ("payments.spread", 1),
+    ("orders.spread", 2),
+    ("shipping.spread", 3),
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_data_groups_are_led_by_three_nodes_and_losing_one_node_moves_only_the_group_it_led()
+{
+    let mut cluster = Cluster::start().await;
+    for (topic, group) in SPREAD {
+        assert_eq!(cluster.node(1).group_of(topic), group, "{topic}");
+        let leader = within(cluster.node(1).wait_for_data_leader(group, None)).await;
+        assert_eq!(
+            leader, group,
+            "data group {group} is first led by node {group}"
+        );
+    }
+    // One publisher given every node (node 1 first), publishing to the
+    // three topics at once: it opens a lane per data group, each on its
+    // own connection to that group's leader, so the three leaders take
+    // its writes at the same time.
+    let publisher = cluster.client(&cluster.files.publisher, &[1, 2, 3]).await;
+    let runs = SPREAD
+        .iter()
+        .map(|(topic, _)| publish_ids(&publisher, topic, 0..300));
+    let acks = within(futures_util::future::join_all(runs)).await;
+    for ((topic, _), acks) in SPREAD.iter().zip(&acks) {
+        assert_eq!(acks.len(), 300, "{topic}: every publish acked");
+        for id in 1..=3 {
+            let replica = cluster.replica(id, topic, 300).await;
+            history::check(acks, &replica).unwrap();
+        }
+    }
+    // Node 2 stops: group 2 elects a leader among 1 and 3; groups 1 and 3
+    // keep theirs.
+    cluster.stop_node(2).await;
+    let moved = within(cluster.node(1).wait_for_data_leader(2, Some(2))).await;
+    assert_ne!(moved, 2);
+    for group in [1u64, 3] {
+        assert_eq!(
+            cluster.node(1).data_leader(group),
+            Some(group),
+            "group {group} kept its leader"
+        );
+    }
+    for (i, (topic, _)) in SPREAD.iter().enumerate() {
+        let more = within(publish_ids(&publisher, topic, 300..400)).await;
+        assert_eq!(more.len(), 100, "{topic}: acked after node 2 stopped");
+        let mut all = acks[i].clone();
+        all.extend(more);
+        for id in [1, 3] {
+            let replica = cluster.replica(id, topic, 400).await;
+            history::check(&all, &replica).unwrap();
+        }
+    }
+    cluster.shutdown().await;
 }
 
 /// Each replica holds exactly offsets `0..=last`, the checker finds no
@@ -519,7 +609,7 @@ async fn publish_counting(
 async fn a_thousand_pipelined_publishes_to_the_leader_are_acked_and_held_at_the_same_offsets_on_every_node()
  {
     let cluster = Cluster::start().await;
-    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let leader = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
     let publisher = cluster.client(&cluster.files.publisher, &[leader]).await;
     let topic = "orders.replicated";
     let acks = within(publish_ids(&publisher, topic, 0..1_000)).await;
@@ -546,9 +636,9 @@ async fn a_thousand_pipelined_publishes_to_the_leader_are_acked_and_held_at_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_follower_refuses_a_publish_with_not_leader_naming_the_leader_and_stores_nothing() {
     let cluster = Cluster::start().await;
-    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let leader = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
-    within(cluster.node(follower).wait_for_data_leader(None)).await;
+    within(cluster.node(follower).wait_for_data_leader(orders(), None)).await;
     let der = std::fs::read(cluster.files.dir.join("keys/publisher.ed25519")).unwrap();
     let key = signet_proto::SigningKey::from_pkcs8(&der).unwrap();
     let client = cluster.client(&cluster.files.publisher, &[follower]).await;
@@ -587,9 +677,9 @@ async fn a_follower_refuses_a_publish_with_not_leader_naming_the_leader_and_stor
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_client_whose_broker_list_starts_with_a_follower_follows_not_leader_and_publishes() {
     let cluster = Cluster::start().await;
-    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let leader = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
-    within(cluster.node(follower).wait_for_data_leader(None)).await;
+    within(cluster.node(follower).wait_for_data_leader(orders(), None)).await;
     let others: Vec<u64> = std::iter::once(follower)
         .chain((1..=3).filter(|id| *id != follower))
         .collect();
@@ -607,7 +697,7 @@ async fn a_client_whose_broker_list_starts_with_a_follower_follows_not_leader_an
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_follower_down_does_not_stop_acks_and_two_nodes_down_stop_every_ack() {
     let mut cluster = Cluster::start().await;
-    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let leader = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
     let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
     let publisher = cluster.client(&cluster.files.publisher, &[leader]).await;
     let topic = "orders.majority";
@@ -631,7 +721,7 @@ async fn the_leader_stopped_under_ten_thousand_pipelined_publishes_loses_no_acke
         .with_test_writer()
         .try_init();
     let mut cluster = Cluster::start().await;
-    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let leader = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
     let order: Vec<u64> = std::iter::once(leader)
         .chain((1..=3).filter(|id| *id != leader))
         .collect();
@@ -644,7 +734,7 @@ async fn the_leader_stopped_under_ten_thousand_pipelined_publishes_loses_no_acke
         tokio::time::timeout(long, publish_ids(&publisher, topic, 0..10_000)),
         async {
             // Stopped once some publishes are applied and more in flight.
-            within(node.wait_data_applied(20)).await;
+            within(node.wait_data_applied(orders(), 20)).await;
             let stopped = std::time::Instant::now();
             cluster.stop_node(leader).await;
             stopped
@@ -654,7 +744,12 @@ async fn the_leader_stopped_under_ten_thousand_pipelined_publishes_loses_no_acke
     // In-flight publishes move to the new leader with the same key and
     // seq: each is acked, once (the checker below).
     assert_eq!(acks.len(), 10_000, "every publish acked across the stop");
-    let new_leader = within(cluster.node(survivor).wait_for_data_leader(Some(leader))).await;
+    let new_leader = within(
+        cluster
+            .node(survivor)
+            .wait_for_data_leader(orders(), Some(leader)),
+    )
+    .await;
     assert_ne!(new_leader, leader);
     // Publishing resumes on the new leader (through the same client).
     let resumed = within(publisher.publish(topic, "10000".to_string()))
@@ -683,7 +778,7 @@ async fn a_leader_cut_off_from_the_others_acks_nothing_and_its_unacked_tail_is_d
  {
     // A publish without a majority is answered after 3 s (not the default 10 s).
     let cluster = Cluster::start_with(|c| c.settings.limits.raft_commit_ms_max = 3_000).await;
-    let old = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let old = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
     let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
     let topic = "orders.partitioned";
     // A client of the old leader only: the partition is between the nodes,
@@ -697,7 +792,12 @@ async fn a_leader_cut_off_from_the_others_acks_nothing_and_its_unacked_tail_is_d
     let cut = within(publish_ids(&at_old, topic, 100..150)).await;
     assert!(cut.is_empty(), "acked without a majority: {cut:?}");
     // The majority side elects a leader and takes writes.
-    let new = within(cluster.node(others[0]).wait_for_data_leader(Some(old))).await;
+    let new = within(
+        cluster
+            .node(others[0])
+            .wait_for_data_leader(orders(), Some(old)),
+    )
+    .await;
     assert_ne!(new, old);
     let at_new = cluster.client(&cluster.files.publisher, &[new]).await;
     let written = within(publish_ids(&at_new, topic, 150..250)).await;
@@ -706,7 +806,7 @@ async fn a_leader_cut_off_from_the_others_acks_nothing_and_its_unacked_tail_is_d
     // Healed: the old leader follows the new term; whatever it logged
     // alone is replaced by the new leader's log.
     cluster.node(old).isolate(false);
-    within(cluster.node(old).wait_for_data_leader(Some(old))).await;
+    within(cluster.node(old).wait_for_data_leader(orders(), Some(old))).await;
     let last = within(at_new.publish(topic, "250".to_string()))
         .await
         .unwrap();
@@ -728,7 +828,7 @@ async fn a_leader_cut_off_from_the_others_acks_nothing_and_its_unacked_tail_is_d
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_of_every_node_under_load_loses_and_duplicates_no_acked_message() {
     let mut cluster = Cluster::start().await;
-    within(cluster.node(1).wait_for_data_leader(None)).await;
+    within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
     let publisher = cluster.client(&cluster.files.publisher, &[1, 2, 3]).await;
     let topic = "orders.rolling";
     let stop = std::sync::atomic::AtomicBool::new(false);
@@ -756,9 +856,9 @@ async fn a_rolling_restart_of_every_node_under_load_loses_and_duplicates_no_acke
             cluster.start_node(id).await;
             // Caught up: the restarted node applied what the leader has.
             let others: Vec<u64> = (1..=3).filter(|other| *other != id).collect();
-            let leader = within(cluster.node(others[0]).wait_for_data_leader(None)).await;
-            let last = cluster.node(leader).data_last_log().unwrap_or(0);
-            within(cluster.node(id).wait_data_applied(last)).await;
+            let leader = within(cluster.node(others[0]).wait_for_data_leader(orders(), None)).await;
+            let last = cluster.node(leader).data_last_log(orders()).unwrap_or(0);
+            within(cluster.node(id).wait_data_applied(orders(), last)).await;
         }
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
     };
@@ -778,10 +878,10 @@ async fn a_rolling_restart_of_every_node_under_load_loses_and_duplicates_no_acke
         .unwrap();
     acks.insert(sent, last);
     let held = usize::try_from(last + 1).unwrap();
-    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
-    let end = cluster.node(leader).data_last_log().unwrap_or(0);
+    let leader = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
+    let end = cluster.node(leader).data_last_log(orders()).unwrap_or(0);
     for id in 1..=3 {
-        within(cluster.node(id).wait_data_applied(end)).await;
+        within(cluster.node(id).wait_data_applied(orders(), end)).await;
     }
     let mut replicas = Vec::new();
     for id in 1..=3 {
@@ -805,15 +905,15 @@ async fn age_retention_is_a_log_entry_of_the_leader_and_a_follower_cut_off_delet
         },
     )
     .await;
-    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let leader = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
     let cut = (1..=3).find(|id| *id != leader).unwrap();
     let other = (1..=3).find(|id| *id != leader && *id != cut).unwrap();
     let publisher = cluster.client(&cluster.files.publisher, &[leader]).await;
     let topic = "orders.aged";
     let acks = publish_ids(&publisher, topic, 0..50).await;
     assert_eq!(acks.len(), 50);
-    let end = cluster.node(leader).data_last_log().unwrap_or(0);
-    within(cluster.node(cut).wait_data_applied(end)).await;
+    let end = cluster.node(leader).data_last_log(orders()).unwrap_or(0);
+    within(cluster.node(cut).wait_data_applied(orders(), end)).await;
     // The follower is cut off holding all 50; its clock says they are
     // old just as the leader's does.
     cluster.node(cut).isolate(true);
@@ -857,7 +957,7 @@ async fn a_consumer_group_keeps_its_acks_and_leases_through_a_rolling_restart() 
         |policy| policy.replace("ack_wait = \"30s\"", "ack_wait = \"15s\""),
     )
     .await;
-    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
+    let leader = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
     let publisher = cluster.client(&cluster.files.publisher, &[1, 2, 3]).await;
     let topic = "orders.work";
     let acks = publish_ids(&publisher, topic, 0..TOTAL).await;
@@ -885,11 +985,16 @@ async fn a_consumer_group_keeps_its_acks_and_leases_through_a_rolling_restart() 
             // The others take over before it is back (else the restarted
             // leader may win the next election with its own state).
             let others: Vec<u64> = (1..=3).filter(|other| *other != id).collect();
-            let leader = within(cluster.node(others[0]).wait_for_data_leader(Some(id))).await;
+            let leader = within(
+                cluster
+                    .node(others[0])
+                    .wait_for_data_leader(orders(), Some(id)),
+            )
+            .await;
             leaders.push(leader);
             cluster.start_node(id).await;
-            let last = cluster.node(leader).data_last_log().unwrap_or(0);
-            within(cluster.node(id).wait_data_applied(last)).await;
+            let last = cluster.node(leader).data_last_log(orders()).unwrap_or(0);
+            within(cluster.node(id).wait_data_applied(orders(), last)).await;
             first_done.get_or_insert(signet_broker::group::now_ms());
             done_tx.send_modify(|done| *done += 1);
         }
@@ -1003,10 +1108,10 @@ async fn a_consumer_group_keeps_its_acks_and_leases_through_a_rolling_restart() 
         );
     }
     // Every replica holds the same group state: all acked, none dead.
-    let leader = within(cluster.node(1).wait_for_data_leader(None)).await;
-    let end = cluster.node(leader).data_last_log().unwrap_or(0);
+    let leader = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
+    let end = cluster.node(leader).data_last_log(orders()).unwrap_or(0);
     for id in 1..=3 {
-        within(cluster.node(id).wait_data_applied(end)).await;
+        within(cluster.node(id).wait_data_applied(orders(), end)).await;
         let client = cluster.client(&cluster.files.subscriber, &[id]).await;
         let status = within(client.group_info("orders-workers")).await.unwrap();
         let t = status.topics.iter().find(|t| t.topic == topic).unwrap();
@@ -1092,7 +1197,7 @@ impl Processes {
                         Ok(status) => status
                             .groups
                             .iter()
-                            .find(|g| g.name.starts_with("data"))
+                            .find(|g| g.name == format!("data-{}", orders()))
                             .and_then(|g| g.leader),
                         Err(_) => None,
                     };

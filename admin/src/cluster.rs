@@ -53,6 +53,9 @@ fn node_policy(
         })
         .collect();
     let peers = peers.join("\n");
+    // One data group per node (at most 16), each first led by another
+    // node, so the topics' writes spread over the nodes.
+    let data_groups = nodes.min(16);
     format!(
         r#"# Signet cluster node {id}, written by `signet cluster init`. Edit freely.
 
@@ -69,20 +72,25 @@ key = "pki/nodes/node{id}.key"
 [audit]
 path = "node{id}/data/audit.log"
 
+# Topics are spread over `data_groups` Raft groups by their first token
+# (`orders`, `payments`, ...); each group has its own leader. Fixed for the
+# life of the cluster: it decides where stored topics are.
 [cluster]
 node_id = {id}
 raft_listen = "{raft}"
+data_groups = {data_groups}
 peers = [
 {peers}
 ]
 
 [[role]]
 name = "orders-writer"
-publish = ["orders.>"]
+publish = ["orders.>", "payments.>", "shipping.>"]
+deny_publish = ["orders.dlq.>"]
 
 [[role]]
 name = "orders-reader"
-subscribe = ["orders.>"]
+subscribe = ["orders.>", "payments.>", "shipping.>"]
 consume = ["orders-workers"]
 
 [[principal]]
@@ -102,8 +110,16 @@ schema = "schemas/orders.created.json"
 [[topic]]
 name = "orders.>"
 
-# A consumer group: its leases, acks and dead letters go through the data
-# group's Raft log, so they survive the loss of any one node.
+[[topic]]
+name = "payments.>"
+
+[[topic]]
+name = "shipping.>"
+
+# A consumer group: its leases, acks and dead letters go through the Raft
+# log of the data group holding `orders`, so they survive the loss of any
+# one node. Its topics and dead_letter share the first token `orders`, so
+# that one data group holds them all.
 [[group]]
 name = "orders-workers"
 topics = ["orders.>"]
@@ -111,7 +127,7 @@ start = "earliest"
 ack_wait = "30s"
 max_deliveries = 5
 backoff = ["1s", "5s"]
-dead_letter = "dlq.orders-workers"
+dead_letter = "orders.dlq.workers"
 max_in_flight = 1000
 "#
     )

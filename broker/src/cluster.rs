@@ -1,7 +1,9 @@
-//! A broker as a node of a cluster (phase A: the metadata group only).
-//! Everything openraft-specific lives under this module, so the consensus
-//! library can be swapped; the rest of the broker sees [`ClusterNode`],
-//! [`MetaCommand`], [`MetaState`] and the status frame.
+//! A broker as a node of a cluster: the metadata group and the data
+//! groups (`[cluster] data_groups`, each holding the topics
+//! [`signet_proto::placement`] puts in it, each first led by another
+//! node). Everything openraft-specific lives under this module, so the
+//! consensus library can be swapped; the rest of the broker sees
+//! [`ClusterNode`], [`MetaCommand`], [`MetaState`] and the status frame.
 //!
 //! - [`meta`]: the metadata commands and the deterministic state they build;
 //! - `types`: openraft's type configuration (`Meta`);
@@ -11,10 +13,9 @@
 //! - [`transport`]: QUIC + mutual TLS between nodes (node certificates only)
 //!   and the listener;
 //! - `network`: the dialing side, openraft's `RaftNetworkFactory`;
-//! - [`wire`]: the node transport's messages.
-//!
-//! Not yet here (phase B): data groups, acks after a majority commit,
-//! `NotLeader` redirects.
+//! - [`wire`]: the node transport's messages;
+//! - [`data`]: a data group's log entries and state machine (the node's
+//!   message store, through its group-commit writer).
 
 pub mod data;
 pub(crate) mod log_store;
@@ -118,8 +119,8 @@ pub(crate) fn state_name(state: ServerState) -> &'static str {
     }
 }
 
-/// One node's part in the cluster: the metadata group's Raft and the node
-/// transport.
+/// One node's part in the cluster: the metadata group's Raft, the data
+/// groups' and the node transport.
 pub struct ClusterNode {
     settings: ClusterSettings,
     raft: MetaRaft,
@@ -130,10 +131,73 @@ pub struct ClusterNode {
     tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     db: Weak<rocksdb::DB>,
     raft_addr: std::net::SocketAddr,
-    data: DataRaft,
-    data_committed: Arc<AtomicU64>,
-    data_db: Weak<rocksdb::DB>,
+    /// The data groups, by id (`data[i].id == i + 1`).
+    data: Vec<DataGroupNode>,
     commit_timeout: Duration,
+}
+
+/// One data group on this node: its Raft, its log's commit counter and
+/// its log database.
+struct DataGroupNode {
+    id: u64,
+    raft: DataRaft,
+    committed: Arc<AtomicU64>,
+    db: Weak<rocksdb::DB>,
+}
+
+impl DataGroupNode {
+    /// Opens the group's log (`<data_dir>/cluster-data-<id>`) and its state
+    /// machine (the node's message store) and starts its Raft.
+    async fn start(
+        settings: &ClusterSettings,
+        id: u64,
+        dialer: &Arc<Dialer>,
+        data_dir: &Path,
+        host: &DataHost,
+    ) -> Result<DataGroupNode, BrokerError> {
+        let db = log_store::open(&data_dir.join(format!("cluster-data-{id}")))
+            .map_err(|e| BrokerError::Storage(e.into()))?;
+        let committed = Arc::new(AtomicU64::new(0));
+        let machine =
+            data::DataMachine::load(id, &host.store, host.commits.clone()).map_err(raft_error)?;
+        let logs = log_store::LogStore::new(db.clone(), committed.clone())
+            .map_err(|e| raft_error(format!("raft log syncer: {e}")))?;
+        let config = openraft::Config {
+            cluster_name: format!("signet-data-{id}"),
+            // openraft gives each AppendEntries one heartbeat interval to
+            // be answered, and the follower syncs before it answers: 250 ms
+            // keeps a loaded machine's fsync inside it. Appends are also
+            // cut to `network::APPEND_BYTES_MAX`.
+            heartbeat_interval: 250,
+            election_timeout_min: 1000,
+            election_timeout_max: 2000,
+            max_payload_entries: 256,
+            // No snapshots of the message store yet: the log is kept whole
+            // and a lagging replica replays it.
+            snapshot_policy: openraft::SnapshotPolicy::Never,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(raft_error)?;
+        let raft = openraft::Raft::new(
+            settings.node_id,
+            Arc::new(config),
+            network::DataNetwork {
+                dialer: dialer.clone(),
+                group: id,
+            },
+            logs,
+            machine,
+        )
+        .await
+        .map_err(raft_error)?;
+        Ok(DataGroupNode {
+            id,
+            raft,
+            committed,
+            db: Arc::downgrade(&db),
+        })
+    }
 }
 
 fn raft_error(e: impl std::fmt::Display) -> BrokerError {
@@ -219,47 +283,14 @@ impl ClusterNode {
         )
         .await
         .map_err(raft_error)?;
-        let data_db = log_store::open(&data_dir.join(format!("cluster-data-{}", data::DATA_GROUP)))
-            .map_err(|e| BrokerError::Storage(e.into()))?;
-        let data_committed = Arc::new(AtomicU64::new(0));
-        let data_machine =
-            data::DataMachine::load(data::DATA_GROUP, &host.store, host.commits.clone())
-                .map_err(raft_error)?;
-        let data_logs = log_store::LogStore::new(data_db.clone(), data_committed.clone())
-            .map_err(|e| raft_error(format!("raft log syncer: {e}")))?;
-        let data_config = openraft::Config {
-            cluster_name: "signet-data".into(),
-            // openraft gives each AppendEntries one heartbeat interval to
-            // be answered, and the follower syncs before it answers: 250 ms
-            // keeps a loaded machine's fsync inside it. Appends are also
-            // cut to `network::APPEND_BYTES_MAX`.
-            heartbeat_interval: 250,
-            election_timeout_min: 1000,
-            election_timeout_max: 2000,
-            max_payload_entries: 256,
-            // No snapshots of the message store yet: the log is kept whole
-            // and a lagging replica replays it.
-            snapshot_policy: openraft::SnapshotPolicy::Never,
-            ..Default::default()
+        let mut data = Vec::new();
+        for group in settings.data_group_ids() {
+            data.push(DataGroupNode::start(settings, group, &dialer, data_dir, &host).await?);
         }
-        .validate()
-        .map_err(raft_error)?;
-        let data = openraft::Raft::new(
-            settings.node_id,
-            Arc::new(data_config),
-            network::DataNetwork {
-                dialer: dialer.clone(),
-                group: data::DATA_GROUP,
-            },
-            data_logs,
-            data_machine,
-        )
-        .await
-        .map_err(raft_error)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let served = Arc::new(transport::Served {
             raft: raft.clone(),
-            data: vec![(data::DATA_GROUP, data.clone())],
+            data: data.iter().map(|g| (g.id, g.raft.clone())).collect(),
             settings: settings.clone(),
             frame_bytes_max: limits.raft_frame_bytes_max,
             rpc_timeout: timeout,
@@ -288,13 +319,21 @@ impl ClusterNode {
             raft.initialize(members.clone()).await.map_err(raft_error)?;
             tracing::info!(node = settings.node_id, "cluster initialized");
         }
-        if settings.is_founder() && !data.is_initialized().await.map_err(raft_error)? {
-            data.initialize(members).await.map_err(raft_error)?;
-            tracing::info!(
-                node = settings.node_id,
-                group = data::DATA_GROUP,
-                "data group initialized"
-            );
+        for group in &data {
+            if settings.first_leader(group.id) == Some(settings.node_id)
+                && !group.raft.is_initialized().await.map_err(raft_error)?
+            {
+                group
+                    .raft
+                    .initialize(members.clone())
+                    .await
+                    .map_err(raft_error)?;
+                tracing::info!(
+                    node = settings.node_id,
+                    group = group.id,
+                    "data group initialized"
+                );
+            }
         }
         let node = ClusterNode {
             settings: settings.clone(),
@@ -307,12 +346,9 @@ impl ClusterNode {
             db: Arc::downgrade(&db),
             raft_addr,
             data,
-            data_committed,
-            data_db: Arc::downgrade(&data_db),
             commit_timeout: Duration::from_millis(limits.raft_commit_ms_max),
         };
         drop(db);
-        drop(data_db);
         tasks.push(tokio::spawn(register_nodes(
             node.raft.clone(),
             node.settings.clone(),
@@ -396,14 +432,32 @@ impl ClusterNode {
         }
     }
 
-    /// The leader of the data group as this node knows it.
-    pub fn data_leader(&self) -> Option<u64> {
-        self.data.metrics().borrow().current_leader
+    /// How many data groups hold the topics.
+    pub fn data_groups(&self) -> u64 {
+        self.settings.data_groups
     }
 
-    /// The client address of the data group's leader, if known.
-    pub fn data_leader_client(&self) -> Option<String> {
-        let metrics = self.data.metrics().borrow().clone();
+    /// The data group holding `topic` (see [`signet_proto::placement`]).
+    pub fn group_of(&self, topic: &str) -> u64 {
+        signet_proto::placement::group_of(topic, self.settings.data_groups)
+    }
+
+    fn group(&self, group: u64) -> Option<&DataGroupNode> {
+        self.data.iter().find(|g| g.id == group)
+    }
+
+    fn group_metrics(&self, group: u64) -> Option<openraft::RaftMetrics<u64, NodeAddr>> {
+        Some(self.group(group)?.raft.metrics().borrow().clone())
+    }
+
+    /// The leader of data group `group` as this node knows it.
+    pub fn data_leader(&self, group: u64) -> Option<u64> {
+        self.group_metrics(group)?.current_leader
+    }
+
+    /// The client address of data group `group`'s leader, if known.
+    pub fn data_leader_client(&self, group: u64) -> Option<String> {
+        let metrics = self.group_metrics(group)?;
         let leader = metrics.current_leader?;
         metrics
             .membership_config
@@ -412,14 +466,18 @@ impl ClusterNode {
             .map(|n| n.client.clone())
     }
 
-    /// This node's current term in the data group.
-    pub fn data_term(&self) -> u64 {
-        self.data.metrics().borrow().current_term
+    /// This node's current term in data group `group` (0 for no such group).
+    pub fn data_term(&self, group: u64) -> u64 {
+        self.group_metrics(group).map_or(0, |m| m.current_term)
     }
 
-    /// Waits until this node knows a data-group leader other than `not`.
-    pub async fn wait_for_data_leader(&self, not: Option<u64>) -> u64 {
-        let mut metrics = self.data.metrics();
+    /// Waits until this node knows a leader of data group `group` other
+    /// than `not` (forever, for no such group).
+    pub async fn wait_for_data_leader(&self, group: u64, not: Option<u64>) -> u64 {
+        let Some(group) = self.group(group) else {
+            return std::future::pending().await;
+        };
+        let mut metrics = group.raft.metrics();
         loop {
             if let Some(leader) = metrics.borrow().current_leader
                 && Some(leader) != not
@@ -432,10 +490,13 @@ impl ClusterNode {
         }
     }
 
-    /// Waits until this node applied the data group's log up to `index`
-    /// (the leader's last log index, say).
-    pub async fn wait_data_applied(&self, index: u64) {
-        let mut metrics = self.data.metrics();
+    /// Waits until this node applied data group `group`'s log up to
+    /// `index` (the leader's last log index, say).
+    pub async fn wait_data_applied(&self, group: u64, index: u64) {
+        let Some(group) = self.group(group) else {
+            return std::future::pending().await;
+        };
+        let mut metrics = group.raft.metrics();
         loop {
             if metrics
                 .borrow()
@@ -450,24 +511,29 @@ impl ClusterNode {
         }
     }
 
-    /// The data group's last log index on this node.
-    pub fn data_last_log(&self) -> Option<u64> {
-        self.data.metrics().borrow().last_log_index
+    /// Data group `group`'s last log index on this node.
+    pub fn data_last_log(&self, group: u64) -> Option<u64> {
+        self.group_metrics(group)?.last_log_index
     }
 
-    /// Hands an accepted publish batch to the data group (batches handed
-    /// in one order are logged in that order) and returns what waits for
-    /// it: once a majority has it on disk and this node applied it, the
-    /// offsets applying assigned. Only the leader takes it.
+    /// Hands an accepted publish batch (every entry of data group `group`)
+    /// to that group (batches handed in one order are logged in that
+    /// order) and returns what waits for it: once a majority has it on
+    /// disk and this node applied it, the offsets applying assigned. Only
+    /// the group's leader takes it.
     pub async fn submit(
         &self,
+        group: u64,
         entries: Vec<crate::commit::Entry>,
     ) -> Result<PendingPublish, PublishError> {
         let pending = self
-            .propose_data(data::DataCommand {
-                records: entries.into_iter().map(data::DataRecord::from).collect(),
-                ..data::DataCommand::default()
-            })
+            .propose_data(
+                group,
+                data::DataCommand {
+                    records: entries.into_iter().map(data::DataRecord::from).collect(),
+                    ..data::DataCommand::default()
+                },
+            )
             .await?;
         Ok(Box::pin(async move {
             pending.await?.offsets.map_err(PublishError::Refused)
@@ -475,18 +541,22 @@ impl ClusterNode {
     }
 
     /// Hands a consumer-group member's commands (leases, settlements) to
-    /// the data group, like [`ClusterNode::submit`]: commands handed in
+    /// data group `group`, like [`ClusterNode::submit`]: commands handed in
     /// one order are applied in that order, on every replica, and the
     /// returned future gives this node's outcomes once applied here.
     pub async fn submit_work(
         &self,
+        group: u64,
         commands: Vec<crate::group_writer::Command>,
     ) -> Result<PendingWork, PublishError> {
         let pending = self
-            .propose_data(data::DataCommand {
-                work: commands,
-                ..data::DataCommand::default()
-            })
+            .propose_data(
+                group,
+                data::DataCommand {
+                    work: commands,
+                    ..data::DataCommand::default()
+                },
+            )
             .await?;
         Ok(Box::pin(async move {
             match pending.await?.work {
@@ -497,15 +567,19 @@ impl ClusterNode {
         }))
     }
 
-    /// Commits a retention trim through the data group (only the leader's
-    /// retention pass trims a cluster's topics) and returns whether this
-    /// node applied it (false: stale).
+    /// Commits a retention trim through the data group holding its topic
+    /// (only that group's leader's retention pass trims it) and returns
+    /// whether this node applied it (false: stale).
     pub async fn submit_trim(&self, trim: data::DataTrim) -> Result<bool, PublishError> {
+        let group = self.group_of(&trim.topic);
         let pending = self
-            .propose_data(data::DataCommand {
-                trim: Some(trim),
-                ..data::DataCommand::default()
-            })
+            .propose_data(
+                group,
+                data::DataCommand {
+                    trim: Some(trim),
+                    ..data::DataCommand::default()
+                },
+            )
             .await?;
         match pending.await?.trimmed {
             Some(trimmed) => Ok(trimmed),
@@ -513,16 +587,20 @@ impl ClusterNode {
         }
     }
 
-    /// Queues `command` in the data group's log (in call order) and
+    /// Queues `command` in data group `group`'s log (in call order) and
     /// returns what waits for it to be committed and applied here.
     async fn propose_data(
         &self,
+        group: u64,
         mut command: data::DataCommand,
     ) -> Result<PendingData, PublishError> {
         use openraft::error::ClientWriteError;
-        command.group = data::DATA_GROUP;
-        let answer = self
-            .data
+        let Some(node) = self.group(group) else {
+            return Err(PublishError::Unavailable(format!("no data group {group}")));
+        };
+        command.group = group;
+        let answer = node
+            .raft
             .client_write_ff(command)
             .await
             .map_err(|e| PublishError::Unavailable(e.to_string()))?;
@@ -540,10 +618,10 @@ impl ClusterNode {
         }))
     }
 
-    /// Whether this node leads the data group (a node that does not
-    /// refuses publishes and group members with [`not_leader`]).
-    pub fn leads_data(&self) -> bool {
-        self.data_leader() == Some(self.id())
+    /// Whether this node leads data group `group` (a node that does not
+    /// refuses its publishes and group members with [`not_leader`]).
+    pub fn leads_data(&self, group: u64) -> bool {
+        self.data_leader(group) == Some(self.id())
     }
 
     /// This node's current term in the metadata group.
@@ -631,26 +709,31 @@ impl ClusterNode {
             applied_index: metrics.last_applied.map(|l| l.index),
             members: metrics.membership_config.voter_ids().collect(),
         };
-        let data = self.data.metrics().borrow().clone();
-        let data_group = ClusterGroup {
-            name: format!("data-{}", data::DATA_GROUP),
-            leader: data.current_leader,
-            term: data.current_term,
-            commit_index: self.data_committed.load(Ordering::Relaxed).checked_sub(1),
-            applied_index: data.last_applied.map(|l| l.index),
-            members: data.membership_config.voter_ids().collect(),
-        };
+        let mut groups = vec![meta];
+        for group in &self.data {
+            let metrics = group.raft.metrics().borrow().clone();
+            groups.push(ClusterGroup {
+                name: format!("data-{}", group.id),
+                leader: metrics.current_leader,
+                term: metrics.current_term,
+                commit_index: group.committed.load(Ordering::Relaxed).checked_sub(1),
+                applied_index: metrics.last_applied.map(|l| l.index),
+                members: metrics.membership_config.voter_ids().collect(),
+            });
+        }
         ClusterStatus {
             node_id: self.settings.node_id,
             nodes,
-            groups: vec![meta, data_group],
+            groups,
         }
     }
 
     /// Stops Raft and the node transport and closes the metadata log.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        let _ = self.data.shutdown().await;
+        for group in &self.data {
+            let _ = group.raft.shutdown().await;
+        }
         let _ = self.raft.shutdown().await;
         let tasks = match self.tasks.lock() {
             Ok(mut held) => std::mem::take(&mut *held),
@@ -668,7 +751,7 @@ impl ClusterNode {
             let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
         }
         for _ in 0..5_000 {
-            if self.db.strong_count() == 0 && self.data_db.strong_count() == 0 {
+            if self.db.strong_count() == 0 && self.data.iter().all(|g| g.db.strong_count() == 0) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

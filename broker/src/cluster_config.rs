@@ -10,6 +10,10 @@ use std::net::SocketAddr;
 /// At most this many nodes in `peers`.
 pub const CLUSTER_NODES_MAX: usize = 64;
 
+/// At most this many data groups (each is a Raft group with its own log,
+/// on every node).
+pub const DATA_GROUPS_MAX: u64 = 16;
+
 /// One node of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {
@@ -30,6 +34,8 @@ pub struct ClusterSettings {
     pub raft_listen: SocketAddr,
     /// Every node, this one included, by increasing id.
     pub peers: Vec<Peer>,
+    /// How many data groups hold the topics (1 to [`DATA_GROUPS_MAX`]).
+    pub data_groups: u64,
 }
 
 /// Why a `[cluster]` section cannot be used.
@@ -47,6 +53,8 @@ pub enum ClusterConfigError {
     DuplicateAddress(String),
     #[error("cluster: node_id {0} is not among peers")]
     NotAPeer(u64),
+    #[error("cluster: data_groups = {0}; it must be 1 to {DATA_GROUPS_MAX}")]
+    DataGroups(u64),
     #[error(
         "cluster: raft_listen {listen} is not this node's raft address {raft} in peers (node {id})"
     )]
@@ -65,6 +73,10 @@ impl ClusterSettings {
         }
         if section.peers.len() > CLUSTER_NODES_MAX {
             return Err(ClusterConfigError::TooManyPeers(section.peers.len()));
+        }
+        let data_groups = section.data_groups.unwrap_or(1);
+        if !(1..=DATA_GROUPS_MAX).contains(&data_groups) {
+            return Err(ClusterConfigError::DataGroups(data_groups));
         }
         let mut ids = BTreeSet::new();
         let mut addresses = BTreeSet::new();
@@ -105,6 +117,7 @@ impl ClusterSettings {
             node_id: section.node_id,
             raft_listen: section.raft_listen,
             peers,
+            data_groups,
         })
     }
 
@@ -117,6 +130,19 @@ impl ClusterSettings {
     /// lowest id).
     pub fn is_founder(&self) -> bool {
         self.peers.first().is_some_and(|p| p.id == self.node_id)
+    }
+
+    /// The node that initializes data group `group` (1-based) and so is
+    /// its first candidate: the groups' first leaders go round the nodes
+    /// by id (group 1 on the lowest), so several nodes take writes.
+    pub fn first_leader(&self, group: u64) -> Option<u64> {
+        let index = usize::try_from(group.checked_sub(1)?).ok()? % self.peers.len().max(1);
+        self.peers.get(index).map(|p| p.id)
+    }
+
+    /// The data groups, `1..=data_groups`.
+    pub fn data_group_ids(&self) -> std::ops::RangeInclusive<u64> {
+        1..=self.data_groups
     }
 }
 
@@ -138,6 +164,7 @@ mod tests {
             node_id,
             raft_listen: "127.0.0.1:9001".parse().unwrap(),
             peers,
+            data_groups: None,
         }
     }
 
@@ -154,6 +181,12 @@ mod tests {
         assert_eq!(s.peers[0].id, 1);
         assert!(s.is_founder());
         assert_eq!(s.peer(2).unwrap().client, "127.0.0.1:8002");
+        assert_eq!(s.data_groups, 1);
+        assert_eq!(
+            [1, 2, 3, 4].map(|g| s.first_leader(g)),
+            [Some(1), Some(2), Some(1), Some(2)]
+        );
+        assert_eq!(s.first_leader(0), None);
     }
 
     #[test]
@@ -192,5 +225,10 @@ mod tests {
             refusal(section(1, vec![peer(1, "a:1", "127.0.0.1:9005")])),
             ClusterConfigError::ListenMismatch { .. }
         ));
+        for groups in [0, DATA_GROUPS_MAX + 1] {
+            let mut s = section(1, vec![peer(1, "a:1", "127.0.0.1:9001")]);
+            s.data_groups = Some(groups);
+            assert_eq!(refusal(s), ClusterConfigError::DataGroups(groups));
+        }
     }
 }

@@ -49,6 +49,10 @@ pub struct Entry {
     pub key_id: KeyId,
     /// Its sequence number, for the replay mark.
     pub seq: u64,
+    /// The key its seq is tracked under (replay mark and index): `key_id`
+    /// on a single broker, scoped to its data group in a cluster
+    /// ([`crate::replay::replay_key`]).
+    pub replay: KeyId,
     /// Its leaf hash (of its signed bytes), remembered with its offset so
     /// a retry is answered with that offset.
     pub leaf: Hash,
@@ -622,15 +626,15 @@ impl Writer {
         let mut out = Vec::with_capacity(entries.len());
         for entry in entries {
             let mark = self
-                .persisted_mark(&entry.key_id)?
-                .max(staged.marks.get(&entry.key_id).copied().unwrap_or(0));
+                .persisted_mark(&entry.replay)?
+                .max(staged.marks.get(&entry.replay).copied().unwrap_or(0));
             if entry.seq > mark {
                 out.push(None);
                 continue;
             }
-            let known = match staged.published.get(&(entry.key_id, entry.seq)) {
+            let known = match staged.published.get(&(entry.replay, entry.seq)) {
                 Some(known) => Some(*known),
-                None => self.store.published(&entry.key_id, entry.seq)?,
+                None => self.store.published(&entry.replay, entry.seq)?,
             };
             match known {
                 Some((offset, leaf)) if leaf == entry.leaf => out.push(Some(offset)),
@@ -859,12 +863,12 @@ impl Writer {
         if staged.dedupe {
             staged
                 .published
-                .insert((entry.key_id, entry.seq), (offset, entry.leaf));
+                .insert((entry.replay, entry.seq), (offset, entry.leaf));
         }
         self.store
             .put_message(batch, topic.id, offset, &entry.record)?;
         self.store
-            .put_published(batch, &entry.key_id, entry.seq, offset, &entry.leaf)?;
+            .put_published(batch, &entry.replay, entry.seq, offset, &entry.leaf)?;
         topic.next += 1;
         topic.bytes = topic.bytes.saturating_add(entry.record.len() as u64);
         match staged.topics.get_mut(&entry.topic) {
@@ -884,7 +888,7 @@ impl Writer {
             .entry(topic.id)
             .or_insert_with(|| Run::starting(offset))
             .add(offset, entry.record.len() as u64, &entry.principal);
-        let mark = staged.marks.entry(entry.key_id).or_insert(0);
+        let mark = staged.marks.entry(entry.replay).or_insert(0);
         *mark = (*mark).max(entry.seq);
         *staged.usage.entry(entry.principal.clone()).or_insert(0) += entry.record.len() as u64;
         Ok(offset)
@@ -993,6 +997,7 @@ impl Host for WriterHost<'_> {
             topic: append.topic,
             record: append.record,
             key_id: key,
+            replay: key,
             seq: append.seq,
             leaf: append.leaf,
             principal: Arc::from(BROKER_PRINCIPAL),
@@ -1015,6 +1020,7 @@ mod tests {
             topic: "orders.a".into(),
             record: vec![leaf; 8],
             key_id: KeyId([7; 16]),
+            replay: KeyId([7; 16]),
             seq,
             leaf: Hash([leaf; 32]),
             principal: Arc::from("alice"),

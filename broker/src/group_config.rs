@@ -54,6 +54,43 @@ pub struct GroupPolicy {
 }
 
 impl GroupPolicy {
+    /// The data group (of a cluster's `groups`) holding every topic this
+    /// group consumes and its dead-letter topic: its commands and dead
+    /// letters are entries of that group's log. Err (why) when they are
+    /// not all in one: a pattern with a wildcard first token, or two
+    /// first tokens placed apart.
+    pub fn data_group(&self, groups: u64) -> Result<u64, String> {
+        use signet_proto::placement::{group_of_token, placement_key};
+        let mut found: Option<(u64, &str)> = None;
+        let names = self
+            .topics
+            .patterns()
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(self.dead_letter.as_str()));
+        for name in names {
+            if groups <= 1 {
+                return Ok(1);
+            }
+            let Some(key) = placement_key(name) else {
+                return Err(format!(
+                    "{name:?} starts with a wildcard; in a cluster with {groups} data groups a consumer group's topics must start with a literal token (the data group is chosen by it)"
+                ));
+            };
+            let group = group_of_token(key, groups);
+            match found {
+                Some((other, other_name)) if other != group => {
+                    return Err(format!(
+                        "{other_name:?} is in data group {other} and {name:?} in data group {group}; a consumer group's topics and its dead_letter must share one data group (give them one first token)"
+                    ));
+                }
+                Some(_) => {}
+                None => found = Some((group, name)),
+            }
+        }
+        Ok(found.map_or(1, |(group, _)| group))
+    }
+
     /// Whether `name` is a work-queue topic of this group: its acks and
     /// dead letters delete the topic's messages.
     pub fn owns(&self, name: &str) -> bool {

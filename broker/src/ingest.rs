@@ -94,6 +94,13 @@ pub struct Checked {
 pub trait ReplayMarks {
     /// Why a mark could not be read.
     type Error: std::fmt::Display;
+    /// The key `key`'s marks for `topic` are kept under (a cluster keeps
+    /// them per data group, see [`crate::replay::replay_key`]); the key
+    /// itself by default.
+    fn scoped(&self, key: &KeyId, topic: &str) -> KeyId {
+        let _ = topic;
+        *key
+    }
     /// The highest accepted seq of `key` (0 when none: seqs start at 1).
     fn mark(&mut self, key: &KeyId) -> Result<u64, Self::Error>;
     /// Records `seq` as accepted for `key` (the caller checked it is above the mark).
@@ -479,14 +486,15 @@ fn check_replay_and_clock<C: Clock, M: ReplayMarks>(
         if refused.is_some() {
             continue;
         }
-        let mark = marks.mark(&e.key_id).map_err(unavailable)?;
+        let key = marks.scoped(&e.key_id, &e.topic);
+        let mark = marks.mark(&key).map_err(unavailable)?;
         if e.seq <= mark {
             *refused = Some(Rejection::new(
                 ErrorCode::Replay,
                 "sequence number already used",
             ));
             if let Some(leaf) = leaves.get(i) {
-                *stored = marks.stored(&e.key_id, e.seq, leaf).map_err(unavailable)?;
+                *stored = marks.stored(&key, e.seq, leaf).map_err(unavailable)?;
             }
         } else if e.timestamp_ms.abs_diff(ctx.now_ms) > ctx.clock_skew_ms_max {
             *refused = Some(Rejection::new(
@@ -494,7 +502,7 @@ fn check_replay_and_clock<C: Clock, M: ReplayMarks>(
                 "timestamp outside the accepted clock skew",
             ));
         } else {
-            marks.accept(&e.key_id, e.seq);
+            marks.accept(&key, e.seq);
         }
     }
     Ok(())

@@ -159,12 +159,20 @@ impl Policy {
     /// paths resolve against `base`. The version is 1; a reload raises it.
     pub fn from_file(file: PolicyFile, text: &str, base: &Path) -> Result<Policy, PolicyError> {
         let roles = role_grants(file.roles)?;
+        let data_groups = file
+            .cluster
+            .as_ref()
+            .map_or(1, |c| c.data_groups.unwrap_or(1));
         let mut policy = Policy {
             version: 1,
             ..Policy::default()
         };
         for g in &file.groups {
             let group = group_policy(g)?;
+            group.data_group(data_groups).map_err(|reason| GroupError {
+                group: g.name.clone(),
+                reason,
+            })?;
             if policy
                 .groups
                 .insert(group.name.clone(), Arc::new(group))
@@ -505,6 +513,64 @@ mod tests {
         let policy = load(&text, dir.path());
         assert!(policy.consumable("p", "g").is_some());
         assert!(policy.consumable("p", "other").is_none());
+    }
+
+    #[test]
+    fn a_consumer_group_of_a_cluster_must_keep_its_topics_and_dead_letters_in_one_data_group() {
+        let cluster = |groups: u64| {
+            format!(
+                "[cluster]\nnode_id = 1\nraft_listen = \"127.0.0.1:9001\"\ndata_groups = {groups}\npeers = [{{ id = 1, client = \"127.0.0.1:8001\", raft = \"127.0.0.1:9001\" }}]\n"
+            )
+        };
+        let group = |topics: &str, dead_letter: &str| {
+            format!(
+                "[[group]]\nname = \"g\"\ntopics = [{topics}]\nstart = \"earliest\"\nack_wait = \"1s\"\nmax_deliveries = 3\ndead_letter = \"{dead_letter}\"\nmax_in_flight = 10\n"
+            )
+        };
+        let refusal = |text: String| {
+            Policy::from_file(PolicyFile::parse(&text).unwrap(), &text, Path::new("/"))
+                .unwrap_err()
+                .to_string()
+        };
+        // orders is in group 2 of 3, dlq in group 3, payments in group 1.
+        let split = refusal(format!(
+            "{TEXT}{}{}",
+            cluster(3),
+            group("\"orders.>\"", "dlq.orders")
+        ));
+        assert!(
+            split.contains("\"orders.>\" is in data group 2 and \"dlq.orders\" in data group 3"),
+            "{split}"
+        );
+        let wild = refusal(format!(
+            "{TEXT}{}{}",
+            cluster(3),
+            group("\"*.created\"", "orders.dlq")
+        ));
+        assert!(wild.contains("starts with a wildcard"), "{wild}");
+        let two = refusal(format!(
+            "{TEXT}{}{}",
+            cluster(3),
+            group("\"orders.>\", \"payments.>\"", "orders.dlq")
+        ));
+        assert!(two.contains("must share one data group"), "{two}");
+        // One first token, or one data group, or a single broker: loaded.
+        load(
+            &format!(
+                "{TEXT}{}{}",
+                cluster(3),
+                group("\"orders.>\"", "orders.dlq")
+            ),
+            Path::new("/"),
+        );
+        load(
+            &format!("{TEXT}{}{}", cluster(1), group("\">\"", "dlq.orders")),
+            Path::new("/"),
+        );
+        load(
+            &format!("{TEXT}{}", group("\"*.created\"", "dlq.orders")),
+            Path::new("/"),
+        );
     }
 
     #[test]

@@ -82,6 +82,11 @@ pub struct ClusterSection {
     pub raft_listen: SocketAddr,
     /// Every node of the cluster, this one included.
     pub peers: Vec<PeerSection>,
+    /// How many data groups share the topics (by their first token, see
+    /// `signet_proto::placement`); 1 when absent. Fixed for the life of
+    /// the cluster: it decides where stored topics are.
+    #[serde(default)]
+    pub data_groups: Option<u64>,
 }
 
 /// One entry of `[cluster] peers`.

@@ -23,7 +23,7 @@
 use crate::answer;
 use crate::audit::Event;
 use crate::clock::now_ms;
-use crate::cluster::{PublishError, not_leader};
+use crate::cluster::{ClusterNode, PublishError, not_leader};
 use crate::commit::{CommitReply, CommitRequest, Entry};
 use crate::frames::{self, Budgeted, FrameError};
 use crate::ingest::{self, Checked, IngestContext, Verdict};
@@ -206,13 +206,25 @@ async fn ingest_batch(
         return Ok(refuse_all(publish, &full, held));
     }
     if let Some(cluster) = &conn.broker.cluster {
-        // A node that does not lead the data group stores nothing: the
-        // client goes to the leader (nothing is checked or charged here).
-        if !cluster.leads_data() {
-            let rejection = not_leader(cluster.data_leader_client());
+        // A batch is taken only by the leader of every data group it
+        // writes to; any other node stores nothing of it and names the
+        // leader the client should go to (nothing is checked or charged).
+        let mut groups: Vec<u64> = Vec::new();
+        for envelope in &publish.envelopes {
+            let group = cluster.group_of(&envelope.topic);
+            if !groups.contains(&group) {
+                groups.push(group);
+            }
+        }
+        if let Some(group) = groups.iter().find(|g| !cluster.leads_data(**g)) {
+            let rejection = not_leader(cluster.data_leader_client(*group));
             return Ok(refuse_all(publish, &rejection, held));
         }
-        conn.broker.replay.sync_term(cluster.data_term());
+        for group in groups {
+            conn.broker
+                .replay
+                .sync_term(group, cluster.data_term(group));
+        }
     }
     let request_id = publish.request_id;
     let now_ms = now_ms();
@@ -367,6 +379,7 @@ fn entry(
     let record = codec::encode_body_sized(&record, capacity)
         .map_err(|_| Rejection::new(ErrorCode::Internal, "internal error"))?;
     Ok(Entry {
+        replay: conn.broker.replay.scoped(&key_id, &topic),
         topic,
         record,
         key_id,
@@ -380,8 +393,9 @@ fn entry(
 enum Commit {
     /// This broker's group commit.
     Local(oneshot::Receiver<CommitReply>),
-    /// A cluster's data group (committed by a majority, applied here).
-    Cluster(tokio::task::JoinHandle<Result<Vec<u64>, Rejection>>),
+    /// A cluster's data groups (committed by a majority, applied here):
+    /// per accepted envelope, its offset or why it was not stored.
+    Cluster(tokio::task::JoinHandle<Vec<Result<u64, Rejection>>>),
 }
 
 /// Queues accepted entries for the group commit (a cluster node: proposes
@@ -398,31 +412,45 @@ async fn send_to_commit(
     }
     if let Some(cluster) = conn.broker.cluster.clone() {
         let broker = conn.broker.clone();
-        let marks = highest_seqs(&entries);
-        // Handed over here, in stream order, so batches are logged (and
-        // their seqs stored) in the order they were checked.
-        let submitted = cluster.submit(entries).await;
+        let count = entries.len();
+        // Handed over here, in stream order, one proposal per data group,
+        // so each group logs the batches (and stores their seqs) in the
+        // order they were checked.
+        let mut submitted = Vec::new();
+        for (group, positions, entries) in by_group(&cluster, entries) {
+            let marks = highest_seqs(&entries);
+            let pending = cluster.submit(group, entries).await;
+            submitted.push((positions, marks, pending));
+        }
         return Some(Commit::Cluster(tokio::spawn(async move {
-            let result = match submitted {
-                Ok(pending) => pending.await,
-                Err(e) => Err(e),
-            };
-            drop(reserved);
-            if result.is_ok() {
-                // Applied: the seqs are on disk here; ingest refuses them
-                // from now on (before, only applying did).
-                for (key, seq) in &marks {
-                    broker.replay.applied(key, *seq);
+            let mut answers = vec![Err(not_stored(ErrorCode::Unavailable)); count];
+            for (positions, marks, pending) in submitted {
+                let result = match pending {
+                    Ok(pending) => pending.await,
+                    Err(e) => Err(e),
+                };
+                match result {
+                    Ok(offsets) => {
+                        // Applied: the seqs are on disk here; ingest
+                        // refuses them from now on (before, only applying
+                        // did).
+                        for (key, seq) in &marks {
+                            broker.replay.applied(key, *seq);
+                        }
+                        for (position, offset) in positions.into_iter().zip(offsets) {
+                            answers[position] = Ok(offset);
+                        }
+                    }
+                    Err(e) => {
+                        let rejection = cluster_rejection(e);
+                        for position in positions {
+                            answers[position] = Err(rejection.clone());
+                        }
+                    }
                 }
             }
-            result.map_err(|e| match e {
-                PublishError::NotLeader { client } => not_leader(client),
-                PublishError::Refused(code) => Rejection::new(code, "message not stored"),
-                PublishError::Unavailable(why) => {
-                    tracing::warn!(error = %why, "publish not committed by the cluster");
-                    Rejection::new(ErrorCode::Unavailable, "not committed in time; retry")
-                }
-            })
+            drop(reserved);
+            answers
         })));
     }
     let (reply, receiver) = oneshot::channel();
@@ -436,13 +464,46 @@ async fn send_to_commit(
     Some(Commit::Local(receiver))
 }
 
-/// Each signing key's highest seq among `entries`.
+/// The entries of each data group, in batch order, with their positions
+/// among `entries`.
+fn by_group(cluster: &ClusterNode, entries: Vec<Entry>) -> Vec<(u64, Vec<usize>, Vec<Entry>)> {
+    let mut parts: Vec<(u64, Vec<usize>, Vec<Entry>)> = Vec::new();
+    for (position, entry) in entries.into_iter().enumerate() {
+        let group = cluster.group_of(&entry.topic);
+        match parts.iter_mut().find(|(g, _, _)| *g == group) {
+            Some((_, positions, entries)) => {
+                positions.push(position);
+                entries.push(entry);
+            }
+            None => parts.push((group, vec![position], vec![entry])),
+        }
+    }
+    parts
+}
+
+/// What a client is told when the cluster did not store its envelopes.
+fn cluster_rejection(error: PublishError) -> Rejection {
+    match error {
+        PublishError::NotLeader { client } => not_leader(client),
+        PublishError::Refused(code) => not_stored(code),
+        PublishError::Unavailable(why) => {
+            tracing::warn!(error = %why, "publish not committed by the cluster");
+            Rejection::new(ErrorCode::Unavailable, "not committed in time; retry")
+        }
+    }
+}
+
+fn not_stored(code: ErrorCode) -> Rejection {
+    Rejection::new(code, "message not stored")
+}
+
+/// Each replay key's highest seq among `entries`.
 fn highest_seqs(entries: &[Entry]) -> Vec<(signet_proto::KeyId, u64)> {
     let mut marks: Vec<(signet_proto::KeyId, u64)> = Vec::new();
     for entry in entries {
-        match marks.iter_mut().find(|(key, _)| *key == entry.key_id) {
+        match marks.iter_mut().find(|(key, _)| *key == entry.replay) {
             Some((_, seq)) => *seq = (*seq).max(entry.seq),
-            None => marks.push((entry.key_id, entry.seq)),
+            None => marks.push((entry.replay, entry.seq)),
         }
     }
     marks
@@ -476,27 +537,24 @@ impl PendingBatch {
     async fn resolve(self) -> (Results, Held) {
         let mut outcomes = self.outcomes;
         if let Some(commit) = self.commit {
-            let answer = match commit {
-                Commit::Local(receiver) => receiver
-                    .await
-                    .unwrap_or(Err(ErrorCode::Unavailable))
-                    .map_err(|code| Rejection::new(code, "message not stored")),
-                Commit::Cluster(task) => task.await.unwrap_or_else(|_| {
-                    Err(Rejection::new(ErrorCode::Unavailable, "message not stored"))
-                }),
+            let unanswered = || vec![Err(not_stored(ErrorCode::Unavailable)); self.accepted.len()];
+            let answers = match commit {
+                Commit::Local(receiver) => {
+                    match receiver.await.unwrap_or(Err(ErrorCode::Unavailable)) {
+                        Ok(offsets) => offsets.into_iter().map(Ok).collect(),
+                        Err(code) => vec![Err(not_stored(code)); self.accepted.len()],
+                    }
+                }
+                Commit::Cluster(task) => task.await.unwrap_or_else(|_| unanswered()),
             };
-            match answer {
-                Ok(offsets) => {
-                    for (i, offset) in self.accepted.iter().zip(offsets) {
-                        outcomes[*i] = Some(Outcome::Ack(offset));
+            for (i, answer) in self.accepted.iter().zip(answers) {
+                outcomes[*i] = Some(match answer {
+                    Ok(offset) => Outcome::Ack(offset),
+                    Err(rejection) => {
+                        metrics::rejected(rejection.code);
+                        Outcome::Nack(rejection)
                     }
-                }
-                Err(rejection) => {
-                    metrics::rejected(rejection.code);
-                    for i in &self.accepted {
-                        outcomes[*i] = Some(Outcome::Nack(rejection.clone()));
-                    }
-                }
+                });
             }
         }
         let outcomes = outcomes

@@ -15,6 +15,13 @@
 //! applying answers a retry of an envelope already in the log with its
 //! original offset (`commit::Writer::stored_already`). Within one batch,
 //! an accepted seq still raises the mark for the envelopes after it.
+//!
+//! A cluster with several data groups keeps a key's marks per group
+//! ([`replay_key`]): each group applies its own log in its own order, so a
+//! mark shared by two groups would move in a different order on each
+//! node and a replica catching up on one group would refuse what the
+//! leader stored. The client's seqs still rise across all its topics, so
+//! they rise within each group too.
 
 use crate::error::StoreError;
 use crate::ingest::ReplayMarks;
@@ -23,6 +30,24 @@ use signet_proto::KeyId;
 use signet_proto::merkle::Hash;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// The key a signing key's marks and stored seqs are kept under: the key
+/// itself on a single broker (`scope` 0), or, in data group `scope` of a
+/// cluster, a 16-byte id derived from the key and the group (SHA-256), so
+/// each group's marks and replay index are its own.
+pub fn replay_key(key: &KeyId, scope: u64) -> KeyId {
+    if scope == 0 {
+        return *key;
+    }
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"signet replay scope\0");
+    ctx.update(&scope.to_be_bytes());
+    ctx.update(&key.0);
+    let digest = ctx.finish();
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest.as_ref()[..16]);
+    KeyId(out)
+}
 
 /// The highest accepted seq per key, shared by all connections.
 pub struct ReplayGuard {
@@ -33,10 +58,13 @@ pub struct ReplayGuard {
     marks: Mutex<HashMap<KeyId, u64>>,
     /// Seqs below a key's mark whose stored offset is remembered.
     window: u64,
-    /// The cluster data group's term the marks were read under.
-    term: std::sync::atomic::AtomicU64,
+    /// Each cluster data group's term the marks were read under.
+    terms: Mutex<HashMap<u64, u64>>,
     /// When a mark moves.
     moves: Marks,
+    /// A cluster's data group count (0: a single broker); a topic's marks
+    /// are those of the group holding it.
+    groups: u64,
 }
 
 /// When a key's mark moves.
@@ -58,21 +86,29 @@ pub struct ReplayLock<'a> {
     guard: &'a Mutex<HashMap<KeyId, u64>>,
     marks: Option<MutexGuard<'a, HashMap<KeyId, u64>>>,
     moves: Marks,
+    groups: u64,
     /// Seqs this batch accepted ([`Marks::Applied`]: not shared).
     batch: HashMap<KeyId, u64>,
 }
 
 impl ReplayGuard {
     /// A guard backed by `store`, answering retries of the last `window`
-    /// seqs of each key with their stored offsets.
-    pub fn new(store: Arc<Store>, window: u64, moves: Marks) -> ReplayGuard {
+    /// seqs of each key with their stored offsets; `groups` is a cluster's
+    /// data group count (0: a single broker).
+    pub fn new(store: Arc<Store>, window: u64, moves: Marks, groups: u64) -> ReplayGuard {
         ReplayGuard {
             store,
             marks: Mutex::new(HashMap::new()),
             window,
-            term: std::sync::atomic::AtomicU64::new(0),
+            terms: Mutex::new(HashMap::new()),
             moves,
+            groups,
         }
+    }
+
+    /// The key `key`'s marks for `topic` are kept under ([`replay_key`]).
+    pub fn scoped(&self, key: &KeyId, topic: &str) -> KeyId {
+        scoped(self.groups, key, topic)
     }
 
     /// The data group applied `seq` of `key` ([`Marks::Applied`]): raises
@@ -95,10 +131,14 @@ impl ReplayGuard {
         }
     }
 
-    /// Forgets the marks when the cluster data group's term is not the
-    /// one they were read under (another leader may have stored since).
-    pub fn sync_term(&self, term: u64) {
-        if self.term.swap(term, std::sync::atomic::Ordering::AcqRel) != term {
+    /// Forgets the marks when data group `group`'s term is not the one
+    /// they were read under (another leader may have stored since).
+    pub fn sync_term(&self, group: u64, term: u64) {
+        let changed = match self.terms.lock() {
+            Ok(mut terms) => terms.insert(group, term) != Some(term),
+            Err(_) => true,
+        };
+        if changed {
             self.forget_all();
         }
     }
@@ -111,6 +151,7 @@ impl ReplayGuard {
             guard: &self.marks,
             marks: None,
             moves: self.moves,
+            groups: self.groups,
             batch: HashMap::new(),
         }
     }
@@ -124,8 +165,20 @@ impl ReplayLock<'_> {
     }
 }
 
+/// [`replay_key`] for `topic` among `groups` data groups (0: a single broker).
+fn scoped(groups: u64, key: &KeyId, topic: &str) -> KeyId {
+    match groups {
+        0 => *key,
+        n => replay_key(key, signet_proto::placement::group_of(topic, n)),
+    }
+}
+
 impl ReplayMarks for ReplayLock<'_> {
     type Error = StoreError;
+
+    fn scoped(&self, key: &KeyId, topic: &str) -> KeyId {
+        scoped(self.groups, key, topic)
+    }
 
     fn mark(&mut self, key: &KeyId) -> Result<u64, StoreError> {
         let shared = match self.marks().get(key) {

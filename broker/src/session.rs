@@ -152,6 +152,13 @@ async fn dispatch(
             drop(budget);
             cluster_status(&conn, send).await;
         }
+        Ok(Budgeted {
+            frame: ClientFrame::Placement,
+            budget,
+        }) => {
+            drop(budget);
+            placement(&conn, send).await;
+        }
         Err(e) => answer::frame_failure(&conn, &mut send, &mut recv, e).await,
     }
 }
@@ -188,18 +195,54 @@ impl Drop for LiveConnection {
 /// Answers a `ClusterStatus` (any authenticated principal may ask): the
 /// cluster as this node sees it, or `NotClustered` from a single broker.
 async fn cluster_status(conn: &ConnectionState, mut send: quinn::SendStream) {
-    let Some(cluster) = conn.broker.cluster.clone() else {
-        return answer::refuse(
-            &mut send,
+    let Some(cluster) = clustered(conn, &mut send).await else {
+        return;
+    };
+    let status = cluster.status().await;
+    answer_once(
+        send,
+        signet_proto::frame::ServerFrame::ClusterStatus(status),
+    )
+    .await;
+}
+
+/// Answers a `Placement` (any authenticated principal may ask): the data
+/// group count and each group's leader as this node knows them, or
+/// `NotClustered` from a single broker.
+async fn placement(conn: &ConnectionState, mut send: quinn::SendStream) {
+    let Some(cluster) = clustered(conn, &mut send).await else {
+        return;
+    };
+    let placement = signet_proto::frame::Placement {
+        data_groups: cluster.data_groups(),
+        leaders: (1..=cluster.data_groups())
+            .map(|g| cluster.data_leader_client(g))
+            .collect(),
+    };
+    answer_once(send, signet_proto::frame::ServerFrame::Placement(placement)).await;
+}
+
+/// This node's cluster part; a single broker refuses with `NotClustered`.
+async fn clustered(
+    conn: &ConnectionState,
+    send: &mut quinn::SendStream,
+) -> Option<Arc<crate::cluster::ClusterNode>> {
+    let cluster = conn.broker.cluster.clone();
+    if cluster.is_none() {
+        answer::refuse(
+            send,
             signet_proto::frame::Rejection::new(
                 ErrorCode::NotClustered,
                 "this broker is not a node of a cluster",
             ),
         )
         .await;
-    };
-    let status = cluster.status().await;
-    let frame = signet_proto::frame::ServerFrame::ClusterStatus(status);
+    }
+    cluster
+}
+
+/// Writes the stream's one answer and finishes it.
+async fn answer_once(mut send: quinn::SendStream, frame: signet_proto::frame::ServerFrame) {
     if signet_proto::stream::write_frame(&mut send, &frame)
         .await
         .is_ok()

@@ -62,9 +62,9 @@ impl BrokerState {
             settings.limits.storage_free_bytes_min,
         ));
         let window = settings.limits.idempotency_window_seqs_max;
-        let moves = match settings.cluster {
-            Some(_) => Marks::Applied,
-            None => Marks::Accepted,
+        let (moves, groups) = match &settings.cluster {
+            Some(cluster) => (Marks::Applied, cluster.data_groups),
+            None => (Marks::Accepted, 0),
         };
         BrokerState {
             disk,
@@ -72,7 +72,7 @@ impl BrokerState {
             policy,
             quotas,
             audit,
-            replay: ReplayGuard::new(store.clone(), window, moves),
+            replay: ReplayGuard::new(store.clone(), window, moves, groups),
             store,
             registry,
             commits,

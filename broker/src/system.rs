@@ -118,6 +118,8 @@ impl SystemPublisher {
                 record,
                 key_id: self.key.id(),
                 seq,
+                // Written by this node's own writer, never replicated.
+                replay: self.key.id(),
                 leaf,
                 principal: Arc::from(BROKER_PRINCIPAL),
             }],

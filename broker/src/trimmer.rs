@@ -78,16 +78,17 @@ async fn pass(
             .iter()
             .map(|(name, h)| (name.as_str(), h.first_offset, h.next_offset, h.stored_bytes)),
     );
-    if let Some(cluster) = &state.cluster
-        && !cluster.leads_data()
-    {
-        // A cluster's trims are entries of the data group's log, planned
-        // by its leader: a follower deletes nothing on its own clock.
-        return Ok(());
-    }
     let mut owners = Owners::default();
     let mut seen = HashMap::new();
     for (name, head) in topics {
+        if let Some(cluster) = &state.cluster
+            && !cluster.leads_data(cluster.group_of(&name))
+        {
+            // A cluster's trims are entries of the log of the data group
+            // holding the topic, planned by its leader: a follower deletes
+            // nothing on its own clock.
+            continue;
+        }
         let Some(retention) = policy.retention(&name).cloned() else {
             continue;
         };

@@ -4,10 +4,12 @@ use crate::config::ClientConfig;
 use crate::consumer::Consumer;
 use crate::error::Error;
 use crate::keyfile::read_private;
+use crate::lanes::Lanes;
 use crate::link::{Link, ReconnectPolicy};
 use crate::message::{OutgoingMessage, PendingAck, Request};
 use crate::payload::Payloads;
-use crate::publisher::{self, PublisherSettings};
+use crate::publisher::PublisherSettings;
+use crate::seq::SharedSeq;
 use crate::subscription::{self, Subscription};
 use crate::tls;
 use crate::verify::Verifier;
@@ -17,7 +19,7 @@ use signet_proto::schema::Schema;
 use signet_proto::{ErrorCode, SigningKey};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// A connection to a broker.
 pub struct Client {
@@ -25,8 +27,9 @@ pub struct Client {
     link: Link,
     /// The first connection (for [`Client::connection`]).
     conn: quinn::Connection,
-    /// The publishing task's queue; `None` without a signing key.
-    publisher: Option<mpsc::Sender<Request>>,
+    /// Where publishes go (one publishing task, or one per data group of
+    /// a cluster); `None` without a signing key.
+    publisher: Option<Lanes>,
     /// The publisher keys this client trusts; each subscription gets a copy.
     trust: Verifier,
     /// Decryption keys, recipients and schemas from the client file.
@@ -149,10 +152,10 @@ impl Client {
             },
         );
         let publisher = signer.map(|(key, key_path)| {
-            publisher::start(
+            Lanes::new(
                 link.clone(),
                 key,
-                key_path,
+                SharedSeq::new(&key_path),
                 PublisherSettings {
                     linger: config.linger,
                     max_inflight_batches: config.max_inflight_batches,
@@ -160,6 +163,7 @@ impl Client {
                     quota_retries: config.quota_retries,
                     quota_retry_max: config.quota_retry_max,
                 },
+                config.brokers.len() > 1,
             )
         });
         Ok(Client {
@@ -194,8 +198,9 @@ impl Client {
     /// their order and before newer ones; the ack resolves when one attempt
     /// is stored or the retries are spent.
     pub async fn enqueue(&self, message: OutgoingMessage) -> Result<PendingAck, Error> {
-        let queue = self.publisher.as_ref().ok_or(Error::NoSigningKey)?;
+        let lanes = self.publisher.as_ref().ok_or(Error::NoSigningKey)?;
         self.validate(&message)?;
+        let queue = lanes.queue(&message.topic).await?;
         let (reply, ack) = oneshot::channel();
         queue
             .send(Request { message, reply })
@@ -331,6 +336,9 @@ impl Client {
     /// Closes the connection. Await every pending ack first: what is still
     /// in flight when the connection closes may or may not be stored.
     pub async fn close(self) {
+        if let Some(lanes) = &self.publisher {
+            lanes.close().await;
+        }
         drop(self.publisher);
         self.link.close().await;
         self.conn.close(0u32.into(), b"bye");

@@ -23,7 +23,8 @@ use crate::verify::Verifier;
 use futures_core::Stream;
 use signet_proto::ErrorCode;
 use signet_proto::frame::{
-    ClientFrame, ClusterStatus, Consume, GroupStatus, Outcome, ServerFrame, Settle, SettleAction,
+    ClientFrame, ClusterStatus, Consume, GroupStatus, Outcome, Placement, ServerFrame, Settle,
+    SettleAction,
 };
 use signet_proto::limits::SETTLE_OPS_MAX;
 use signet_proto::stream::{read_frame, write_frame};
@@ -202,44 +203,53 @@ pub async fn join(
 
 /// Asks the connected node for the cluster's state.
 pub async fn cluster_status(conn: &quinn::Connection) -> Result<ClusterStatus, Error> {
+    match ask(conn, &ClientFrame::ClusterStatus, "cluster status").await? {
+        ServerFrame::ClusterStatus(status) => Ok(status),
+        _ => Err(Error::Protocol(
+            "unexpected answer to cluster status".into(),
+        )),
+    }
+}
+
+/// Asks the connected node where the cluster's topics are.
+pub(crate) async fn placement(conn: &quinn::Connection) -> Result<Placement, Error> {
+    match ask(conn, &ClientFrame::Placement, "placement").await? {
+        ServerFrame::Placement(placement) => Ok(placement),
+        _ => Err(Error::Protocol("unexpected answer to placement".into())),
+    }
+}
+
+/// Sends `question` as the only frame of a new stream and reads the one
+/// answer (`ServerFrame::Error` becomes `Rejected`).
+async fn ask(
+    conn: &quinn::Connection,
+    question: &ClientFrame,
+    what: &str,
+) -> Result<ServerFrame, Error> {
     let (mut send, mut recv) = conn
         .open_bi()
         .await
         .map_err(|e| Error::ConnectionLost(e.to_string()))?;
-    write_frame(&mut send, &ClientFrame::ClusterStatus)
+    write_frame(&mut send, question)
         .await
         .map_err(|e| Error::ConnectionLost(e.to_string()))?;
     let _ = send.finish();
     match read_frame::<ServerFrame, _>(&mut recv, FRAME_BYTES_MAX).await {
-        Ok(Some(ServerFrame::ClusterStatus(status))) => Ok(status),
         Ok(Some(ServerFrame::Error(r))) => Err(Error::rejected(r)),
-        Ok(Some(_)) => Err(Error::Protocol(
-            "unexpected answer to cluster status".into(),
-        )),
-        Ok(None) => Err(Error::ConnectionLost("cluster status refused".into())),
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => Err(Error::ConnectionLost(format!("{what} refused"))),
         Err(e) => Err(Error::ConnectionLost(e.to_string())),
     }
 }
 
 /// Asks for `group`'s state on `conn`.
 pub async fn group_info(conn: &quinn::Connection, group: &str) -> Result<GroupStatus, Error> {
-    let (mut send, mut recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| Error::ConnectionLost(e.to_string()))?;
     let request = ClientFrame::GroupInfo(signet_proto::frame::GroupInfo {
         group: group.to_owned(),
     });
-    write_frame(&mut send, &request)
-        .await
-        .map_err(|e| Error::ConnectionLost(e.to_string()))?;
-    let _ = send.finish();
-    match read_frame::<ServerFrame, _>(&mut recv, FRAME_BYTES_MAX).await {
-        Ok(Some(ServerFrame::GroupStatus(status))) => Ok(status),
-        Ok(Some(ServerFrame::Error(r))) => Err(Error::rejected(r)),
-        Ok(Some(_)) => Err(Error::Protocol("unexpected answer to group info".into())),
-        Ok(None) => Err(Error::ConnectionLost("group info refused".into())),
-        Err(e) => Err(Error::ConnectionLost(e.to_string())),
+    match ask(conn, &request, "group info").await? {
+        ServerFrame::GroupStatus(status) => Ok(status),
+        _ => Err(Error::Protocol("unexpected answer to group info".into())),
     }
 }
 

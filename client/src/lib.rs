@@ -27,6 +27,7 @@ pub mod dead_letter;
 mod error;
 pub mod fuzzing;
 mod keyfile;
+mod lanes;
 mod limits;
 mod link;
 mod message;

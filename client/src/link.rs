@@ -144,6 +144,43 @@ impl Link {
         }
     }
 
+    /// A new link on a connection of its own (same endpoint, broker list,
+    /// server name and reconnect policy): dialed to `addr` when given (a
+    /// cluster data group's leader), else to the address in use, then, if
+    /// that fails, to the client file's other addresses in order.
+    pub async fn sibling(&self, addr: Option<SocketAddr>) -> Result<Link, Error> {
+        let first = addr.unwrap_or_else(|| self.addr());
+        let others = self.shared.brokers.iter().copied().filter(|b| *b != first);
+        let mut last = "no broker address".to_owned();
+        for candidate in std::iter::once(first).chain(others) {
+            let connecting = match self
+                .shared
+                .endpoint
+                .connect(candidate, &self.shared.server_name)
+            {
+                Ok(connecting) => connecting,
+                Err(e) => {
+                    last = e.to_string();
+                    continue;
+                }
+            };
+            match self.bounded(connecting).await {
+                Ok(conn) => {
+                    return Ok(Link::new(
+                        self.shared.endpoint.clone(),
+                        candidate,
+                        self.shared.brokers.clone(),
+                        self.shared.server_name.clone(),
+                        conn,
+                        self.shared.policy,
+                    ));
+                }
+                Err(e) => last = e.to_string(),
+            }
+        }
+        Err(Error::Connect(last))
+    }
+
     /// The connection in use.
     pub async fn current(&self) -> Current {
         self.shared.current.lock().await.clone()

@@ -34,13 +34,12 @@ use crate::limits::{
 use crate::link::Link;
 use crate::message::{OutgoingMessage, Reply, Request};
 use crate::payload::{BatchKeys, Payloads};
-use crate::seq::SeqAllocator;
+use crate::seq::SeqHandle;
 use signet_proto::envelope::{ENVELOPE_VERSION, check_headers};
 use signet_proto::frame::{ClientFrame, Outcome, Publish, Rejection, ServerFrame};
 use signet_proto::stream::{read_frame, write_frame};
 use signet_proto::{Envelope, ErrorCode, Salt, SigningKey, batch, topic};
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -76,6 +75,7 @@ struct InFlight {
 }
 
 /// Settings of one publisher.
+#[derive(Clone)]
 pub(crate) struct PublisherSettings {
     /// How long to wait for more publishes while batches are in flight.
     pub linger: Duration,
@@ -94,14 +94,14 @@ pub(crate) struct PublisherSettings {
 pub(crate) fn start(
     link: Link,
     key: Arc<SigningKey>,
-    key_path: PathBuf,
+    seq: SeqHandle,
     settings: PublisherSettings,
 ) -> mpsc::Sender<Request> {
     let (queue, requests) = mpsc::channel(PUBLISH_QUEUE_MESSAGES_MAX);
     let publisher = Publisher {
         link,
         key,
-        seq: SeqAllocator::new(&key_path),
+        seq,
         inflight: Arc::new(Semaphore::new(settings.max_inflight_batches)),
         source: Source {
             again: VecDeque::new(),
@@ -240,7 +240,7 @@ enum Wake {
 struct Publisher {
     link: Link,
     key: Arc<SigningKey>,
-    seq: SeqAllocator,
+    seq: SeqHandle,
     settings: PublisherSettings,
     inflight: Arc<Semaphore>,
     source: Source,
@@ -590,7 +590,7 @@ pub(crate) fn check(message: &OutgoingMessage) -> Result<(), Error> {
 /// messages are answered at once and left out.
 fn build(
     key: &SigningKey,
-    seq: &mut SeqAllocator,
+    seq: &mut SeqHandle,
     payloads: &Payloads,
     waiting: Vec<Queued>,
     request_id: &mut u64,
@@ -832,7 +832,7 @@ mod tests {
     fn every_envelope_gets_its_own_random_salt() {
         let dir = tempfile::tempdir().unwrap();
         let key = SigningKey::from_seed(&[3; 32]).unwrap();
-        let mut seq = SeqAllocator::new(&dir.path().join("k.ed25519"));
+        let mut seq = crate::seq::SharedSeq::new(&dir.path().join("k.ed25519")).handle();
         assert!(seq.try_acquire().unwrap());
         let (publish, _) = build(
             &key,

@@ -94,27 +94,6 @@ impl SeqAllocator {
         }
     }
 
-    /// Takes the key's lock, waiting up to `wait` while another publisher
-    /// holds it. Does nothing when already held.
-    pub async fn acquire(&mut self, wait: Duration) -> Result<(), Error> {
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut pause = Duration::from_millis(2);
-        loop {
-            if self.try_acquire()? {
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(Error::Config(format!(
-                    "{}: another publisher kept this signing key busy for {} ms",
-                    self.path.display(),
-                    wait.as_millis()
-                )));
-            }
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
-    }
-
     /// Takes the key's lock if no other publisher holds it; false when one
     /// does. Moves above the reservation when another publisher moved it.
     pub fn try_acquire(&mut self) -> Result<bool, Error> {
@@ -136,11 +115,6 @@ impl SeqAllocator {
         }
         self.lock = Some(lock);
         Ok(true)
-    }
-
-    /// Whether this allocator holds the key's lock.
-    pub fn held(&self) -> bool {
-        self.lock.is_some()
     }
 
     /// Lets another publisher use the key (call once everything sent with
@@ -167,6 +141,124 @@ impl SeqAllocator {
         let seq = self.next;
         self.next += 1;
         Ok(seq)
+    }
+}
+
+/// One key's allocator shared by the publishers of one client (one per
+/// data group of a cluster, see `crate::lanes`): they hold the key's lock
+/// together (taken by the first that needs it, let go when the last is
+/// idle) and draw from one sequence, so each publisher's seqs still rise.
+#[derive(Debug, Clone)]
+pub struct SharedSeq {
+    inner: std::sync::Arc<std::sync::Mutex<Holders>>,
+}
+
+#[derive(Debug)]
+struct Holders {
+    alloc: SeqAllocator,
+    /// Publishers holding the lock now.
+    count: u32,
+}
+
+/// One publisher's use of a [`SharedSeq`].
+#[derive(Debug)]
+pub struct SeqHandle {
+    shared: SharedSeq,
+    holding: bool,
+}
+
+impl SharedSeq {
+    /// A shared allocator for the key at `signing_key`.
+    pub fn new(signing_key: &Path) -> SharedSeq {
+        SharedSeq {
+            inner: std::sync::Arc::new(std::sync::Mutex::new(Holders {
+                alloc: SeqAllocator::new(signing_key),
+                count: 0,
+            })),
+        }
+    }
+
+    /// A handle for one more publisher.
+    pub fn handle(&self) -> SeqHandle {
+        SeqHandle {
+            shared: self.clone(),
+            holding: false,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Holders> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl SeqHandle {
+    /// [`SeqAllocator::acquire`] for this publisher: waits up to `wait`
+    /// while a publisher of another client (or process) holds the key.
+    pub async fn acquire(&mut self, wait: Duration) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(2);
+        loop {
+            if self.try_acquire()? {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Config(format!(
+                    "{}: another publisher kept this signing key busy for {} ms",
+                    self.shared.lock().alloc.path.display(),
+                    wait.as_millis()
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// [`SeqAllocator::try_acquire`] for this publisher: true at once when
+    /// another publisher of this client holds the lock.
+    pub fn try_acquire(&mut self) -> Result<bool, Error> {
+        if self.holding {
+            return Ok(true);
+        }
+        let mut holders = self.shared.lock();
+        if holders.count == 0 && !holders.alloc.try_acquire()? {
+            return Ok(false);
+        }
+        holders.count += 1;
+        self.holding = true;
+        Ok(true)
+    }
+
+    /// Whether this publisher holds the key's lock.
+    pub fn held(&self) -> bool {
+        self.holding
+    }
+
+    /// This publisher is idle (everything it sent is answered); the lock
+    /// goes when no publisher of this client holds it.
+    pub fn release(&mut self) {
+        if !std::mem::take(&mut self.holding) {
+            return;
+        }
+        let mut holders = self.shared.lock();
+        holders.count = holders.count.saturating_sub(1);
+        if holders.count == 0 {
+            holders.alloc.release();
+        }
+    }
+
+    /// The next seq; this publisher must hold the lock.
+    pub fn next(&mut self) -> Result<u64, Error> {
+        let mut holders = self.shared.lock();
+        if !self.holding {
+            return Err(config_error(&holders.alloc.path, "used without its lock"));
+        }
+        holders.alloc.next()
+    }
+}
+
+impl Drop for SeqHandle {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -270,6 +362,26 @@ mod tests {
         assert!(a.try_acquire().unwrap());
         let after = std::fs::read_to_string(dir.path().join("k.ed25519.seq")).unwrap();
         assert_eq!(before, after);
+    }
+
+    #[test]
+    fn handles_of_one_client_hold_the_key_together_and_draw_rising_seqs() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k.ed25519");
+        let shared = SharedSeq::new(&key);
+        let (mut a, mut b) = (shared.handle(), shared.handle());
+        assert!(a.try_acquire().unwrap());
+        assert!(b.try_acquire().unwrap(), "no turn-taking inside one client");
+        let (a1, b1, a2) = (a.next().unwrap(), b.next().unwrap(), a.next().unwrap());
+        assert!(a1 < b1 && b1 < a2);
+        // Another client of the key waits until both are idle.
+        let mut other = SeqAllocator::new(&key);
+        a.release();
+        assert!(!other.try_acquire().unwrap(), "b still holds the key");
+        assert!(a.next().is_err(), "no seq without the lock");
+        b.release();
+        assert!(other.try_acquire().unwrap());
+        assert!(other.next().unwrap() > a2);
     }
 
     #[test]

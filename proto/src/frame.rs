@@ -18,6 +18,9 @@
 //! - cluster status: client sends one [`ClientFrame::ClusterStatus`]; the
 //!   broker answers [`ServerFrame::ClusterStatus`] or [`ServerFrame::Error`]
 //!   (`NotClustered` from a single broker).
+//! - placement: client sends one [`ClientFrame::Placement`]; the broker
+//!   answers [`ServerFrame::Placement`] or [`ServerFrame::Error`]
+//!   (`NotClustered` from a single broker).
 //! - pattern subscription: client sends one [`ClientFrame::SubscribePattern`];
 //!   the broker answers [`ServerFrame::SubscribedPattern`] or
 //!   [`ServerFrame::Error`], then [`ServerFrame::DeliverTopic`] frames, each
@@ -155,6 +158,10 @@ pub enum ClientFrame {
     /// Ask a cluster node for the cluster's state (first and only frame of
     /// its stream).
     ClusterStatus,
+    /// Ask a cluster node where topics are: its data group count and each
+    /// group's leader (first and only frame of its stream; answered from
+    /// what the node knows, without asking its peers).
+    Placement,
 }
 
 /// The outcome of one envelope of a batch.
@@ -328,6 +335,8 @@ pub enum ServerFrame {
     },
     /// The cluster's state, answering `ClusterStatus`.
     ClusterStatus(ClusterStatus),
+    /// Where topics are, answering `Placement`.
+    Placement(Placement),
 }
 
 /// One node as the answering node sees it.
@@ -373,6 +382,19 @@ pub struct ClusterStatus {
     /// Every Raft group (at most 1024).
     #[serde(deserialize_with = "crate::bounded::vec::<_, _, CLUSTER_GROUPS_MAX>")]
     pub groups: Vec<ClusterGroup>,
+}
+
+/// Where a cluster's topics are: `data_groups` groups hold them (which
+/// group holds a topic: [`crate::placement::group_of`]), and the client
+/// address of each group's leader as the answering node knows it
+/// (`leaders[g - 1]` for group `g`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Placement {
+    /// How many data groups hold the topics.
+    pub data_groups: u64,
+    /// Each group's leader, in group order (at most 1024).
+    #[serde(deserialize_with = "crate::bounded::vec::<_, _, CLUSTER_GROUPS_MAX>")]
+    pub leaders: Vec<Option<String>>,
 }
 
 /// Messages a subscription skips because they no longer exist.

@@ -6,7 +6,8 @@
 //! - [`keys`]: key ids and the `ed25519:<base64>` text form;
 //! - [`topic`]: topic names and patterns (`*` one token, `>` the rest);
 //! - [`frame`] and [`codec`]: the frames and their one bounded decoder;
-//! - [`code`]: stable error codes shared by broker and client.
+//! - [`code`]: stable error codes shared by broker and client;
+//! - [`placement`]: which data group of a cluster holds a topic.
 #![forbid(unsafe_code)]
 
 pub mod batch;
@@ -22,6 +23,7 @@ pub mod frame;
 pub mod keys;
 pub mod limits;
 pub mod merkle;
+pub mod placement;
 #[cfg(feature = "schema")]
 pub mod schema;
 #[cfg(feature = "stream")]

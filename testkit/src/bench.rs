@@ -236,6 +236,31 @@ async fn publish_messages(
     args: &BenchArgs,
     sent_at: Option<&Mutex<Vec<Instant>>>,
 ) -> Result<Histogram<u64>> {
+    publish_rotating(client, std::slice::from_ref(template), args, sent_at).await
+}
+
+/// Publishes `args.messages` messages of `args.size` bytes, to each of
+/// `topics` in turn, with at most `args.inflight` unacknowledged; returns
+/// the publish→ack histogram.
+pub(crate) async fn publish_spread(
+    client: &Client,
+    topics: &[&str],
+    args: &BenchArgs,
+) -> Result<Histogram<u64>> {
+    let templates: Vec<OutgoingMessage> = topics
+        .iter()
+        .map(|topic| OutgoingMessage::new(*topic, vec![0x5a_u8; args.size]))
+        .collect();
+    publish_rotating(client, &templates, args, None).await
+}
+
+/// [`publish_messages`], taking `templates` in turn.
+async fn publish_rotating(
+    client: &Client,
+    templates: &[OutgoingMessage],
+    args: &BenchArgs,
+    sent_at: Option<&Mutex<Vec<Instant>>>,
+) -> Result<Histogram<u64>> {
     let (acks_tx, mut acks_rx) = mpsc::channel::<(Instant, PendingAck)>(args.inflight);
     let collector = tokio::spawn(async move {
         let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
@@ -245,7 +270,7 @@ async fn publish_messages(
         }
         anyhow::Ok(h)
     });
-    for _ in 0..args.messages {
+    for template in templates.iter().cycle().take(args.messages) {
         let now = Instant::now();
         if let Some(sent_at) = sent_at {
             sent_at.lock().await.push(now);

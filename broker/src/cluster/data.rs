@@ -1,5 +1,6 @@
-//! A data group (phase B: one group, id [`DATA_GROUP`], every node a
-//! member, every topic in it). Its log entries are accepted publish
+//! A data group: every node a member, holding the topics
+//! [`signet_proto::placement`] puts in it (all of them when there is one
+//! group). Its log entries are accepted publish
 //! batches as the leader's ingest produced them ([`DataCommand`]: topic,
 //! stored record, key id + seq + leaf for the replay index, principal for
 //! usage), so applying one reads no policy and no clock.
@@ -26,9 +27,14 @@
 //! leader's retention pass planned: applied on every replica with the
 //! applied log id in the same synced write (a stale one writes only that).
 //!
+//! Every data group of a node applies to the node's one message store
+//! through its one writer. Groups share no topic, and each keeps its own
+//! replay marks ([`crate::replay::replay_key`]), so the order in which a
+//! node interleaves two groups' entries changes nothing it stores.
+//!
 //! The group's log is its own database, `<data_dir>/cluster-data-<id>`.
-//! Snapshots are not built (the log is never purged in phase B), so a
-//! replica catches up by replaying the log.
+//! Snapshots are not built (the log is never purged), so a replica
+//! catches up by replaying the log.
 
 // openraft's traits fix these error types (StorageError is large).
 #![allow(clippy::result_large_err)]
@@ -50,9 +56,6 @@ use signet_proto::{ErrorCode, KeyId};
 use std::io::Cursor;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
-
-/// The id of the one data group of phase B.
-pub const DATA_GROUP: u64 = 1;
 
 /// One accepted envelope as replicated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,15 +147,18 @@ impl From<Entry> for DataRecord {
     }
 }
 
-impl From<DataRecord> for Entry {
-    fn from(r: DataRecord) -> Entry {
+impl DataRecord {
+    /// The writer's entry for this record, applied by data group `group`
+    /// (whose replay marks it moves).
+    fn into_entry(self, group: u64) -> Entry {
         Entry {
-            topic: r.topic,
-            record: r.record,
-            key_id: r.key_id,
-            seq: r.seq,
-            leaf: r.leaf,
-            principal: Arc::from(r.principal),
+            replay: crate::replay::replay_key(&self.key_id, group),
+            topic: self.topic,
+            record: self.record,
+            key_id: self.key_id,
+            seq: self.seq,
+            leaf: self.leaf,
+            principal: Arc::from(self.principal),
         }
     }
 }
@@ -302,7 +308,11 @@ impl RaftStateMachine<Data> for DataMachine {
                         (Some(GroupWork { commands, reply }), Some(worked))
                     };
                     requests.push(CommitRequest {
-                        entries: command.records.into_iter().map(Entry::from).collect(),
+                        entries: command
+                            .records
+                            .into_iter()
+                            .map(|r| r.into_entry(self.group))
+                            .collect(),
                         reply,
                         reserved: Reservation::default(),
                         group: work,
@@ -362,5 +372,111 @@ impl RaftStateMachine<Data> for DataMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<Data>>, StorageError> {
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::CommitReply;
+    use crate::fanout::Registry;
+    use crate::group_writer::Groups;
+    use crate::limits::Limits;
+    use crate::policy::Policy;
+    use crate::quota::Quotas;
+    use tokio::sync::watch;
+
+    fn record(topic: &str, seq: u64) -> DataRecord {
+        DataRecord {
+            topic: topic.into(),
+            record: seq.to_be_bytes().to_vec(),
+            key_id: KeyId([7; 16]),
+            seq,
+            leaf: Hash([seq as u8; 32]),
+            principal: "publisher".into(),
+        }
+    }
+
+    /// Applies `group`'s `records` (one batch) to the writer of `sender`.
+    fn apply(sender: &mpsc::Sender<Command>, group: u64, records: &[DataRecord]) -> CommitReply {
+        let (reply, answer) = oneshot::channel();
+        let request = CommitRequest {
+            entries: records
+                .iter()
+                .cloned()
+                .map(|r| r.into_entry(group))
+                .collect(),
+            reply,
+            reserved: Reservation::default(),
+            group: None,
+        };
+        let (done, written) = oneshot::channel();
+        sender
+            .blocking_send(Command::Replicated(Replicated {
+                group,
+                requests: vec![request],
+                applied: Vec::new(),
+                done,
+            }))
+            .unwrap();
+        assert_eq!(written.blocking_recv(), Ok(true));
+        answer.blocking_recv().unwrap()
+    }
+
+    /// Two data groups' entries for one signing key, applied in either
+    /// order (a replica catching up on one group while the other is
+    /// current): the same messages stored. With one mark per key shared
+    /// by the groups, the group applied second had its seqs refused as
+    /// `Replay` (far below the other group's mark) on one node only.
+    #[test]
+    fn two_data_groups_store_the_same_whatever_order_a_node_applies_them_in() {
+        let payments: Vec<DataRecord> = (1..=3).map(|s| record("payments.a", s)).collect();
+        let orders: Vec<DataRecord> = (40_000..40_003).map(|s| record("orders.a", s)).collect();
+        let mut held = Vec::new();
+        for payments_first in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let (groups, _wake) = Groups::load(&store, None, 16).unwrap();
+            let committer = crate::commit::spawn(
+                store.clone(),
+                Arc::new(Registry::new(&[])),
+                Arc::new(Quotas::new(1 << 20)),
+                &[],
+                &Limits::default(),
+                watch::channel(Arc::new(Policy::default())).1,
+                groups,
+                None,
+            )
+            .unwrap();
+            let sender = committer.sender.clone();
+            let order = if payments_first {
+                [(1, &payments), (2, &orders)]
+            } else {
+                [(2, &orders), (1, &payments)]
+            };
+            for (group, records) in order {
+                assert_eq!(
+                    apply(&sender, group, records),
+                    Ok(vec![0, 1, 2]),
+                    "group {group} applied {}",
+                    if payments_first { "first" } else { "second" }
+                );
+            }
+            let topics: Vec<(String, u64)> = store
+                .load_topics()
+                .unwrap()
+                .into_iter()
+                .map(|t| (t.name, t.next_offset))
+                .collect();
+            held.push(topics);
+            drop(sender);
+            drop(committer.sender);
+            committer.thread.join().unwrap();
+        }
+        let mut a = held[0].clone();
+        let mut b = held[1].clone();
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
     }
 }

@@ -48,13 +48,14 @@ async fn refuse(send: &mut quinn::SendStream, code: ErrorCode, detail: &str) {
     answer::refuse(send, Rejection::new(code, detail)).await;
 }
 
-/// Sends commands to the writer (a cluster node: to the data group's log,
-/// which every replica's writer applies); `None` if it stopped.
-async fn submit(conn: &ConnectionState, commands: Vec<Command>) -> Option<Reply> {
+/// Sends commands to the writer (a cluster node: to the log of data group
+/// `data_group`, which every replica's writer applies); `None` if it
+/// stopped.
+async fn submit(conn: &ConnectionState, data_group: u64, commands: Vec<Command>) -> Option<Reply> {
     let (reply, answer) = oneshot::channel();
     if let Some(cluster) = &conn.broker.cluster {
         // Queued here, in the member's order; answered by a task.
-        let submitted = cluster.submit_work(commands).await;
+        let submitted = cluster.submit_work(data_group, commands).await;
         tokio::spawn(async move {
             let result = match submitted {
                 Ok(pending) => pending.await,
@@ -115,12 +116,19 @@ pub async fn run(
         )
         .await;
     }
+    // The data group whose log holds the group's commands (the policy
+    // was refused at load unless there is one).
+    let data_group = match &conn.broker.cluster {
+        Some(cluster) => group.data_group(cluster.data_groups()).unwrap_or(1),
+        None => 0,
+    };
     if let Some(cluster) = &conn.broker.cluster
-        && !cluster.leads_data()
+        && !cluster.leads_data(data_group)
     {
         // A group's leases and settlements go through the data group's
         // leader: the member joins there.
-        return answer::refuse(&mut send, not_leader(cluster.data_leader_client())).await;
+        let leader = cluster.data_leader_client(data_group);
+        return answer::refuse(&mut send, not_leader(leader)).await;
     }
     let Some(member_seed) = seed() else {
         return refuse(&mut send, ErrorCode::Internal, "no randomness").await;
@@ -160,6 +168,7 @@ pub async fn run(
     let mut m = Member {
         conn: &conn,
         group,
+        data_group,
         member,
         prefetch,
         held: HashMap::new(),
@@ -211,6 +220,8 @@ struct Pending {
 struct Member<'a> {
     conn: &'a ConnectionState,
     group: Arc<GroupPolicy>,
+    /// A cluster's data group holding the group's commands (0: none).
+    data_group: u64,
     member: u64,
     prefetch: u32,
     /// Deliveries leased to this member and not settled: deadline by
@@ -271,7 +282,8 @@ impl Member<'_> {
                     let Some(command) = self.lease(credit, None) else {
                         return "no randomness";
                     };
-                    let Some(reply) = submit(self.conn, vec![command]).await else {
+                    let Some(reply) = submit(self.conn, self.data_group, vec![command]).await
+                    else {
                         return "broker stopping";
                     };
                     lease = Some(reply);
@@ -395,7 +407,7 @@ impl Member<'_> {
             .broker
             .cluster
             .as_ref()
-            .and_then(|c| c.data_leader_client());
+            .and_then(|c| c.data_leader_client(self.data_group));
         answer::refuse(self.send, not_leader(leader)).await;
         "not the leader"
     }
@@ -453,7 +465,7 @@ impl Member<'_> {
             // free nothing, so the member never holds past its prefetch.
             commands.push(self.lease(credit, Some(self.prefetch))?);
         }
-        let reply = submit(self.conn, commands).await?;
+        let reply = submit(self.conn, self.data_group, commands).await?;
         Some(Pending {
             reply,
             ops: meta,
