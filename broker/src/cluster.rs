@@ -258,6 +258,7 @@ impl ClusterNode {
             endpoint: std::sync::Mutex::new(Some(endpoint.clone())),
             conns: std::sync::Mutex::new(std::collections::HashMap::new()),
             me: settings.node_id,
+            data_groups: settings.data_groups,
             timeout,
             frame_bytes_max: limits.raft_frame_bytes_max,
             isolated: isolated.clone(),
@@ -296,6 +297,7 @@ impl ClusterNode {
             rpc_timeout: timeout,
             handshakes_max: Limits::usize(limits.handshakes_max),
             isolated: isolated.clone(),
+            warned: std::sync::Mutex::new(None),
         });
         let mut tasks = vec![tokio::spawn(transport::serve(
             endpoint,
@@ -668,7 +670,7 @@ impl ClusterNode {
             let me = id == self.settings.node_id;
             asks.push(async move {
                 if me {
-                    None
+                    Err(None)
                 } else {
                     dialer.status(id, addr).await
                 }
@@ -681,15 +683,17 @@ impl ClusterNode {
             .iter()
             .zip(answers)
             .map(|(peer, answer)| {
-                let (state, term) = if peer.id == self.settings.node_id {
+                let (state, term, refused) = if peer.id == self.settings.node_id {
                     (
                         state_name(metrics.state).to_owned(),
                         Some(metrics.current_term),
+                        None,
                     )
                 } else {
                     match answer {
-                        Some(s) => (s.state, Some(s.term)),
-                        None => ("unreachable".to_owned(), None),
+                        Ok(s) => (s.state, Some(s.term), None),
+                        Err(Some(why)) => ("refused".to_owned(), None, Some(why)),
+                        Err(None) => ("unreachable".to_owned(), None, None),
                     }
                 };
                 NodeView {
@@ -697,6 +701,7 @@ impl ClusterNode {
                     client: peer.client.clone(),
                     state,
                     term,
+                    refused,
                 }
             })
             .collect();
@@ -843,6 +848,7 @@ pub mod forge {
         };
         let request = Request {
             from: claimed,
+            data_groups: target.data_groups(),
             rpc: Rpc::Append(AppendEntriesRequest::<Meta> {
                 vote: Vote::new_committed(term, claimed),
                 prev_log_id: prev,

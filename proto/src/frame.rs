@@ -346,11 +346,16 @@ pub struct ClusterNode {
     pub id: u64,
     /// Where clients reach it.
     pub client: String,
-    /// `leader`, `follower`, `candidate`, `learner`, `shutdown`, or
-    /// `unreachable` (it did not answer the answering node in time).
+    /// `leader`, `follower`, `candidate`, `learner`, `shutdown`,
+    /// `unreachable` (it did not answer the answering node in time), or
+    /// `refused` (it answered, refusing the answering node: see `refused`).
     pub state: String,
     /// The highest Raft term it has seen (absent when unreachable).
     pub term: Option<u64>,
+    /// Why it refused the answering node's calls (say, the two nodes'
+    /// `data_groups` differ), when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// One Raft group: the metadata group `meta` (and, later, data groups).

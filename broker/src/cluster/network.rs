@@ -87,6 +87,8 @@ pub(crate) struct Dialer {
     /// shutdown drops them all: a connection holds the socket.
     pub conns: std::sync::Mutex<std::collections::HashMap<u64, quinn::Connection>>,
     pub me: u64,
+    /// This node's `[cluster] data_groups`, sent with every call.
+    pub data_groups: u64,
     pub timeout: Duration,
     pub frame_bytes_max: u64,
     /// Set while the node is cut off from its peers ([`super::ClusterNode::isolate`]).
@@ -148,7 +150,11 @@ impl Dialer {
                     return Err(CallError::Connect(target, e.to_string()));
                 }
             };
-            let request = Request { from: self.me, rpc };
+            let request = Request {
+                from: self.me,
+                data_groups: self.data_groups,
+                rpc,
+            };
             wire::write(&mut send, &request)
                 .await
                 .map_err(|e| CallError::Wire(target, e))?;
@@ -189,11 +195,17 @@ impl Dialer {
     }
 
     /// Asks a peer how it is.
-    pub(crate) async fn status(&self, target: u64, addr: SocketAddr) -> Option<PeerStatus> {
-        let reply = self.call(target, addr, Rpc::Status).await;
-        match reply {
-            Ok(Reply::Status(status)) => Some(status),
-            _ => None,
+    /// Node `target`'s state, or why it refused this node (`Err(Some)`),
+    /// or nothing when it did not answer (`Err(None)`).
+    pub(crate) async fn status(
+        &self,
+        target: u64,
+        addr: SocketAddr,
+    ) -> Result<PeerStatus, Option<String>> {
+        match self.call(target, addr, Rpc::Status).await {
+            Ok(Reply::Status(status)) => Ok(status),
+            Err(CallError::Refused(_, why)) => Err(Some(why)),
+            _ => Err(None),
         }
     }
 }

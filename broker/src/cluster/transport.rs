@@ -161,9 +161,30 @@ pub(crate) struct Served {
     /// Set while the node is cut off from its peers: calls are read and
     /// dropped unanswered, as a partition would lose them.
     pub isolated: Arc<std::sync::atomic::AtomicBool>,
+    /// When a peer with another `data_groups` was last logged (once per
+    /// [`SHAPE_WARNING_EVERY`], not once per heartbeat).
+    pub warned: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
+/// How often a peer whose `data_groups` differs is logged.
+const SHAPE_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 impl Served {
+    /// Logs a peer whose `data_groups` differs, at most once per
+    /// [`SHAPE_WARNING_EVERY`].
+    fn warn_shape(&self, peer: u64, theirs: u64) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        if warned.is_none_or(|at| at.elapsed() >= SHAPE_WARNING_EVERY) {
+            *warned = Some(std::time::Instant::now());
+            tracing::error!(
+                peer,
+                theirs,
+                ours = self.settings.data_groups,
+                "node transport: refused a peer whose [cluster] data_groups differs (every node must say the same)"
+            );
+        }
+    }
+
     fn data_group(&self, group: u64) -> Option<&super::types::DataRaft> {
         self.data
             .iter()
@@ -270,6 +291,19 @@ async fn serve_stream(
         return;
     }
     if served.isolated.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    // A node counting other data groups places topics elsewhere: its
+    // entries and votes would mix two placements in one log.
+    if request.data_groups != served.settings.data_groups {
+        served.warn_shape(peer, request.data_groups);
+        let why = format!(
+            "data_groups differ: {} at node {peer}, {} at node {}",
+            request.data_groups, served.settings.data_groups, served.settings.node_id
+        );
+        if wire::write(&mut send, &Reply::Refused(why)).await.is_ok() {
+            let _ = send.finish();
+        }
         return;
     }
     let raft = &served.raft;

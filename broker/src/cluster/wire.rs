@@ -20,6 +20,10 @@ pub const NODE_ALPN: &[u8] = b"signet-node/1";
 pub struct Request {
     /// The sending node's id: must be the id its certificate carries.
     pub from: u64,
+    /// The sending node's `[cluster] data_groups`: a node that counts
+    /// another number places topics in other groups, so its calls are
+    /// refused (and it refuses ours).
+    pub data_groups: u64,
     /// What it asks.
     pub rpc: Rpc,
 }
