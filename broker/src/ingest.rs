@@ -44,9 +44,8 @@ pub enum Verdict {
         /// The envelope's topic, for the audit log.
         topic: String,
     },
-    /// Passed every check; to be committed with this proof (and its leaf
-    /// hash, remembered for idempotent publish).
-    Accepted(Box<(Envelope, Proof, Hash)>),
+    /// Passed every check; to be committed (see [`Accepted`]).
+    Accepted(Box<Accepted>),
     /// A retry of an envelope already stored, byte for byte (same key,
     /// seq and leaf hash): answered with its original offset, not stored
     /// again.
@@ -54,6 +53,19 @@ pub enum Verdict {
         /// Where it was stored.
         offset: u64,
     },
+}
+
+/// An envelope that passed every check, with what its commit needs.
+#[derive(Debug)]
+pub struct Accepted {
+    pub envelope: Envelope,
+    /// Its proof in the signed batch.
+    pub proof: Proof,
+    /// Its leaf hash, remembered for idempotent publish.
+    pub leaf: Hash,
+    /// The key its replay mark is kept under (scoped to its data group in
+    /// a cluster: [`ReplayMarks::scoped`]), worked out once here.
+    pub replay: KeyId,
 }
 
 /// What the ingest checks need besides the batch.
@@ -133,6 +145,8 @@ struct Checking {
     refused: Vec<Option<Rejection>>,
     /// Retries of envelopes already stored: their offsets.
     stored: Vec<Option<u64>>,
+    /// The keys their replay marks are kept under (set by the replay check).
+    replay: Vec<KeyId>,
 }
 
 impl Checking {
@@ -140,6 +154,7 @@ impl Checking {
         Checking {
             refused: vec![None; envelopes.len()],
             stored: vec![None; envelopes.len()],
+            replay: envelopes.iter().map(|e| e.key_id).collect(),
             envelopes,
         }
     }
@@ -170,9 +185,10 @@ impl Checking {
             .into_iter()
             .zip(self.refused)
             .zip(self.stored)
+            .zip(self.replay)
             .enumerate()
             .map(
-                |(i, ((envelope, refused), stored))| match (refused, &signed) {
+                |(i, (((envelope, refused), stored), replay))| match (refused, &signed) {
                     _ if stored.is_some() => Verdict::Stored {
                         offset: stored.unwrap_or_default(),
                     },
@@ -183,7 +199,12 @@ impl Checking {
                             .get(i)
                             .copied()
                             .unwrap_or(Hash([0; 32]));
-                        Verdict::Accepted(Box::new((envelope, signed.proof(i), leaf)))
+                        Verdict::Accepted(Box::new(Accepted {
+                            envelope,
+                            proof: signed.proof(i),
+                            leaf,
+                            replay,
+                        }))
                     }
                     (refused, _) => Verdict::Rejected {
                         rejection: refused
@@ -476,17 +497,19 @@ fn check_replay_and_clock<C: Clock, M: ReplayMarks>(
         tracing::error!(error = %err, "replay mark unreadable");
         Rejection::new(ErrorCode::Unavailable, "storage unavailable")
     };
-    for (i, ((refused, e), stored)) in batch
+    for (i, (((refused, e), stored), key)) in batch
         .refused
         .iter_mut()
         .zip(&batch.envelopes)
         .zip(batch.stored.iter_mut())
+        .zip(batch.replay.iter_mut())
         .enumerate()
     {
         if refused.is_some() {
             continue;
         }
-        let key = marks.scoped(&e.key_id, &e.topic);
+        *key = marks.scoped(&e.key_id, &e.topic);
+        let key = *key;
         let mark = marks.mark(&key).map_err(unavailable)?;
         if e.seq <= mark {
             *refused = Some(Rejection::new(
@@ -683,9 +706,12 @@ schema = "order.json"
             let Verdict::Accepted(accepted) = verdict else {
                 panic!("envelope {i} refused: {verdict:?}");
             };
-            let (envelope, proof, _) = accepted.as_ref();
-            assert_eq!(proof.leaf_index as usize, i);
-            assert!(batch::verify_record(w.alice.public_key(), envelope, proof));
+            assert_eq!(accepted.proof.leaf_index as usize, i);
+            assert!(batch::verify_record(
+                w.alice.public_key(),
+                &accepted.envelope,
+                &accepted.proof
+            ));
         }
         assert_eq!(w.marks.get(&w.alice.id()), Some(&3));
     }

@@ -26,7 +26,7 @@ use crate::clock::now_ms;
 use crate::cluster::{ClusterNode, PublishError, not_leader};
 use crate::commit::{CommitReply, CommitRequest, Entry};
 use crate::frames::{self, Budgeted, FrameError};
-use crate::ingest::{self, Checked, IngestContext, Verdict};
+use crate::ingest::{self, Accepted, Checked, IngestContext, Verdict};
 use crate::limits::Limits;
 use crate::metrics;
 use crate::quota::Reservation;
@@ -210,8 +210,7 @@ async fn ingest_batch(
         // writes to; any other node stores nothing of it and names the
         // leader the client should go to (nothing is checked or charged).
         let mut groups: Vec<u64> = Vec::new();
-        for envelope in &publish.envelopes {
-            let group = cluster.group_of(&envelope.topic);
+        for group in groups_of(cluster, publish.envelopes.iter().map(|e| e.topic.as_str())) {
             if !groups.contains(&group) {
                 groups.push(group);
             }
@@ -357,11 +356,12 @@ const RECORD_FRAMING_BYTES: usize = 96;
 /// An accepted envelope as the commit stores it.
 fn entry(
     conn: &ConnectionState,
-    (envelope, proof, leaf): (
-        signet_proto::Envelope,
-        signet_proto::Proof,
-        signet_proto::merkle::Hash,
-    ),
+    Accepted {
+        envelope,
+        proof,
+        leaf,
+        replay,
+    }: Accepted,
     received_ms: u64,
 ) -> Result<Entry, Rejection> {
     let (topic, key_id, seq) = (envelope.topic.clone(), envelope.key_id, envelope.seq);
@@ -379,7 +379,7 @@ fn entry(
     let record = codec::encode_body_sized(&record, capacity)
         .map_err(|_| Rejection::new(ErrorCode::Internal, "internal error"))?;
     Ok(Entry {
-        replay: conn.broker.replay.scoped(&key_id, &topic),
+        replay,
         topic,
         record,
         key_id,
@@ -468,8 +468,8 @@ async fn send_to_commit(
 /// among `entries`.
 fn by_group(cluster: &ClusterNode, entries: Vec<Entry>) -> Vec<(u64, Vec<usize>, Vec<Entry>)> {
     let mut parts: Vec<(u64, Vec<usize>, Vec<Entry>)> = Vec::new();
-    for (position, entry) in entries.into_iter().enumerate() {
-        let group = cluster.group_of(&entry.topic);
+    let groups = groups_of(cluster, entries.iter().map(|e| e.topic.as_str()));
+    for ((position, entry), group) in entries.into_iter().enumerate().zip(groups) {
         match parts.iter_mut().find(|(g, _, _)| *g == group) {
             Some((_, positions, entries)) => {
                 positions.push(position);
@@ -479,6 +479,22 @@ fn by_group(cluster: &ClusterNode, entries: Vec<Entry>) -> Vec<(u64, Vec<usize>,
         }
     }
     parts
+}
+
+/// The data group of each topic, in order; hashed once per run of one
+/// topic (a batch most often writes one).
+fn groups_of<'a>(cluster: &ClusterNode, topics: impl Iterator<Item = &'a str>) -> Vec<u64> {
+    let mut last: Option<(&str, u64)> = None;
+    topics
+        .map(|topic| match last {
+            Some((same, group)) if same == topic => group,
+            _ => {
+                let group = cluster.group_of(topic);
+                last = Some((topic, group));
+                group
+            }
+        })
+        .collect()
 }
 
 /// What a client is told when the cluster did not store its envelopes.
