@@ -10,10 +10,11 @@ use common::within;
 use history::Replica;
 use signet_broker::cluster::{ClusterNode, MetaCommand, MetaOutcome, forge};
 use signet_broker::{Broker, Config};
-use signet_client::{Client, ClientConfig, StartAt};
+use signet_client::{Client, ClientConfig, Error, StartAt};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The data group holding the `orders.*` topics these tests use (`cluster
 /// init` writes one data group per node).
@@ -56,6 +57,11 @@ impl Cluster {
 
     /// A cluster whose node policy files `edit` rewrote before the start.
     async fn start_editing(tweak: fn(&mut Config), edit: fn(&str) -> String) -> Cluster {
+        Cluster::start_some(tweak, edit, &[1, 2, 3]).await
+    }
+
+    /// [`Cluster::start_editing`], starting only the nodes `ids`.
+    async fn start_some(tweak: fn(&mut Config), edit: fn(&str) -> String, ids: &[u64]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let files = signet_admin::cluster::init(&dir.path().join("c"), 3, free_base()).unwrap();
         for node in &files.nodes {
@@ -68,8 +74,8 @@ impl Cluster {
             brokers: vec![None, None, None],
             tweak,
         };
-        for id in 1..=3 {
-            cluster.start_node(id).await;
+        for id in ids {
+            cluster.start_node(*id).await;
         }
         cluster
     }
@@ -401,6 +407,49 @@ async fn a_node_from_another_ca_is_refused() {
         "a node certificate from another CA got an answer"
     );
     assert_nothing_applied(&cluster, &target, term_before);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_whose_data_groups_differ_is_refused_both_ways_and_the_others_go_on() {
+    // Node 3 counts two data groups where its peers count three: it
+    // would place topics in other groups than they do.
+    let cluster = Cluster::start_editing(
+        |_| {},
+        |policy| match policy.contains("node_id = 3") {
+            true => policy.replace("data_groups = 3", "data_groups = 2"),
+            false => policy.to_owned(),
+        },
+    )
+    .await;
+    assert_eq!(cluster.node(3).data_groups(), 2);
+    // Nodes 1 and 2 are a majority: they elect and ack.
+    let topic = "payments.shape";
+    let group = signet_proto::placement::group_of(topic, 3);
+    within(cluster.node(1).wait_for_data_leader(group, None)).await;
+    let publisher = cluster.client(&cluster.files.publisher, &[1, 2]).await;
+    let acks = within(publish_ids(&publisher, topic, 0..10)).await;
+    assert_eq!(acks.len(), 10);
+    // Each side refuses the other, and says why.
+    for (asker, asked) in [(1, 3), (2, 3), (3, 1)] {
+        let status = cluster.node(asker).status().await;
+        let view = status.nodes.iter().find(|n| n.id == asked).unwrap();
+        assert_eq!(
+            view.state, "refused",
+            "node {asker} about node {asked}: {view:?}"
+        );
+        assert!(
+            view.refused
+                .as_deref()
+                .is_some_and(|why| why.contains("data_groups differ")),
+            "{view:?}"
+        );
+    }
+    // Node 3 took no part: no metadata, no data entry of any group.
+    assert!(cluster.node(3).metadata().nodes.is_empty());
+    for group in 1..=2 {
+        assert_eq!(cluster.node(3).data_last_log(group), None, "group {group}");
+    }
     cluster.shutdown().await;
 }
 
@@ -773,6 +822,57 @@ async fn the_leader_stopped_under_ten_thousand_pipelined_publishes_loses_no_acke
     cluster.shutdown().await;
 }
 
+/// A publisher of the cluster's nodes `ids` that dials again at most twice
+/// in a row, waiting at most 50 ms, and follows `NotLeader` for `leader_wait`.
+async fn impatient_publisher(cluster: &Cluster, ids: &[u64], leader_wait: Duration) -> Client {
+    let mut config = ClientConfig::load(&cluster.files.publisher).unwrap();
+    config.brokers = ids.iter().map(|id| cluster.client_addr(*id)).collect();
+    config.broker = config.brokers[0].clone();
+    config.reconnect_attempts = 2;
+    config.reconnect_max = Duration::from_millis(50);
+    config.leader_wait = leader_wait;
+    within(Client::connect(config)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_publish_follows_an_election_longer_than_its_reconnect_attempts_and_gives_up_only_after_its_leader_wait()
+ {
+    // Node 1 first leads data group 1 (the `payments.*` topics): until it
+    // starts, nobody leads that group and nodes 2 and 3 answer every
+    // publish `NotLeader` naming no leader, as during an election.
+    let mut cluster = Cluster::start_some(|_| {}, |p| p.to_owned(), &[2, 3]).await;
+    let topic = "payments.elected";
+    assert_eq!(signet_proto::placement::group_of(topic, 3), 1);
+    // Redirects in a row end after the client's leader wait, with
+    // `GaveUp`, however few dials failed.
+    let hasty = impatient_publisher(&cluster, &[2, 3], Duration::from_millis(500)).await;
+    let started = std::time::Instant::now();
+    match within(hasty.publish(topic, "lost".to_string())).await {
+        Err(Error::GaveUp { last, .. }) => assert!(last.contains("no leader"), "{last}"),
+        other => panic!("expected GaveUp, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_millis(500));
+    // Each redirect reaches a node that answers: it spends none of the
+    // two reconnect attempts (before, the third redirect gave up within
+    // ~150 ms), and the publish waits for a leader.
+    let patient = impatient_publisher(&cluster, &[2, 3], Duration::from_secs(60)).await;
+    let mut publish = std::pin::pin!(patient.publish(topic, "0".to_string()));
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), &mut publish)
+            .await
+            .is_err(),
+        "the publish ended while no node led its group"
+    );
+    cluster.start_node(1).await;
+    let offset = within(publish)
+        .await
+        .expect("acked once the group has a leader");
+    assert_eq!(offset, 0, "the publish that gave up took no offset");
+    let replica = cluster.replica(1, topic, 1).await;
+    assert_eq!(replica.held, vec![(0, 0)]);
+    cluster.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_leader_cut_off_from_the_others_acks_nothing_and_its_unacked_tail_is_discarded_after_healing()
  {
@@ -931,6 +1031,105 @@ async fn age_retention_is_a_log_entry_of_the_leader_and_a_follower_cut_off_delet
         let (first, next, bytes) = cluster.topic_state(id, topic).unwrap();
         assert_eq!((first, next, bytes), (50, 50, 0), "node {id}");
     }
+    cluster.shutdown().await;
+}
+
+/// A second consumer group, on the `payments.*` topics (another data group
+/// than `orders-workers`').
+const PAYMENTS_WORKERS: &str = r#"
+[[group]]
+name = "payments-workers"
+topics = ["payments.>"]
+start = "earliest"
+ack_wait = "30s"
+max_deliveries = 5
+dead_letter = "payments.dlq.workers"
+max_in_flight = 1000
+"#;
+
+/// Takes `n` deliveries from `consumer`, acking each: their message ids.
+async fn take_and_ack(consumer: &mut signet_client::Consumer, n: usize) -> Vec<u64> {
+    use futures_util::StreamExt;
+    let mut ids = Vec::new();
+    while ids.len() < n {
+        let delivery = within(consumer.next())
+            .await
+            .expect("the membership ended")
+            .expect("a verified delivery");
+        let id: u64 = String::from_utf8(delivery.message.payload.clone())
+            .unwrap()
+            .parse()
+            .unwrap();
+        within(delivery.ack()).await.unwrap();
+        ids.push(id);
+    }
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_client_consumes_two_groups_led_by_two_nodes_and_each_member_follows_its_own_leader() {
+    // A second consumer group, on the `payments.*` topics: another data
+    // group than `orders-workers`, first led by another node.
+    let cluster = Cluster::start_editing(
+        |_| {},
+        |policy| {
+            policy
+                .replace(
+                    r#"consume = ["orders-workers"]"#,
+                    r#"consume = ["orders-workers", "payments-workers"]"#,
+                )
+                .replace(
+                    r#"deny_publish = ["orders.dlq.>"]"#,
+                    r#"deny_publish = ["orders.dlq.>", "payments.dlq.>"]"#,
+                )
+                + PAYMENTS_WORKERS
+        },
+    )
+    .await;
+    let payments = signet_proto::placement::group_of("payments", 3);
+    let orders_leader = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
+    let payments_leader = within(cluster.node(1).wait_for_data_leader(payments, None)).await;
+    assert_ne!(orders_leader, payments_leader);
+    let publisher = cluster.client(&cluster.files.publisher, &[1, 2, 3]).await;
+    assert_eq!(
+        within(publish_ids(&publisher, "orders.work", 0..20))
+            .await
+            .len(),
+        20
+    );
+    assert_eq!(
+        within(publish_ids(&publisher, "payments.work", 100..120))
+            .await
+            .len(),
+        20
+    );
+    // The worker's file starts at the node that leads neither group: each
+    // member is sent to its group's leader.
+    let third = (1..=3)
+        .find(|id| *id != orders_leader && *id != payments_leader)
+        .unwrap();
+    let worker = cluster
+        .client(
+            &cluster.files.subscriber,
+            &[third, orders_leader, payments_leader],
+        )
+        .await;
+    let mut orders_member = within(worker.consume_with("orders-workers", 8))
+        .await
+        .unwrap();
+    let mut payments_member = within(worker.consume_with("payments-workers", 8))
+        .await
+        .unwrap();
+    // Both at once: with one shared connection, each member's redirect
+    // closed the other's streams, and they pulled it back and forth.
+    let (orders_ids, payments_ids) = tokio::join!(
+        take_and_ack(&mut orders_member, 20),
+        take_and_ack(&mut payments_member, 20)
+    );
+    assert_eq!(orders_ids, (0..20).collect::<Vec<u64>>());
+    assert_eq!(payments_ids, (100..120).collect::<Vec<u64>>());
+    worker.close().await;
     cluster.shutdown().await;
 }
 

@@ -149,6 +149,7 @@ impl Client {
             ReconnectPolicy {
                 attempts: config.reconnect_attempts,
                 wait_max: config.reconnect_max,
+                leader_wait: config.leader_wait,
             },
         );
         let publisher = signer.map(|(key, key_path)| {
@@ -267,15 +268,23 @@ impl Client {
     /// Joins `group` holding at most `prefetch` unsettled deliveries (the
     /// broker caps it at its `group_prefetch_max`).
     pub async fn consume_with(&self, group: &str, prefetch: u32) -> Result<Consumer, Error> {
-        let mut current = self.link.current().await;
+        // A cluster: the member gets a connection of its own, so following
+        // its data group's leader (`NotLeader`) moves none of the client's
+        // other streams. Two members whose groups another node leads would
+        // otherwise pull one shared connection back and forth.
+        let link = match self.link.several() {
+            true => self.link.sibling(None).await?,
+            false => self.link.clone(),
+        };
+        let mut current = link.current().await;
         let streams = loop {
             match crate::consumer::join(&current.conn, group, prefetch).await {
                 Ok(streams) => break streams,
-                Err(e) => current = self.link.retry_on(&current, e).await?,
+                Err(e) => current = link.retry_on(&current, e).await?,
             }
         };
         let membership = crate::consumer::Membership {
-            link: self.link.clone(),
+            link,
             current,
             group: group.to_owned(),
             prefetch,
@@ -336,10 +345,8 @@ impl Client {
     /// Closes the connection. Await every pending ack first: what is still
     /// in flight when the connection closes may or may not be stored.
     pub async fn close(self) {
-        if let Some(lanes) = &self.publisher {
-            lanes.close().await;
-        }
         drop(self.publisher);
+        // Closes the lanes' and members' connections too (its siblings).
         self.link.close().await;
         self.conn.close(0u32.into(), b"bye");
         self.link.endpoint().wait_idle().await;

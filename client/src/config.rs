@@ -5,9 +5,10 @@
 
 use crate::error::Error;
 use crate::limits::{
-    BROKERS_MAX, INFLIGHT_BATCHES_MAX, LINGER_US_MAX, QUOTA_RETRIES_MAX, QUOTA_RETRY_WAIT_MS_MAX,
-    RECONNECT_ATTEMPTS_DEFAULT, RECONNECT_ATTEMPTS_MAX, RECONNECT_WAIT_MS_DEFAULT,
-    RECONNECT_WAIT_MS_MAX, RECONNECT_WAIT_MS_MIN, TRUST_KEYS_MAX, TRUST_TOPICS_PER_KEY_MAX,
+    BROKERS_MAX, INFLIGHT_BATCHES_MAX, LEADER_WAIT_MS_DEFAULT, LEADER_WAIT_MS_MAX, LINGER_US_MAX,
+    QUOTA_RETRIES_MAX, QUOTA_RETRY_WAIT_MS_MAX, RECONNECT_ATTEMPTS_DEFAULT, RECONNECT_ATTEMPTS_MAX,
+    RECONNECT_WAIT_MS_DEFAULT, RECONNECT_WAIT_MS_MAX, RECONNECT_WAIT_MS_MIN, TRUST_KEYS_MAX,
+    TRUST_TOPICS_PER_KEY_MAX,
 };
 use crate::verify::TrustedKey;
 use serde::Deserialize;
@@ -53,6 +54,9 @@ struct ClientFile {
     /// Longest wait between reconnect attempts, in ms (at most
     /// [`RECONNECT_WAIT_MS_MAX`]).
     reconnect_max_ms: Option<u64>,
+    /// How long `NotLeader` redirects in a row are followed, in ms (at
+    /// most [`LEADER_WAIT_MS_MAX`]).
+    leader_wait_ms: Option<u64>,
     /// Schema files by topic name or pattern.
     #[serde(default)]
     schemas: HashMap<String, PathBuf>,
@@ -123,6 +127,9 @@ pub struct ClientConfig {
     /// The longest wait between two attempts (the waits double from 50 ms
     /// up to this, each with full jitter). Default 2 s.
     pub reconnect_max: Duration,
+    /// How long the client follows cluster nodes' `NotLeader` answers in a
+    /// row (an election) before it gives up (`Error::GaveUp`). Default 30 s.
+    pub leader_wait: Duration,
     /// X25519 private key files (32 raw bytes) this client decrypts with;
     /// several during a key rotation.
     pub private_keys: Vec<PathBuf>,
@@ -305,6 +312,11 @@ impl ClientConfig {
                 file.reconnect_max_ms
                     .unwrap_or(RECONNECT_WAIT_MS_DEFAULT)
                     .clamp(RECONNECT_WAIT_MS_MIN, RECONNECT_WAIT_MS_MAX),
+            ),
+            leader_wait: Duration::from_millis(
+                file.leader_wait_ms
+                    .unwrap_or(LEADER_WAIT_MS_DEFAULT)
+                    .min(LEADER_WAIT_MS_MAX),
             ),
         })
     }

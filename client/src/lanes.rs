@@ -55,9 +55,9 @@ enum Routes {
     },
 }
 
+/// A lane's queue; its link is a sibling of the client's (closed with it).
 struct Lane {
     queue: mpsc::Sender<Request>,
-    link: Link,
 }
 
 impl Lanes {
@@ -99,15 +99,6 @@ impl Lanes {
         }
     }
 
-    /// Stops every lane's reconnecting and closes its connection.
-    pub(crate) async fn close(&self) {
-        if let Some(Routes::Groups { lanes, .. }) = self.routes.get() {
-            for lane in lanes.iter().filter_map(OnceCell::get) {
-                lane.link.close().await;
-            }
-        }
-    }
-
     /// One lane, or one per data group after asking the connected node.
     async fn route(&self) -> Routes {
         if self.several {
@@ -140,8 +131,7 @@ impl Lanes {
     async fn open(&self, leader: Option<SocketAddr>) -> Result<Lane, Error> {
         let link = self.link.sibling(leader).await?;
         Ok(Lane {
-            queue: self.start(link.clone()),
-            link,
+            queue: self.start(link),
         })
     }
 

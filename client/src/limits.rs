@@ -109,6 +109,15 @@ pub const NODE_KEEP_ALIVE_MS: u64 = 1_000;
 /// The longest wait between reconnect attempts, by default, in ms.
 pub const RECONNECT_WAIT_MS_DEFAULT: u64 = 2_000;
 
+/// How long the client follows cluster nodes' `NotLeader` answers in a row
+/// (an election under way, or a leader changing) before it gives up, by
+/// default, in ms: 30 000. Each redirect waits like a reconnect; one that
+/// reaches a node that answers spends none of `reconnect_attempts`.
+pub const LEADER_WAIT_MS_DEFAULT: u64 = 30_000;
+
+/// The longest `leader_wait_ms` a client file may ask for: 10 minutes.
+pub const LEADER_WAIT_MS_MAX: u64 = 600_000;
+
 /// The longest wait between reconnect attempts a client file may ask for,
 /// in ms.
 pub const RECONNECT_WAIT_MS_MAX: u64 = 60_000;

@@ -10,7 +10,15 @@
 //! zero to that bound (full jitter), for at most `reconnect_attempts`
 //! attempts in a row (a connection lost within [`STABLE_CONNECTION`] of
 //! being made, and that carried no ack, does not start a new count); then, and at once for what a
-//! retry cannot fix, the task gets [`Error::GaveUp`]. Not retried: a
+//! retry cannot fix, the task gets [`Error::GaveUp`].
+//!
+//! A cluster node's `NotLeader` is followed by [`Link::redirect`]: to the
+//! leader it names, else (an election under way) to the next address of
+//! the client file, with the same growing waits. A redirect that reaches
+//! a node spends none of the attempts (the node answered; an election on
+//! a loaded machine may take many rounds); only its failed dials do.
+//! Redirects in a row end instead after `leader_wait` (30 s by default)
+//! without an ack. Not retried: a
 //! connection this client closed; a broker close with a code other than
 //! `Unavailable` (e.g. `Forbidden`: the certificate names no principal the
 //! broker knows; `QuotaExceeded`: the principal's connection quota); a TLS
@@ -34,6 +42,8 @@ pub(crate) struct ReconnectPolicy {
     pub attempts: u32,
     /// The longest wait before one attempt.
     pub wait_max: Duration,
+    /// How long `NotLeader` redirects in a row are followed.
+    pub leader_wait: Duration,
 }
 
 /// A connection and its generation (1 for the first, then +1 per dial).
@@ -49,6 +59,9 @@ pub(crate) struct Current {
     /// Closed by the link to follow a `NotLeader` (not by the application):
     /// dialed again on the next use even if that redirect gave up.
     redirected: bool,
+    /// `NotLeader` redirects since the last ack: when the first was, and
+    /// how many (the backoff of the next one).
+    redirects: Option<(Instant, u32)>,
 }
 
 /// A connection that lasted this long was in use: the next loss starts a
@@ -75,6 +88,8 @@ struct Shared {
     current: Mutex<Current>,
     /// Set by [`Link::close`]: nothing dials any more.
     closed: std::sync::atomic::AtomicBool,
+    /// The links made by [`Link::sibling`], closed with this one.
+    siblings: std::sync::Mutex<Vec<std::sync::Weak<Shared>>>,
 }
 
 /// Whether a lost connection is worth dialing again, from why it closed.
@@ -138,16 +153,24 @@ impl Link {
                     established: Instant::now(),
                     streak: 0,
                     redirected: false,
+                    redirects: None,
                 }),
                 closed: std::sync::atomic::AtomicBool::new(false),
+                siblings: std::sync::Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// Whether the client file lists several brokers (cluster nodes).
+    pub fn several(&self) -> bool {
+        self.shared.brokers.len() > 1
     }
 
     /// A new link on a connection of its own (same endpoint, broker list,
     /// server name and reconnect policy): dialed to `addr` when given (a
     /// cluster data group's leader), else to the address in use, then, if
-    /// that fails, to the client file's other addresses in order.
+    /// that fails, to the client file's other addresses in order. Closed
+    /// when this link is.
     pub async fn sibling(&self, addr: Option<SocketAddr>) -> Result<Link, Error> {
         let first = addr.unwrap_or_else(|| self.addr());
         let others = self.shared.brokers.iter().copied().filter(|b| *b != first);
@@ -166,14 +189,22 @@ impl Link {
             };
             match self.bounded(connecting).await {
                 Ok(conn) => {
-                    return Ok(Link::new(
+                    let sibling = Link::new(
                         self.shared.endpoint.clone(),
                         candidate,
                         self.shared.brokers.clone(),
                         self.shared.server_name.clone(),
                         conn,
                         self.shared.policy,
-                    ));
+                    );
+                    let mut siblings = self
+                        .shared
+                        .siblings
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    siblings.retain(|s| s.strong_count() > 0);
+                    siblings.push(Arc::downgrade(&sibling.shared));
+                    return Ok(sibling);
                 }
                 Err(e) => last = e.to_string(),
             }
@@ -191,13 +222,24 @@ impl Link {
         &self.shared.endpoint
     }
 
-    /// Stops reconnecting and closes the connection in use.
+    /// Stops reconnecting and closes the connection in use, and those of
+    /// its siblings.
     pub async fn close(&self) {
-        self.shared
-            .closed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        let current = self.shared.current.lock().await;
-        current.conn.close(0u32.into(), b"bye");
+        let siblings: Vec<Arc<Shared>> = self
+            .shared
+            .siblings
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .collect();
+        for shared in std::iter::once(&self.shared).chain(&siblings) {
+            shared
+                .closed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let current = shared.current.lock().await;
+            current.conn.close(0u32.into(), b"bye");
+        }
     }
 
     /// Whether the connection of `generation` is gone (rather than only
@@ -288,13 +330,16 @@ impl Link {
         let mut current = self.shared.current.lock().await;
         if current.generation == generation {
             current.streak = 0;
+            current.redirects = None;
         }
     }
 
     /// A cluster node answered `NotLeader`: closes the connection of
     /// `generation` and dials `leader` (when the node named one), else the
     /// next address of the client file, after a backoff that grows with
-    /// each redirect in a row; bounded like reconnects (`GaveUp`).
+    /// each redirect in a row. Gives up (`GaveUp`) when redirects in a row
+    /// have lasted the policy's `leader_wait`, or its attempts of failed
+    /// dials in a row are spent.
     pub async fn redirect(
         &self,
         generation: u64,
@@ -306,6 +351,17 @@ impl Link {
         }
         current.conn.close(0u32.into(), b"not the leader");
         current.redirected = true;
+        let (since, rounds) = current.redirects.unwrap_or((Instant::now(), 0));
+        if since.elapsed() >= self.shared.policy.leader_wait {
+            return Err(Error::GaveUp {
+                attempts: rounds,
+                last: format!(
+                    "not the leader: no leader reached within {} ms",
+                    self.shared.policy.leader_wait.as_millis()
+                ),
+            });
+        }
+        current.redirects = Some((since, rounds + 1));
         match leader {
             Some(leader) => self.set_addr(leader),
             None => self.next_broker(),
@@ -358,11 +414,20 @@ impl Link {
         } else {
             current.streak
         };
+        // The backoff grows with the attempts in a row, or for a redirect
+        // with the redirects in a row.
+        let mut backoff = match why {
+            Redial::Lost => streak,
+            Redial::Redirect => current
+                .redirects
+                .map_or(0, |(_, rounds)| rounds.saturating_sub(1)),
+        };
         while streak < self.shared.policy.attempts {
             streak += 1;
             let bound = Duration::from_millis(RECONNECT_WAIT_MS_MIN)
-                .saturating_mul(1 << (streak - 1).min(20))
+                .saturating_mul(1 << backoff.min(20))
                 .min(self.shared.policy.wait_max);
+            backoff += 1;
             tokio::time::sleep(jitter(bound)).await;
             if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
                 break;
@@ -394,8 +459,15 @@ impl Link {
                         conn,
                         generation: current.generation + 1,
                         established: Instant::now(),
-                        streak,
+                        // A node that answered a redirect spends no
+                        // attempt; a dial after a loss does (until an
+                        // ack, or the connection lasts).
+                        streak: match why {
+                            Redial::Lost => streak,
+                            Redial::Redirect => streak - 1,
+                        },
                         redirected: false,
+                        redirects: current.redirects,
                     };
                     return Ok(current.clone());
                 }
