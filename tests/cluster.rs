@@ -1133,6 +1133,55 @@ async fn one_client_consumes_two_groups_led_by_two_nodes_and_each_member_follows
     cluster.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_idle_member_redirected_long_ago_follows_its_group_to_a_new_leader() {
+    let cluster = Cluster::start().await;
+    let old = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
+    let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
+    // The worker's file starts at a node that does not lead: the member
+    // joins through a redirect. Redirects in a row end after 1 s.
+    let mut config = ClientConfig::load(&cluster.files.subscriber).unwrap();
+    config.brokers = [others[0], old, others[1]]
+        .iter()
+        .map(|id| cluster.client_addr(*id))
+        .collect();
+    config.broker = config.brokers[0].clone();
+    config.leader_wait = Duration::from_secs(1);
+    let worker = within(Client::connect(config)).await.unwrap();
+    let mut member = within(worker.consume_with("orders-workers", 8))
+        .await
+        .unwrap();
+    // Idle past the leader wait and past the 5 s after which a connection
+    // counts as in use: the passing time is what is under test here (no
+    // event marks it).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The leader is cut off, the others elect, the old one rejoins as a
+    // follower and ends the member's stream with `NotLeader`: a redirect
+    // long after the one that joined, which starts a new run.
+    cluster.node(old).isolate(true);
+    let new = within(
+        cluster
+            .node(others[0])
+            .wait_for_data_leader(orders(), Some(old)),
+    )
+    .await;
+    cluster.node(old).isolate(false);
+    within(cluster.node(old).wait_for_data_leader(orders(), Some(old))).await;
+    let publisher = cluster.client(&cluster.files.publisher, &[new]).await;
+    assert_eq!(
+        within(publish_ids(&publisher, "orders.idle", 0..5))
+            .await
+            .len(),
+        5
+    );
+    assert_eq!(
+        take_and_ack(&mut member, 5).await,
+        (0..5).collect::<Vec<u64>>()
+    );
+    worker.close().await;
+    cluster.shutdown().await;
+}
+
 /// What a consumer saw, in the order it saw it.
 #[derive(Default)]
 struct Consumed {

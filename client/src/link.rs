@@ -18,7 +18,8 @@
 //! a node spends none of the attempts (the node answered; an election on
 //! a loaded machine may take many rounds); only its failed dials do.
 //! Redirects in a row end instead after `leader_wait` (30 s by default)
-//! without an ack. Not retried: a
+//! without an ack (a redirect from a connection that lasted
+//! [`STABLE_CONNECTION`] starts a new run). Not retried: a
 //! connection this client closed; a broker close with a code other than
 //! `Unavailable` (e.g. `Forbidden`: the certificate names no principal the
 //! broker knows; `QuotaExceeded`: the principal's connection quota); a TLS
@@ -59,8 +60,9 @@ pub(crate) struct Current {
     /// Closed by the link to follow a `NotLeader` (not by the application):
     /// dialed again on the next use even if that redirect gave up.
     redirected: bool,
-    /// `NotLeader` redirects since the last ack: when the first was, and
-    /// how many (the backoff of the next one).
+    /// `NotLeader` redirects in a row (since the last ack, each to a
+    /// connection that did not last [`STABLE_CONNECTION`]): when the first
+    /// was, and how many (the backoff of the next one).
     redirects: Option<(Instant, u32)>,
 }
 
@@ -351,7 +353,12 @@ impl Link {
         }
         current.conn.close(0u32.into(), b"not the leader");
         current.redirected = true;
-        let (since, rounds) = current.redirects.unwrap_or((Instant::now(), 0));
+        // A connection that lasted was in use (an idle consumer-group
+        // member's, say): this redirect starts a new run.
+        let (since, rounds) = match current.redirects {
+            Some(run) if current.established.elapsed() < STABLE_CONNECTION => run,
+            _ => (Instant::now(), 0),
+        };
         if since.elapsed() >= self.shared.policy.leader_wait {
             return Err(Error::GaveUp {
                 attempts: rounds,
@@ -409,10 +416,13 @@ impl Link {
         why: Redial,
         mut last: String,
     ) -> Result<Current, Error> {
-        let mut streak = if current.established.elapsed() >= STABLE_CONNECTION {
-            0
-        } else {
-            current.streak
+        // A connection that lasted was in use: the dials (and, after a
+        // loss, the redirects) before it are not counted on.
+        let lasted = current.established.elapsed() >= STABLE_CONNECTION;
+        let mut streak = if lasted { 0 } else { current.streak };
+        let redirects = match why {
+            Redial::Lost if lasted => None,
+            _ => current.redirects,
         };
         // The backoff grows with the attempts in a row, or for a redirect
         // with the redirects in a row.
@@ -467,7 +477,7 @@ impl Link {
                             Redial::Redirect => streak - 1,
                         },
                         redirected: false,
-                        redirects: current.redirects,
+                        redirects,
                     };
                     return Ok(current.clone());
                 }
