@@ -134,6 +134,11 @@ impl Cluster {
         client_of(file, ids.iter().map(|id| self.client_addr(*id)).collect()).await
     }
 
+    /// [`Cluster::client`]'s configuration, to change before connecting.
+    fn client_config(&self, file: &Path, ids: &[u64]) -> ClientConfig {
+        config_of(file, ids.iter().map(|id| self.client_addr(*id)).collect())
+    }
+
     /// What node `id` holds of `topic` up to `count` messages.
     async fn replica(&self, id: u64, topic: &str, count: usize) -> Replica {
         let client = self.client(&self.files.subscriber, &[id]).await;
@@ -169,10 +174,17 @@ impl Cluster {
 /// A client of the `publisher` or `subscriber` file whose `brokers` list
 /// is `addrs`, in order.
 async fn client_of(file: &Path, addrs: Vec<String>) -> Client {
+    within(Client::connect(config_of(file, addrs)))
+        .await
+        .unwrap()
+}
+
+/// The `publisher` or `subscriber` file whose `brokers` list is `addrs`.
+fn config_of(file: &Path, addrs: Vec<String>) -> ClientConfig {
     let mut config = ClientConfig::load(file).unwrap();
     config.brokers = addrs;
     config.broker = config.brokers[0].clone();
-    within(Client::connect(config)).await.unwrap()
+    config
 }
 
 /// What the node `client` is connected to holds of `topic`, up to `count`
@@ -825,9 +837,7 @@ async fn the_leader_stopped_under_ten_thousand_pipelined_publishes_loses_no_acke
 /// A publisher of the cluster's nodes `ids` that dials again at most twice
 /// in a row, waiting at most 50 ms, and follows `NotLeader` for `leader_wait`.
 async fn impatient_publisher(cluster: &Cluster, ids: &[u64], leader_wait: Duration) -> Client {
-    let mut config = ClientConfig::load(&cluster.files.publisher).unwrap();
-    config.brokers = ids.iter().map(|id| cluster.client_addr(*id)).collect();
-    config.broker = config.brokers[0].clone();
+    let mut config = cluster.client_config(&cluster.files.publisher, ids);
     config.reconnect_attempts = 2;
     config.reconnect_max = Duration::from_millis(50);
     config.leader_wait = leader_wait;
@@ -1140,12 +1150,7 @@ async fn an_idle_member_redirected_long_ago_follows_its_group_to_a_new_leader() 
     let others: Vec<u64> = (1..=3).filter(|id| *id != old).collect();
     // The worker's file starts at a node that does not lead: the member
     // joins through a redirect. Redirects in a row end after 1 s.
-    let mut config = ClientConfig::load(&cluster.files.subscriber).unwrap();
-    config.brokers = [others[0], old, others[1]]
-        .iter()
-        .map(|id| cluster.client_addr(*id))
-        .collect();
-    config.broker = config.brokers[0].clone();
+    let mut config = cluster.client_config(&cluster.files.subscriber, &[others[0], old, others[1]]);
     config.leader_wait = Duration::from_secs(1);
     let worker = within(Client::connect(config)).await.unwrap();
     let mut member = within(worker.consume_with("orders-workers", 8))
