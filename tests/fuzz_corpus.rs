@@ -186,6 +186,76 @@ fn seeds_are_written_on_request() {
     }
 }
 
+/// The JSON seeds mutated many times over (bytes replaced by JSON's
+/// structural characters, deleted, repeated), each mutation through the
+/// `schema_json` entry point: a cheap stand-in for `make fuzz` in CI that
+/// reaches the reader's refusals (depth, parse, duplicate names) as well as
+/// what it accepts.
+#[test]
+fn mutated_json_is_read_as_serde_json_reads_it_or_refused_for_a_reason() {
+    const PIECES: &[&[u8]] = &[
+        b"{",
+        b"}",
+        b"[",
+        b"]",
+        b",",
+        b":",
+        b"\"",
+        b"\\",
+        b"\\u0061",
+        b"\\ud800",
+        b"-",
+        b"1e308",
+        b"0.5",
+        b"null",
+        b"\"a\":1,\"a\":2",
+        b" ",
+        b"\xc3\xa9",
+        b"\xff",
+    ];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move |bound: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % bound.max(1) as u64) as usize
+    };
+    let seeds: Vec<Vec<u8>> = seeds()
+        .into_iter()
+        .filter(|(target, _, _)| *target == "schema_json")
+        .map(|(_, _, bytes)| bytes)
+        .chain([signet_testkit::bench::order_payload()])
+        .collect();
+    let mut accepted = 0;
+    let rounds = 20_000;
+    for round in 0..rounds {
+        let mut bytes = seeds[round % seeds.len()].clone();
+        for _ in 0..1 + next(3) {
+            let at = next(bytes.len() + 1);
+            match next(3) {
+                0 => {
+                    let piece = PIECES[next(PIECES.len())];
+                    bytes.splice(at..(at + 1).min(bytes.len()), piece.iter().copied());
+                }
+                1 if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => {
+                    let end = (at + next(16)).min(bytes.len());
+                    let copy = bytes[at..end].to_vec();
+                    bytes.splice(at..at, copy);
+                }
+            }
+        }
+        signet_proto::schema::fuzzing::json(&bytes);
+        accepted += usize::from(signet_proto::schema::parse("application/json", &bytes).is_ok());
+    }
+    assert!(
+        accepted > rounds / 20 && accepted < rounds / 2,
+        "mutations reach both verdicts: {accepted} of {rounds} accepted"
+    );
+}
+
 fn signing_key() -> SigningKey {
     SigningKey::from_seed(&signet_client::fuzzing::TRUSTED_SEED).unwrap()
 }
@@ -308,6 +378,10 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
         ("depth-64", format!("{}{}", "[".repeat(64), "]".repeat(64))),
         ("depth-65", format!("{}{}", "[".repeat(65), "]".repeat(65))),
         ("escapes", r#"["\\", "\"]", "\u005b"]"#.to_owned()),
+        (
+            "duplicate-member",
+            r#"{"id":1,"items":[{"a":1,"\u0061":2}],"id":1}"#.to_owned(),
+        ),
     ] {
         seeds.push(("schema_json", name.into(), json.into_bytes()));
     }

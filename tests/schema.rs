@@ -37,6 +37,19 @@ fn json_message(value: &Value) -> OutgoingMessage {
         .content_type("application/json")
 }
 
+/// Publishes `m` and checks it is refused with `SchemaViolation` whose
+/// detail contains `expected` (`at <path>: <keyword>`).
+async fn assert_refused(alice: &Client, m: OutgoingMessage, expected: &str) {
+    let refused = within(alice.publish_message(m)).await;
+    assert_eq!(
+        code(&refused),
+        Some(ErrorCode::SchemaViolation),
+        "{expected}: {refused:?}"
+    );
+    let text = refused.unwrap_err().to_string();
+    assert!(text.contains(expected), "{expected}: {text}");
+}
+
 fn valid_order() -> Value {
     json!({
         "id": 42, "status": "paid", "customer_id": "C12345", "currency": "EUR",
@@ -100,31 +113,12 @@ async fn each_violated_keyword_is_refused_with_its_path_and_nothing_is_stored() 
         ),
     ];
     for (payload, path, keyword) in &cases {
-        let refused = within(alice.publish_message(json_message(payload))).await;
-        assert_eq!(
-            code(&refused),
-            Some(ErrorCode::SchemaViolation),
-            "{payload}: {refused:?}"
-        );
-        let text = refused.unwrap_err().to_string();
-        assert!(
-            text.contains(&format!("at {path}: {keyword}")),
-            "{payload}: {text}"
-        );
+        let expected = format!("at {path}: {keyword}");
+        assert_refused(&alice, json_message(payload), &expected).await;
         // MessagePack payloads get the same verdict.
         let packed = rmp_serde::to_vec_named(payload).unwrap();
         let m = OutgoingMessage::new("orders.created", packed).content_type("application/msgpack");
-        let refused = within(alice.publish_message(m)).await;
-        assert_eq!(
-            code(&refused),
-            Some(ErrorCode::SchemaViolation),
-            "{payload}: {refused:?}"
-        );
-        let text = refused.unwrap_err().to_string();
-        assert!(
-            text.contains(&format!("at {path}: {keyword}")),
-            "{payload}: {text}"
-        );
+        assert_refused(&alice, m, &expected).await;
     }
     let other =
         OutgoingMessage::new("orders.created", br#"{"id":1}"#.to_vec()).content_type("text/plain");
@@ -137,6 +131,57 @@ async fn each_violated_keyword_is_refused_with_its_path_and_nothing_is_stored() 
     let text = refused.unwrap_err().to_string();
     assert!(text.contains("contentType"), "{text}");
     assert_eq!(stored_count(&sandbox, "orders.created").await, 0);
+    sandbox.stop().await;
+}
+
+/// A JSON object naming a member twice means different things to different
+/// parsers: `serde_json` (the broker's before) kept the last value, many
+/// others keep the first. The broker checked `"status": "paid"` and stored
+/// a payload whose first-wins readers see `"status": "void"`, a value the
+/// schema forbids. Such payloads are now refused on a schema topic, as are
+/// MessagePack maps naming a key twice and bytes after a MessagePack value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_named_twice_is_refused_so_no_reader_sees_a_value_the_schema_did_not_check() {
+    let mut sandbox = schema_sandbox().await;
+    let alice = client(&sandbox, "alice").await;
+    let payloads: [(&[u8], &str); 3] = [
+        (
+            br#"{"id": 1, "status": "void", "status": "paid"}"#,
+            "/status",
+        ),
+        (br#"{"id": 1, "id": 2}"#, "/id"),
+        (
+            br#"{"id": 1, "items": [{"sku": "ABC-1", "qty": 1, "qty": 2}]}"#,
+            "/items/0/qty",
+        ),
+    ];
+    for (payload, path) in payloads {
+        let m = OutgoingMessage::new("orders.created", payload.to_vec())
+            .content_type("application/json");
+        assert_refused(&alice, m, &format!("at {path}: duplicateKey")).await;
+    }
+    // A MessagePack map naming "status" twice (rmp-serde kept the last).
+    let mut packed = vec![0x83, 0xa2, b'i', b'd', 0x01];
+    for status in ["void", "paid"] {
+        packed.extend_from_slice(&[0xa6, b's', b't', b'a', b't', b'u', b's', 0xa4]);
+        packed.extend_from_slice(status.as_bytes());
+    }
+    let m = OutgoingMessage::new("orders.created", packed).content_type("application/msgpack");
+    assert_refused(&alice, m, "at /status: duplicateKey").await;
+    // Bytes after a MessagePack value (rmp-serde ignored them; decoders
+    // that refuse them would choke on the stored message).
+    let mut trailing = rmp_serde::to_vec_named(&valid_order()).unwrap();
+    trailing.push(0xc0);
+    let m = OutgoingMessage::new("orders.created", trailing).content_type("application/msgpack");
+    assert_refused(&alice, m, "at /: parse").await;
+    assert_eq!(stored_count(&sandbox, "orders.created").await, 0);
+    // The refusals took no offset: the next valid order is the first.
+    assert_eq!(
+        within(alice.publish_message(json_message(&valid_order())))
+            .await
+            .unwrap(),
+        0
+    );
     sandbox.stop().await;
 }
 

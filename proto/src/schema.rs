@@ -4,18 +4,24 @@
 //! A schema file (drafts 7 and 2020-12, chosen by its `$schema`) is
 //! compiled once. A payload is checked by content type:
 //! - `application/json`: parsed as JSON;
-//! - `application/msgpack`: decoded with rmp-serde into the JSON data model.
-//!   Binary strings, extension types and non-string map keys have no JSON
+//! - `application/msgpack`: decoded into the JSON data model. Binary
+//!   strings, extension types and non-string map keys have no JSON
 //!   equivalent and are refused; integers and floats map to JSON numbers
-//!   (a NaN or infinite float has no JSON equivalent either: refused);
+//!   (a NaN or infinite float has no JSON equivalent either: refused), and
+//!   nothing may follow the value;
 //! - anything else: refused.
 //!
-//! Limits apply before parsing: at most [`DEPTH_MAX`] levels of nesting
-//! (found by a scan that allocates nothing), and the broker's payload size
-//! limit has already been applied.
+//! Either is read in place into a [`tape::Tape`] that borrows the payload
+//! (no `serde_json::Value` is built), and an object or map naming a member
+//! twice is refused (`duplicateKey`). At most [`DEPTH_MAX`] levels of
+//! nesting: the parser refuses the first level below as it reaches it. The
+//! broker's payload size limit has already been applied.
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
+use tape::{Format, Tape, TapeError, TapeJson};
+
+pub mod tape;
 
 /// Deepest nesting of arrays and objects accepted, checked before parsing.
 pub const DEPTH_MAX: usize = 64;
@@ -26,7 +32,8 @@ pub struct Violation {
     /// JSON Pointer to the failing part of the payload (`""` for the root).
     pub instance_path: String,
     /// The schema keyword that failed (`type`, `required`, …), or
-    /// `contentType`, `depth` or `parse` when the payload was not checked.
+    /// `contentType`, `depth`, `parse` or `duplicateKey` (a JSON object
+    /// naming a member twice) when the payload was not checked.
     pub keyword: String,
 }
 
@@ -50,7 +57,7 @@ fn violation(instance_path: &str, keyword: &str) -> Violation {
 
 /// A compiled schema.
 pub struct Schema {
-    validator: jsonschema::Validator,
+    validator: jsonschema::Validator<TapeJson>,
     path: PathBuf,
 }
 
@@ -67,7 +74,8 @@ impl Schema {
             std::fs::read_to_string(path).map_err(|e| format!("schema {}: {e}", path.display()))?;
         let json: Value = serde_json::from_str(&text)
             .map_err(|e| format!("schema {}: not JSON: {e}", path.display()))?;
-        let validator = jsonschema::validator_for(&json)
+        let validator = jsonschema::options_for::<TapeJson>()
+            .build(&json)
             .map_err(|e| format!("schema {}: does not compile: {e}", path.display()))?;
         Ok(Schema {
             validator,
@@ -82,11 +90,11 @@ impl Schema {
 
     /// Checks a payload; `Err` names the first violation.
     pub fn check(&self, content_type: &str, payload: &[u8]) -> Result<(), Violation> {
-        let value = parse(content_type, payload)?;
-        if self.validator.is_valid(&value) {
+        let tape = parse_tape(content_type, payload)?;
+        if self.validator.is_valid(tape.root()) {
             return Ok(());
         }
-        match self.validator.iter_errors(&value).next() {
+        match self.validator.iter_errors(tape.root()).next() {
             None => Ok(()),
             Some(error) => Err(violation(
                 error.instance_path().as_str(),
@@ -96,174 +104,38 @@ impl Schema {
     }
 }
 
+/// A content type without its parameters (`application/json; charset=…`).
+fn essence(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
+}
+
+/// Parses a payload of a JSON or MessagePack content type into a tape,
+/// with the limits above.
+pub fn parse_tape<'a>(content_type: &str, payload: &'a [u8]) -> Result<Tape<'a>, Violation> {
+    let format = match essence(content_type) {
+        "application/json" => Format::Json,
+        "application/msgpack" => Format::MessagePack,
+        _ => return Err(violation("", "contentType")),
+    };
+    Tape::parse(payload, format, DEPTH_MAX).map_err(|e| match e {
+        TapeError::Parse => violation("", "parse"),
+        TapeError::Depth => violation("", "depth"),
+        TapeError::Duplicate(path) => violation(&path, "duplicateKey"),
+    })
+}
+
 /// Parses a payload into the JSON data model, with the limits above.
 pub fn parse(content_type: &str, payload: &[u8]) -> Result<Value, Violation> {
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    match essence {
-        "application/json" => {
-            if json_depth(payload) > DEPTH_MAX {
-                return Err(violation("", "depth"));
-            }
-            serde_json::from_slice(payload).map_err(|_| violation("", "parse"))
-        }
-        "application/msgpack" => {
-            let shape = msgpack_shape(payload);
-            if shape.depth > DEPTH_MAX {
-                return Err(violation("", "depth"));
-            }
-            let value: Value =
-                rmp_serde::from_slice(payload).map_err(|_| violation("", "parse"))?;
-            // serde_json has no NaN or infinity: such a float decodes as
-            // null. More nulls than nil markers means one did.
-            if count_nulls(&value) > shape.nils {
-                return Err(violation("", "parse"));
-            }
-            Ok(value)
-        }
-        _ => Err(violation("", "contentType")),
-    }
-}
-
-/// Deepest nesting of `[`/`{` outside strings. Scans once, allocates nothing;
-/// inside a string it jumps to the next quote or backslash (`memchr`), so
-/// long strings cost little.
-fn json_depth(bytes: &[u8]) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let mut i = 0;
-    while let Some(&b) = bytes.get(i) {
-        i += 1;
-        match b {
-            b'"' => loop {
-                // Inside a string: to its closing quote, skipping escapes.
-                match memchr::memchr2(b'"', b'\\', bytes.get(i..).unwrap_or(&[])) {
-                    Some(at) if bytes.get(i + at) == Some(&b'\\') => i += at + 2,
-                    Some(at) => {
-                        i += at + 1;
-                        break;
-                    }
-                    None => return deepest,
-                }
-            },
-            b'[' | b'{' => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-    }
-    deepest
-}
-
-/// What a walk over MessagePack markers found.
-struct Shape {
-    /// Deepest nesting of arrays and maps (above the limit when malformed).
-    depth: usize,
-    /// Nil values.
-    nils: usize,
-}
-
-fn msgpack_shape(bytes: &[u8]) -> Shape {
-    let mut nils = 0;
-    let depth = msgpack_walk(bytes, &mut nils);
-    Shape { depth, nils }
-}
-
-/// Deepest nesting of MessagePack arrays and maps, walking the markers
-/// without decoding values; counts nils on the way. Malformed input returns
-/// a depth above the limit.
-fn msgpack_walk(bytes: &[u8], nils: &mut usize) -> usize {
-    // A stack of "items left" per open container.
-    let mut stack: Vec<u64> = Vec::new();
-    let mut deepest = 0;
-    let mut i = 0usize;
-    let too_deep = DEPTH_MAX + 1;
-    let read_len = |i: usize, n: usize| -> Option<u64> {
-        let s = bytes.get(i..i + n)?;
-        Some(s.iter().fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
-    };
-    while i < bytes.len() {
-        let m = bytes[i];
-        i += 1;
-        if m == 0xc0 {
-            *nils += 1;
-        }
-        // (container items to open, bytes to skip)
-        let (items, skip): (Option<u64>, u64) = match m {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (None, 0),
-            0x80..=0x8f => (Some(u64::from(m & 0x0f) * 2), 0),
-            0x90..=0x9f => (Some(u64::from(m & 0x0f)), 0),
-            0xa0..=0xbf => (None, u64::from(m & 0x1f)),
-            0xc4 | 0xd9 => (None, read_len(i, 1).map_or(u64::MAX, |l| l + 1)),
-            0xc5 | 0xda => (None, read_len(i, 2).map_or(u64::MAX, |l| l + 2)),
-            0xc6 | 0xdb => (None, read_len(i, 4).map_or(u64::MAX, |l| l + 4)),
-            0xc7 => (None, read_len(i, 1).map_or(u64::MAX, |l| l + 2)),
-            0xc8 => (None, read_len(i, 2).map_or(u64::MAX, |l| l + 3)),
-            0xc9 => (None, read_len(i, 4).map_or(u64::MAX, |l| l + 5)),
-            0xca => (None, 4),
-            0xcb => (None, 8),
-            0xcc | 0xd0 => (None, 1),
-            0xcd | 0xd1 => (None, 2),
-            0xce | 0xd2 => (None, 4),
-            0xcf | 0xd3 => (None, 8),
-            0xd4 => (None, 2),
-            0xd5 => (None, 3),
-            0xd6 => (None, 5),
-            0xd7 => (None, 9),
-            0xd8 => (None, 17),
-            0xdc => (read_len(i, 2), 2),
-            0xdd => (read_len(i, 4), 4),
-            0xde => (read_len(i, 2).map(|n| n * 2), 2),
-            0xdf => (read_len(i, 4).map(|n| n * 2), 4),
-            0xc1 => return too_deep,
-        };
-        let Some(next) = usize::try_from(skip).ok().and_then(|s| i.checked_add(s)) else {
-            return too_deep;
-        };
-        if next > bytes.len() {
-            return too_deep;
-        }
-        i = next;
-        // This value fills one slot of the innermost open container.
-        if let Some(left) = stack.last_mut() {
-            *left = left.saturating_sub(1);
-        }
-        if matches!(m, 0x80..=0x9f | 0xdc..=0xdf) {
-            let Some(n) = items else {
-                return too_deep;
-            };
-            if n > 0 {
-                stack.push(n);
-                deepest = deepest.max(stack.len());
-                if deepest > DEPTH_MAX {
-                    return deepest;
-                }
-            } else {
-                deepest = deepest.max(stack.len() + 1);
-            }
-        }
-        while stack.last() == Some(&0) {
-            stack.pop();
-        }
-    }
-    deepest
-}
-
-fn count_nulls(v: &Value) -> usize {
-    match v {
-        Value::Null => 1,
-        Value::Array(a) => a.iter().map(count_nulls).sum(),
-        Value::Object(o) => o.values().map(count_nulls).sum(),
-        _ => 0,
-    }
+    Ok(parse_tape(content_type, payload)?.root().value())
 }
 
 /// Entry points for fuzz targets (`fuzz/`) and the corpus replay test
-/// (`tests/fuzz_corpus.rs`): the depth scans must never let through a value
-/// nested deeper than [`DEPTH_MAX`], and the JSON scan measures valid JSON
-/// exactly. Each panics only on a bug.
+/// (`tests/fuzz_corpus.rs`): no value nested deeper than [`DEPTH_MAX`] gets
+/// through, JSON read in place is what serde_json parses (refused only when
+/// too deep or naming a member twice), and accepted MessagePack round-trips.
+/// Each panics only on a bug.
 pub mod fuzzing {
-    use super::{DEPTH_MAX, Value, json_depth, parse};
+    use super::{DEPTH_MAX, Value, parse};
 
     /// Nesting of arrays and objects in a parsed value (scalars are 0).
     fn depth(value: &Value) -> usize {
@@ -274,15 +146,21 @@ pub mod fuzzing {
         }
     }
 
-    /// A JSON payload: the scan agrees with a full parse.
+    /// A JSON payload: read as serde_json parses it, or refused for a reason.
     pub fn json(data: &[u8]) {
-        let scanned = json_depth(data);
         let parsed = parse("application/json", data);
         match serde_json::from_slice::<Value>(data) {
-            Ok(value) => {
-                assert_eq!(scanned, depth(&value), "scan measures valid JSON exactly");
-                assert_eq!(parsed.is_ok(), scanned <= DEPTH_MAX);
-            }
+            Ok(value) => match &parsed {
+                Ok(read) => {
+                    assert!(depth(&value) <= DEPTH_MAX);
+                    assert_eq!(read, &value, "read in place as serde_json parses");
+                }
+                Err(refused) => assert!(
+                    (depth(&value) > DEPTH_MAX && refused.keyword == "depth")
+                        || refused.keyword == "duplicateKey",
+                    "valid JSON refused: {refused}"
+                ),
+            },
             Err(_) => assert!(parsed.is_err(), "invalid JSON is refused"),
         }
         if let Ok(value) = parsed {
@@ -310,24 +188,58 @@ mod tests {
     use super::*;
 
     #[test]
-    fn json_depth_ignores_brackets_in_strings() {
-        assert_eq!(json_depth(br#"{"a":[1,{"b":"[[[["}]}"#), 3);
-        assert_eq!(json_depth(br#""\"[""#), 0);
-        assert_eq!(json_depth(&b"[".repeat(100)), 100);
+    fn json_depth_counts_containers_not_brackets_in_strings() {
+        let at = |depth: usize| {
+            let inner = format!(r#"{{"a":"[[[[","b":[{}]}}"#, "1");
+            let text = format!("{}{inner}{}", "[".repeat(depth - 2), "]".repeat(depth - 2));
+            parse("application/json", text.as_bytes())
+        };
+        assert!(at(DEPTH_MAX).is_ok());
+        assert_eq!(at(DEPTH_MAX + 1), Err(violation("", "depth")));
+        assert_eq!(
+            parse("application/json", br#""\"[""#),
+            Ok(Value::String("\"[".into()))
+        );
     }
 
     #[test]
-    fn msgpack_depth_counts_containers() {
+    fn msgpack_depth_counts_containers_and_malformed_input_is_not_parsed() {
         let nested: Value = serde_json::json!({"a": [1, {"b": [[]]}], "c": "x"});
         let bytes = rmp_serde::to_vec(&nested).unwrap();
-        assert_eq!(msgpack_shape(&bytes).depth, 5);
-        assert_eq!(json_depth(nested.to_string().as_bytes()), 5);
-        let mut deep = vec![0x91; 100];
-        deep.push(0x01);
-        assert!(msgpack_shape(&deep).depth > DEPTH_MAX);
-        assert!(
-            msgpack_shape(&[0xdd, 0xff]).depth > DEPTH_MAX,
-            "truncated length"
+        assert_eq!(parse("application/msgpack", &bytes), Ok(nested));
+        // fixarray of one, DEPTH_MAX and DEPTH_MAX + 1 deep around an int.
+        for (levels, verdict) in [(DEPTH_MAX, None), (DEPTH_MAX + 1, Some("depth"))] {
+            let mut deep = vec![0x91; levels];
+            deep.push(0x01);
+            let parsed = parse("application/msgpack", &deep);
+            assert_eq!(parsed.err().map(|v| v.keyword), verdict.map(String::from));
+        }
+        let mut unterminated = vec![0x91; 100_000];
+        unterminated.push(0x91);
+        assert_eq!(
+            parse("application/msgpack", &unterminated)
+                .unwrap_err()
+                .keyword,
+            "depth"
+        );
+        for malformed in [
+            &[0xdd, 0xff][..],
+            &[0xdd, 0xff, 0xff, 0xff, 0xff],
+            &[0xc1],
+            &[],
+        ] {
+            assert_eq!(
+                parse("application/msgpack", malformed).unwrap_err().keyword,
+                "parse",
+                "{malformed:?}"
+            );
+        }
+        assert_eq!(
+            parse("application/msgpack", &[0x01, 0x02])
+                .unwrap_err()
+                .keyword,
+            "parse",
+            "bytes after the value"
         );
     }
 
@@ -346,6 +258,25 @@ mod tests {
                 .unwrap_err()
                 .keyword,
             "parse"
+        );
+        // fixext 1
+        assert_eq!(
+            parse("application/msgpack", &[0xd4, 0x01, 0x02])
+                .unwrap_err()
+                .keyword,
+            "parse"
+        );
+        // a str that is not UTF-8
+        assert_eq!(
+            parse("application/msgpack", &[0xa1, 0xff])
+                .unwrap_err()
+                .keyword,
+            "parse"
+        );
+        // map {"a": 1, "a": 2}
+        assert_eq!(
+            parse("application/msgpack", &[0x82, 0xa1, b'a', 1, 0xa1, b'a', 2]),
+            Err(violation("/a", "duplicateKey"))
         );
         // float64 NaN
         let mut nan = vec![0xcb];
@@ -375,6 +306,108 @@ mod tests {
 #[cfg(test)]
 mod draft_tests {
     use super::*;
+
+    /// The example order schema, compiled from the repository's file.
+    fn orders() -> Schema {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../schemas/orders.created.json");
+        Schema::load(&path).unwrap()
+    }
+
+    /// The verdict of a validator of `serde_json::Value`s (what `check`
+    /// used before payloads were read in place).
+    fn value_verdict(validator: &jsonschema::Validator, value: &Value) -> Result<(), Violation> {
+        match validator.iter_errors(value).next() {
+            None => Ok(()),
+            Some(error) => Err(violation(
+                error.instance_path().as_str(),
+                error.kind().keyword(),
+            )),
+        }
+    }
+
+    #[test]
+    fn json_read_in_place_gets_the_verdict_a_parsed_value_gets() {
+        let schema = orders();
+        let text = std::fs::read_to_string(schema.path()).unwrap();
+        let values = jsonschema::validator_for(&serde_json::from_str(&text).unwrap()).unwrap();
+        let order = serde_json::json!({
+            "id": 7, "status": "paid", "customer_id": "C00012345", "currency": "EUR",
+            "total_cents": 125_990, "created_at": "2026-11-24T10:00:00Z", "channel": "web",
+            "priority": 3, "gift": false, "coupon": null, "tags": ["web", "new"],
+            "shipping": { "street": "1 Main St", "city": "Paris", "zip": "75002", "country": "FR" },
+            "items": [{ "sku": "SKU-1", "qty": 2, "price_cents": 100 }],
+            "metadata": { "campaign": "winter" }, "note": "n"
+        });
+        let odd = [
+            serde_json::json!(null),
+            serde_json::json!(true),
+            serde_json::json!(0),
+            serde_json::json!(-1),
+            serde_json::json!(1.5),
+            serde_json::json!(1e20),
+            serde_json::json!(100_000_001),
+            serde_json::json!(""),
+            serde_json::json!("x".repeat(600)),
+            serde_json::json!("é".repeat(40)),
+            serde_json::json!("C12"),
+            serde_json::json!("fr"),
+            serde_json::json!("paid"),
+            serde_json::json!(["a", 1]),
+            serde_json::json!([]),
+            serde_json::json!({}),
+            serde_json::json!({"city": "x"}),
+            serde_json::json!({"sku": "SKU-1", "qty": 0}),
+            serde_json::json!([{"sku": "bad sku", "qty": 1}]),
+        ];
+        let mut documents = vec![order.clone(), serde_json::json!([]), serde_json::json!("x")];
+        let serde_json::Value::Object(fields) = &order else {
+            unreachable!()
+        };
+        for name in fields.keys().map(String::as_str).chain(["extra"]) {
+            let mut without = order.clone();
+            without.as_object_mut().unwrap().remove(name);
+            documents.push(without);
+            for value in &odd {
+                let mut changed = order.clone();
+                changed[name] = value.clone();
+                documents.push(changed);
+            }
+        }
+        let mut refused = 0;
+        for document in &documents {
+            let text = document.to_string();
+            let expected = value_verdict(&values, document);
+            refused += usize::from(expected.is_err());
+            assert_eq!(
+                schema.check("application/json", text.as_bytes()),
+                expected,
+                "{text}"
+            );
+            let packed = rmp_serde::to_vec_named(document).unwrap();
+            assert_eq!(
+                schema.check("application/msgpack", &packed),
+                expected,
+                "{text} as MessagePack"
+            );
+        }
+        assert!(refused > documents.len() / 2, "the cases exercise refusals");
+        assert!(documents.len() > 300);
+    }
+
+    #[test]
+    fn a_member_named_twice_is_refused_even_when_both_values_fit() {
+        let schema = orders();
+        let text = br#"{"id": 1, "status": "cancelled", "status": "paid"}"#;
+        assert_eq!(
+            schema.check("application/json", text),
+            Err(violation("/status", "duplicateKey"))
+        );
+        let nested = br#"{"id": 1, "items": [{"sku": "A-1", "qty": 1, "qty": 2}]}"#;
+        assert_eq!(
+            schema.check("application/json; charset=utf-8", nested),
+            Err(violation("/items/0/qty", "duplicateKey"))
+        );
+    }
 
     #[test]
     fn draft7_and_2020_12_schemas_both_compile_and_validate() {
