@@ -3,7 +3,7 @@
 //! `SIGNET_BENCH_MESSAGES` (default 200000), `SIGNET_BENCH_SIZE` (256),
 //! `SIGNET_BENCH_INFLIGHT` (512), `SIGNET_BENCH_FLOOD_QUOTA` (5000).
 //! Runs, in turn: publish with one live subscriber; the policy-check costs
-//! at 10 and 1,000 rules; one principal publishing while another floods
+//! at 10 and 1,000 rules; one schema check of the 1 KiB example order; one principal publishing while another floods
 //! at 10x its quota.
 
 use signet_testkit::bench;
@@ -22,6 +22,7 @@ fn main() -> anyhow::Result<()> {
     for rules in [10, 1000] {
         print!("{}", bench::policy_costs(rules)?);
     }
+    print!("{}", bench::schema_costs()?);
     let flood = runtime.block_on(bench::flood(
         bench::BenchArgs {
             subscribe: false,
