@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use signet_client::Message;
 
 fn is_json_type(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let essence = signet_proto::envelope::content_type_essence(content_type);
     essence == "application/json" || essence.ends_with("+json")
 }
 

@@ -214,6 +214,12 @@ pub struct StoredRecord {
     pub proof: Proof,
 }
 
+/// A content type without its parameters (`application/json` of
+/// `application/json; charset=utf-8`).
+pub fn content_type_essence(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
+}
+
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
     // Lengths above u32::MAX cannot pass the frame limit; saturate to stay total.
     let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);

@@ -23,7 +23,8 @@ use tape::{Format, Tape, TapeError, TapeJson};
 
 pub mod tape;
 
-/// Deepest nesting of arrays and objects accepted, checked before parsing.
+/// Deepest nesting of arrays and objects accepted, checked as the parser
+/// reaches each level.
 pub const DEPTH_MAX: usize = 64;
 
 /// Why a payload does not fit its topic's schema.
@@ -32,7 +33,7 @@ pub struct Violation {
     /// JSON Pointer to the failing part of the payload (`""` for the root).
     pub instance_path: String,
     /// The schema keyword that failed (`type`, `required`, …), or
-    /// `contentType`, `depth`, `parse` or `duplicateKey` (a JSON object
+    /// `contentType`, `depth`, `parse` or `duplicateKey` (an object or map
     /// naming a member twice) when the payload was not checked.
     pub keyword: String,
 }
@@ -94,25 +95,25 @@ impl Schema {
         if self.validator.is_valid(tape.root()) {
             return Ok(());
         }
-        match self.validator.iter_errors(tape.root()).next() {
-            None => Ok(()),
-            Some(error) => Err(violation(
-                error.instance_path().as_str(),
-                error.kind().keyword(),
-            )),
-        }
+        first_violation(self.validator.iter_errors(tape.root()))
     }
 }
 
-/// A content type without its parameters (`application/json; charset=…`).
-fn essence(content_type: &str) -> &str {
-    content_type.split(';').next().unwrap_or("").trim()
+/// The first of a validator's errors as a [`Violation`] (`Ok` if none).
+fn first_violation(mut errors: jsonschema::ErrorIterator<'_>) -> Result<(), Violation> {
+    match errors.next() {
+        None => Ok(()),
+        Some(error) => Err(violation(
+            error.instance_path().as_str(),
+            error.kind().keyword(),
+        )),
+    }
 }
 
 /// Parses a payload of a JSON or MessagePack content type into a tape,
 /// with the limits above.
 pub fn parse_tape<'a>(content_type: &str, payload: &'a [u8]) -> Result<Tape<'a>, Violation> {
-    let format = match essence(content_type) {
+    let format = match crate::envelope::content_type_essence(content_type) {
         "application/json" => Format::Json,
         "application/msgpack" => Format::MessagePack,
         _ => return Err(violation("", "contentType")),
@@ -316,13 +317,7 @@ mod draft_tests {
     /// The verdict of a validator of `serde_json::Value`s (what `check`
     /// used before payloads were read in place).
     fn value_verdict(validator: &jsonschema::Validator, value: &Value) -> Result<(), Violation> {
-        match validator.iter_errors(value).next() {
-            None => Ok(()),
-            Some(error) => Err(violation(
-                error.instance_path().as_str(),
-                error.kind().keyword(),
-            )),
-        }
+        first_violation(validator.iter_errors(value))
     }
 
     #[test]

@@ -85,7 +85,7 @@ struct Builder<'a> {
     too_deep: bool,
 }
 
-impl Builder<'_> {
+impl<'a> Builder<'a> {
     /// Enters an array or object; `Err` when that is one level too deep.
     fn enter<E: de::Error>(&mut self) -> Result<(), E> {
         self.depth += 1;
@@ -95,6 +95,31 @@ impl Builder<'_> {
         }
         Ok(())
     }
+
+    /// Leaves the array or object `container` makes of the range it is
+    /// given; yields its index.
+    fn leave<E: de::Error>(
+        &mut self,
+        range: (u32, u32),
+        container: fn(u32, u32) -> Item<'a>,
+    ) -> Result<u32, E> {
+        self.depth -= 1;
+        self.tape
+            .push(container(range.0, range.1))
+            .map_err(too_large)
+    }
+}
+
+/// Moves a closed container's entries, `open[from..]`, to the end of
+/// `closed`; yields their range there.
+fn close<T, E: de::Error>(
+    open: &mut Vec<T>,
+    from: usize,
+    closed: &mut Vec<T>,
+) -> Result<(u32, u32), E> {
+    let start = index(closed.len())?;
+    closed.extend(open.drain(from..));
+    Ok((start, index(closed.len())?))
 }
 
 impl<'a> Tape<'a> {
@@ -278,17 +303,8 @@ impl<'a> Visitor<'a> for Seed<'_, 'a> {
                 }
             }
         }
-        let start = index(builder.tape.elements.len())?;
-        builder
-            .tape
-            .elements
-            .extend(builder.open_elements.drain(open..));
-        let end = index(builder.tape.elements.len())?;
-        builder.depth -= 1;
-        builder
-            .tape
-            .push(Item::Array(start, end))
-            .map_err(too_large)
+        let range = close(&mut builder.open_elements, open, &mut builder.tape.elements)?;
+        builder.leave(range, Item::Array)
     }
 
     fn visit_map<A: MapAccess<'a>>(self, mut map: A) -> Result<u32, A::Error> {
@@ -312,17 +328,8 @@ impl<'a> Visitor<'a> for Seed<'_, 'a> {
             builder.duplicate = Some(vec![pointer_segment(&pair[0].0)]);
             return Err(de::Error::custom("duplicate member name"));
         }
-        let start = index(builder.tape.members.len())?;
-        builder
-            .tape
-            .members
-            .extend(builder.open_members.drain(open..));
-        let end = index(builder.tape.members.len())?;
-        builder.depth -= 1;
-        builder
-            .tape
-            .push(Item::Object(start, end))
-            .map_err(too_large)
+        let range = close(&mut builder.open_members, open, &mut builder.tape.members)?;
+        builder.leave(range, Item::Object)
     }
 }
 
