@@ -93,6 +93,7 @@ async fn status(client: PathBuf) -> Result<ExitCode> {
                 "term": g.term,
                 "commit_index": g.commit_index,
                 "applied_index": g.applied_index,
+                "compacted_index": g.compacted_index,
                 "members": g.members,
             })
         })

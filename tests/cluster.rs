@@ -531,6 +531,10 @@ async fn cluster_init_then_three_broker_processes_and_cluster_status_shows_a_lea
     assert_eq!(group["members"], serde_json::json!([1, 2, 3]));
     assert!(group["term"].as_u64().unwrap() >= 1);
     assert!(group["commit_index"].is_u64());
+    assert!(
+        status["groups"][1].get("compacted_index").is_some(),
+        "{status}"
+    );
     assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
     // One data group per node, each first led by another node.
     let data: Vec<(String, u64)> = status["groups"].as_array().unwrap()[1..]
@@ -1041,6 +1045,79 @@ async fn age_retention_is_a_log_entry_of_the_leader_and_a_follower_cut_off_delet
         let (first, next, bytes) = cluster.topic_state(id, topic).unwrap();
         assert_eq!((first, next, bytes), (50, 50, 0), "node {id}");
     }
+    cluster.shutdown().await;
+}
+
+/// Publishes `rounds` rounds of 20 pipelined messages (each round at least
+/// one log entry), ids from `from` on.
+async fn publish_rounds(client: &Client, topic: &str, from: u64, rounds: u64) -> HashMap<u64, u64> {
+    let mut acks = HashMap::new();
+    for round in 0..rounds {
+        let start = from + round * 20;
+        acks.extend(publish_ids(client, topic, start..start + 20).await);
+    }
+    acks
+}
+
+/// A data group's log is deleted only up to what every node holds on
+/// disk: with a compaction point every 20 entries, every node compacts
+/// under load; a follower stopped meanwhile holds the point back (the
+/// others keep the entries it lacks) and catches up from the log when it
+/// returns; every node restarts on its compacted log; and the replicas
+/// agree on every acked message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_data_group_log_is_compacted_only_up_to_what_every_node_holds_and_a_stopped_follower_catches_up()
+ {
+    let mut cluster = Cluster::start_with(|c| c.settings.limits.raft_compact_entries = 20).await;
+    let leader = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let publisher = cluster.client(&cluster.files.publisher, &[1, 2, 3]).await;
+    let topic = "orders.compacted";
+    let mut acks = within(publish_rounds(&publisher, topic, 0, 30)).await;
+    for id in 1..=3 {
+        within(cluster.node(id).wait_data_compacted(orders(), 20)).await;
+    }
+    // Stopped, the follower's progress stays where it was: no node
+    // compacts past what it holds.
+    let held = cluster.node(follower).data_last_log(orders()).unwrap();
+    cluster.stop_node(follower).await;
+    acks.extend(within(publish_rounds(&publisher, topic, 600, 30)).await);
+    let leader = within(cluster.node(leader).wait_for_data_leader(orders(), None)).await;
+    let end = cluster.node(leader).data_last_log(orders()).unwrap();
+    assert!(end > held + 20, "the log grew while the follower was down");
+    for id in (1..=3).filter(|id| *id != follower) {
+        let compacted = cluster.node(id).data_compacted(orders()).unwrap();
+        assert!(
+            compacted <= held,
+            "node {id} compacted to {compacted}, past {held}, what the stopped follower holds"
+        );
+    }
+    // Back, it catches up from the others' logs (no snapshot: a data
+    // group's snapshot holds no messages and is refused), and compaction
+    // moves past the point it held back.
+    cluster.start_node(follower).await;
+    within(cluster.node(follower).wait_data_applied(orders(), end)).await;
+    acks.extend(within(publish_rounds(&publisher, topic, 1_200, 30)).await);
+    for id in 1..=3 {
+        within(cluster.node(id).wait_data_compacted(orders(), held + 1)).await;
+    }
+    // Every node restarts on its compacted log.
+    for id in 1..=3 {
+        cluster.stop_node(id).await;
+        cluster.start_node(id).await;
+    }
+    let last = within(publisher.publish(topic, "1800")).await.unwrap();
+    acks.insert(1_800, last);
+    assert_eq!(acks.len(), 1_801, "every publish acked");
+    let leader = within(cluster.node(1).wait_for_data_leader(orders(), None)).await;
+    let end = cluster.node(leader).data_last_log(orders()).unwrap();
+    let mut replicas = Vec::new();
+    for id in 1..=3 {
+        within(cluster.node(id).wait_data_applied(orders(), end)).await;
+        let held = usize::try_from(last + 1).unwrap();
+        replicas.push((id, cluster.replica(id, topic, held).await));
+    }
+    assert_replicas_agree(&acks, &replicas, last);
     cluster.shutdown().await;
 }
 

@@ -15,8 +15,11 @@
 //! - `network`: the dialing side, openraft's `RaftNetworkFactory`;
 //! - [`wire`]: the node transport's messages;
 //! - [`data`]: a data group's log entries and state machine (the node's
-//!   message store, through its group-commit writer).
+//!   message store, through its group-commit writer);
+//! - `compact`: a data group's log deleted up to a point every member
+//!   holds.
 
+pub(crate) mod compact;
 pub mod data;
 pub(crate) mod log_store;
 pub mod meta;
@@ -136,13 +139,14 @@ pub struct ClusterNode {
     commit_timeout: Duration,
 }
 
-/// One data group on this node: its Raft, its log's commit counter and
-/// its log database.
+/// One data group on this node: its Raft, its log's commit counter, its
+/// log database and the compaction points it applied.
 struct DataGroupNode {
     id: u64,
     raft: DataRaft,
     committed: Arc<AtomicU64>,
     db: Weak<rocksdb::DB>,
+    compacted: watch::Receiver<u64>,
 }
 
 impl DataGroupNode {
@@ -158,8 +162,15 @@ impl DataGroupNode {
         let db = log_store::open(&data_dir.join(format!("cluster-data-{id}")))
             .map_err(|e| BrokerError::Storage(e.into()))?;
         let committed = Arc::new(AtomicU64::new(0));
-        let machine =
-            data::DataMachine::load(id, &host.store, host.commits.clone()).map_err(raft_error)?;
+        let (compact, compacted) = watch::channel(0);
+        let machine = data::DataMachine::load(
+            id,
+            &host.store,
+            host.commits.clone(),
+            db.clone(),
+            Arc::new(compact),
+        )
+        .map_err(raft_error)?;
         let logs = log_store::LogStore::new(db.clone(), committed.clone())
             .map_err(|e| raft_error(format!("raft log syncer: {e}")))?;
         let config = openraft::Config {
@@ -172,9 +183,11 @@ impl DataGroupNode {
             election_timeout_min: 1000,
             election_timeout_max: 2000,
             max_payload_entries: 256,
-            // No snapshots of the message store yet: the log is kept whole
-            // and a lagging replica replays it.
+            // The log is compacted only up to points every member holds
+            // (`compact`): a snapshot is a mark built when asked, and
+            // openraft's own purge after building one is off.
             snapshot_policy: openraft::SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: u64::MAX,
             ..Default::default()
         }
         .validate()
@@ -196,6 +209,7 @@ impl DataGroupNode {
             raft,
             committed,
             db: Arc::downgrade(&db),
+            compacted,
         })
     }
 }
@@ -304,6 +318,16 @@ impl ClusterNode {
             served,
             shutdown_rx.clone(),
         ))];
+        for group in &data {
+            tasks.push(tokio::spawn(compact::run(
+                group.raft.clone(),
+                group.id,
+                settings.node_id,
+                limits.raft_compact_entries,
+                group.compacted.clone(),
+                shutdown_rx.clone(),
+            )));
+        }
         let members: BTreeMap<u64, NodeAddr> = settings
             .peers
             .iter()
@@ -513,6 +537,27 @@ impl ClusterNode {
         }
     }
 
+    /// Waits until this node deleted data group `group`'s log up to
+    /// `index` at least (a compaction point every member held).
+    pub async fn wait_data_compacted(&self, group: u64, index: u64) {
+        let Some(group) = self.group(group) else {
+            return std::future::pending().await;
+        };
+        let mut metrics = group.raft.metrics();
+        if metrics
+            .wait_for(|m| m.purged.is_some_and(|l| l.index >= index))
+            .await
+            .is_err()
+        {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Up to which index this node deleted data group `group`'s log.
+    pub fn data_compacted(&self, group: u64) -> Option<u64> {
+        self.group_metrics(group)?.purged.map(|l| l.index)
+    }
+
     /// Data group `group`'s last log index on this node.
     pub fn data_last_log(&self, group: u64) -> Option<u64> {
         self.group_metrics(group)?.last_log_index
@@ -713,6 +758,7 @@ impl ClusterNode {
             commit_index: committed.checked_sub(1),
             applied_index: metrics.last_applied.map(|l| l.index),
             members: metrics.membership_config.voter_ids().collect(),
+            compacted_index: metrics.purged.map(|l| l.index),
         };
         let mut groups = vec![meta];
         for group in &self.data {
@@ -724,6 +770,7 @@ impl ClusterNode {
                 commit_index: group.committed.load(Ordering::Relaxed).checked_sub(1),
                 applied_index: metrics.last_applied.map(|l| l.index),
                 members: metrics.membership_config.voter_ids().collect(),
+                compacted_index: metrics.purged.map(|l| l.index),
             });
         }
         ClusterStatus {

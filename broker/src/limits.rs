@@ -193,6 +193,9 @@ limits! {
     /// Longest a cluster leader waits for a publish batch to be committed by a majority and applied before it answers `Unavailable` (the batch may still commit; a retry is answered with its offsets).
     raft_commit_ms_max: "ms" = 10_000, 100, 600_000,
         keys ["limits.raft_commit_ms_max"];
+    /// Entries a data group's log gains past its last compaction point before the leader proposes the next one; each node then deletes its log up to the least index every member holds on disk (a member that is down holds it back).
+    raft_compact_entries: "entries" = 1024, 1, 100_000_000,
+        keys ["limits.raft_compact_entries"];
 }
 
 /// Why a limit could not be set.

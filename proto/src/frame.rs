@@ -374,6 +374,10 @@ pub struct ClusterGroup {
     /// Its voting members (at most 64).
     #[serde(deserialize_with = "crate::bounded::vec::<_, _, CLUSTER_NODES_MAX>")]
     pub members: Vec<u64>,
+    /// The answering node's log is deleted up to this index, inclusive
+    /// (a data group's log is compacted once every member holds it).
+    #[serde(default)]
+    pub compacted_index: Option<u64>,
 }
 
 /// The cluster's state, as one node sees it.

@@ -33,13 +33,21 @@
 //! node interleaves two groups' entries changes nothing it stores.
 //!
 //! The group's log is its own database, `<data_dir>/cluster-data-<id>`.
-//! Snapshots are not built (the log is never purged), so a replica
-//! catches up by replaying the log.
+//! It is compacted, not snapshotted: the leader replicates a compaction
+//! point ([`DataCommand::compact`]) that every member already holds on
+//! disk (the least of their matched indexes), and each node, once it has
+//! applied that entry, records a snapshot *mark* (the applied log id and
+//! membership, no messages: the messages are the node's own store) and
+//! deletes its log up to the point. No member ever needs a compacted entry
+//! from a peer, so openraft never sends a snapshot while every member
+//! keeps its disk; a replica that lost its disk cannot be rebuilt from a
+//! mark, so [`DataMachine::install_snapshot`] refuses one (loudly) instead
+//! of pretending to hold messages it lacks.
 
 // openraft's traits fix these error types (StorageError is large).
 #![allow(clippy::result_large_err)]
 
-use super::log_store::{decode, encode};
+use super::log_store::{SM, decode, encode, write_synced};
 use super::types::{Data, DataEntry, NodeAddr, StorageError};
 use crate::commit::{Command, CommitRequest, Entry, Replicated, Trim};
 use crate::group_writer::{Command as GroupCommand, GroupWork, Outcome as GroupOutcome};
@@ -50,12 +58,17 @@ use openraft::{
     EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
     StoredMembership,
 };
+use rocksdb::{DB, WriteBatch};
 use serde::{Deserialize, Serialize};
 use signet_proto::merkle::Hash;
 use signet_proto::{ErrorCode, KeyId};
 use std::io::Cursor;
 use std::sync::Arc;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Where the group's log database keeps its snapshot mark (column family
+/// `sm`).
+const MARK: &[u8] = b"snapshot-mark";
 
 /// One accepted envelope as replicated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -88,6 +101,11 @@ pub struct DataCommand {
     /// deletes the same range (a stale one, nowhere).
     #[serde(default)]
     pub trim: Option<DataTrim>,
+    /// A compaction point (then the rest is empty): every member of the
+    /// group held the log up to this index on disk when the leader
+    /// proposed it, so each node may delete its log up to it once applied.
+    #[serde(default)]
+    pub compact: Option<u64>,
 }
 
 /// A retention trim as replicated (see [`crate::commit::Trim`]).
@@ -178,6 +196,10 @@ pub(crate) struct DataMachine {
     group: u64,
     commits: mpsc::Sender<Command>,
     applied: DataApplied,
+    /// The group's log database (where the snapshot mark is kept).
+    log: Arc<DB>,
+    /// The highest compaction point applied here (0: none yet).
+    compact: Arc<watch::Sender<u64>>,
 }
 
 fn io(e: impl std::fmt::Display) -> StorageError {
@@ -185,11 +207,15 @@ fn io(e: impl std::fmt::Display) -> StorageError {
 }
 
 impl DataMachine {
-    /// The machine of `group`, its applied state read from `store`.
+    /// The machine of `group`, its applied state read from `store`; `log`
+    /// is the group's log database, `compact` told each compaction point
+    /// this machine applies.
     pub(crate) fn load(
         group: u64,
         store: &Store,
         commits: mpsc::Sender<Command>,
+        log: Arc<DB>,
+        compact: Arc<watch::Sender<u64>>,
     ) -> Result<DataMachine, StorageError> {
         let applied = match store.raft_applied(group).map_err(io)? {
             Some(bytes) => decode(&bytes)?,
@@ -199,15 +225,63 @@ impl DataMachine {
             group,
             commits,
             applied,
+            log,
+            compact,
         })
+    }
+
+    /// The snapshot mark last built, if any.
+    fn mark(&self) -> Result<Option<SnapshotMeta<u64, NodeAddr>>, StorageError> {
+        let cf = self
+            .log
+            .cf_handle(SM)
+            .ok_or_else(|| io("column family sm missing"))?;
+        match self
+            .log
+            .get_cf(&cf, MARK)
+            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+        {
+            Some(bytes) => Ok(Some(decode(&bytes)?)),
+            None => Ok(None),
+        }
     }
 }
 
+/// A snapshot as openraft sees it: the mark's meta, and the applied state
+/// as its data (there are no messages in it).
+fn marked(
+    meta: SnapshotMeta<u64, NodeAddr>,
+    applied: &DataApplied,
+) -> Result<Snapshot<Data>, StorageError> {
+    Ok(Snapshot {
+        meta,
+        snapshot: Box::new(Cursor::new(encode(applied)?)),
+    })
+}
+
 impl RaftSnapshotBuilder<Data> for DataMachine {
+    /// Records a snapshot mark at the applied log id: what lets openraft
+    /// delete the log up to a compaction point (the applied state is in
+    /// the message store already, written with the messages).
     async fn build_snapshot(&mut self) -> Result<Snapshot<Data>, StorageError> {
-        // Never asked for: the snapshot policy is `Never` and the log is
-        // not purged. A snapshot holding no messages must not be installed.
-        Err(io("data group snapshots are not supported"))
+        let last = self.applied.last_applied;
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: self.applied.membership.clone(),
+            snapshot_id: last.map_or_else(
+                || "empty".to_owned(),
+                |l| format!("{}-{}", l.leader_id, l.index),
+            ),
+        };
+        let cf = self
+            .log
+            .cf_handle(SM)
+            .ok_or_else(|| io("column family sm missing"))?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(&cf, MARK, encode(&meta)?);
+        write_synced(&self.log, batch)
+            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+        marked(meta, &self.applied)
     }
 }
 
@@ -284,11 +358,17 @@ impl RaftStateMachine<Data> for DataMachine {
         let mut applied = self.applied.clone();
         let mut requests = Vec::new();
         let mut answers = Vec::new();
+        let mut compact = None;
         for entry in entries {
             let before = applied.clone();
             applied.last_applied = Some(entry.log_id);
             match entry.payload {
                 EntryPayload::Normal(command) if command.group == self.group => {
+                    if let Some(point) = command.compact {
+                        compact = compact.max(Some(point));
+                        answers.push(Answer::Nothing);
+                        continue;
+                    }
                     if let Some(trim) = command.trim {
                         // What came before is written first, then the
                         // trim with the applied state after it.
@@ -328,6 +408,15 @@ impl RaftStateMachine<Data> for DataMachine {
             }
         }
         self.write(requests, &applied).await?;
+        if let Some(point) = compact {
+            // Applied (and the applied state on disk): the node may now
+            // delete its log up to the point.
+            self.compact.send_if_modified(|at| {
+                let later = point > *at;
+                *at = (*at).max(point);
+                later
+            });
+        }
         let mut outcomes = Vec::with_capacity(answers.len());
         for answer in answers {
             let nothing = DataOutcome {
@@ -362,16 +451,36 @@ impl RaftStateMachine<Data> for DataMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
+    /// Refused: openraft sends a snapshot only to a replica lacking
+    /// entries every member had when they were compacted, i.e. one that
+    /// lost its disk, and a mark holds no messages to install.
     async fn install_snapshot(
         &mut self,
-        _meta: &SnapshotMeta<u64, NodeAddr>,
+        meta: &SnapshotMeta<u64, NodeAddr>,
         _snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        Err(io("data group snapshots are not supported"))
+        tracing::error!(
+            group = self.group,
+            snapshot = %meta.snapshot_id,
+            applied = ?self.applied.last_applied,
+            "data group: this replica lacks log entries the group has compacted away \
+             (its disk was lost or replaced); a compacted log cannot rebuild it"
+        );
+        Err(StorageIOError::read_snapshot(
+            Some(meta.signature()),
+            &std::io::Error::other(format!(
+                "data group {}: this replica lacks log entries the group compacted away",
+                self.group
+            )),
+        )
+        .into())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<Data>>, StorageError> {
-        Ok(None)
+        match self.mark()? {
+            Some(meta) => Ok(Some(marked(meta, &self.applied)?)),
+            None => Ok(None),
+        }
     }
 }
 

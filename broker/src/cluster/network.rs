@@ -400,8 +400,7 @@ mod tests {
                     leaf: signet_proto::merkle::Hash([0; 32]),
                     principal: "p".into(),
                 }],
-                work: Vec::new(),
-                trim: None,
+                ..DataCommand::default()
             }),
         }
     }
