@@ -750,28 +750,18 @@ impl ClusterNode {
                 }
             })
             .collect();
-        let committed = self.committed.load(Ordering::Relaxed);
-        let meta = ClusterGroup {
-            name: META_GROUP.to_owned(),
-            leader: metrics.current_leader,
-            term: metrics.current_term,
-            commit_index: committed.checked_sub(1),
-            applied_index: metrics.last_applied.map(|l| l.index),
-            members: metrics.membership_config.voter_ids().collect(),
-            compacted_index: metrics.purged.map(|l| l.index),
-        };
-        let mut groups = vec![meta];
+        let mut groups = vec![group_status(
+            META_GROUP.to_owned(),
+            &metrics,
+            &self.committed,
+        )];
         for group in &self.data {
             let metrics = group.raft.metrics().borrow().clone();
-            groups.push(ClusterGroup {
-                name: format!("data-{}", group.id),
-                leader: metrics.current_leader,
-                term: metrics.current_term,
-                commit_index: group.committed.load(Ordering::Relaxed).checked_sub(1),
-                applied_index: metrics.last_applied.map(|l| l.index),
-                members: metrics.membership_config.voter_ids().collect(),
-                compacted_index: metrics.purged.map(|l| l.index),
-            });
+            groups.push(group_status(
+                format!("data-{}", group.id),
+                &metrics,
+                &group.committed,
+            ));
         }
         ClusterStatus {
             node_id: self.settings.node_id,
@@ -809,6 +799,24 @@ impl ClusterNode {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         tracing::warn!("cluster metadata log still open after shutdown");
+    }
+}
+
+/// One group's line of the status: `metrics` of its Raft on this node and
+/// its log's commit counter (the highest committed index + 1, 0: none).
+fn group_status(
+    name: String,
+    metrics: &openraft::RaftMetrics<u64, NodeAddr>,
+    committed: &AtomicU64,
+) -> ClusterGroup {
+    ClusterGroup {
+        name,
+        leader: metrics.current_leader,
+        term: metrics.current_term,
+        commit_index: committed.load(Ordering::Relaxed).checked_sub(1),
+        applied_index: metrics.last_applied.map(|l| l.index),
+        members: metrics.membership_config.voter_ids().collect(),
+        compacted_index: metrics.purged.map(|l| l.index),
     }
 }
 

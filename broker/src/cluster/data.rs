@@ -47,7 +47,7 @@
 // openraft's traits fix these error types (StorageError is large).
 #![allow(clippy::result_large_err)]
 
-use super::log_store::{SM, decode, encode, write_synced};
+use super::log_store::{SM, decode, encode, read_snapshot_record, snapshot_id, write_synced};
 use super::types::{Data, DataEntry, NodeAddr, StorageError};
 use crate::commit::{Command, CommitRequest, Entry, Replicated, Trim};
 use crate::group_writer::{Command as GroupCommand, GroupWork, Outcome as GroupOutcome};
@@ -208,8 +208,8 @@ fn io(e: impl std::fmt::Display) -> StorageError {
 
 impl DataMachine {
     /// The machine of `group`, its applied state read from `store`; `log`
-    /// is the group's log database, `compact` told each compaction point
-    /// this machine applies.
+    /// is the group's log database, where its snapshot mark is kept; each
+    /// compaction point it applies is sent on `compact`.
     pub(crate) fn load(
         group: u64,
         store: &Store,
@@ -228,22 +228,6 @@ impl DataMachine {
             log,
             compact,
         })
-    }
-
-    /// The snapshot mark last built, if any.
-    fn mark(&self) -> Result<Option<SnapshotMeta<u64, NodeAddr>>, StorageError> {
-        let cf = self
-            .log
-            .cf_handle(SM)
-            .ok_or_else(|| io("column family sm missing"))?;
-        match self
-            .log
-            .get_cf(&cf, MARK)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-        {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
-            None => Ok(None),
-        }
     }
 }
 
@@ -268,10 +252,7 @@ impl RaftSnapshotBuilder<Data> for DataMachine {
         let meta = SnapshotMeta {
             last_log_id: last,
             last_membership: self.applied.membership.clone(),
-            snapshot_id: last.map_or_else(
-                || "empty".to_owned(),
-                |l| format!("{}-{}", l.leader_id, l.index),
-            ),
+            snapshot_id: snapshot_id(last),
         };
         let cf = self
             .log
@@ -477,7 +458,7 @@ impl RaftStateMachine<Data> for DataMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<Data>>, StorageError> {
-        match self.mark()? {
+        match read_snapshot_record(&self.log, MARK)? {
             Some(meta) => Ok(Some(marked(meta, &self.applied)?)),
             None => Ok(None),
         }

@@ -65,6 +65,30 @@ pub(crate) fn write_synced(db: &DB, batch: WriteBatch) -> Result<(), rocksdb::Er
     db.write_opt(batch, &options)
 }
 
+/// Reads the snapshot record under `key` in `db`'s `sm` column family
+/// (the metadata group's snapshot, a data group's snapshot mark).
+pub(crate) fn read_snapshot_record<T: DeserializeOwned>(
+    db: &DB,
+    key: &[u8],
+) -> Result<Option<T>, StorageError> {
+    let cf = db.cf_handle(SM).ok_or_else(|| missing(SM))?;
+    match db
+        .get_cf(&cf, key)
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+    {
+        Some(bytes) => Ok(Some(decode(&bytes)?)),
+        None => Ok(None),
+    }
+}
+
+/// The id of a snapshot at `last` (`<leader id>-<index>`, or `empty`).
+pub(crate) fn snapshot_id(last: Option<LogId<u64>>) -> String {
+    match last {
+        Some(last) => format!("{}-{}", last.leader_id, last.index),
+        None => "empty".to_owned(),
+    }
+}
+
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }

@@ -7,7 +7,7 @@
 // openraft's traits fix these error types (StorageError is large).
 #![allow(clippy::result_large_err)]
 
-use super::log_store::{SM, decode, encode, write_synced};
+use super::log_store::{SM, decode, encode, read_snapshot_record, snapshot_id, write_synced};
 use super::meta::{MetaOutcome, MetaState};
 use super::types::{Meta, MetaEntry, NodeAddr, StorageError};
 use openraft::storage::{RaftStateMachine, Snapshot};
@@ -80,29 +80,17 @@ impl StateMachine {
     }
 
     fn stored_snapshot(&self) -> Result<Option<StoredSnapshot>, StorageError> {
-        let cf = self.db.cf_handle(SM).ok_or_else(missing)?;
-        match self
-            .db
-            .get_cf(&cf, SNAPSHOT)
-            .map_err(|e| StorageIOError::read_snapshot(None, &e))?
-        {
-            Some(bytes) => Ok(Some(decode(&bytes)?)),
-            None => Ok(None),
-        }
+        read_snapshot_record(&self.db, SNAPSHOT)
     }
 }
 
 impl RaftSnapshotBuilder<Meta> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<Meta>, StorageError> {
         let data = encode(&self.applied)?;
-        let snapshot_id = match self.applied.last_applied {
-            Some(last) => format!("{}-{}", last.leader_id, last.index),
-            None => "empty".to_owned(),
-        };
         let meta = SnapshotMeta {
             last_log_id: self.applied.last_applied,
             last_membership: self.applied.membership.clone(),
-            snapshot_id,
+            snapshot_id: snapshot_id(self.applied.last_applied),
         };
         let stored = StoredSnapshot {
             meta: meta.clone(),
