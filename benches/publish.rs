@@ -23,6 +23,7 @@ fn main() -> anyhow::Result<()> {
         print!("{}", bench::policy_costs(rules)?);
     }
     print!("{}", bench::schema_costs()?);
+    print!("{}", bench::verify_costs()?);
     let flood = runtime.block_on(bench::flood(
         bench::BenchArgs {
             subscribe: false,

@@ -42,6 +42,12 @@ pub const SUBSCRIPTION_BUFFER_MESSAGES_MAX: usize = 256;
 /// (about 2 MiB).
 pub const KNOWN_TREES_MAX: usize = 16 * 1024;
 
+/// Verified batches whose walks a verifier remembers, so that another
+/// record of one of them costs its leaf hash and a node or two instead of
+/// a walk to the root: the latest 16 (up to ~511 steps of ~120 bytes each,
+/// about 1 MiB at most).
+pub const KNOWN_WALKS_MAX: usize = 16;
+
 /// Most publisher keys a client file may trust (`[trust]` entries): 4096.
 /// Bounds the per-subscription state kept per key (verified batches are
 /// capped separately; the seq marks below are not).

@@ -2,25 +2,30 @@
 //! keys this client trusts (never keys the broker sends), the topics each
 //! key may write, and each key's sequence order.
 //!
-//! A batch costs one signature check, and most of its envelopes one or two
-//! hashes: once a root is verified, every node on the verified path (and
-//! every sibling the path names) is known to belong to a tree that key
-//! signed. Another envelope of the batch is authentic as soon as its path
-//! reaches one of those nodes, so the walk stops there. Known nodes are kept
-//! per signing key, so a node of key A's tree never vouches for an envelope
-//! that names key B. Leaf and node hashes are domain separated, so a leaf
-//! can only match a leaf.
+//! A batch costs one signature check, and most of its envelopes their leaf
+//! hash and a node hash or two. Each record's proof is checked exactly as
+//! if alone (its walk leads to a root, and its key signed that root with
+//! the record's own leaf count and signature), but the walk is shortened:
+//! the verifier remembers each step of the walks it verified for the
+//! latest batches (the node reached, its place in the tree, and the path
+//! left), keyed by signing key, leaf count and signature. A later walk
+//! that reaches a remembered step with the same path left would hash its
+//! way to the same root, so it ends there with that root
+//! ([`merkle::walk_path`]); what follows (the known-root check, else the
+//! signature check) is the same either way.
 //!
 //! Offsets and receive times are not signed, so an authentic record can be
 //! delivered again at another offset (by a broker, or by an edited disk).
 //! A verifier serves one subscription and remembers, per key, the highest
 //! seq it accepted ([`SeqOrder`]): a repeated or lower seq is a replay.
 
-use crate::limits::KNOWN_TREES_MAX;
+use crate::limits::{KNOWN_TREES_MAX, KNOWN_WALKS_MAX};
 use crate::order::SeqOrder;
-use signet_proto::merkle::Hash;
+use signet_proto::merkle::{Hash, Step};
 use signet_proto::{ErrorCode, KeyId, PublicKey, StoredRecord, batch, codec, topic};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 /// Why a delivered record is not good.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,6 +95,119 @@ struct KnownTrees {
     trees: HashMap<KeyId, HashSet<SignedTree>>,
     /// Trees in `trees`, all keys together (at most [`KNOWN_TREES_MAX`]).
     count: usize,
+    /// The steps of verified walks through the latest trees.
+    walks: Walks,
+}
+
+/// Which signed batch a record's proof names, before its root is known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct WalkId {
+    key_id: KeyId,
+    leaf_count: u32,
+    signature: [u8; 64],
+}
+
+/// Where a verified walk was at one node: the node's place (RFC 9162's
+/// `fn`, `sn`) and the path that walk had left from there (its proof's
+/// path, from `taken` on).
+#[derive(Debug, Clone)]
+struct Seen {
+    f_n: u64,
+    s_n: u64,
+    path: Arc<[Hash]>,
+    taken: usize,
+}
+
+/// The steps of the verified walks through one signed tree, by node.
+#[derive(Debug, Clone)]
+struct Walk {
+    id: WalkId,
+    root: Hash,
+    steps: HashMap<Hash, Seen, BuildHasherDefault<NodeHasher>>,
+}
+
+impl Walk {
+    /// The root, if a verified walk took `step` with `rest` left.
+    fn ends(&self, step: &Step, rest: &[Hash]) -> Option<Hash> {
+        let seen = self.steps.get(&step.node)?;
+        (seen.f_n == step.f_n && seen.s_n == step.s_n && seen.path.get(seen.taken..) == Some(rest))
+            .then_some(self.root)
+    }
+}
+
+/// Hashes a tree node by its first eight bytes. Nodes are SHA-256
+/// outputs, so these are as good as random; a node crafted to collide
+/// costs a scan of one walk's table, which holds at most ~511 nodes.
+#[derive(Debug, Default)]
+struct NodeHasher(u64);
+
+impl Hasher for NodeHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for (i, byte) in bytes.iter().take(8).enumerate() {
+            self.0 ^= u64::from(*byte) << (8 * i);
+        }
+    }
+
+    fn write_usize(&mut self, _length: usize) {}
+}
+
+/// The walks of the latest [`KNOWN_WALKS_MAX`] verified trees, newest
+/// last (a record is most likely of the newest batch).
+#[derive(Debug, Clone, Default)]
+struct Walks {
+    trees: VecDeque<Walk>,
+}
+
+impl Walks {
+    fn find(&self, id: &WalkId) -> Option<&Walk> {
+        self.trees.iter().rev().find(|walk| walk.id == *id)
+    }
+
+    /// Remembers the `steps` of a verified walk along `path` to `root` in
+    /// the tree `id` names.
+    fn remember(&mut self, id: WalkId, root: Hash, path: &[Hash], steps: Vec<(Step, usize)>) {
+        if steps.is_empty() {
+            return;
+        }
+        let held = self
+            .trees
+            .iter()
+            .rposition(|walk| walk.id == id && walk.root == root);
+        let at = match held {
+            Some(at) => at,
+            None => {
+                if self.trees.len() >= KNOWN_WALKS_MAX {
+                    self.trees.pop_front();
+                }
+                self.trees.push_back(Walk {
+                    id,
+                    root,
+                    steps: HashMap::default(),
+                });
+                self.trees.len() - 1
+            }
+        };
+        let Some(walk) = self.trees.get_mut(at) else {
+            return;
+        };
+        let path: Arc<[Hash]> = Arc::from(path);
+        for (step, taken) in steps {
+            walk.steps.entry(step.node).or_insert_with(|| Seen {
+                f_n: step.f_n,
+                s_n: step.s_n,
+                path: path.clone(),
+                taken,
+            });
+        }
+    }
+
+    fn clear(&mut self) {
+        self.trees.clear();
+    }
 }
 
 impl Verifier {
@@ -174,34 +292,51 @@ impl KnownTrees {
     /// Ed25519 verification done once per batch.
     fn authenticate(&mut self, key: &PublicKey, record: &StoredRecord) -> Result<(), Rejected> {
         let proof = &record.proof;
-        let root = batch::proof_root(&record.envelope, proof)
-            .ok_or_else(|| rejected(ErrorCode::BadSignature, "Merkle proof does not verify"))?;
+        let key_id = record.envelope.key_id;
+        let signature: Option<[u8; 64]> = proof.signature.as_slice().try_into().ok();
+        let id = signature.map(|signature| WalkId {
+            key_id,
+            leaf_count: proof.leaf_count,
+            signature,
+        });
+        let known = id.as_ref().and_then(|id| self.walks.find(id));
+        let mut steps = Vec::new();
+        let mut remembered = false;
+        let root = batch::proof_root_with(&record.envelope, proof, |step, rest| {
+            if let Some(root) = known.and_then(|walk| walk.ends(step, rest)) {
+                remembered = true;
+                return Some(root);
+            }
+            steps.push((*step, proof.path.len() - rest.len()));
+            None
+        })
+        .ok_or_else(|| rejected(ErrorCode::BadSignature, "Merkle proof does not verify"))?;
         let bad_signature = || rejected(ErrorCode::BadSignature, "signature does not verify");
-        let signature: [u8; 64] = proof
-            .signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad_signature())?;
+        let (Some(signature), Some(id)) = (signature, id) else {
+            return Err(bad_signature());
+        };
         let tree = SignedTree {
             root,
             leaf_count: proof.leaf_count,
             signature,
         };
-        let key_id = record.envelope.key_id;
-        if self.trees.get(&key_id).is_some_and(|t| t.contains(&tree)) {
-            return Ok(());
+        // A remembered walk is of a tree in `trees` (both are cleared
+        // together), so only a walk that met none needs the lookup.
+        if !remembered && !self.trees.get(&key_id).is_some_and(|t| t.contains(&tree)) {
+            let message = batch::batch_message(&key_id, proof.leaf_count, &root);
+            if !key.verify(&message, &proof.signature) {
+                return Err(bad_signature());
+            }
+            if self.count >= KNOWN_TREES_MAX {
+                self.trees.clear();
+                self.walks.clear();
+                self.count = 0;
+            }
+            if self.trees.entry(key_id).or_default().insert(tree) {
+                self.count += 1;
+            }
         }
-        let message = batch::batch_message(&key_id, proof.leaf_count, &root);
-        if !key.verify(&message, &proof.signature) {
-            return Err(bad_signature());
-        }
-        if self.count >= KNOWN_TREES_MAX {
-            self.trees.clear();
-            self.count = 0;
-        }
-        if self.trees.entry(key_id).or_default().insert(tree) {
-            self.count += 1;
-        }
+        self.walks.remember(id, root, &proof.path, steps);
         Ok(())
     }
 }
@@ -404,5 +539,84 @@ mod tests {
             verifier(&[&a]).verify("t.b", &recs[0]).unwrap_err().code,
             ErrorCode::BadSignature
         );
+    }
+
+    /// Steps remembered for all trees.
+    fn remembered(known: &KnownTrees) -> usize {
+        known.walks.trees.iter().map(|w| w.steps.len()).sum()
+    }
+
+    fn decoded(recs: &[Vec<u8>]) -> Vec<StoredRecord> {
+        recs.iter().map(|r| codec::decode(r).unwrap()).collect()
+    }
+
+    /// A batch mate's walk ends at the first step a verified walk took:
+    /// record 1 hashes one node, record 2 two, a repeat none (each new
+    /// step is remembered, so the count shows where each walk ended).
+    #[test]
+    fn a_batch_mates_walk_ends_at_the_first_step_a_verified_walk_took() {
+        let a = key(1);
+        let recs = decoded(&records(&a, a.id(), 256));
+        let mut known = KnownTrees::default();
+        known.authenticate(a.public_key(), &recs[0]).unwrap();
+        assert_eq!(remembered(&known), 9, "the leaf and eight nodes");
+        known.authenticate(a.public_key(), &recs[1]).unwrap();
+        assert_eq!(remembered(&known), 10, "record 1's leaf only");
+        known.authenticate(a.public_key(), &recs[2]).unwrap();
+        assert_eq!(remembered(&known), 12, "record 2's leaf and one node");
+        known.authenticate(a.public_key(), &recs[2]).unwrap();
+        assert_eq!(remembered(&known), 12, "a repeat ends at its leaf");
+        for record in &recs[3..] {
+            known.authenticate(a.public_key(), record).unwrap();
+        }
+        assert_eq!(remembered(&known), 511, "every leaf and node once");
+    }
+
+    /// Every record of a batch verified (so every step of its tree is
+    /// remembered), then each record with one bit of one path hash flipped,
+    /// or another leaf index, or another leaf count: the verifier's verdict
+    /// is always the verdict of checking the record alone (refused), also
+    /// when the walk meets a remembered step with a different path above
+    /// it. 13 leaves, so some nodes are promoted.
+    #[test]
+    fn a_walk_meeting_remembered_steps_gives_the_verdict_of_the_record_alone() {
+        let a = key(1);
+        let recs = decoded(&records(&a, a.id(), 13));
+        let mut known = KnownTrees::default();
+        for record in &recs {
+            known.authenticate(a.public_key(), record).unwrap();
+        }
+        let mut variants = Vec::new();
+        for record in &recs {
+            for j in 0..record.proof.path.len() {
+                for bit in [0, 77, 255] {
+                    let mut changed = record.clone();
+                    changed.proof.path[j].0[bit / 8] ^= 1 << (bit % 8);
+                    variants.push(changed);
+                }
+            }
+            for index in 0..14 {
+                let mut changed = record.clone();
+                changed.proof.leaf_index = index;
+                variants.push(changed);
+            }
+            for count in [12, 14, 16] {
+                let mut changed = record.clone();
+                changed.proof.leaf_count = count;
+                variants.push(changed);
+            }
+        }
+        let mut refused = 0;
+        for changed in &variants {
+            let alone = batch::verify_record(a.public_key(), &changed.envelope, &changed.proof);
+            let verdict = known.authenticate(a.public_key(), changed);
+            assert_eq!(verdict.is_ok(), alone, "{:?}", changed.proof);
+            if let Err(e) = verdict {
+                assert_eq!(e.code, ErrorCode::BadSignature);
+                refused += 1;
+            }
+        }
+        // Only the 13 unchanged leaf indexes verify.
+        assert_eq!(refused, variants.len() - 13);
     }
 }

@@ -7,7 +7,7 @@
 use crate::envelope::{Envelope, Proof};
 use crate::keys::{KeyId, PublicKey, SigningKey};
 use crate::limits::BATCH_ENVELOPES_MAX;
-use crate::merkle::{self, Hash, Tree};
+use crate::merkle::{self, Hash, Step, Tree};
 
 /// Domain-separation prefix of the batch message.
 pub const BATCH_CONTEXT: &[u8] = b"signet/v1/batch\0";
@@ -89,15 +89,27 @@ pub fn verify_leaves(key: &PublicKey, leaves: Vec<Hash>, signature: &[u8]) -> Op
 /// The root an envelope's proof leads to, or `None` if the proof is
 /// malformed or cannot belong to a tree of its stated size.
 pub fn proof_root(envelope: &Envelope, proof: &Proof) -> Option<Hash> {
+    proof_root_with(envelope, proof, |_, _| None)
+}
+
+/// As [`proof_root`], offering each step of the walk to `known` (see
+/// [`merkle::walk_path`]): a verifier that remembers the steps of walks it
+/// already verified ends a walk at the first one it meets.
+pub fn proof_root_with(
+    envelope: &Envelope,
+    proof: &Proof,
+    known: impl FnMut(&Step, &[Hash]) -> Option<Hash>,
+) -> Option<Hash> {
     if !proof.shape_ok() || proof.leaf_count as usize > BATCH_ENVELOPES_MAX {
         return None;
     }
     let leaf = merkle::leaf_hash(&envelope.canonical_bytes());
-    merkle::root_from_path(
+    merkle::walk_path(
         &leaf,
         u64::from(proof.leaf_index),
         u64::from(proof.leaf_count),
         &proof.path,
+        known,
     )
 }
 

@@ -107,49 +107,67 @@ impl Tree {
 /// The root implied by `leaf` at `index` of `count` leaves with `path`, or
 /// `None` if the path cannot belong to such a tree (RFC 9162 §2.1.3.2).
 pub fn root_from_path(leaf: &Hash, index: u64, count: u64, path: &[Hash]) -> Option<Hash> {
-    walk_path(leaf, index, count, path, |_| false)
+    walk_path(leaf, index, count, path, |_, _| None)
+}
+
+/// Where a walk from a leaf to the root stands: the node it reached and
+/// that node's place (RFC 9162's `fn` and `sn` at that point). The rest of
+/// the walk depends on nothing else but the path still to take, so two
+/// walks at the same step with the same path left end at the same root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Step {
+    /// The leaf, or the node computed last.
+    pub node: Hash,
+    /// Its index among the nodes of its level (`fn`).
+    pub f_n: u64,
+    /// The index of the last node of its level (`sn`).
+    pub s_n: u64,
 }
 
 /// Walks from `leaf` towards the root as [`root_from_path`] does, offering
-/// the leaf and each computed node to `stop`; returns the first node `stop`
-/// accepts, else the root (or `None` for an impossible path). A verifier
-/// that already trusts some nodes of a tree stops at the first one.
+/// the leaf and each computed node, with the path still to take, to
+/// `known`. If `known` answers a root, the walk ends there with it: the
+/// caller vouches that an earlier walk from the same [`Step`] with the same
+/// path left reached that root (so the answer is the one the whole walk
+/// would give). Otherwise the root, or `None` for an impossible path.
 pub fn walk_path(
     leaf: &Hash,
     index: u64,
     count: u64,
     path: &[Hash],
-    mut stop: impl FnMut(&Hash) -> bool,
+    mut known: impl FnMut(&Step, &[Hash]) -> Option<Hash>,
 ) -> Option<Hash> {
     if index >= count {
         return None;
     }
-    let mut f_n = index;
-    let mut s_n = count - 1;
-    let mut r = *leaf;
-    if stop(&r) {
-        return Some(r);
+    let mut step = Step {
+        node: *leaf,
+        f_n: index,
+        s_n: count - 1,
+    };
+    if let Some(root) = known(&step, path) {
+        return Some(root);
     }
-    for p in path {
-        if s_n == 0 {
+    for (taken, p) in path.iter().enumerate() {
+        if step.s_n == 0 {
             return None;
         }
-        if f_n & 1 == 1 || f_n == s_n {
-            r = node_hash(p, &r);
-            while f_n & 1 == 0 && f_n != 0 {
-                f_n >>= 1;
-                s_n >>= 1;
+        if step.f_n & 1 == 1 || step.f_n == step.s_n {
+            step.node = node_hash(p, &step.node);
+            while step.f_n & 1 == 0 && step.f_n != 0 {
+                step.f_n >>= 1;
+                step.s_n >>= 1;
             }
         } else {
-            r = node_hash(&r, p);
+            step.node = node_hash(&step.node, p);
         }
-        f_n >>= 1;
-        s_n >>= 1;
-        if stop(&r) {
-            return Some(r);
+        step.f_n >>= 1;
+        step.s_n >>= 1;
+        if let Some(root) = known(&step, &path[taken + 1..]) {
+            return Some(root);
         }
     }
-    (s_n == 0).then_some(r)
+    (step.s_n == 0).then_some(step.node)
 }
 
 #[cfg(test)]

@@ -441,6 +441,85 @@ pub fn schema_costs() -> Result<SchemaCosts> {
     })
 }
 
+/// What a subscriber's verification of one delivered record costs, on
+/// batches of 256 records of 256 bytes delivered in order: the record
+/// decoded and its proof walked to the root ([`signet_proto::batch::proof_root`],
+/// what every record cost before walks were remembered), and the client's
+/// [`signet_client::Verifier`] (decode, walk ended at a remembered
+/// step, one Ed25519 check per batch, the key's topics).
+#[derive(Debug, Clone)]
+pub struct VerifyCosts {
+    pub full_walk_ns: f64,
+    pub verifier_ns: f64,
+}
+
+impl std::fmt::Display for VerifyCosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "verify   256 B records, batches of 256: decode + full proof walk {:.0} ns, \
+             verifier (remembered walks, one signature per batch) {:.0} ns per record",
+            self.full_walk_ns, self.verifier_ns
+        )
+    }
+}
+
+/// Measures [`VerifyCosts`] over 64 signed batches; fails if a record does
+/// not verify (the figures would then measure a refusal).
+pub fn verify_costs() -> Result<VerifyCosts> {
+    use signet_proto::envelope::{CONTENT_TYPE_OCTET, Envelope};
+    use signet_proto::{SigningKey, StoredRecord, batch, codec};
+    let key = SigningKey::from_seed(&[9; 32]).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut records = Vec::new();
+    for b in 0..64u64 {
+        let envelopes: Vec<Envelope> = (0..256u64)
+            .map(|i| Envelope {
+                version: 1,
+                salt: signet_proto::Salt([(i % 251) as u8; 16]),
+                topic: "bench.verify".into(),
+                key_id: key.id(),
+                seq: b * 256 + i + 1,
+                timestamp_ms: 1,
+                content_type: CONTENT_TYPE_OCTET.into(),
+                headers: vec![],
+                encryption: None,
+                payload: vec![(i % 256) as u8; 256],
+            })
+            .collect();
+        let signed = batch::sign(&key, &envelopes).context("signing a batch")?;
+        for (i, envelope) in envelopes.into_iter().enumerate() {
+            let record = StoredRecord {
+                received_ms: 0,
+                envelope,
+                proof: signed.proof(i),
+            };
+            records.push(codec::encode_body(&record)?);
+        }
+    }
+    let started = Instant::now();
+    for bytes in &records {
+        let record: StoredRecord = codec::decode(std::hint::black_box(bytes))?;
+        batch::proof_root(&record.envelope, &record.proof).context("a proof does not verify")?;
+    }
+    let full_walk_ns = started.elapsed().as_nanos() as f64 / records.len() as f64;
+    let trust = std::collections::HashMap::from([(
+        key.id(),
+        signet_client::TrustedKey::all_topics(key.public_key().clone()),
+    )]);
+    let mut verifier = signet_client::Verifier::new(trust);
+    let started = Instant::now();
+    for bytes in &records {
+        verifier
+            .verify("bench.verify", std::hint::black_box(bytes))
+            .map_err(|r| anyhow::anyhow!("a record does not verify: {}", r.detail))?;
+    }
+    let verifier_ns = started.elapsed().as_nanos() as f64 / records.len() as f64;
+    Ok(VerifyCosts {
+        full_walk_ns,
+        verifier_ns,
+    })
+}
+
 /// One principal publishing while another floods at 10× its quota.
 #[derive(Debug, Clone)]
 pub struct FloodReport {
