@@ -53,6 +53,7 @@ use crate::commit::{Command, CommitRequest, Entry, Replicated, Trim};
 use crate::group_writer::{Command as GroupCommand, GroupWork, Outcome as GroupOutcome};
 use crate::quota::Reservation;
 use crate::store::Store;
+use bytes::Bytes;
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{
     EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta, StorageIOError,
@@ -71,15 +72,16 @@ use tokio::sync::{mpsc, oneshot, watch};
 const MARK: &[u8] = b"snapshot-mark";
 
 /// One accepted envelope as replicated.
+/// Its fields are shared, not copied, when the entry is cloned (the log
+/// store hands out clones of the latest entries).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DataRecord {
-    pub topic: String,
-    #[serde(with = "serde_bytes")]
-    pub record: Vec<u8>,
+    pub topic: Arc<str>,
+    pub record: Bytes,
     pub key_id: KeyId,
     pub seq: u64,
     pub leaf: Hash,
-    pub principal: String,
+    pub principal: Arc<str>,
 }
 
 /// One log entry of a data group: one accepted publish batch, or
@@ -155,12 +157,12 @@ pub struct DataOutcome {
 impl From<Entry> for DataRecord {
     fn from(e: Entry) -> DataRecord {
         DataRecord {
-            topic: e.topic,
-            record: e.record,
+            topic: Arc::from(e.topic),
+            record: Bytes::from(e.record),
             key_id: e.key_id,
             seq: e.seq,
             leaf: e.leaf,
-            principal: e.principal.to_string(),
+            principal: e.principal,
         }
     }
 }
@@ -171,12 +173,12 @@ impl DataRecord {
     fn into_entry(self, group: u64) -> Entry {
         Entry {
             replay: crate::replay::replay_key(&self.key_id, group),
-            topic: self.topic,
-            record: self.record,
+            topic: String::from(&*self.topic),
+            record: Vec::from(self.record),
             key_id: self.key_id,
             seq: self.seq,
             leaf: self.leaf,
-            principal: Arc::from(self.principal),
+            principal: self.principal,
         }
     }
 }
@@ -479,7 +481,7 @@ mod tests {
     fn record(topic: &str, seq: u64) -> DataRecord {
         DataRecord {
             topic: topic.into(),
-            record: seq.to_be_bytes().to_vec(),
+            record: seq.to_be_bytes().to_vec().into(),
             key_id: KeyId([7; 16]),
             seq,
             leaf: Hash([seq as u8; 32]),

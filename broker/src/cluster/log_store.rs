@@ -7,6 +7,13 @@
 //! an append is written at once (readable) and synced by the group's
 //! [`Syncer`] thread, one sync for every append queued meanwhile, so
 //! openraft's task goes on replicating while the disk works.
+//!
+//! The latest entries appended stay decoded in memory too ([`Recent`], up
+//! to [`RECENT_BYTES_MAX`] of encoded bytes per group): openraft reads each
+//! entry back once per follower to replicate it and once more to apply it,
+//! and those reads are served from there without touching RocksDB or
+//! decoding MessagePack again. The disk stays the truth: an entry is held
+//! in memory once written, and dropped once truncated or purged there.
 
 // openraft's traits fix these error types (StorageError is large).
 #![allow(clippy::result_large_err)]
@@ -19,11 +26,12 @@ use openraft::{
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 pub(crate) const LOG: &str = "log";
 pub(crate) const RAFT: &str = "raft";
@@ -93,10 +101,103 @@ fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+/// Encoded bytes of the latest entries a group keeps decoded in memory
+/// ([`Recent`]): 32 MiB, about a hundred full publish batches of 256-byte
+/// messages, so replication and apply read from memory unless a follower
+/// lags further than that.
+pub(crate) const RECENT_BYTES_MAX: usize = 32 << 20;
+
+/// The latest entries appended, decoded: a suffix of the log with no gap
+/// (`first` is the index of the front one), at most [`RECENT_BYTES_MAX`]
+/// of encoded bytes (the last entry stays even if larger).
+struct Recent<E> {
+    entries: VecDeque<(E, usize)>,
+    first: u64,
+    bytes: usize,
+}
+
+impl<E: Clone> Recent<E> {
+    fn new() -> Recent<E> {
+        Recent {
+            entries: VecDeque::new(),
+            first: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The index after the last entry held.
+    fn end(&self) -> u64 {
+        self.first + self.entries.len() as u64
+    }
+
+    /// Adds the entry at `index` (`size` bytes encoded). An entry that
+    /// does not follow the last one held replaces what is held from its
+    /// index on (or everything, after a gap).
+    fn push(&mut self, index: u64, entry: E, size: usize) {
+        if index < self.end() {
+            self.truncate(index);
+        }
+        if self.entries.is_empty() || index != self.end() {
+            self.entries.clear();
+            self.bytes = 0;
+            self.first = index;
+        }
+        self.entries.push_back((entry, size));
+        self.bytes += size;
+        while self.bytes > RECENT_BYTES_MAX && self.entries.len() > 1 {
+            if let Some((_, size)) = self.entries.pop_front() {
+                self.bytes -= size;
+                self.first += 1;
+            }
+        }
+    }
+
+    /// Drops the entries from `index` on.
+    fn truncate(&mut self, index: u64) {
+        while self.end() > index.max(self.first) {
+            if let Some((_, size)) = self.entries.pop_back() {
+                self.bytes -= size;
+            }
+        }
+    }
+
+    /// Drops the entries up to `index` included.
+    fn purge(&mut self, index: u64) {
+        while self.first <= index {
+            let Some((_, size)) = self.entries.pop_front() else {
+                self.first = index.saturating_add(1);
+                break;
+            };
+            self.bytes -= size;
+            self.first += 1;
+        }
+    }
+
+    /// The entries of `range` from `start`, if every one of them that the
+    /// log holds is held here.
+    fn get(&self, start: u64, range: &impl RangeBounds<u64>) -> Option<Vec<E>> {
+        if self.entries.is_empty() || start < self.first {
+            return None;
+        }
+        let skip = usize::try_from(start - self.first).ok()?;
+        Some(
+            self.entries
+                .iter()
+                .skip(skip)
+                .zip(start..)
+                .take_while(|(_, index)| range.contains(index))
+                .map(|((entry, _), _)| entry.clone())
+                .collect(),
+        )
+    }
+}
+
 /// The log store of one group (metadata or data, `C`); clones share the
-/// database, the commit index and the syncer.
+/// database, the latest entries, the commit index and the syncer.
 pub(crate) struct LogStore<C: RaftTypeConfig> {
     db: Arc<DB>,
+    /// The latest entries appended, decoded.
+    recent: Arc<Mutex<Recent<C::Entry>>>,
     /// The highest committed index + 1 (0: none), for status.
     committed: Arc<AtomicU64>,
     /// Appends written and waiting for their sync.
@@ -107,6 +208,7 @@ impl<C: RaftTypeConfig> Clone for LogStore<C> {
     fn clone(&self) -> Self {
         LogStore {
             db: self.db.clone(),
+            recent: self.recent.clone(),
             committed: self.committed.clone(),
             syncer: self.syncer.clone(),
         }
@@ -152,13 +254,13 @@ pub(crate) trait Logged:
 impl<C> Logged for C
 where
     C: RaftTypeConfig<NodeId = u64, Entry = openraft::Entry<C>>,
-    openraft::Entry<C>: Serialize + DeserializeOwned,
+    openraft::Entry<C>: Serialize + DeserializeOwned + Clone,
 {
 }
 
 impl<C: Logged> LogStore<C>
 where
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Serialize + DeserializeOwned + Clone,
 {
     /// The store of `db`, with its syncer thread.
     pub(crate) fn new(db: Arc<DB>, committed: Arc<AtomicU64>) -> std::io::Result<LogStore<C>> {
@@ -172,9 +274,16 @@ where
             .spawn(move || thread.run())?;
         Ok(LogStore {
             db,
+            recent: Arc::new(Mutex::new(Recent::new())),
             committed,
             syncer,
         })
+    }
+
+    /// The latest entries (a panic elsewhere while holding them leaves
+    /// them consistent: every change is a push or pop at an end).
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent<C::Entry>> {
+        self.recent.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn get<T: DeserializeOwned>(&self, key: &[u8]) -> Result<Option<T>, StorageIOError<u64>> {
@@ -223,7 +332,7 @@ where
 
 impl<C: Logged> RaftLogReader<C> for LogStore<C>
 where
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Serialize + DeserializeOwned + Clone,
 {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
@@ -234,6 +343,9 @@ where
             Bound::Excluded(x) => x.saturating_add(1),
             Bound::Unbounded => 0,
         };
+        if let Some(entries) = self.recent().get(start, &range) {
+            return Ok(entries);
+        }
         let cf = self.db.cf_handle(LOG).ok_or_else(|| missing(LOG))?;
         let mut entries = Vec::new();
         let from = index_key(start);
@@ -258,7 +370,7 @@ where
 
 impl<C: Logged> RaftLogStorage<C> for LogStore<C>
 where
-    C::Entry: Serialize + DeserializeOwned,
+    C::Entry: Serialize + DeserializeOwned + Clone,
 {
     type LogReader = Self;
 
@@ -308,13 +420,24 @@ where
     {
         let cf = self.db.cf_handle(LOG).ok_or_else(|| missing(LOG))?;
         let mut batch = WriteBatch::default();
+        let mut appended = Vec::new();
         for entry in entries {
-            batch.put_cf(&cf, index_key(entry.get_log_id().index), encode(&entry)?);
+            let index = entry.get_log_id().index;
+            let bytes = encode(&entry)?;
+            appended.push((index, bytes.len(), entry));
+            batch.put_cf(&cf, index_key(index), bytes);
         }
         // One write for the whole append, readable at once; the syncer
         // tells openraft when it is on disk (before that, a leader does not
         // count it and a follower does not answer its leader).
-        match self.db.write(batch) {
+        let written = self.db.write(batch);
+        if written.is_ok() {
+            let mut recent = self.recent();
+            for (index, size, entry) in appended {
+                recent.push(index, entry, size);
+            }
+        }
+        match written {
             Ok(()) => match self.syncer.send(callback) {
                 Ok(()) => Ok(()),
                 Err(std::sync::mpsc::SendError(callback)) => {
@@ -336,7 +459,9 @@ where
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(&cf, index_key(log_id.index), index_key(u64::MAX));
         batch.delete_cf(&cf, index_key(u64::MAX));
-        write_synced(&self.db, batch).map_err(|e| StorageIOError::write_logs(&e).into())
+        write_synced(&self.db, batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.recent().truncate(log_id.index);
+        Ok(())
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
@@ -344,6 +469,56 @@ where
         let cf = self.db.cf_handle(LOG).ok_or_else(|| missing(LOG))?;
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(&cf, index_key(0), index_key(log_id.index.saturating_add(1)));
-        write_synced(&self.db, batch).map_err(|e| StorageIOError::write_logs(&e).into())
+        write_synced(&self.db, batch).map_err(|e| StorageIOError::write_logs(&e))?;
+        self.recent().purge(log_id.index);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(recent: &Recent<u64>) -> Vec<u64> {
+        recent.entries.iter().map(|(e, _)| *e).collect()
+    }
+
+    /// The latest entries stay a gapless suffix of the log through
+    /// appends, truncation, purges and the byte bound, and answer a read
+    /// only when they hold all of it.
+    #[test]
+    fn the_latest_entries_stay_a_gapless_suffix_and_answer_only_whole_reads() {
+        let mut recent = Recent::new();
+        assert_eq!(recent.get(0, &(0..10)), None, "nothing held");
+        for i in 5..10 {
+            recent.push(i, i, 10);
+        }
+        assert_eq!(recent.get(5, &(5..8)), Some(vec![5, 6, 7]));
+        assert_eq!(recent.get(7, &(7..)), Some(vec![7, 8, 9]));
+        assert_eq!(recent.get(10, &(10..)), Some(vec![]), "past the end");
+        assert_eq!(recent.get(4, &(4..8)), None, "4 is on disk only");
+        // A follower's log is truncated and appended again from 7.
+        recent.truncate(7);
+        assert_eq!(held(&recent), vec![5, 6]);
+        recent.push(7, 70, 10);
+        assert_eq!(recent.get(5, &(5..)), Some(vec![5, 6, 70]));
+        // An append over held entries replaces them.
+        recent.push(6, 60, 10);
+        assert_eq!(held(&recent), vec![5, 60]);
+        assert_eq!(recent.bytes, 20);
+        // A gap starts over.
+        recent.push(9, 9, 10);
+        assert_eq!((recent.first, held(&recent)), (9, vec![9]));
+        recent.purge(9);
+        assert_eq!(recent.get(9, &(9..)), None, "purged");
+        recent.push(10, 10, 10);
+        recent.purge(4);
+        assert_eq!(recent.get(10, &(10..11)), Some(vec![10]));
+        // The bound drops the oldest, never the last.
+        recent.push(11, 11, RECENT_BYTES_MAX);
+        assert_eq!((recent.first, held(&recent)), (11, vec![11]));
+        recent.push(12, 12, RECENT_BYTES_MAX);
+        assert_eq!((recent.first, held(&recent)), (12, vec![12]));
+        assert_eq!(recent.bytes, RECENT_BYTES_MAX);
     }
 }

@@ -394,7 +394,7 @@ mod tests {
                 group: 1,
                 records: vec![DataRecord {
                     topic: "t".into(),
-                    record: vec![0; bytes],
+                    record: vec![0; bytes].into(),
                     key_id: signet_proto::KeyId([0; 16]),
                     seq: index,
                     leaf: signet_proto::merkle::Hash([0; 32]),
