@@ -9,6 +9,10 @@
 //! and the ratio of the medians. The three nodes share this machine's
 //! cores and disk with each other and with the client.
 
+// The allocator the `signet` binary ships with (see src/main.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use signet_testkit::bench::env_or;
 use signet_testkit::{bench, bench_cluster};
 

@@ -4,6 +4,10 @@
 //! (`SIGNET_BENCH_MEMBERS`), each delivery acked; prints acked deliveries
 //! per second and p50/p99 from publish to the consumer's ack on disk.
 
+// The allocator the `signet` binary ships with (see src/main.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use signet_testkit::bench::env_or;
 use signet_testkit::{bench, bench_consume};
 

@@ -28,6 +28,10 @@
 //! the median run, and the ratios; writes a grouped bar chart of the
 //! medians to `target/bench-peers.svg`.
 
+// The allocator the `signet` binary ships with (see src/main.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use anyhow::{Context as _, Result, bail};
 use async_nats::jetstream::{self, consumer, stream};
 use bytes::Bytes;

@@ -6,6 +6,10 @@
 //! at 10 and 1,000 rules; one schema check of the 1 KiB example order; one principal publishing while another floods
 //! at 10x its quota.
 
+// The allocator the `signet` binary ships with (see src/main.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use signet_testkit::bench;
 use signet_testkit::bench::env_or;
 

@@ -8,6 +8,10 @@
 //! rounds with the order alternating, and prints each figure, the ratio
 //! per round and the ratio of the medians.
 
+// The allocator the `signet` binary ships with (see src/main.rs).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use signet_testkit::bench;
 use signet_testkit::bench::env_or;
 

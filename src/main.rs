@@ -2,6 +2,13 @@
 //! and subscribe from a shell, benchmark.
 #![forbid(unsafe_code)]
 
+// jemalloc instead of glibc's malloc: the broker allocates and frees per
+// frame, per envelope and per consumer-group write on several threads, and
+// glibc's malloc/free took ~10% of a consumer-group run (BENCHMARKS.md,
+// "The allocator"). The benches in benches/ declare the same allocator.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
