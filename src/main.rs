@@ -4,7 +4,7 @@
 
 // jemalloc instead of glibc's malloc: the broker allocates and frees per
 // frame, per envelope and per consumer-group write on several threads, and
-// glibc's malloc/free took ~10% of a consumer-group run (BENCHMARKS.md,
+// glibc's malloc/free took ~12% of a consumer-group run (BENCHMARKS.md,
 // "The allocator"). The benches in benches/ declare the same allocator.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
