@@ -30,6 +30,7 @@ use crate::policy::Policy;
 use crate::quota::{Quotas, Reservation};
 use crate::store::{Store, StoredTopic};
 use crate::trim;
+use bytes::Bytes;
 use rocksdb::WriteBatch;
 use signet_proto::merkle::Hash;
 use signet_proto::{ErrorCode, KeyId, SigningKey};
@@ -43,8 +44,9 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub struct Entry {
     /// Its topic.
     pub topic: String,
-    /// The stored record (MessagePack of a `StoredRecord`).
-    pub record: Vec<u8>,
+    /// The stored record (MessagePack of a `StoredRecord`); shared, so a
+    /// cluster node applies a log entry's record without copying it.
+    pub record: Bytes,
     /// Its signing key, for the replay mark.
     pub key_id: KeyId,
     /// Its sequence number, for the replay mark.
@@ -995,7 +997,7 @@ impl Host for WriterHost<'_> {
         };
         let entry = Entry {
             topic: append.topic,
-            record: append.record,
+            record: Bytes::from(append.record),
             key_id: key,
             replay: key,
             seq: append.seq,
@@ -1018,7 +1020,7 @@ mod tests {
     fn entry(seq: u64, leaf: u8) -> Entry {
         Entry {
             topic: "orders.a".into(),
-            record: vec![leaf; 8],
+            record: Bytes::from(vec![leaf; 8]),
             key_id: KeyId([7; 16]),
             replay: KeyId([7; 16]),
             seq,

@@ -381,7 +381,7 @@ fn entry(
     Ok(Entry {
         replay,
         topic,
-        record,
+        record: record.into(),
         key_id,
         seq,
         leaf,

@@ -115,7 +115,7 @@ impl SystemPublisher {
         let request = CommitRequest {
             entries: vec![Entry {
                 topic: topic.to_owned(),
-                record,
+                record: record.into(),
                 key_id: self.key.id(),
                 seq,
                 // Written by this node's own writer, never replicated.

@@ -158,7 +158,7 @@ impl From<Entry> for DataRecord {
     fn from(e: Entry) -> DataRecord {
         DataRecord {
             topic: Arc::from(e.topic),
-            record: Bytes::from(e.record),
+            record: e.record,
             key_id: e.key_id,
             seq: e.seq,
             leaf: e.leaf,
@@ -174,7 +174,7 @@ impl DataRecord {
         Entry {
             replay: crate::replay::replay_key(&self.key_id, group),
             topic: String::from(&*self.topic),
-            record: Vec::from(self.record),
+            record: self.record,
             key_id: self.key_id,
             seq: self.seq,
             leaf: self.leaf,

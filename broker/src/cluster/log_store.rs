@@ -53,7 +53,15 @@ pub(crate) fn open(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
 }
 
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageIOError<u64>> {
-    rmp_serde::to_vec_named(value).map_err(|e| StorageIOError::write(&e))
+    let mut out = Vec::new();
+    encode_into(&mut out, value)?;
+    Ok(out)
+}
+
+/// [`encode`] into `out`, cleared first (its allocation is reused).
+fn encode_into<T: Serialize>(out: &mut Vec<u8>, value: &T) -> Result<(), StorageIOError<u64>> {
+    out.clear();
+    rmp_serde::encode::write_named(out, value).map_err(|e| StorageIOError::write(&e))
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageIOError<u64>> {
@@ -421,37 +429,35 @@ where
         let cf = self.db.cf_handle(LOG).ok_or_else(|| missing(LOG))?;
         let mut batch = WriteBatch::default();
         let mut appended = Vec::new();
+        // One encoding buffer for the append (the batch copies each entry).
+        let mut bytes = Vec::new();
         for entry in entries {
             let index = entry.get_log_id().index;
-            let bytes = encode(&entry)?;
+            encode_into(&mut bytes, &entry)?;
             appended.push((index, bytes.len(), entry));
-            batch.put_cf(&cf, index_key(index), bytes);
+            batch.put_cf(&cf, index_key(index), &bytes);
         }
         // One write for the whole append, readable at once; the syncer
         // tells openraft when it is on disk (before that, a leader does not
         // count it and a follower does not answer its leader).
-        let written = self.db.write(batch);
-        if written.is_ok() {
+        if let Err(e) = self.db.write(batch) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(StorageIOError::write_logs(&e).into());
+        }
+        {
             let mut recent = self.recent();
             for (index, size, entry) in appended {
                 recent.push(index, entry, size);
             }
         }
-        match written {
-            Ok(()) => match self.syncer.send(callback) {
-                Ok(()) => Ok(()),
-                Err(std::sync::mpsc::SendError(callback)) => {
-                    let e = std::io::Error::other("the raft log syncer stopped");
-                    let error = StorageIOError::write_logs(&e).into();
-                    callback.log_io_completed(Err(e));
-                    Err(error)
-                }
-            },
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&e).into())
-            }
-        }
+        self.syncer
+            .send(callback)
+            .map_err(|std::sync::mpsc::SendError(callback)| {
+                let e = std::io::Error::other("the raft log syncer stopped");
+                let error = StorageIOError::write_logs(&e).into();
+                callback.log_io_completed(Err(e));
+                error
+            })
     }
 
     async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError> {
