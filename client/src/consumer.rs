@@ -64,6 +64,9 @@ pub struct Delivery {
     settle: mpsc::Sender<SettleRequest>,
     /// The generation of the connection its membership ran on.
     generation: u64,
+    /// That connection: once it is closed the delivery can no longer be
+    /// settled, and the stream skips it if the application has not taken it.
+    conn: quinn::Connection,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -141,7 +144,8 @@ impl Delivery {
 pub struct Consumer {
     deliveries: mpsc::Receiver<Result<Delivery, Error>>,
     tasks: [tokio::task::JoinHandle<()>; 2],
-    /// The generation of the connection the membership runs on now.
+    /// The oldest connection generation whose deliveries are handed out:
+    /// the membership's, or one past it once the member joins again.
     generation: Arc<AtomicU64>,
 }
 
@@ -159,11 +163,14 @@ impl Stream for Consumer {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         // Deliveries of a membership lost before the application took
         // them are skipped: their leases are gone and the group delivers
-        // them again.
+        // them again. Lost means its connection closed, or the member
+        // began joining again (`generation`: the oldest one still live),
+        // not only once it has joined again.
         loop {
             match self.deliveries.poll_recv(cx) {
                 Poll::Ready(Some(Ok(d)))
-                    if d.generation < self.generation.load(Ordering::SeqCst) =>
+                    if d.generation < self.generation.load(Ordering::SeqCst)
+                        || d.conn.close_reason().is_some() =>
                 {
                     continue;
                 }
@@ -306,7 +313,7 @@ impl Consumer {
 }
 
 struct Reader {
-    /// The membership's connection generation, shared with [`Consumer`].
+    /// The oldest live generation, shared with [`Consumer`] (see there).
     generation: Arc<AtomicU64>,
     membership: Membership,
     verifier: Verifier,
@@ -357,7 +364,6 @@ async fn read_deliveries(
         let Some(error) = read_membership(&mut r, recv, &tx, &mut pending).await else {
             return;
         };
-        fail_waiting(&r.waiting, &error);
         let moved = match &error {
             Error::ConnectionLost(_) => {
                 r.membership
@@ -373,6 +379,15 @@ async fn read_deliveries(
             } => true,
             _ => false,
         };
+        if moved {
+            // Deliveries of this membership the application has not taken
+            // are skipped from now on, before any settlement fails below.
+            r.generation.fetch_max(
+                r.membership.current.generation.saturating_add(1),
+                Ordering::SeqCst,
+            );
+        }
+        fail_waiting(&r.waiting, &error);
         if !moved {
             for delivery in pending.drain(..).chain([Err(error)]) {
                 if tx.send(delivery).await.is_err() {
@@ -389,7 +404,7 @@ async fn read_deliveries(
             Ok((send, new_recv)) => {
                 recv = new_recv;
                 let generation = r.membership.current.generation;
-                r.generation.store(generation, Ordering::SeqCst);
+                r.generation.fetch_max(generation, Ordering::SeqCst);
                 // Not taken yet, and no longer settleable: dropped.
                 pending.retain(|d| !matches!(d, Ok(d) if d.generation < generation));
                 if r.streams.send((generation, send)).await.is_err() {
@@ -507,6 +522,7 @@ async fn read_membership(
                             token: d.token,
                             settle: r.settle.clone(),
                             generation,
+                            conn: r.membership.current.conn.clone(),
                         });
                     pending.push_back(verdict);
                 }
