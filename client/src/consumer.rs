@@ -145,7 +145,8 @@ pub struct Consumer {
     deliveries: mpsc::Receiver<Result<Delivery, Error>>,
     tasks: [tokio::task::JoinHandle<()>; 2],
     /// The oldest connection generation whose deliveries are handed out:
-    /// the membership's, or one past it once the member joins again.
+    /// the membership's own, or one past it from the moment the member
+    /// starts joining again.
     generation: Arc<AtomicU64>,
 }
 
