@@ -125,6 +125,29 @@ fn reconnect_specs() -> Vec<PrincipalSpec> {
 
 const GROUP: &str = "[[group]]\nname = \"work\"\ntopics = [\"orders.>\"]\nstart = \"earliest\"\nack_wait = \"1s\"\nmax_deliveries = 100\nbackoff = [\"100ms\"]\ndead_letter = \"dlq.work\"\nmax_in_flight = 1000\n";
 
+/// Publishes `{"i":i}` for each `i` of `range` to `topic(i)`, pipelined,
+/// and returns the acked offsets in order.
+async fn publish_each(
+    producer: &signet_client::Client,
+    range: std::ops::Range<u32>,
+    topic: impl Fn(u32) -> &'static str,
+) -> Vec<u64> {
+    let mut acks = Vec::new();
+    for i in range {
+        let body = format!("{{\"i\":{i}}}").into_bytes();
+        acks.push(
+            within(producer.enqueue(signet_client::OutgoingMessage::new(topic(i), body)))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut offsets = Vec::new();
+    for ack in acks {
+        offsets.push(within(ack).await.expect("acked"));
+    }
+    offsets
+}
+
 /// Reads `n` messages from a pattern subscription into `seen` (offsets per topic).
 async fn read_pattern(
     sub: &mut signet_client::Subscription,
@@ -162,24 +185,9 @@ async fn subscriptions_and_a_group_member_resume_across_a_broker_restart() {
     let mut member = within(reader.consume_with("work", 4)).await.unwrap();
 
     let publish = |range: std::ops::Range<u32>| {
-        let producer = &producer;
-        async move {
-            let mut acks = Vec::new();
-            for i in range.clone() {
-                let topic = if i % 2 == 0 { "orders.a" } else { "orders.b" };
-                let body = format!("{{\"i\":{i}}}").into_bytes();
-                acks.push(
-                    within(producer.enqueue(signet_client::OutgoingMessage::new(topic, body)))
-                        .await
-                        .unwrap(),
-                );
-            }
-            let mut offsets = Vec::new();
-            for ack in acks {
-                offsets.push(within(ack).await.expect("acked"));
-            }
-            offsets
-        }
+        publish_each(&producer, range, |i| {
+            if i % 2 == 0 { "orders.a" } else { "orders.b" }
+        })
     };
     // Before the restart: 20 messages (10 per topic), all read.
     publish(0..20).await;
@@ -340,18 +348,7 @@ async fn a_member_is_not_handed_deliveries_of_a_membership_its_broker_ended() {
 
     let mut sandbox = start_with(&reconnect_specs(), GROUP).await;
     let producer = connect(reconnecting(&sandbox, "producer")).await;
-    let mut acks = Vec::new();
-    for i in 0..20u32 {
-        let body = format!("{{\"i\":{i}}}").into_bytes();
-        acks.push(
-            within(producer.enqueue(signet_client::OutgoingMessage::new("orders.a", body)))
-                .await
-                .unwrap(),
-        );
-    }
-    for ack in acks {
-        within(ack).await.expect("acked");
-    }
+    publish_each(&producer, 0..20, |_| "orders.a").await;
     // Joined after the messages are stored: the first deliveries come
     // together, so after taking one the member holds the others unread.
     let reader = connect(reconnecting(&sandbox, "reader")).await;
